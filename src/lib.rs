@@ -1,0 +1,1 @@
+//! HRM: the Hierarchical Reasoning Model with an f32 CPU reference backend and CUDA kernels.
