@@ -1,1 +1,4 @@
 //! HRM: the Hierarchical Reasoning Model with an f32 CPU reference backend and CUDA kernels.
+
+pub mod backend;
+pub mod config;

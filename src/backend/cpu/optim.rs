@@ -1,0 +1,59 @@
+//! AdamATan2 (no epsilon; `atan2` replaces the division) and the SignSGD update of the sparse
+//! puzzle embedding, both with decoupled weight decay, as the reference packages compute them.
+
+use rayon::prelude::*;
+
+/// Hyper-parameters of one AdamATan2 step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamHyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub weight_decay: f32,
+}
+
+/// One AdamATan2 step at `step` (1-based):
+/// `p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = lerp(v, g^2, 1-b2);
+///  p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`.
+pub fn adam_atan2_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u32, h: &AdamHyper) {
+    assert!(step >= 1, "AdamATan2 steps are 1-based");
+    assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
+    let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
+    let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
+    let step_size = (h.lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = 1.0 - h.lr * h.weight_decay;
+    let (w1, w2) = (1.0 - h.beta1, 1.0 - h.beta2);
+    p.par_chunks_mut(4096)
+        .zip(g.par_chunks(4096))
+        .zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096)))
+        .for_each(|((p, g), (m, v))| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                p[i] *= decay;
+                m[i] += w1 * (gi - m[i]);
+                v[i] += w2 * (gi * gi - v[i]);
+                p[i] -= step_size * m[i].atan2(v[i].sqrt() / bc2_sqrt);
+            }
+        });
+}
+
+/// SignSGD with decoupled decay on the rows that appeared in the batch:
+/// `w = w * (1 - lr*wd) - lr * sign(g)`; rows with `touched[r] == false` are left alone.
+pub fn sign_sgd_step(w: &mut [f32], g: &[f32], touched: &[bool], row_len: usize, lr: f32, weight_decay: f32) {
+    assert_eq!(w.len(), g.len());
+    assert_eq!(w.len(), touched.len() * row_len);
+    let decay = 1.0 - lr * weight_decay;
+    for ((wr, gr), _) in w.chunks_mut(row_len).zip(g.chunks(row_len)).zip(touched).filter(|(_, t)| **t) {
+        for (x, &gv) in wr.iter_mut().zip(gr) {
+            let sign = if gv > 0.0 {
+                1.0
+            } else if gv < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            *x = *x * decay - lr * sign;
+        }
+    }
+}

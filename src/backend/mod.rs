@@ -1,0 +1,3 @@
+//! Compute backends. `cpu` is the f32 reference.
+
+pub mod cpu;

@@ -1,0 +1,226 @@
+//! Model configuration with the reference code's field names (`HierarchicalReasoningModel_ACTV1Config`).
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Architecture of an HRM model. Field names (and JSON keys) are exactly the reference's.
+#[allow(non_snake_case)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub expansion: f64,
+    pub H_layers: usize,
+    pub L_layers: usize,
+    pub H_cycles: usize,
+    pub L_cycles: usize,
+    pub halt_max_steps: usize,
+    pub halt_exploration_prob: f64,
+    pub puzzle_emb_ndim: usize,
+    pub vocab_size: usize,
+    pub seq_len: usize,
+    pub num_puzzle_identifiers: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f64,
+    pub pos_encodings: PosEncodings,
+}
+
+/// Position encoding: rotary (the Sudoku setting) or a learned table added to the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosEncodings {
+    Rope,
+    Learned,
+}
+
+impl ModelConfig {
+    /// The paper's Sudoku-Extreme model: 27,275,266 trainable parameters.
+    pub fn sudoku() -> Self {
+        ModelConfig {
+            hidden_size: 512,
+            num_heads: 8,
+            expansion: 4.0,
+            H_layers: 4,
+            L_layers: 4,
+            H_cycles: 2,
+            L_cycles: 2,
+            halt_max_steps: 16,
+            halt_exploration_prob: 0.1,
+            puzzle_emb_ndim: 512,
+            vocab_size: 11,
+            seq_len: 81,
+            num_puzzle_identifiers: 1,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            pos_encodings: PosEncodings::Rope,
+        }
+    }
+
+    /// A tiny model for tests and gradient checks (the shape of the PyTorch `tiny` fixture).
+    pub fn tiny() -> Self {
+        ModelConfig {
+            hidden_size: 64,
+            num_heads: 4,
+            H_layers: 2,
+            L_layers: 2,
+            puzzle_emb_ndim: 64,
+            num_puzzle_identifiers: 3,
+            ..Self::sudoku()
+        }
+    }
+
+    /// A small model that trains on two CPU cores in minutes (the `demo` preset).
+    pub fn small() -> Self {
+        ModelConfig {
+            hidden_size: 128,
+            num_heads: 4,
+            H_layers: 2,
+            L_layers: 2,
+            puzzle_emb_ndim: 128,
+            ..Self::sudoku()
+        }
+    }
+
+    /// Look up a named preset.
+    pub fn preset(name: &str) -> Result<Self> {
+        match name {
+            "sudoku" | "full" => Ok(Self::sudoku()),
+            "small" | "demo" => Ok(Self::small()),
+            "tiny" => Ok(Self::tiny()),
+            _ => bail!("unknown model preset '{name}' (expected one of: sudoku, small, tiny)"),
+        }
+    }
+
+    /// Read a JSON file holding exactly the reference's arch keys, and validate it.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading model config {}", path.display()))?;
+        Self::from_json_str(&text).with_context(|| format!("in model config {}", path.display()))
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let cfg: ModelConfig = serde_json::from_str(text).context("invalid model config JSON")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Reject configurations the model cannot run, with the offending field named.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_heads", self.num_heads),
+            ("H_layers", self.H_layers),
+            ("L_layers", self.L_layers),
+            ("H_cycles", self.H_cycles),
+            ("L_cycles", self.L_cycles),
+            ("halt_max_steps", self.halt_max_steps),
+            ("vocab_size", self.vocab_size),
+            ("seq_len", self.seq_len),
+            ("num_puzzle_identifiers", self.num_puzzle_identifiers),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("config field {name} must be positive, got 0");
+            }
+        }
+        if self.hidden_size % self.num_heads != 0 {
+            bail!("hidden_size ({}) must be divisible by num_heads ({})", self.hidden_size, self.num_heads);
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("head_dim = hidden_size / num_heads = {} must be even for RoPE", self.head_dim());
+        }
+        if !(self.expansion.is_finite() && self.expansion > 0.0) {
+            bail!("expansion must be a positive number, got {}", self.expansion);
+        }
+        if !(0.0..=1.0).contains(&self.halt_exploration_prob) {
+            bail!("halt_exploration_prob must be in [0, 1], got {}", self.halt_exploration_prob);
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("rope_theta must be positive, got {}", self.rope_theta);
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            bail!("rms_norm_eps must be positive, got {}", self.rms_norm_eps);
+        }
+        if self.vocab_size > 256 {
+            bail!("vocab_size {} > 256 is not supported (token ids are stored as bytes)", self.vocab_size);
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// Number of prefix positions holding the puzzle embedding: ceil(puzzle_emb_ndim / hidden).
+    pub fn puzzle_emb_len(&self) -> usize {
+        self.puzzle_emb_ndim.div_ceil(self.hidden_size)
+    }
+
+    /// Full sequence length seen by the transformer: prefix + cells.
+    pub fn total_seq_len(&self) -> usize {
+        self.seq_len + self.puzzle_emb_len()
+    }
+
+    /// SwiGLU intermediate width: round(expansion * hidden * 2/3) rounded up to a multiple of 256.
+    pub fn intermediate_size(&self) -> usize {
+        let inter = (self.expansion * self.hidden_size as f64 * 2.0 / 3.0).round() as usize;
+        inter.div_ceil(256) * 256
+    }
+
+    pub fn embed_scale(&self) -> f32 {
+        (self.hidden_size as f32).sqrt()
+    }
+
+    /// Number of trainable parameters (weights and the q_head bias; buffers excluded).
+    pub fn num_trainable_params(&self) -> usize {
+        let d = self.hidden_size;
+        let i = self.intermediate_size();
+        let per_layer = d * 3 * d + d * d + d * 2 * i + i * d;
+        let pos = match self.pos_encodings {
+            PosEncodings::Learned => self.total_seq_len() * d,
+            PosEncodings::Rope => 0,
+        };
+        per_layer * (self.H_layers + self.L_layers) + 2 * self.vocab_size * d + 2 * d + 2 + pos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sudoku_config_matches_paper_parameter_count() {
+        let c = ModelConfig::sudoku();
+        assert_eq!(c.intermediate_size(), 1536);
+        assert_eq!(c.puzzle_emb_len(), 1);
+        assert_eq!(c.total_seq_len(), 82);
+        assert_eq!(c.num_trainable_params(), 27_275_266);
+    }
+
+    #[test]
+    fn json_round_trip_and_key_names() {
+        let c = ModelConfig::tiny();
+        let j = c.to_json();
+        assert!(j.contains("\"H_layers\"") && j.contains("\"pos_encodings\": \"rope\""));
+        assert_eq!(ModelConfig::from_json_str(&j).unwrap(), c);
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected_with_the_field_named() {
+        let mut c = ModelConfig::tiny();
+        c.num_heads = 3;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("num_heads"), "{e}");
+        let j = ModelConfig::tiny().to_json().replace("\"H_layers\"", "\"h_layers\"");
+        let e = format!("{:#}", ModelConfig::from_json_str(&j).unwrap_err());
+        assert!(e.contains("h_layers"), "{e}");
+        let j = ModelConfig::tiny().to_json().replace("\"rope\"", "\"alibi\"");
+        assert!(ModelConfig::from_json_str(&j).is_err());
+    }
+}
