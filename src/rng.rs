@@ -55,7 +55,7 @@ pub fn erfinv(y: f64) -> f64 {
         p * y
     };
     let two_over_sqrt_pi = 2.0 / std::f64::consts::PI.sqrt();
-    for _ in 0..3 {
+    for _ in 0..2 {
         let err = libm::erf(x) - y;
         x -= err / (two_over_sqrt_pi * (-x * x).exp());
     }
