@@ -200,6 +200,7 @@ impl<B: Backend> Hrm<B> {
 
     /// Backward of one block: `g.dnext` holds d(out) on entry and d(input) on return;
     /// weight gradients accumulate into `gw`.
+    #[allow(clippy::too_many_arguments)]
     fn block_bwd(
         &self,
         be: &B,

@@ -58,6 +58,7 @@ impl<B: Backend> Optimizer<B> {
 
     /// One step with the given learning rates. `puzzle_ids` are the ids of the batch rows
     /// (their embedding rows are the ones SignSGD updates).
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         be: &B,

@@ -22,7 +22,7 @@ fn named(cfg: &ModelConfig, p: &HostParams) -> Vec<NamedTensor> {
 }
 
 fn err_of(path: &Path, cfg: Option<&ModelConfig>) -> String {
-    format!("{:#}", load_checkpoint(path, cfg).err().expect("loading should fail"))
+    format!("{:#}", load_checkpoint(path, cfg).expect_err("loading should fail"))
 }
 
 #[test]
