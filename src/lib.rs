@@ -5,6 +5,8 @@ pub mod backend;
 pub mod commands;
 pub mod config;
 pub mod hrm;
+pub mod infer;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod train;
