@@ -117,7 +117,7 @@ pub fn run<B: Backend>(
         w.halt_steps += st.steps_sum;
         w.q_ok += st.q_halt_correct;
         let last = t.step == end;
-        if t.step % t.cfg.log_every.max(1) == 0 || last {
+        if t.step.is_multiple_of(t.cfg.log_every.max(1)) || last {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             let per = |x: f64| x / (w.steps as f64 * t.cfg.batch_size as f64);
             let cnt = w.count.max(1) as f64;
@@ -145,7 +145,7 @@ pub fn run<B: Backend>(
             window = Window::default();
             window_start = Instant::now();
         }
-        if !opts.eval_sets.is_empty() && (t.step % t.cfg.eval_every.max(1) == 0 || t.step == t.cfg.steps) {
+        if !opts.eval_sets.is_empty() && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps) {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
             let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size);
             for r in &reports {
@@ -160,7 +160,7 @@ pub fn run<B: Backend>(
             }
             summary.last_eval = reports;
         }
-        if t.step % t.cfg.checkpoint_every.max(1) == 0 || last {
+        if t.step.is_multiple_of(t.cfg.checkpoint_every.max(1)) || last {
             summary.last_checkpoint = Some(save(be, t, &opts.run_dir)?);
         }
     }
