@@ -1,0 +1,8 @@
+//! Sudoku data: solver, rating, generator, symmetry, file formats, training-set builder and the
+//! `hrm data` command line.
+
+pub mod board;
+pub mod solver;
+pub mod symmetry;
+
+pub use board::Board;
