@@ -2,6 +2,8 @@
 //! `hrm data` command line.
 
 pub mod board;
+pub mod generate;
+pub mod rating;
 pub mod solver;
 pub mod symmetry;
 
