@@ -2,6 +2,9 @@
 //! `hrm data` command line.
 
 pub mod board;
+pub mod cli;
+pub mod dataset;
+pub mod formats;
 pub mod generate;
 pub mod rating;
 pub mod solver;
