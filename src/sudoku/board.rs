@@ -178,6 +178,20 @@ const fn build_peers() -> [[u8; 20]; 81] {
     p
 }
 
+const fn build_cell_units() -> [[u8; 3]; 81] {
+    let mut t = [[0u8; 3]; 81];
+    let mut c = 0;
+    while c < 81 {
+        let (r, col) = (c / 9, c % 9);
+        t[c] = [r as u8, (9 + col) as u8, (18 + (r / 3) * 3 + col / 3) as u8];
+        c += 1;
+    }
+    t
+}
+
+/// For each cell: its row, column and box unit indices.
+pub const CELL_UNITS: [[u8; 3]; 81] = build_cell_units();
+
 /// The 20 peers of each cell (same row, column or box).
 pub const PEERS: [[u8; 20]; 81] = build_peers();
 

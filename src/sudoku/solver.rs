@@ -5,7 +5,7 @@
 //! more candidates was chosen to branch on. Counting solutions up to a limit of 2 decides
 //! uniqueness.
 
-use super::board::{Board, PEERS, UNITS};
+use super::board::{Board, CELL_UNITS, PEERS, UNITS};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -52,6 +52,8 @@ struct State {
     cand: [u16; 81],
     /// Bit i set: cell i is not yet assigned.
     unsolved: u128,
+    /// Digits already assigned in each unit.
+    solved: [u16; 27],
 }
 
 struct Stack {
@@ -65,6 +67,10 @@ impl State {
     fn assign(&mut self, cell: usize, bit: u16, stack: &mut Stack) -> bool {
         self.cand[cell] = bit;
         self.unsolved &= !(1u128 << cell);
+        let [r, c, b] = CELL_UNITS[cell];
+        self.solved[r as usize] |= bit;
+        self.solved[c as usize] |= bit;
+        self.solved[b as usize] |= bit;
         for &p in &PEERS[cell] {
             let p = p as usize;
             let c = self.cand[p];
@@ -83,6 +89,105 @@ impl State {
         true
     }
 
+    /// Assigns the naked singles on the stack. Returns false on contradiction.
+    #[inline(always)]
+    fn drain(&mut self, stack: &mut Stack) -> bool {
+        while stack.len > 0 {
+            stack.len -= 1;
+            let cell = stack.cells[stack.len] as usize;
+            if self.unsolved & (1u128 << cell) != 0 && !self.assign(cell, self.cand[cell], stack) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Removes `mask` from `cell`. Returns false on contradiction.
+    #[inline(always)]
+    fn eliminate(&mut self, cell: usize, mask: u16, stack: &mut Stack, changed: &mut bool) -> bool {
+        let c = self.cand[cell];
+        if c & mask == 0 {
+            return true;
+        }
+        let n = c & !mask;
+        if n == 0 {
+            return false;
+        }
+        self.cand[cell] = n;
+        *changed = true;
+        if n & (n - 1) == 0 && stack.len < stack.cells.len() {
+            stack.cells[stack.len] = cell as u8;
+            stack.len += 1;
+        }
+        true
+    }
+
+    /// Locked candidates (pointing and claiming) on every box/line intersection. Returns
+    /// `None` on contradiction, otherwise whether anything changed.
+    fn locked_candidates(&mut self, stack: &mut Stack) -> Option<bool> {
+        let mut changed = false;
+        for dir in 0..2 {
+            // dir 0: rows and their segments per stack; dir 1: columns per band. Segment masks
+            // are not refreshed after eliminations: stale masks are supersets, and every
+            // deduction made from them is still sound (or the state is already contradictory).
+            let cell = |line: usize, k: usize| -> usize {
+                if dir == 0 { line * 9 + k } else { k * 9 + line }
+            };
+            let mut seg = [[0u16; 3]; 9];
+            for (line, sl) in seg.iter_mut().enumerate() {
+                for (part, sg) in sl.iter_mut().enumerate() {
+                    *sg = self.cand[cell(line, part * 3)]
+                        | self.cand[cell(line, part * 3 + 1)]
+                        | self.cand[cell(line, part * 3 + 2)];
+                }
+            }
+            for line in 0..9 {
+                let base = line - line % 3;
+                for part in 0..3 {
+                    let here = seg[line][part];
+                    let mut box_others = 0u16;
+                    for l2 in base..base + 3 {
+                        if l2 != line {
+                            box_others |= seg[l2][part];
+                        }
+                    }
+                    let line_others = seg[line][(part + 1) % 3] | seg[line][(part + 2) % 3];
+                    // Pointing: digits of the box confined to this segment leave the line.
+                    let pointing = here & !box_others & line_others;
+                    if pointing != 0 {
+                        for p2 in 0..3 {
+                            if p2 != part {
+                                for k in p2 * 3..p2 * 3 + 3 {
+                                    if !self.eliminate(cell(line, k), pointing, stack, &mut changed)
+                                    {
+                                        return None;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Claiming: digits of the line confined to this segment leave the box.
+                    let claiming = here & !line_others & box_others;
+                    if claiming != 0 {
+                        for l2 in base..base + 3 {
+                            if l2 != line {
+                                for k in part * 3..part * 3 + 3 {
+                                    if !self.eliminate(cell(l2, k), claiming, stack, &mut changed) {
+                                        return None;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if changed {
+                return Some(true);
+            }
+        }
+        Some(changed)
+    }
+
     /// Naked and hidden singles to a fixpoint. Returns false on contradiction.
     fn propagate(&mut self, stack: &mut Stack) -> bool {
         loop {
@@ -99,26 +204,20 @@ impl State {
                 return true;
             }
             let mut progress = false;
-            for unit in &UNITS {
+            for (u, unit) in UNITS.iter().enumerate() {
+                let solved = self.solved[u];
+                if solved == ALL {
+                    continue;
+                }
                 let mut once = 0u16;
                 let mut twice = 0u16;
-                let mut solved = 0u16;
-                let mut open = false;
                 for &c in unit {
                     let m = self.cand[c as usize];
                     twice |= once & m;
                     once |= m;
-                    if self.unsolved & (1u128 << c) == 0 {
-                        solved |= m;
-                    } else {
-                        open = true;
-                    }
                 }
                 if once != ALL {
                     return false;
-                }
-                if !open {
-                    continue;
                 }
                 let mut hidden = once & !twice & !solved;
                 while hidden != 0 {
@@ -137,15 +236,18 @@ impl State {
                         }
                     }
                 }
-                // Drain naked singles found so far before the next unit.
-                while stack.len > 0 {
-                    stack.len -= 1;
-                    let cell = stack.cells[stack.len] as usize;
-                    if self.unsolved & (1u128 << cell) != 0
-                        && !self.assign(cell, self.cand[cell], stack)
-                    {
-                        return false;
-                    }
+                if !self.drain(stack) {
+                    return false;
+                }
+            }
+            if self.unsolved == 0 {
+                return true;
+            }
+            if !progress {
+                match self.locked_candidates(stack) {
+                    None => return false,
+                    Some(false) => return true,
+                    Some(true) => progress = true,
                 }
             }
             if !progress || self.unsolved == 0 {
@@ -265,6 +367,7 @@ fn search<R: Rng + ?Sized>(
     let mut st = State {
         cand: [ALL; 81],
         unsolved: (1u128 << 81) - 1,
+        solved: [0; 27],
     };
     let mut stack = Stack {
         cells: [0; 96],
