@@ -54,7 +54,23 @@ struct State {
     unsolved: u128,
     /// Digits already assigned in each unit.
     solved: [u16; 27],
+    /// Bit u set: unit u changed since its last hidden-single check.
+    dirty: u32,
 }
+
+const fn build_unit_masks() -> [u32; 81] {
+    let mut t = [0u32; 81];
+    let mut c = 0;
+    while c < 81 {
+        let u = CELL_UNITS[c];
+        t[c] = (1 << u[0]) | (1 << u[1]) | (1 << u[2]);
+        c += 1;
+    }
+    t
+}
+
+/// For each cell, the bit mask of its three units.
+const UNIT_MASK: [u32; 81] = build_unit_masks();
 
 struct Stack {
     cells: [u8; 96],
@@ -80,6 +96,7 @@ impl State {
                     return false;
                 }
                 self.cand[p] = n;
+                self.dirty |= UNIT_MASK[p];
                 if n & (n - 1) == 0 && stack.len < stack.cells.len() {
                     stack.cells[stack.len] = p as u8;
                     stack.len += 1;
@@ -114,6 +131,7 @@ impl State {
             return false;
         }
         self.cand[cell] = n;
+        self.dirty |= UNIT_MASK[cell];
         *changed = true;
         if n & (n - 1) == 0 && stack.len < stack.cells.len() {
             stack.cells[stack.len] = cell as u8;
@@ -203,8 +221,10 @@ impl State {
             if self.unsolved == 0 {
                 return true;
             }
-            let mut progress = false;
-            for (u, unit) in UNITS.iter().enumerate() {
+            while self.dirty != 0 {
+                let u = self.dirty.trailing_zeros() as usize;
+                self.dirty &= self.dirty - 1;
+                let unit = &UNITS[u];
                 let solved = self.solved[u];
                 if solved == ALL {
                     continue;
@@ -230,7 +250,6 @@ impl State {
                                 if !self.assign(c, bit, stack) {
                                     return false;
                                 }
-                                progress = true;
                             }
                             break;
                         }
@@ -243,15 +262,10 @@ impl State {
             if self.unsolved == 0 {
                 return true;
             }
-            if !progress {
-                match self.locked_candidates(stack) {
-                    None => return false,
-                    Some(false) => return true,
-                    Some(true) => progress = true,
-                }
-            }
-            if !progress || self.unsolved == 0 {
-                return true;
+            match self.locked_candidates(stack) {
+                None => return false,
+                Some(false) => return true,
+                Some(true) => {}
             }
         }
     }
@@ -285,20 +299,31 @@ impl<R: Rng + ?Sized> Search<'_, R> {
             }
             return;
         }
-        // Cell with the fewest candidates.
+        // Cell with the fewest candidates; among bivalue cells, the one with the most peers
+        // that share one of its two candidates (either choice eliminates the most).
         let mut best = 0usize;
-        let mut best_n = 10u32;
+        let mut best_key = u32::MAX;
         let mut bits = st.unsolved;
         while bits != 0 {
             let c = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let n = st.cand[c].count_ones();
-            if n < best_n {
-                best_n = n;
-                best = c;
-                if n <= 2 {
-                    break;
+            let m = st.cand[c];
+            let n = m.count_ones();
+            if n * 64 > best_key.saturating_add(63) {
+                continue;
+            }
+            let key = if n == 2 {
+                let mut hits = 0u32;
+                for &p in &PEERS[c] {
+                    hits += (st.cand[p as usize] & m != 0) as u32;
                 }
+                n * 64 + (40 - hits)
+            } else {
+                n * 64
+            };
+            if key < best_key {
+                best_key = key;
+                best = c;
             }
         }
         self.guesses += 1;
@@ -368,6 +393,7 @@ fn search<R: Rng + ?Sized>(
         cand: [ALL; 81],
         unsolved: (1u128 << 81) - 1,
         solved: [0; 27],
+        dirty: (1 << 27) - 1,
     };
     let mut stack = Stack {
         cells: [0; 96],
