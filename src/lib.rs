@@ -9,4 +9,5 @@ pub mod infer;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod sudoku;
 pub mod train;

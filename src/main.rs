@@ -61,6 +61,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sudoku data: generate, import, build, stats.
+    Data {
+        #[command(subcommand)]
+        cmd: hrm::sudoku::cli::DataCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -84,6 +89,7 @@ fn main() -> Result<()> {
         Cmd::Grad { checkpoint, config, batch, out } => {
             hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out)?
         }
+        Cmd::Data { cmd } => hrm::sudoku::cli::run(cmd)?,
     }
     Ok(())
 }
