@@ -1,6 +1,7 @@
 //! HRM: the Hierarchical Reasoning Model with an f32 CPU reference backend and CUDA kernels.
 
 pub mod act;
+pub mod analysis;
 pub mod backend;
 pub mod commands;
 pub mod config;

@@ -57,23 +57,13 @@ pub struct GenConfig {
 
 impl GenConfig {
     pub fn new(count: usize, mode: Mode, seed: u64) -> GenConfig {
-        GenConfig {
-            count,
-            mode,
-            seed,
-            rating_samples: 4,
-            max_steps_per_chain: 2000,
-            per_chain: 8,
-        }
+        GenConfig { count, mode, seed, rating_samples: 4, max_steps_per_chain: 2000, per_chain: 8 }
     }
 }
 
 /// SplitMix64 mix of (seed, index): the seed of item `index`.
 pub fn item_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed
-        ^ index
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0x632B_E59B_D9B4_E019);
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B4_E019);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -81,10 +71,7 @@ pub fn item_seed(seed: u64, index: u64) -> u64 {
 
 /// A random complete grid.
 pub fn random_grid<R: Rng + ?Sized>(rng: &mut R) -> Board {
-    count_solutions_random(&[0; 81], 1, rng)
-        .ok()
-        .and_then(|r| r.solution)
-        .unwrap_or([0; 81]) // unreachable: the empty board always has a solution
+    count_solutions_random(&[0; 81], 1, rng).ok().and_then(|r| r.solution).unwrap_or([0; 81]) // unreachable: the empty board always has a solution
 }
 
 fn shuffled_givens<R: Rng + ?Sized>(p: &Board, rng: &mut R) -> Vec<usize> {
@@ -165,11 +152,7 @@ fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
     let samples = cfg.rating_samples;
     let rated = |q: Board, a: Board| {
         let r = rate(&q, samples).map(|r| r.rating).unwrap_or(0.0);
-        Generated {
-            question: q,
-            answer: a,
-            rating: r,
-        }
+        Generated { question: q, answer: a, rating: r }
     };
     match cfg.mode {
         Mode::Minimal => {
@@ -178,11 +161,7 @@ fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
         }
         Mode::Easy => {
             let (q, a) = easy_puzzle(&mut rng);
-            vec![Generated {
-                question: q,
-                answer: a,
-                rating: 0.0,
-            }]
+            vec![Generated { question: q, answer: a, rating: 0.0 }]
         }
         Mode::Hard { min_rating } => {
             let mut out: Vec<Generated> = Vec::new();
@@ -226,11 +205,7 @@ pub const BATCH_CHAINS: u64 = 32;
 
 /// Generates `cfg.count` distinct puzzles (distinct up to symmetry). `progress(done)` is called
 /// after each batch. Hard mode may stop short if `max_batches` pass without filling the count.
-pub fn generate(
-    cfg: &GenConfig,
-    max_batches: usize,
-    progress: &(dyn Fn(usize) + Sync),
-) -> Vec<Generated> {
+pub fn generate(cfg: &GenConfig, max_batches: usize, progress: &(dyn Fn(usize) + Sync)) -> Vec<Generated> {
     let mut out = Vec::with_capacity(cfg.count);
     let mut seen: HashSet<Board> = HashSet::new();
     let mut chain = 0u64;

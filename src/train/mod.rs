@@ -3,6 +3,7 @@
 //! resume bit-identically.
 
 pub mod checkpoint;
+pub mod data;
 pub mod run;
 pub mod sampler;
 

@@ -145,7 +145,9 @@ pub fn run<B: Backend>(
             window = Window::default();
             window_start = Instant::now();
         }
-        if !opts.eval_sets.is_empty() && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps) {
+        if !opts.eval_sets.is_empty()
+            && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps)
+        {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
             let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size);
             for r in &reports {
