@@ -230,6 +230,13 @@ pub struct DemoArgs {
     pub lr: f64,
     #[arg(long, default_value = "demo")]
     pub preset: String,
+    /// Override the preset's segment limit (ACT halts at the latest here; evaluation runs
+    /// this many segments).
+    #[arg(long)]
+    pub halt_max_steps: Option<usize>,
+    /// Override the preset's position encoding (rope or learned).
+    #[arg(long)]
+    pub pos_encodings: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -238,7 +245,15 @@ pub struct DemoArgs {
 /// puzzles of the same difficulty.
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let be = Cpu;
-    let model = ModelConfig::preset(&a.preset)?;
+    let mut model = ModelConfig::preset(&a.preset)?;
+    if let Some(p) = &a.pos_encodings {
+        model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
+            .with_context(|| format!("--pos-encodings {p}: expected rope or learned"))?;
+    }
+    if let Some(h) = a.halt_max_steps {
+        model.halt_max_steps = h;
+    }
+    model.validate()?;
     if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
         bail!("blanks must satisfy min <= max <= 64");
     }
