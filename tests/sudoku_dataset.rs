@@ -224,7 +224,14 @@ fn generation_does_not_depend_on_thread_count() {
         c.per_chain = 2;
         pool.install(|| generate(&c, 4, &|_| {}))
     };
-    for mode in [Mode::Minimal, Mode::Easy, Mode::Hard { min_rating: 3.0 }] {
+    for mode in [
+        Mode::Minimal,
+        Mode::Easy,
+        Mode::Hard {
+            min_rating: 3.0,
+            max_rating: 1000.0,
+        },
+    ] {
         let a = run(1, mode);
         let b = run(2, mode);
         assert!(!a.is_empty());
@@ -233,8 +240,12 @@ fn generation_does_not_depend_on_thread_count() {
         assert_eq!(keys.len(), a.len(), "duplicates up to symmetry in {mode:?}");
         for g in &a {
             assert!(is_solution_of(&g.question, &g.answer));
-            if let Mode::Hard { min_rating } = mode {
-                assert!(g.rating >= min_rating);
+            if let Mode::Hard {
+                min_rating,
+                max_rating,
+            } = mode
+            {
+                assert!(g.rating >= min_rating && g.rating <= max_rating);
             }
         }
     }
