@@ -48,14 +48,8 @@ fn transform_draws_cover_the_group_parts() {
         transposed += t.transpose as usize;
         band_moved += (t.row_perm[0] / 3 != 0) as usize;
     }
-    assert!(
-        (400..600).contains(&transposed),
-        "transpose ~ 50%: {transposed}"
-    );
-    assert!(
-        (550..780).contains(&band_moved),
-        "first band moved ~ 2/3: {band_moved}"
-    );
+    assert!((400..600).contains(&transposed), "transpose ~ 50%: {transposed}");
+    assert!((550..780).contains(&band_moved), "first band moved ~ 2/3: {band_moved}");
 }
 
 #[test]
@@ -75,10 +69,7 @@ fn canonical_form_is_invariant_under_every_symmetry() {
         // Each generator on its own: transpose, a band swap, a row swap, a stack swap,
         // a column swap, a digit swap.
         let id = Transform::IDENTITY;
-        let mut gens = vec![Transform {
-            transpose: true,
-            ..id
-        }];
+        let mut gens = vec![Transform { transpose: true, ..id }];
         let mut band = id;
         band.row_perm = [3, 4, 5, 0, 1, 2, 6, 7, 8];
         gens.push(band);

@@ -18,12 +18,7 @@ pub enum BoardError {
     #[error("bad character {ch:?} at column {col} (expected '1'-'9', '.' or '0')")]
     Char { ch: char, col: usize },
     #[error("bad token id {token} at cell {cell} (expected {min}..={max})")]
-    Token {
-        token: u8,
-        cell: usize,
-        min: u8,
-        max: u8,
-    },
+    Token { token: u8, cell: usize, min: u8, max: u8 },
     #[error("bad cell value {value} at cell {cell} (expected 0..=9)")]
     Value { value: u8, cell: usize },
 }
@@ -49,18 +44,13 @@ pub fn parse_board(s: &str) -> Result<Board, BoardError> {
 
 /// Formats a board as 81 characters with `blank` for empty cells.
 pub fn board_to_string(b: &Board, blank: char) -> String {
-    b.iter()
-        .map(|&v| if v == 0 { blank } else { (b'0' + v) as char })
-        .collect()
+    b.iter().map(|&v| if v == 0 { blank } else { (b'0' + v) as char }).collect()
 }
 
 /// Checks that every cell holds 0..=9.
 pub fn check_values(b: &Board) -> Result<(), BoardError> {
     match b.iter().position(|&v| v > 9) {
-        Some(cell) => Err(BoardError::Value {
-            value: b[cell],
-            cell,
-        }),
+        Some(cell) => Err(BoardError::Value { value: b[cell], cell }),
         None => Ok(()),
     }
 }
@@ -79,12 +69,7 @@ pub fn from_tokens(t: &[u8; 81]) -> Result<Board, BoardError> {
     let mut b = [0u8; 81];
     for i in 0..81 {
         if !(1..=10).contains(&t[i]) {
-            return Err(BoardError::Token {
-                token: t[i],
-                cell: i,
-                min: 1,
-                max: 10,
-            });
+            return Err(BoardError::Token { token: t[i], cell: i, min: 1, max: 10 });
         }
         b[i] = t[i] - 1;
     }

@@ -108,20 +108,13 @@ fn count_lines(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| {
-            t.lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .count() as u64
-        })
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count() as u64)
         .sum()
 }
 
 fn print_stats(name: &str, puzzles: &[Puzzle]) {
     let ratings: Vec<f32> = puzzles.iter().map(|p| p.rating).collect();
-    let givens: usize = puzzles
-        .iter()
-        .map(|p| super::board::count_givens(&p.question))
-        .sum();
+    let givens: usize = puzzles.iter().map(|p| super::board::count_givens(&p.question)).sum();
     println!(
         "{name}: {} puzzles, mean givens {:.2}, rating {}",
         puzzles.len(),
@@ -146,10 +139,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             let mode = match mode {
                 GenMode::Minimal => Mode::Minimal,
                 GenMode::Easy => Mode::Easy,
-                GenMode::Hard => Mode::Hard {
-                    min_rating,
-                    max_rating,
-                },
+                GenMode::Hard => Mode::Hard { min_rating, max_rating },
             };
             let mut cfg = GenConfig::new(count, mode, seed);
             cfg.rating_samples = rating_samples.max(1);
@@ -181,26 +171,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             );
             print_stats(&out.display().to_string(), &puzzles);
             if puzzles.len() < count {
-                bail!(
-                    "only {} of {count} puzzles found within --max-batches {max_batches}",
-                    puzzles.len()
-                );
+                bail!("only {} of {count} puzzles found within --max-batches {max_batches}", puzzles.len());
             }
             Ok(())
         }
-        DataCommand::Import {
-            files,
-            out,
-            skip_invalid,
-            rating_samples,
-        } => {
+        DataCommand::Import { files, out, skip_invalid, rating_samples } => {
             let pb = bar(count_lines(&files), "import");
             let t = Instant::now();
-            let opts = ImportOptions {
-                skip_invalid,
-                rating_samples: rating_samples.max(1),
-                rerate: true,
-            };
+            let opts = ImportOptions { skip_invalid, rating_samples: rating_samples.max(1), rerate: true };
             let (puzzles, skipped) = import(&files, &opts, &|k| pb.inc(k))?;
             pb.finish_and_clear();
             for e in &skipped {
@@ -218,29 +196,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             print_stats(&out.display().to_string(), &puzzles);
             Ok(())
         }
-        DataCommand::Build {
-            inputs,
-            out,
-            train,
-            test,
-            augment,
-            test_augment,
-            hints,
-            seed,
-            exclude,
-        } => {
+        DataCommand::Build { inputs, out, train, test, augment, test_augment, hints, seed, exclude } => {
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
             let ex = canonical_set(&exclude)?;
             let names: Vec<String> = exclude.iter().map(|p| p.display().to_string()).collect();
-            let cfg = BuildConfig {
-                train,
-                test,
-                augment,
-                hint_twins: hints,
-                test_augment,
-                seed,
-            };
+            let cfg = BuildConfig { train, test, augment, hint_twins: hints, test_augment, seed };
             let pb = bar((train + test) as u64, "build");
             let rep = build(puzzles, &ex, &names, &cfg, &out, &|k| pb.inc(k))?;
             pb.finish_and_clear();
@@ -257,17 +218,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                     m.split, m.num_puzzles, m.num_examples, m.num_groups, m.rating
                 );
             }
-            eprintln!(
-                "built {} in {:.1}s",
-                out.display(),
-                t.elapsed().as_secs_f64()
-            );
+            eprintln!("built {} in {:.1}s", out.display(), t.elapsed().as_secs_f64());
             Ok(())
         }
-        DataCommand::Stats {
-            paths,
-            rating_samples,
-        } => {
+        DataCommand::Stats { paths, rating_samples } => {
             for p in paths {
                 if p.is_dir() || p.extension().is_some_and(|e| e == "bin") {
                     let d = Dataset::load(&p)?;
@@ -291,8 +245,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                         rerate: true,
                     };
                     let pb = bar(count_lines(std::slice::from_ref(&p)), "stats");
-                    let (puzzles, skipped) =
-                        import(std::slice::from_ref(&p), &opts, &|k| pb.inc(k))?;
+                    let (puzzles, skipped) = import(std::slice::from_ref(&p), &opts, &|k| pb.inc(k))?;
                     pb.finish_and_clear();
                     print_stats(&p.display().to_string(), &puzzles);
                     if !skipped.is_empty() {

@@ -92,17 +92,10 @@ impl Dataset {
         let d = data.display();
         let bytes = std::fs::read(&data).with_context(|| format!("cannot read dataset {d}"))?;
         if bytes.len() < HEADER {
-            bail!(
-                "{d}: truncated: {} bytes, header needs {HEADER}",
-                bytes.len()
-            );
+            bail!("{d}: truncated: {} bytes, header needs {HEADER}", bytes.len());
         }
         if &bytes[..8] != MAGIC {
-            bail!(
-                "{d}: bad magic {:?}, expected {:?} (not an hrm Sudoku dataset)",
-                &bytes[..8],
-                MAGIC
-            );
+            bail!("{d}: bad magic {:?}, expected {:?} (not an hrm Sudoku dataset)", &bytes[..8], MAGIC);
         }
         let version = u32_at(&bytes, 8);
         if version != VERSION {
@@ -133,10 +126,9 @@ impl Dataset {
             bail!("{d}: example {i} holds a token id out of range");
         }
         let m = manifest_path.display();
-        let text = std::fs::read_to_string(&manifest_path)
-            .with_context(|| format!("cannot read manifest {m}"))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).with_context(|| format!("{m}: bad manifest"))?;
+        let text =
+            std::fs::read_to_string(&manifest_path).with_context(|| format!("cannot read manifest {m}"))?;
+        let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{m}: bad manifest"))?;
         if manifest.num_examples != n || manifest.num_groups != g {
             bail!(
                 "{m}: manifest says {} examples / {} groups, {d} holds {n} / {g}",
@@ -144,13 +136,7 @@ impl Dataset {
                 manifest.num_groups
             );
         }
-        Ok(Dataset {
-            bytes,
-            groups,
-            data_start,
-            n,
-            manifest,
-        })
+        Ok(Dataset { bytes, groups, data_start, n, manifest })
     }
 
     pub fn len(&self) -> usize {
@@ -251,30 +237,30 @@ pub fn canonical_set(paths: &[PathBuf]) -> anyhow::Result<HashSet<Board>> {
     Ok(set)
 }
 
-fn write_split(
-    dir: &Path,
-    split: &str,
-    puzzles: &[Puzzle],
+/// What one split holds besides its puzzles.
+struct SplitSpec<'a> {
+    name: &'a str,
     augment: usize,
     hints: bool,
+    sources: &'a [String],
+    excluded_sets: &'a [String],
+}
+
+fn write_split(
+    dir: &Path,
+    spec: &SplitSpec<'_>,
+    puzzles: &[Puzzle],
     cfg: &BuildConfig,
-    sources: &[String],
-    excluded_sets: &[String],
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Manifest> {
+    let (split, augment, hints) = (spec.name, spec.augment, spec.hints);
+    let (sources, excluded_sets) = (spec.sources, spec.excluded_sets);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let per_group = (augment + 1) * (1 + hints as usize);
     let n = puzzles.len() * per_group;
-    let salt = if split == "train" {
-        0x7472_6169_6E
-    } else {
-        0x7465_7374
-    };
+    let salt = if split == "train" { 0x0074_7261_696E } else { 0x7465_7374 };
     let ratings: Vec<f32> = puzzles.iter().map(|p| p.rating).collect();
-    let givens = puzzles
-        .iter()
-        .map(|p| super::board::count_givens(&p.question))
-        .sum::<usize>();
+    let givens = puzzles.iter().map(|p| super::board::count_givens(&p.question)).sum::<usize>();
     let manifest = Manifest {
         format: "hrm-sudoku-v1".into(),
         split: split.into(),
@@ -341,10 +327,7 @@ pub fn build(
     let input_puzzles = puzzles.len();
     for (i, p) in puzzles.iter().enumerate() {
         if !super::board::is_solution_of(&p.question, &p.answer) {
-            bail!(
-                "input puzzle {i} ({}): answer is not a solution of the question",
-                p.source
-            );
+            bail!("input puzzle {i} ({}): answer is not a solution of the question", p.source);
         }
     }
     let keys: Vec<Board> = puzzles.par_iter().map(|p| canonical(&p.question)).collect();
@@ -374,50 +357,34 @@ pub fn build(
     kept.shuffle(&mut rng);
     kept.truncate(need);
     let test_part = kept.split_off(cfg.train);
-    let mut sources: Vec<String> = kept
-        .iter()
-        .chain(&test_part)
-        .map(|p| p.source.clone())
-        .collect();
+    let mut sources: Vec<String> = kept.iter().chain(&test_part).map(|p| p.source.clone()).collect();
     sources.sort();
     sources.dedup();
     let train = if cfg.train > 0 {
-        Some(write_split(
-            &out.join("train"),
-            "train",
-            &kept,
-            cfg.augment,
-            cfg.hint_twins,
-            cfg,
-            &sources,
+        let spec = SplitSpec {
+            name: "train",
+            augment: cfg.augment,
+            hints: cfg.hint_twins,
+            sources: &sources,
             excluded_sets,
-            progress,
-        )?)
+        };
+        Some(write_split(&out.join("train"), &spec, &kept, cfg, progress)?)
     } else {
         None
     };
     let test = if cfg.test > 0 {
-        Some(write_split(
-            &out.join("test"),
-            "test",
-            &test_part,
-            cfg.test_augment,
-            false,
-            cfg,
-            &sources,
+        let spec = SplitSpec {
+            name: "test",
+            augment: cfg.test_augment,
+            hints: false,
+            sources: &sources,
             excluded_sets,
-            progress,
-        )?)
+        };
+        Some(write_split(&out.join("test"), &spec, &test_part, cfg, progress)?)
     } else {
         None
     };
-    Ok(BuildReport {
-        input_puzzles,
-        duplicates,
-        excluded,
-        train,
-        test,
-    })
+    Ok(BuildReport { input_puzzles, duplicates, excluded, train, test })
 }
 
 /// Reads puzzles for the builder (CSV or one-per-line; answers solved when absent).

@@ -52,13 +52,9 @@ pub enum Format {
 
 /// CSV if the first non-comment line is the Sudoku-Extreme header or the extension is `.csv`.
 pub fn detect_format(path: &Path, text: &str) -> Format {
-    let first = text
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with('#'));
+    let first = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#'));
     if first.is_some_and(|l| l.trim().starts_with("source,question"))
-        || path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
     {
         Format::Csv
     } else {
@@ -68,18 +64,13 @@ pub fn detect_format(path: &Path, text: &str) -> Format {
 
 /// The file stem, used as `source` for one-per-line files.
 pub fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn parse_csv_line(line: &str) -> Result<(String, Board, Option<Board>, Option<f32>), String> {
     let fields: Vec<&str> = line.split(',').collect();
     if fields.len() != 4 {
-        return Err(format!(
-            "expected 4 comma-separated fields ({CSV_HEADER}), found {}",
-            fields.len()
-        ));
+        return Err(format!("expected 4 comma-separated fields ({CSV_HEADER}), found {}", fields.len()));
     }
     let q = parse_board(fields[1]).map_err(|e| format!("question: {e}"))?;
     let a = match fields[2].trim() {
@@ -106,12 +97,8 @@ fn parse_csv_line(line: &str) -> Result<(String, Board, Option<Board>, Option<f3
 
 /// Parses a file into raw entries. With `skip_invalid`, bad lines are returned as errors next
 /// to the good entries; without it the first bad line is the error.
-pub fn read_raw(
-    path: &Path,
-    skip_invalid: bool,
-) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn read_raw(path: &Path, skip_invalid: bool) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let format = detect_format(path, &text);
     let stem = file_stem(path);
     let mut entries = Vec::new();
@@ -142,19 +129,11 @@ pub fn read_raw(
                 .map_err(|e| format!("{e}; expected 81 characters of '1'-'9' and '.'")),
         };
         match parsed {
-            Ok((source, question, answer, rating)) => entries.push(RawEntry {
-                line: lineno,
-                source,
-                question,
-                answer,
-                rating,
-            }),
+            Ok((source, question, answer, rating)) => {
+                entries.push(RawEntry { line: lineno, source, question, answer, rating })
+            }
             Err(msg) => {
-                let e = LineError {
-                    file: path.to_path_buf(),
-                    line: lineno,
-                    msg,
-                };
+                let e = LineError { file: path.to_path_buf(), line: lineno, msg };
                 if !skip_invalid {
                     return Err(e.into());
                 }
@@ -178,27 +157,17 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions {
-            skip_invalid: false,
-            rating_samples: super::rating::DEFAULT_SAMPLES,
-            rerate: true,
-        }
+        ImportOptions { skip_invalid: false, rating_samples: super::rating::DEFAULT_SAMPLES, rerate: true }
     }
 }
 
 /// Solves, checks and rates one entry.
 fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle, LineError> {
-    let err = |msg: String| LineError {
-        file: path.to_path_buf(),
-        line: e.line,
-        msg,
-    };
+    let err = |msg: String| LineError { file: path.to_path_buf(), line: e.line, msg };
     let r = rate(&e.question, opts.rating_samples.max(1)).map_err(|x| err(x.to_string()))?;
     let solution = match r.solutions {
         0 => return Err(err("puzzle has no solution".into())),
-        1 => r
-            .solution
-            .ok_or_else(|| err("internal: missing solution".into()))?,
+        1 => r.solution.ok_or_else(|| err("internal: missing solution".into()))?,
         _ => return Err(err("puzzle has more than one solution".into())),
     };
     if let Some(a) = e.answer {
@@ -213,12 +182,7 @@ fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle
         Some(x) if !opts.rerate => x,
         _ => r.rating,
     };
-    Ok(Puzzle {
-        source: e.source.clone(),
-        question: e.question,
-        answer: solution,
-        rating,
-    })
+    Ok(Puzzle { source: e.source.clone(), question: e.question, answer: solution, rating })
 }
 
 /// Reads, solves, checks and rates every puzzle of `paths` (in parallel, output in file and
@@ -269,14 +233,8 @@ pub fn write_atomic(
     path: &Path,
     f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut w = BufWriter::new(File::create(&tmp)?);
@@ -329,10 +287,6 @@ pub fn write_lines(path: &Path, puzzles: &[Board], comment: &str) -> anyhow::Res
 /// Reads an evaluation set (CSV or one-per-line), solving where no answer is given and
 /// rejecting any invalid, unsolvable or ambiguous puzzle with its `file:line`.
 pub fn read_eval_set(path: &Path) -> anyhow::Result<Vec<Puzzle>> {
-    let opts = ImportOptions {
-        skip_invalid: false,
-        rating_samples: 1,
-        rerate: false,
-    };
+    let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false };
     Ok(import(&[path.to_path_buf()], &opts, &|_| {})?.0)
 }

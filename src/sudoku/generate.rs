@@ -70,10 +70,7 @@ impl GenConfig {
 
 /// SplitMix64 mix of (seed, index): the seed of item `index`.
 pub fn item_seed(seed: u64, index: u64) -> u64 {
-    let mut z = seed
-        ^ index
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0x632B_E59B_D9B4_E019);
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x632B_E59B_D9B4_E019);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -81,10 +78,7 @@ pub fn item_seed(seed: u64, index: u64) -> u64 {
 
 /// A random complete grid.
 pub fn random_grid<R: Rng + ?Sized>(rng: &mut R) -> Board {
-    count_solutions_random(&[0; 81], 1, rng)
-        .ok()
-        .and_then(|r| r.solution)
-        .unwrap_or([0; 81]) // unreachable: the empty board always has a solution
+    count_solutions_random(&[0; 81], 1, rng).ok().and_then(|r| r.solution).unwrap_or([0; 81]) // unreachable: the empty board always has a solution
 }
 
 fn shuffled_givens<R: Rng + ?Sized>(p: &Board, rng: &mut R) -> Vec<usize> {
@@ -173,11 +167,7 @@ pub fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
     let samples = cfg.rating_samples;
     let rated = |q: Board, a: Board| {
         let r = rate(&q, samples).map(|r| r.rating).unwrap_or(0.0);
-        Generated {
-            question: q,
-            answer: a,
-            rating: r,
-        }
+        Generated { question: q, answer: a, rating: r }
     };
     match cfg.mode {
         Mode::Minimal => {
@@ -186,16 +176,9 @@ pub fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
         }
         Mode::Easy => {
             let (q, a) = easy_puzzle(&mut rng);
-            vec![Generated {
-                question: q,
-                answer: a,
-                rating: 0.0,
-            }]
+            vec![Generated { question: q, answer: a, rating: 0.0 }]
         }
-        Mode::Hard {
-            min_rating,
-            max_rating,
-        } => {
+        Mode::Hard { min_rating, max_rating } => {
             // Hill climb on the identity-orientation guess count of fully minimized puzzles;
             // promising ones (score >= 3/4 of the threshold) are rated over `rating_samples`
             // orientations and emitted when that rating lies in [min_rating, max_rating].
@@ -252,21 +235,14 @@ pub const BATCH_CHAINS: u64 = 32;
 
 /// Generates `cfg.count` distinct puzzles (distinct up to symmetry). `progress(done)` is called
 /// after each chain (an estimate until the batch is deduplicated) and after each batch. Hard mode may stop short if `max_batches` pass without filling the count.
-pub fn generate(
-    cfg: &GenConfig,
-    max_batches: usize,
-    progress: &(dyn Fn(usize) + Sync),
-) -> Vec<Generated> {
+pub fn generate(cfg: &GenConfig, max_batches: usize, progress: &(dyn Fn(usize) + Sync)) -> Vec<Generated> {
     let mut out = Vec::with_capacity(cfg.count);
     let mut seen: HashSet<Board> = HashSet::new();
     let mut chain = 0u64;
     let mut batches = 0;
     // Small requests use shorter chains so one batch does not overshoot the count by much.
     let mut cfg = cfg.clone();
-    cfg.per_chain = cfg
-        .per_chain
-        .min(cfg.count.div_ceil(BATCH_CHAINS as usize))
-        .max(1);
+    cfg.per_chain = cfg.per_chain.min(cfg.count.div_ceil(BATCH_CHAINS as usize)).max(1);
     let cfg = &cfg;
     while out.len() < cfg.count && batches < max_batches {
         let base = out.len();

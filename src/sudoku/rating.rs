@@ -37,11 +37,7 @@ pub struct Rated {
 pub fn rate(b: &Board, samples: usize) -> Result<Rated, SolveError> {
     let first = count_solutions(b, 2)?;
     if first.solutions != 1 {
-        return Ok(Rated {
-            rating: first.guesses as f32,
-            solutions: first.solutions,
-            solution: None,
-        });
+        return Ok(Rated { rating: first.guesses as f32, solutions: first.solutions, solution: None });
     }
     let mut total = first.guesses;
     let samples = samples.max(1);
@@ -50,11 +46,7 @@ pub fn rate(b: &Board, samples: usize) -> Result<Rated, SolveError> {
         let t = Transform::random(&mut rng);
         total += count_solutions(&t.apply(b), 2)?.guesses;
     }
-    Ok(Rated {
-        rating: total as f32 / samples as f32,
-        solutions: 1,
-        solution: first.solution,
-    })
+    Ok(Rated { rating: total as f32 / samples as f32, solutions: 1, solution: first.solution })
 }
 
 /// Summary statistics of a set of ratings.
@@ -79,11 +71,7 @@ impl RatingStats {
         v.sort_by(f64::total_cmp);
         let n = v.len();
         let pct = |p: f64| v[((n - 1) as f64 * p).round() as usize];
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
+        let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
         RatingStats {
             count: n,
             mean: v.iter().sum::<f64>() / n as f64,
@@ -113,10 +101,9 @@ mod tests {
 
     #[test]
     fn rating_is_orientation_stable() {
-        let p = parse_board(
-            "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........",
-        )
-        .unwrap();
+        let p =
+            parse_board("4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........")
+                .unwrap();
         let r = rate(&p, 32).unwrap();
         assert_eq!(r.solutions, 1);
         assert!(r.rating > 1.0);
@@ -124,10 +111,7 @@ mod tests {
         let t = Transform::random(&mut rng);
         let r2 = rate(&t.apply(&p), 32).unwrap();
         // Averages over 32 orientations stay within a factor of 2 of each other.
-        assert!(
-            r2.rating < 2.0 * r.rating && r.rating < 2.0 * r2.rating,
-            "{r:?} {r2:?}"
-        );
+        assert!(r2.rating < 2.0 * r.rating && r.rating < 2.0 * r2.rating, "{r:?} {r2:?}");
     }
 
     #[test]

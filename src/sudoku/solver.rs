@@ -18,11 +18,7 @@ pub enum SolveError {
         "contradictory givens: digit {digit} appears at r{}c{} and r{}c{} of the same unit",
         cell_a / 9 + 1, cell_a % 9 + 1, cell_b / 9 + 1, cell_b % 9 + 1
     )]
-    Conflict {
-        cell_a: usize,
-        cell_b: usize,
-        digit: u8,
-    },
+    Conflict { cell_a: usize, cell_b: usize, digit: u8 },
 }
 
 /// Outcome of a search.
@@ -148,9 +144,8 @@ impl State {
             // dir 0: rows and their segments per stack; dir 1: columns per band. Segment masks
             // are not refreshed after eliminations: stale masks are supersets, and every
             // deduction made from them is still sound (or the state is already contradictory).
-            let cell = |line: usize, k: usize| -> usize {
-                if dir == 0 { line * 9 + k } else { k * 9 + line }
-            };
+            let cell =
+                |line: usize, k: usize| -> usize { if dir == 0 { line * 9 + k } else { k * 9 + line } };
             let mut seg = [[0u16; 3]; 9];
             for (line, sl) in seg.iter_mut().enumerate() {
                 for (part, sg) in sl.iter_mut().enumerate() {
@@ -163,12 +158,8 @@ impl State {
                 let base = line - line % 3;
                 for part in 0..3 {
                     let here = seg[line][part];
-                    let mut box_others = 0u16;
-                    for l2 in base..base + 3 {
-                        if l2 != line {
-                            box_others |= seg[l2][part];
-                        }
-                    }
+                    let i = line - base;
+                    let box_others = seg[base + (i + 1) % 3][part] | seg[base + (i + 2) % 3][part];
                     let line_others = seg[line][(part + 1) % 3] | seg[line][(part + 2) % 3];
                     // Pointing: digits of the box confined to this segment leave the line.
                     let pointing = here & !box_others & line_others;
@@ -176,8 +167,7 @@ impl State {
                         for p2 in 0..3 {
                             if p2 != part {
                                 for k in p2 * 3..p2 * 3 + 3 {
-                                    if !self.eliminate(cell(line, k), pointing, stack, &mut changed)
-                                    {
+                                    if !self.eliminate(cell(line, k), pointing, stack, &mut changed) {
                                         return None;
                                     }
                                 }
@@ -212,9 +202,7 @@ impl State {
             while stack.len > 0 {
                 stack.len -= 1;
                 let cell = stack.cells[stack.len] as usize;
-                if self.unsolved & (1u128 << cell) != 0
-                    && !self.assign(cell, self.cand[cell], stack)
-                {
+                if self.unsolved & (1u128 << cell) != 0 && !self.assign(cell, self.cand[cell], stack) {
                     return false;
                 }
             }
@@ -246,10 +234,8 @@ impl State {
                     for &c in unit {
                         let c = c as usize;
                         if self.cand[c] & bit != 0 {
-                            if self.unsolved & (1u128 << c) != 0 {
-                                if !self.assign(c, bit, stack) {
-                                    return false;
-                                }
+                            if self.unsolved & (1u128 << c) != 0 && !self.assign(c, bit, stack) {
+                                return false;
                             }
                             break;
                         }
@@ -270,7 +256,7 @@ impl State {
         }
     }
 
-    fn to_board(&self) -> Board {
+    fn to_board(self) -> Board {
         let mut b = [0u8; 81];
         for (i, v) in b.iter_mut().enumerate() {
             *v = self.cand[i].trailing_zeros() as u8 + 1;
@@ -340,10 +326,7 @@ impl<R: Rng + ?Sized> Search<'_, R> {
         }
         for &bit in &digits[..nd] {
             let mut next = *st;
-            let mut stack = Stack {
-                cells: [0; 96],
-                len: 0,
-            };
+            let mut stack = Stack { cells: [0; 96], len: 0 };
             if next.assign(best, bit, &mut stack) && next.propagate(&mut stack) {
                 self.run(&next);
                 if self.count >= self.limit {
@@ -357,10 +340,7 @@ impl<R: Rng + ?Sized> Search<'_, R> {
 /// Checks the givens (values 0..=9, no digit twice in a unit).
 pub fn check_givens(b: &Board) -> Result<(), SolveError> {
     if let Some(cell) = b.iter().position(|&v| v > 9) {
-        return Err(SolveError::BadValue {
-            cell,
-            value: b[cell],
-        });
+        return Err(SolveError::BadValue { cell, value: b[cell] });
     }
     for unit in &UNITS {
         let mut seen = [usize::MAX; 10];
@@ -370,11 +350,7 @@ pub fn check_givens(b: &Board) -> Result<(), SolveError> {
             if v != 0 {
                 if seen[v] != usize::MAX {
                     let (a, b2) = (seen[v].min(c), seen[v].max(c));
-                    return Err(SolveError::Conflict {
-                        cell_a: a,
-                        cell_b: b2,
-                        digit: v as u8,
-                    });
+                    return Err(SolveError::Conflict { cell_a: a, cell_b: b2, digit: v as u8 });
                 }
                 seen[v] = c;
             }
@@ -383,30 +359,12 @@ pub fn check_givens(b: &Board) -> Result<(), SolveError> {
     Ok(())
 }
 
-fn search<R: Rng + ?Sized>(
-    b: &Board,
-    limit: usize,
-    rng: Option<&mut R>,
-) -> Result<SolveResult, SolveError> {
+fn search<R: Rng + ?Sized>(b: &Board, limit: usize, rng: Option<&mut R>) -> Result<SolveResult, SolveError> {
     check_givens(b)?;
-    let mut st = State {
-        cand: [ALL; 81],
-        unsolved: (1u128 << 81) - 1,
-        solved: [0; 27],
-        dirty: (1 << 27) - 1,
-    };
-    let mut stack = Stack {
-        cells: [0; 96],
-        len: 0,
-    };
-    let mut s = Search {
-        limit: limit.max(1),
-        count: 0,
-        guesses: 0,
-        first: None,
-        second: None,
-        rng,
-    };
+    let mut st =
+        State { cand: [ALL; 81], unsolved: (1u128 << 81) - 1, solved: [0; 27], dirty: (1 << 27) - 1 };
+    let mut stack = Stack { cells: [0; 96], len: 0 };
+    let mut s = Search { limit: limit.max(1), count: 0, guesses: 0, first: None, second: None, rng };
     let mut ok = true;
     for (i, &v) in b.iter().enumerate() {
         if v != 0 {
@@ -420,12 +378,7 @@ fn search<R: Rng + ?Sized>(
     if ok && st.propagate(&mut stack) {
         s.run(&st);
     }
-    Ok(SolveResult {
-        solutions: s.count,
-        solution: s.first,
-        second: s.second,
-        guesses: s.guesses,
-    })
+    Ok(SolveResult { solutions: s.count, solution: s.first, second: s.second, guesses: s.guesses })
 }
 
 /// Counts solutions up to `limit` (use 2 to decide uniqueness), recording guesses.
@@ -461,10 +414,9 @@ mod tests {
 
     #[test]
     fn solves_hard_puzzle() {
-        let p = parse_board(
-            "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........",
-        )
-        .unwrap();
+        let p =
+            parse_board("4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........")
+                .unwrap();
         let r = count_solutions(&p, 2).unwrap();
         assert_eq!(r.solutions, 1);
         assert!(is_solution_of(&p, &r.solution.unwrap()));
@@ -483,9 +435,6 @@ mod tests {
         let mut p = [0u8; 81];
         p[0] = 5;
         p[80 - 8] = 5; // r9c1, same column
-        assert!(matches!(
-            count_solutions(&p, 2),
-            Err(SolveError::Conflict { digit: 5, .. })
-        ));
+        assert!(matches!(count_solutions(&p, 2), Err(SolveError::Conflict { digit: 5, .. })));
     }
 }

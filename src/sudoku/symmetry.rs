@@ -58,12 +58,7 @@ impl Transform {
         let transpose = rng.r#gen::<f64>() < 0.5;
         let row_perm = band_perm(rng);
         let col_perm = band_perm(rng);
-        Transform {
-            digit_map,
-            transpose,
-            row_perm,
-            col_perm,
-        }
+        Transform { digit_map, transpose, row_perm, col_perm }
     }
 
     /// `mapping[i]`: new cell i takes old cell `mapping[i]` (after the optional transpose).
@@ -97,11 +92,7 @@ impl Transform {
                 src = (src % 9) * 9 + src / 9;
             }
             let v = t[src];
-            *o = if v >= 2 {
-                self.digit_map[(v - 1) as usize] + 1
-            } else {
-                v
-            };
+            *o = if v >= 2 { self.digit_map[(v - 1) as usize] + 1 } else { v };
         }
         out
     }
@@ -118,19 +109,9 @@ impl Transform {
         // permutation gives x'[R][C] = d^-1(y[rpi[R]][cpi[C]]); a trailing transpose is the
         // same as a leading one with the roles of the two permutations swapped.
         if self.transpose {
-            Transform {
-                digit_map,
-                transpose: true,
-                row_perm: cpi,
-                col_perm: rpi,
-            }
+            Transform { digit_map, transpose: true, row_perm: cpi, col_perm: rpi }
         } else {
-            Transform {
-                digit_map,
-                transpose: false,
-                row_perm: rpi,
-                col_perm: cpi,
-            }
+            Transform { digit_map, transpose: false, row_perm: rpi, col_perm: cpi }
         }
     }
 
@@ -153,21 +134,11 @@ impl Transform {
             }
             seen |= 1 << d;
         }
-        self.digit_map[0] == 0
-            && seen == 0x3FE
-            && perm_ok(&self.row_perm)
-            && perm_ok(&self.col_perm)
+        self.digit_map[0] == 0 && seen == 0x3FE && perm_ok(&self.row_perm) && perm_ok(&self.col_perm)
     }
 }
 
-const PERM3: [[u8; 3]; 6] = [
-    [0, 1, 2],
-    [0, 2, 1],
-    [1, 0, 2],
-    [1, 2, 0],
-    [2, 0, 1],
-    [2, 1, 0],
-];
+const PERM3: [[u8; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
 /// All 1296 stack-preserving column permutations.
 fn all_band_perms() -> Vec<[u8; 9]> {
@@ -226,7 +197,7 @@ impl Canon<'_> {
         // Candidates for position `depth`.
         let mut cands = [0u8; 3];
         let mut n = 0;
-        if depth % 3 != 0 {
+        if !depth.is_multiple_of(3) {
             // Remaining rows of the current band.
             let band = order[depth - 1] / 3;
             for r in band * 3..band * 3 + 3 {
@@ -296,12 +267,7 @@ pub fn canonical(b: &Board) -> Board {
         tr[i] = b[(i % 9) * 9 + i / 9];
     }
     COLS.with(|cols| {
-        let mut canon = Canon {
-            grid: b,
-            col: [0; 9],
-            best: [[0; 9]; 9],
-            valid: 0,
-        };
+        let mut canon = Canon { grid: b, col: [0; 9], best: [[0; 9]; 9], valid: 0 };
         for grid in [b, &tr] {
             canon.grid = grid;
             for col in cols {
