@@ -119,3 +119,22 @@ fn canonical_form_separates_different_puzzles() {
         .unwrap();
     assert_ne!(canonical(&q), c[0]);
 }
+
+#[test]
+fn canonical_forms_of_random_puzzles_are_distinct_and_equivalent() {
+    use hrm::sudoku::board::count_givens;
+    use hrm::sudoku::generate::minimal_puzzle;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let (q, _) = minimal_puzzle(&mut rng);
+        let c = canonical(&q);
+        // The canonical form is a puzzle of the same class: same givens, still unique, and a
+        // random transform of it canonicalizes back to it.
+        assert_eq!(count_givens(&c), count_givens(&q));
+        assert_eq!(count_solutions(&c, 2).unwrap().solutions, 1);
+        assert_eq!(canonical(&Transform::random(&mut rng).apply(&c)), c);
+        keys.insert(c);
+    }
+    assert_eq!(keys.len(), 100, "random minimal puzzles should not collide");
+}
