@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn load(name: &str, max: usize) -> Option<Vec<Board>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/sudoku")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sudoku").join(name);
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!("skipping {}: not found", path.display());
         return None;
@@ -39,9 +37,7 @@ fn bench(c: &mut Criterion) {
             continue;
         };
         let mut g = c.benchmark_group(format!("sudoku_{label}"));
-        g.sample_size(10)
-            .measurement_time(Duration::from_secs(8))
-            .warm_up_time(Duration::from_secs(1));
+        g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(1));
         g.throughput(Throughput::Elements(puzzles.len() as u64));
         g.bench_function("solve", |b| {
             b.iter(|| {

@@ -15,24 +15,12 @@ fn puzzles(n: usize, seed: u64) -> Vec<Puzzle> {
     let cfg = GenConfig::new(n, Mode::Minimal, seed);
     generate(&cfg, 1000, &|_| {})
         .into_iter()
-        .map(|g| Puzzle {
-            source: "gen".into(),
-            question: g.question,
-            answer: g.answer,
-            rating: g.rating,
-        })
+        .map(|g| Puzzle { source: "gen".into(), question: g.question, answer: g.answer, rating: g.rating })
         .collect()
 }
 
 fn cfg(seed: u64) -> BuildConfig {
-    BuildConfig {
-        train: 12,
-        test: 4,
-        augment: 5,
-        hint_twins: true,
-        test_augment: 0,
-        seed,
-    }
+    BuildConfig { train: 12, test: 4, augment: 5, hint_twins: true, test_augment: 0, seed }
 }
 
 fn build_to(dir: &Path, input: Vec<Puzzle>, seed: u64) {
@@ -42,32 +30,16 @@ fn build_to(dir: &Path, input: Vec<Puzzle>, seed: u64) {
 #[test]
 fn builder_output_is_byte_identical_for_the_same_seed() {
     let input = puzzles(20, 1);
-    let (a, b, c) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (a, b, c) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     build_to(a.path(), input.clone(), 42);
     build_to(b.path(), input.clone(), 42);
     build_to(c.path(), input, 43);
-    for f in [
-        "train/data.bin",
-        "train/manifest.json",
-        "test/data.bin",
-        "test/manifest.json",
-    ] {
+    for f in ["train/data.bin", "train/manifest.json", "test/data.bin", "test/manifest.json"] {
         let x = std::fs::read(a.path().join(f)).unwrap();
-        assert_eq!(
-            x,
-            std::fs::read(b.path().join(f)).unwrap(),
-            "{f} differs for the same seed"
-        );
+        assert_eq!(x, std::fs::read(b.path().join(f)).unwrap(), "{f} differs for the same seed");
         if f.ends_with(".bin") {
-            assert_ne!(
-                x,
-                std::fs::read(c.path().join(f)).unwrap(),
-                "{f} equal for another seed"
-            );
+            assert_ne!(x, std::fs::read(c.path().join(f)).unwrap(), "{f} equal for another seed");
         }
     }
 }
@@ -96,11 +68,8 @@ fn dataset_structure_hints_and_disjoint_splits() {
             let q: Board = from_tokens(train.inputs(i)).unwrap();
             let a: Board = from_tokens(train.labels(i)).unwrap();
             assert!(is_valid_solution(&a));
-            assert!(
-                is_solution_of(&q, &a),
-                "example {i}: input not consistent with label"
-            );
-            if (i - r.start) % 2 == 0 {
+            assert!(is_solution_of(&q, &a), "example {i}: input not consistent with label");
+            if (i - r.start).is_multiple_of(2) {
                 // Original or augmentation: same puzzle up to symmetry.
                 assert_eq!(canonical(&q), key);
                 distinct.insert(q);
@@ -117,10 +86,7 @@ fn dataset_structure_hints_and_disjoint_splits() {
     }
     for g in 0..test.num_groups() {
         let q = from_tokens(test.inputs(test.group(g).start)).unwrap();
-        assert!(
-            !train_keys.contains(&canonical(&q)),
-            "test puzzle {g} also in train"
-        );
+        assert!(!train_keys.contains(&canonical(&q)), "test puzzle {g} also in train");
     }
 }
 
@@ -132,11 +98,7 @@ fn duplicates_and_excluded_sets_are_dropped() {
     for i in 0..3 {
         let t = Transform::random(&mut rng);
         let p = &input[i];
-        input.push(Puzzle {
-            question: t.apply(&p.question),
-            answer: t.apply(&p.answer),
-            ..p.clone()
-        });
+        input.push(Puzzle { question: t.apply(&p.question), answer: t.apply(&p.answer), ..p.clone() });
     }
     // Exclude a transformed copy of puzzle 5 via a file.
     let dir = tempfile::tempdir().unwrap();
@@ -144,22 +106,13 @@ fn duplicates_and_excluded_sets_are_dropped() {
     let t = Transform::random(&mut rng);
     hrm::sudoku::formats::write_lines(&ex_path, &[t.apply(&input[5].question)], "eval").unwrap();
     let ex = canonical_set(&[ex_path]).unwrap();
-    let c = BuildConfig {
-        train: 16,
-        test: 0,
-        augment: 1,
-        hint_twins: false,
-        test_augment: 0,
-        seed: 0,
-    };
+    let c = BuildConfig { train: 16, test: 0, augment: 1, hint_twins: false, test_augment: 0, seed: 0 };
     let rep = build(input.clone(), &ex, &[], &c, dir.path(), &|_| {}).unwrap();
     assert_eq!(rep.duplicates, 3);
     assert_eq!(rep.excluded, 1);
     // Asking for more than remain is an error, not a panic.
     let c2 = BuildConfig { train: 20, ..c };
-    let e = build(input, &ex, &[], &c2, dir.path(), &|_| {})
-        .unwrap_err()
-        .to_string();
+    let e = build(input, &ex, &[], &c2, dir.path(), &|_| {}).unwrap_err().to_string();
     assert!(e.contains("only 19 remain"), "{e}");
 }
 
@@ -169,10 +122,7 @@ fn load_errors_name_the_file() {
     build_to(dir.path(), puzzles(20, 4), 1);
     let bin = dir.path().join("train/data.bin");
     let bytes = std::fs::read(&bin).unwrap();
-    let e = Dataset::load(&dir.path().join("nope"))
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Dataset::load(&dir.path().join("nope")).err().unwrap().to_string();
     assert!(e.contains("nope"), "{e}");
     std::fs::write(&bin, &bytes[..bytes.len() - 5]).unwrap();
     let e = Dataset::load(&bin).err().unwrap().to_string();
@@ -206,25 +156,19 @@ fn hint_twin_fills_between_one_and_all_but_one_blank() {
         seen.insert(filled);
     }
     // n is uniform over [1, blanks-1]: both ends show up.
-    assert!(
-        seen.contains(&1) && seen.contains(&(blanks - 1)),
-        "{seen:?}"
-    );
+    assert!(seen.contains(&1) && seen.contains(&(blanks - 1)), "{seen:?}");
 }
 
 #[test]
 fn generation_does_not_depend_on_thread_count() {
     let run = |threads: usize, mode: Mode| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut c = GenConfig::new(40, mode, 77);
         c.max_steps_per_chain = 30;
         c.per_chain = 2;
         pool.install(|| generate(&c, 4, &|_| {}))
     };
-    for mode in [Mode::Minimal, Mode::Easy, Mode::Hard { min_rating: 3.0 }] {
+    for mode in [Mode::Minimal, Mode::Easy, Mode::Hard { min_rating: 3.0, max_rating: 1000.0 }] {
         let a = run(1, mode);
         let b = run(2, mode);
         assert!(!a.is_empty());
@@ -233,8 +177,8 @@ fn generation_does_not_depend_on_thread_count() {
         assert_eq!(keys.len(), a.len(), "duplicates up to symmetry in {mode:?}");
         for g in &a {
             assert!(is_solution_of(&g.question, &g.answer));
-            if let Mode::Hard { min_rating } = mode {
-                assert!(g.rating >= min_rating);
+            if let Mode::Hard { min_rating, max_rating } = mode {
+                assert!(g.rating >= min_rating && g.rating <= max_rating);
             }
         }
     }

@@ -5,16 +5,12 @@ use hrm::sudoku::dataset::read_eval_set;
 use hrm::sudoku::formats::{ImportOptions, import, write_csv};
 use std::path::{Path, PathBuf};
 
-const GOOD: &str =
-    "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........";
-const GOOD2: &str =
-    "98.7..6..75..4......3..8.7.5....7.3...94.........2.1..3.......1.9...5.8...52....6";
+const GOOD: &str = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........";
+const GOOD2: &str = "98.7..6..75..4......3..8.7.5....7.3...94.........2.1..3.......1.9...5.8...52....6";
 // A 17-clue puzzle with one clue removed: 16 clues, several solutions.
-const MULTI: &str =
-    ".................1.....2.3......3.2...1.4......5....6..3......4.7..8...962.......";
+const MULTI: &str = ".................1.....2.3......3.2...1.4......5....6..3......4.7..8...962.......";
 // Contradiction: two 4s in row 1.
-const CONFLICT: &str =
-    "4...3...4...6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........";
+const CONFLICT: &str = "4...3...4...6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........";
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -24,19 +20,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn err_of(path: &Path) -> String {
     let opts = ImportOptions::default();
-    import(&[path.to_path_buf()], &opts, &|_| {})
-        .unwrap_err()
-        .to_string()
+    import(&[path.to_path_buf()], &opts, &|_| {}).unwrap_err().to_string()
 }
 
 #[test]
 fn imports_line_format_with_comments() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "mini.txt",
-        &format!("# header\n{GOOD}\n\n# c\n{GOOD2}\n"),
-    );
+    let p = write(dir.path(), "mini.txt", &format!("# header\n{GOOD}\n\n# c\n{GOOD2}\n"));
     let (puzzles, skipped) = import(&[p], &ImportOptions::default(), &|_| {}).unwrap();
     assert!(skipped.is_empty());
     assert_eq!(puzzles.len(), 2);
@@ -52,36 +42,13 @@ fn imports_line_format_with_comments() {
 fn error_cases_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        (
-            "short.txt",
-            format!("# c\n{GOOD}\n{}\n", &GOOD[..80]),
-            ":3:",
-            "expected 81 cells",
-        ),
-        (
-            "chars.txt",
-            format!("{}x{}\n", &GOOD[..10], &GOOD[11..]),
-            ":1:",
-            "bad character 'x'",
-        ),
-        (
-            "multi.txt",
-            format!("{GOOD}\n{GOOD2}\n{MULTI}\n"),
-            ":3:",
-            "more than one solution",
-        ),
-        (
-            "conflict.txt",
-            format!("{GOOD}\n{CONFLICT}\n"),
-            ":2:",
-            "contradictory givens",
-        ),
+        ("short.txt", format!("# c\n{GOOD}\n{}\n", &GOOD[..80]), ":3:", "expected 81 cells"),
+        ("chars.txt", format!("{}x{}\n", &GOOD[..10], &GOOD[11..]), ":1:", "bad character 'x'"),
+        ("multi.txt", format!("{GOOD}\n{GOOD2}\n{MULTI}\n"), ":3:", "more than one solution"),
+        ("conflict.txt", format!("{GOOD}\n{CONFLICT}\n"), ":2:", "contradictory givens"),
         (
             "nosol.txt",
-            format!(
-                "12345678.{}\n",
-                ".".repeat(36) + "........9" + &".".repeat(27)
-            ),
+            format!("12345678.{}\n", ".".repeat(36) + "........9" + &".".repeat(27)),
             ":1:",
             "no solution",
         ),
@@ -89,10 +56,7 @@ fn error_cases_name_file_and_line() {
     for (name, text, line, what) in cases {
         let p = write(dir.path(), name, &text);
         let e = err_of(&p);
-        assert!(
-            e.contains(&format!("{name}{line}")),
-            "{name}: error {e:?} lacks {name}{line}"
-        );
+        assert!(e.contains(&format!("{name}{line}")), "{name}: error {e:?} lacks {name}{line}");
         assert!(e.contains(what), "{name}: error {e:?} lacks {what:?}");
     }
 }
@@ -115,32 +79,14 @@ fn csv_errors_name_file_and_line() {
             ":2:",
             "4 comma-separated",
         ),
-        (
-            "answer.csv",
-            format!("source,question,answer,rating\nx,{GOOD},{wrong},3\n"),
-            ":2:",
-            "answer",
-        ),
-        (
-            "rating.csv",
-            format!("source,question,answer,rating\nx,{GOOD},{solved},abc\n"),
-            ":2:",
-            "rating",
-        ),
-        (
-            "header.csv",
-            format!("source,question,answer\nx,{GOOD},{solved},1\n"),
-            ":1:",
-            "header",
-        ),
+        ("answer.csv", format!("source,question,answer,rating\nx,{GOOD},{wrong},3\n"), ":2:", "answer"),
+        ("rating.csv", format!("source,question,answer,rating\nx,{GOOD},{solved},abc\n"), ":2:", "rating"),
+        ("header.csv", format!("source,question,answer\nx,{GOOD},{solved},1\n"), ":1:", "header"),
     ];
     for (name, text, line, what) in cases {
         let p = write(dir.path(), name, &text);
         let e = err_of(&p);
-        assert!(
-            e.contains(&format!("{name}{line}")),
-            "{name}: error {e:?} lacks {name}{line}"
-        );
+        assert!(e.contains(&format!("{name}{line}")), "{name}: error {e:?} lacks {name}{line}");
         assert!(e.contains(what), "{name}: error {e:?} lacks {what:?}");
     }
     // A good CSV with an answer and an empty answer both load.
@@ -158,15 +104,9 @@ fn csv_errors_name_file_and_line() {
 #[test]
 fn skip_invalid_reports_and_skips() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "mixed.txt",
-        &format!("{GOOD}\n{}\n{MULTI}\n{CONFLICT}\n{GOOD2}\n", &GOOD[..50]),
-    );
-    let opts = ImportOptions {
-        skip_invalid: true,
-        ..ImportOptions::default()
-    };
+    let p =
+        write(dir.path(), "mixed.txt", &format!("{GOOD}\n{}\n{MULTI}\n{CONFLICT}\n{GOOD2}\n", &GOOD[..50]));
+    let opts = ImportOptions { skip_invalid: true, ..ImportOptions::default() };
     let (puzzles, skipped) = import(&[p], &opts, &|_| {}).unwrap();
     assert_eq!(puzzles.len(), 2);
     let lines: Vec<usize> = skipped.iter().map(|e| e.line).collect();

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 fn shared_set(name: &str) -> Option<Vec<Board>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/sudoku")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sudoku").join(name);
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!("skipping: {} not found", path.display());
         return None;
@@ -30,15 +28,9 @@ fn check_set(name: &str, max: usize) {
     let mut guesses = 0u64;
     for (i, p) in puzzles.iter().enumerate() {
         let r = count_solutions(p, 2).unwrap();
-        assert_eq!(
-            r.solutions, 1,
-            "{name} puzzle {i} should have exactly one solution"
-        );
+        assert_eq!(r.solutions, 1, "{name} puzzle {i} should have exactly one solution");
         let s = r.solution.unwrap();
-        assert!(
-            is_solution_of(p, &s),
-            "{name} puzzle {i}: solution invalid or drops a given"
-        );
+        assert!(is_solution_of(p, &s), "{name} puzzle {i}: solution invalid or drops a given");
         guesses += r.guesses;
     }
     let dt = t.elapsed().as_secs_f64();
@@ -68,10 +60,9 @@ fn solves_17clue_prefix() {
 #[test]
 fn detects_multiple_solutions() {
     // A valid grid with an unavoidable rectangle removed: r1c1/r1c2/r2c1/r2c2 hold 1,2 / 4,5 ...
-    let full = parse_board(
-        "123456789456789123789123456214365897365897214897214365531642978642978531978531642",
-    )
-    .unwrap();
+    let full =
+        parse_board("123456789456789123789123456214365897365897214897214365531642978642978531978531642")
+            .unwrap();
     assert!(hrm::sudoku::board::is_valid_solution(&full));
     let r = count_solutions(&full, 2).unwrap();
     assert_eq!(r.solutions, 1);
@@ -79,9 +70,7 @@ fn detects_multiple_solutions() {
     // Swap-able rectangle: cells (r1,c1)=1,(r1,c4)=4,(r2,c1)=4,(r2,c4)=7? Use a blanked band
     // instead: blank rows 1-2 except one cell each; many completions exist.
     let mut p = full;
-    for c in 0..18 {
-        p[c] = 0;
-    }
+    p[..18].fill(0);
     let r = count_solutions(&p, 2).unwrap();
     assert_eq!(r.solutions, 2);
     let (a, b) = (r.solution.unwrap(), r.second.unwrap());
@@ -100,21 +89,11 @@ fn detects_contradictions() {
     let mut p = [0u8; 81];
     p[0] = 3;
     p[10] = 3;
-    assert_eq!(
-        count_solutions(&p, 2),
-        Err(SolveError::Conflict {
-            cell_a: 0,
-            cell_b: 10,
-            digit: 3
-        })
-    );
+    assert_eq!(count_solutions(&p, 2), Err(SolveError::Conflict { cell_a: 0, cell_b: 10, digit: 3 }));
     // Out-of-range value.
     let mut q = [0u8; 81];
     q[7] = 12;
-    assert_eq!(
-        count_solutions(&q, 2),
-        Err(SolveError::BadValue { cell: 7, value: 12 })
-    );
+    assert_eq!(count_solutions(&q, 2), Err(SolveError::BadValue { cell: 7, value: 12 }));
     // No direct conflict but no solution: r1c9 must be 9 (row has 1..8) but column 9 has a 9.
     let mut n = parse_board(&format!("12345678.{}", ".".repeat(72))).unwrap();
     n[8 + 9 * 5] = 9;

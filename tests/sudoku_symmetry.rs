@@ -48,14 +48,8 @@ fn transform_draws_cover_the_group_parts() {
         transposed += t.transpose as usize;
         band_moved += (t.row_perm[0] / 3 != 0) as usize;
     }
-    assert!(
-        (400..600).contains(&transposed),
-        "transpose ~ 50%: {transposed}"
-    );
-    assert!(
-        (550..780).contains(&band_moved),
-        "first band moved ~ 2/3: {band_moved}"
-    );
+    assert!((400..600).contains(&transposed), "transpose ~ 50%: {transposed}");
+    assert!((550..780).contains(&band_moved), "first band moved ~ 2/3: {band_moved}");
 }
 
 #[test]
@@ -75,10 +69,7 @@ fn canonical_form_is_invariant_under_every_symmetry() {
         // Each generator on its own: transpose, a band swap, a row swap, a stack swap,
         // a column swap, a digit swap.
         let id = Transform::IDENTITY;
-        let mut gens = vec![Transform {
-            transpose: true,
-            ..id
-        }];
+        let mut gens = vec![Transform { transpose: true, ..id }];
         let mut band = id;
         band.row_perm = [3, 4, 5, 0, 1, 2, 6, 7, 8];
         gens.push(band);
@@ -127,4 +118,23 @@ fn canonical_form_separates_different_puzzles() {
         })
         .unwrap();
     assert_ne!(canonical(&q), c[0]);
+}
+
+#[test]
+fn canonical_forms_of_random_puzzles_are_distinct_and_equivalent() {
+    use hrm::sudoku::board::count_givens;
+    use hrm::sudoku::generate::minimal_puzzle;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let (q, _) = minimal_puzzle(&mut rng);
+        let c = canonical(&q);
+        // The canonical form is a puzzle of the same class: same givens, still unique, and a
+        // random transform of it canonicalizes back to it.
+        assert_eq!(count_givens(&c), count_givens(&q));
+        assert_eq!(count_solutions(&c, 2).unwrap().solutions, 1);
+        assert_eq!(canonical(&Transform::random(&mut rng).apply(&c)), c);
+        keys.insert(c);
+    }
+    assert_eq!(keys.len(), 100, "random minimal puzzles should not collide");
 }

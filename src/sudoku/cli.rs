@@ -30,12 +30,15 @@ pub enum DataCommand {
         #[arg(long, value_enum, default_value_t = GenMode::Hard)]
         mode: GenMode,
         /// Hard mode: keep puzzles with rating >= this.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, default_value_t = 48.0)]
         min_rating: f32,
+        /// Hard mode: keep puzzles with rating <= this (and do not climb above it).
+        #[arg(long, default_value_t = 320.0)]
+        max_rating: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Orientations averaged by the rating while searching.
-        #[arg(long, default_value_t = 4)]
+        /// Orientations averaged by the rating of generated puzzles.
+        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
         rating_samples: usize,
         /// Give up after this many batches of 32 chains (hard mode).
         #[arg(long, default_value_t = 100_000)]
@@ -123,11 +126,20 @@ fn print_stats(name: &str, puzzles: &[Puzzle]) {
 /// Runs one `hrm data` command.
 pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
     match cmd {
-        DataCommand::Generate { count, mode, min_rating, seed, rating_samples, max_batches, out } => {
+        DataCommand::Generate {
+            count,
+            mode,
+            min_rating,
+            max_rating,
+            seed,
+            rating_samples,
+            max_batches,
+            out,
+        } => {
             let mode = match mode {
                 GenMode::Minimal => Mode::Minimal,
                 GenMode::Easy => Mode::Easy,
-                GenMode::Hard => Mode::Hard { min_rating },
+                GenMode::Hard => Mode::Hard { min_rating, max_rating },
             };
             let mut cfg = GenConfig::new(count, mode, seed);
             cfg.rating_samples = rating_samples.max(1);
@@ -139,7 +151,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             let source = match mode {
                 Mode::Minimal => format!("hrm-gen-minimal-s{seed}"),
                 Mode::Easy => format!("hrm-gen-easy-s{seed}"),
-                Mode::Hard { min_rating } => format!("hrm-gen-hard{min_rating}-s{seed}"),
+                Mode::Hard { min_rating, .. } => format!("hrm-gen-hard{min_rating}-s{seed}"),
             };
             let puzzles: Vec<Puzzle> = got
                 .into_iter()

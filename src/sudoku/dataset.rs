@@ -237,21 +237,28 @@ pub fn canonical_set(paths: &[PathBuf]) -> anyhow::Result<HashSet<Board>> {
     Ok(set)
 }
 
-fn write_split(
-    dir: &Path,
-    split: &str,
-    puzzles: &[Puzzle],
+/// What one split holds besides its puzzles.
+struct SplitSpec<'a> {
+    name: &'a str,
     augment: usize,
     hints: bool,
+    sources: &'a [String],
+    excluded_sets: &'a [String],
+}
+
+fn write_split(
+    dir: &Path,
+    spec: &SplitSpec<'_>,
+    puzzles: &[Puzzle],
     cfg: &BuildConfig,
-    sources: &[String],
-    excluded_sets: &[String],
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Manifest> {
+    let (split, augment, hints) = (spec.name, spec.augment, spec.hints);
+    let (sources, excluded_sets) = (spec.sources, spec.excluded_sets);
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let per_group = (augment + 1) * (1 + hints as usize);
     let n = puzzles.len() * per_group;
-    let salt = if split == "train" { 0x7472_6169_6E } else { 0x7465_7374 };
+    let salt = if split == "train" { 0x0074_7261_696E } else { 0x7465_7374 };
     let ratings: Vec<f32> = puzzles.iter().map(|p| p.rating).collect();
     let givens = puzzles.iter().map(|p| super::board::count_givens(&p.question)).sum::<usize>();
     let manifest = Manifest {
@@ -354,32 +361,26 @@ pub fn build(
     sources.sort();
     sources.dedup();
     let train = if cfg.train > 0 {
-        Some(write_split(
-            &out.join("train"),
-            "train",
-            &kept,
-            cfg.augment,
-            cfg.hint_twins,
-            cfg,
-            &sources,
+        let spec = SplitSpec {
+            name: "train",
+            augment: cfg.augment,
+            hints: cfg.hint_twins,
+            sources: &sources,
             excluded_sets,
-            progress,
-        )?)
+        };
+        Some(write_split(&out.join("train"), &spec, &kept, cfg, progress)?)
     } else {
         None
     };
     let test = if cfg.test > 0 {
-        Some(write_split(
-            &out.join("test"),
-            "test",
-            &test_part,
-            cfg.test_augment,
-            false,
-            cfg,
-            &sources,
+        let spec = SplitSpec {
+            name: "test",
+            augment: cfg.test_augment,
+            hints: false,
+            sources: &sources,
             excluded_sets,
-            progress,
-        )?)
+        };
+        Some(write_split(&out.join("test"), &spec, &test_part, cfg, progress)?)
     } else {
         None
     };

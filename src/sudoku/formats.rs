@@ -284,8 +284,10 @@ pub fn write_lines(path: &Path, puzzles: &[Board], comment: &str) -> anyhow::Res
     })
 }
 
-/// Reads an evaluation set (CSV or one-per-line), solving where no answer is given and
-/// rejecting any invalid, unsolvable or ambiguous puzzle with its `file:line`.
+/// Reads an evaluation set (CSV or one-per-line), solving every puzzle (a CSV answer must equal
+/// the unique solution) and rejecting any invalid, unsolvable or ambiguous puzzle with its
+/// `file:line`. Ratings: a CSV's own rating is kept; otherwise it is the identity-orientation
+/// guess count (1 sample, to keep loading fast; `hrm data import` computes the 8-sample one).
 pub fn read_eval_set(path: &Path) -> anyhow::Result<Vec<Puzzle>> {
     let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false };
     Ok(import(&[path.to_path_buf()], &opts, &|_| {})?.0)

@@ -10,9 +10,9 @@
 //! - `easy`: givens removed in random order while singles alone still solve it (rating 0).
 //! - `hard`: a local search in the style of tdoku's generator: start from a random minimal
 //!   puzzle, repeatedly perturb it (drop 1-3 givens, add givens from one of the competing
-//!   solutions until unique again, minimize), move to the perturbed puzzle when its rating is
-//!   not lower (or restart after a long stall), and emit every puzzle rated at or above the
-//!   threshold.
+//!   solutions until unique again, minimize fully), move to the perturbed puzzle when its guess
+//!   count is not lower (restarting from an earlier find after 200 steps without a move), and
+//!   emit every puzzle whose rating lies in `[min_rating, max_rating]`.
 
 use super::board::Board;
 use super::rating::rate;
@@ -30,7 +30,7 @@ use std::collections::HashSet;
 pub enum Mode {
     Minimal,
     Easy,
-    Hard { min_rating: f32 },
+    Hard { min_rating: f32, max_rating: f32 },
 }
 
 /// A generated puzzle with its unique solution and rating.
@@ -49,7 +49,7 @@ pub struct GenConfig {
     pub seed: u64,
     /// Orientations averaged by the rating.
     pub rating_samples: usize,
-    /// Hard mode: local-search steps per chain before it gives up.
+    /// Hard mode: local-search steps per chain before it stops.
     pub max_steps_per_chain: usize,
     /// Hard mode: puzzles emitted per chain at most.
     pub per_chain: usize,
@@ -57,7 +57,14 @@ pub struct GenConfig {
 
 impl GenConfig {
     pub fn new(count: usize, mode: Mode, seed: u64) -> GenConfig {
-        GenConfig { count, mode, seed, rating_samples: 4, max_steps_per_chain: 2000, per_chain: 8 }
+        GenConfig {
+            count,
+            mode,
+            seed,
+            rating_samples: super::rating::DEFAULT_SAMPLES,
+            max_steps_per_chain: 20_000,
+            per_chain: 8,
+        }
     }
 }
 
@@ -115,39 +122,47 @@ pub fn easy_puzzle<R: Rng + ?Sized>(rng: &mut R) -> (Board, Board) {
 }
 
 /// Local-search move: drop 1-3 givens, add givens from one of two competing solutions until the
-/// puzzle is unique again, then minimize. Returns the new puzzle and its solution.
-pub fn perturb<R: Rng + ?Sized>(p: &Board, rng: &mut R) -> Option<(Board, Board)> {
+/// puzzle is unique again, then try to remove each added given again. Returns the new puzzle, its solution and its guess count (identity
+/// orientation).
+pub fn perturb<R: Rng + ?Sized>(p: &Board, rng: &mut R) -> Option<(Board, Board, u64)> {
     let mut q = *p;
     let givens = shuffled_givens(p, rng);
     let k = rng.gen_range(1..=3usize).min(givens.len());
     for &c in &givens[..k] {
         q[c] = 0;
     }
-    let mut guard = 0;
+    let mut added = Vec::new();
     loop {
         let r = count_solutions_random(&q, 2, rng).ok()?;
         match r.solutions {
             0 => return None,
-            1 => {
-                let m = minimize(&q, rng);
-                return Some((m, r.solution?));
-            }
+            1 => break,
             _ => {
                 let (a, b) = (r.solution?, r.second?);
                 let diff: Vec<usize> = (0..81).filter(|&i| a[i] != b[i]).collect();
                 let c = *diff.choose(rng)?;
                 q[c] = if rng.r#gen::<bool>() { a[c] } else { b[c] };
+                added.push(c);
             }
         }
-        guard += 1;
-        if guard > 81 {
+        if added.len() > 81 {
             return None;
         }
     }
+    added.shuffle(rng);
+    for c in added {
+        let v = q[c];
+        q[c] = 0;
+        if !count_solutions(&q, 2).is_ok_and(|r| r.solutions == 1) {
+            q[c] = v;
+        }
+    }
+    let r = count_solutions(&q, 2).ok()?;
+    Some((q, r.solution?, r.guesses))
 }
 
 /// Output of one chain.
-fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
+pub fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
     let mut rng = ChaCha8Rng::seed_from_u64(item_seed(cfg.seed, chain));
     let samples = cfg.rating_samples;
     let rated = |q: Board, a: Board| {
@@ -163,33 +178,48 @@ fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
             let (q, a) = easy_puzzle(&mut rng);
             vec![Generated { question: q, answer: a, rating: 0.0 }]
         }
-        Mode::Hard { min_rating } => {
+        Mode::Hard { min_rating, max_rating } => {
+            // Hill climb on the identity-orientation guess count of fully minimized puzzles;
+            // promising ones (score >= 3/4 of the threshold) are rated over `rating_samples`
+            // orientations and emitted when that rating lies in [min_rating, max_rating].
+            let fresh = |rng: &mut ChaCha8Rng| {
+                let (q, _) = minimal_puzzle(rng);
+                let g = count_solutions(&q, 2).map(|r| r.guesses).unwrap_or(0);
+                (q, g as f32)
+            };
             let mut out: Vec<Generated> = Vec::new();
-            let (q, a) = minimal_puzzle(&mut rng);
-            let mut cur = rated(q, a);
-            if cur.rating >= min_rating {
-                out.push(cur.clone());
-            }
+            let (mut cur, mut cur_score) = fresh(&mut rng);
             let mut stale = 0;
             for _ in 0..cfg.max_steps_per_chain {
                 if out.len() >= cfg.per_chain {
                     break;
                 }
-                let Some((q, a)) = perturb(&cur.question, &mut rng) else {
+                let Some((q, a, _)) = perturb(&cur, &mut rng) else {
                     continue;
                 };
-                let next = rated(q, a);
-                if next.rating >= min_rating && !out.iter().any(|g| g.question == next.question) {
-                    out.push(next.clone());
+                let q = minimize(&q, &mut rng);
+                let score = count_solutions(&q, 2).map(|r| r.guesses).unwrap_or(0) as f32;
+                if score >= 0.75 * min_rating {
+                    let full = rated(q, a);
+                    if full.rating >= min_rating
+                        && full.rating <= max_rating
+                        && !out.iter().any(|g| g.question == q)
+                    {
+                        out.push(full);
+                    }
                 }
-                if next.rating >= cur.rating {
-                    cur = next;
+                if score >= cur_score && score <= max_rating {
+                    (cur, cur_score) = (q, score);
                     stale = 0;
                 } else {
                     stale += 1;
-                    if stale > 60 {
-                        let (q, a) = minimal_puzzle(&mut rng);
-                        cur = rated(q, a);
+                    if stale > 200 {
+                        // Restart from an emitted hard puzzle when there is one, else afresh.
+                        if let Some(g) = out.choose(&mut rng) {
+                            (cur, cur_score) = (g.question, g.rating);
+                        } else {
+                            (cur, cur_score) = fresh(&mut rng);
+                        }
                         stale = 0;
                     }
                 }
@@ -204,18 +234,26 @@ fn run_chain(cfg: &GenConfig, chain: u64) -> Vec<Generated> {
 pub const BATCH_CHAINS: u64 = 32;
 
 /// Generates `cfg.count` distinct puzzles (distinct up to symmetry). `progress(done)` is called
-/// after each batch. Hard mode may stop short if `max_batches` pass without filling the count.
+/// after each chain (an estimate until the batch is deduplicated) and after each batch. Hard mode may stop short if `max_batches` pass without filling the count.
 pub fn generate(cfg: &GenConfig, max_batches: usize, progress: &(dyn Fn(usize) + Sync)) -> Vec<Generated> {
     let mut out = Vec::with_capacity(cfg.count);
     let mut seen: HashSet<Board> = HashSet::new();
     let mut chain = 0u64;
     let mut batches = 0;
+    // Small requests use shorter chains so one batch does not overshoot the count by much.
+    let mut cfg = cfg.clone();
+    cfg.per_chain = cfg.per_chain.min(cfg.count.div_ceil(BATCH_CHAINS as usize)).max(1);
+    let cfg = &cfg;
     while out.len() < cfg.count && batches < max_batches {
+        let base = out.len();
+        let found = std::sync::atomic::AtomicUsize::new(0);
         let results: Vec<Vec<(Generated, Board)>> = (chain..chain + BATCH_CHAINS)
             .into_par_iter()
             .map(|c| {
-                run_chain(cfg, c)
-                    .into_iter()
+                let v = run_chain(cfg, c);
+                let k = found.fetch_add(v.len(), std::sync::atomic::Ordering::Relaxed) + v.len();
+                progress((base + k).min(cfg.count));
+                v.into_iter()
                     .map(|g| {
                         let k = canonical(&g.question);
                         (g, k)

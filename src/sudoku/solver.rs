@@ -158,12 +158,8 @@ impl State {
                 let base = line - line % 3;
                 for part in 0..3 {
                     let here = seg[line][part];
-                    let mut box_others = 0u16;
-                    for l2 in base..base + 3 {
-                        if l2 != line {
-                            box_others |= seg[l2][part];
-                        }
-                    }
+                    let i = line - base;
+                    let box_others = seg[base + (i + 1) % 3][part] | seg[base + (i + 2) % 3][part];
                     let line_others = seg[line][(part + 1) % 3] | seg[line][(part + 2) % 3];
                     // Pointing: digits of the box confined to this segment leave the line.
                     let pointing = here & !box_others & line_others;
@@ -238,10 +234,8 @@ impl State {
                     for &c in unit {
                         let c = c as usize;
                         if self.cand[c] & bit != 0 {
-                            if self.unsolved & (1u128 << c) != 0 {
-                                if !self.assign(c, bit, stack) {
-                                    return false;
-                                }
+                            if self.unsolved & (1u128 << c) != 0 && !self.assign(c, bit, stack) {
+                                return false;
                             }
                             break;
                         }
@@ -262,7 +256,7 @@ impl State {
         }
     }
 
-    fn to_board(&self) -> Board {
+    fn to_board(self) -> Board {
         let mut b = [0u8; 81];
         for (i, v) in b.iter_mut().enumerate() {
             *v = self.cand[i].trailing_zeros() as u8 + 1;

@@ -197,7 +197,7 @@ impl Canon<'_> {
         // Candidates for position `depth`.
         let mut cands = [0u8; 3];
         let mut n = 0;
-        if depth % 3 != 0 {
+        if !depth.is_multiple_of(3) {
             // Remaining rows of the current band.
             let band = order[depth - 1] / 3;
             for r in band * 3..band * 3 + 3 {
