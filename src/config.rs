@@ -79,6 +79,9 @@ impl ModelConfig {
             H_layers: 1,
             L_layers: 1,
             puzzle_emb_ndim: 64,
+            // Four segments: a carried puzzle is replaced 4x sooner, so a short CPU run sees
+            // 4x more distinct puzzles.
+            halt_max_steps: 4,
             ..Self::sudoku()
         }
     }

@@ -217,16 +217,16 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 500)]
     pub eval_puzzles: usize,
     /// Fewest blanks per puzzle.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 5)]
     pub min_blanks: usize,
     /// Most blanks per puzzle.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 15)]
     pub max_blanks: usize,
     #[arg(long, default_value_t = 1500)]
     pub steps: u64,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     #[arg(long, default_value = "demo")]
     pub preset: String,
