@@ -28,14 +28,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=emu");
     println!("cargo:rerun-if-changed=.venv-cuda/.hrm-pins");
-    for v in [
-        "NVCC",
-        "CUDA_HOME",
-        "CUDA_PATH",
-        "HRM_REQUIRE_NVCC",
-        "HRM_NO_EMU",
-        "CXX",
-    ] {
+    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "HRM_REQUIRE_NVCC", "HRM_NO_EMU", "CXX"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -174,16 +167,11 @@ fn find_nvcc(manifest: &Path) -> Option<PathBuf> {
     }
     cands.push("/usr/local/cuda/bin/nvcc".into());
     // nvcc must be called by its real path (through a symlink it cannot find cicc).
-    cands
-        .into_iter()
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
+    cands.into_iter().find(|p| p.is_file()).and_then(|p| p.canonicalize().ok())
 }
 
 fn run(cmd: &mut Command) -> String {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let o = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     if !o.status.success() {
         panic!("{cmd:?} failed:\n{text}");
@@ -202,13 +190,7 @@ fn compile_cuda(nvcc: &Path, src: &Path, kdir: &Path) -> (String, String) {
         .arg(src));
     let ptxas = run(Command::new(nvcc)
         .args(common)
-        .args([
-            "-cubin",
-            "-gencode=arch=compute_90a,code=sm_90a",
-            "-Xptxas",
-            "-v",
-            "-o",
-        ])
+        .args(["-cubin", "-gencode=arch=compute_90a,code=sm_90a", "-Xptxas", "-v", "-o"])
         .arg(kdir.join(format!("{stem}.sm_90a.cubin")))
         .arg(src));
     (stem, ptxas)
@@ -234,14 +216,7 @@ fn parse_ptxas(text: &str) -> Vec<Res> {
         if let Some(i) = line.find("Compiling entry function '") {
             let rest = &line[i + "Compiling entry function '".len()..];
             let name = rest.split('\'').next().unwrap_or("").to_string();
-            out.push(Res {
-                name,
-                regs: 0,
-                smem: 0,
-                stack: 0,
-                spill_st: 0,
-                spill_ld: 0,
-            });
+            out.push(Res { name, regs: 0, smem: 0, stack: 0, spill_st: 0, spill_ld: 0 });
         } else if let Some(r) = out.last_mut() {
             if line.contains("bytes stack frame") {
                 r.stack = num_before(line, "bytes stack frame").unwrap_or(0);
@@ -264,11 +239,8 @@ fn build_emulation(
 ) -> Result<PathBuf, String> {
     let dir = out.join("emu");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let compiler = cc::Build::new()
-        .cpp(true)
-        .cargo_metadata(false)
-        .try_get_compiler()
-        .map_err(|e| e.to_string())?;
+    let compiler =
+        cc::Build::new().cpp(true).cargo_metadata(false).try_get_compiler().map_err(|e| e.to_string())?;
     let inc = cuda_root.join("include");
     let emu = manifest.join("emu");
     let base = |c: &mut Command| {
@@ -301,18 +273,16 @@ fn build_emulation(
                     let mut c = compiler.to_command();
                     base(&mut c);
                     if *is_kernel {
-                        c.arg("-include")
-                            .arg(emu.join("cuda_emu.h"))
-                            .args(["-x", "c++", "-Wno-unknown-pragmas"]);
+                        c.arg("-include").arg(emu.join("cuda_emu.h")).args([
+                            "-x",
+                            "c++",
+                            "-Wno-unknown-pragmas",
+                        ]);
                     }
                     c.arg("-c").arg(src).arg("-o").arg(obj);
                     match c.output() {
                         Ok(o) if o.status.success() => None,
-                        Ok(o) => Some(format!(
-                            "{}: {}",
-                            src.display(),
-                            String::from_utf8_lossy(&o.stderr)
-                        )),
+                        Ok(o) => Some(format!("{}: {}", src.display(), String::from_utf8_lossy(&o.stderr))),
                         Err(e) => Some(format!("{}: {e}", src.display())),
                     }
                 })
@@ -337,11 +307,8 @@ fn build_emulation(
         }
         Ok(())
     };
-    let driver_objs: Vec<PathBuf> = jobs
-        .iter()
-        .filter(|(s, _, _)| !s.ends_with("cublaslt.cpp"))
-        .map(|(_, o, _)| o.clone())
-        .collect();
+    let driver_objs: Vec<PathBuf> =
+        jobs.iter().filter(|(s, _, _)| !s.ends_with("cublaslt.cpp")).map(|(_, o, _)| o.clone()).collect();
     link(&driver_objs, "libcuda.so")?;
     link(&[dir.join("cublaslt.o")], "libcublasLt.so")?;
     Ok(dir)

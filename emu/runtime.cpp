@@ -45,8 +45,15 @@ const KernelEntry* find_kernel(const char* name) {
 // Checked device memory
 namespace {
 constexpr size_t kPage = 4096;
-// 0xFF: a stray read of a red zone gives NaN (f32, bf16) or -1 (ints), which tests catch.
-constexpr unsigned char kRedZone = 0xFF;
+// Red-zone bytes repeat 0xA5 0x7F (little endian 0x7FA5 at even addresses): read as f32 or bf16
+// that is a signaling NaN, so a stray read poisons results; arithmetic on it yields a quiet NaN
+// with a different bit pattern, so even NaN written back out of bounds is seen as damage.
+inline unsigned char red_zone_byte(const char* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 1) ? 0x7F : 0xA5;
+}
+void fill_red_zone(char* from, char* to) {
+  for (char* p = from; p < to; ++p) *p = static_cast<char>(red_zone_byte(p));
+}
 constexpr size_t kFrontZone = 256;
 struct Alloc {
   char* map;       // whole mapping: [no-access page][front zone | data | tail zone][no-access page]
@@ -88,9 +95,9 @@ uint64_t mem_alloc(size_t bytes) {
   a.user = a.zone_end - padded;
   a.size = bytes;
   a.zone_begin = map + kPage;
-  std::memset(a.zone_begin, kRedZone, a.user - a.zone_begin);
-  std::memset(a.user, 0xFF, bytes);
-  std::memset(a.user + bytes, kRedZone, a.zone_end - (a.user + bytes));
+  fill_red_zone(a.zone_begin, a.user);
+  std::memset(a.user, 0xFF, bytes);  // fresh memory reads as quiet NaN (f32, bf16, f64)
+  fill_red_zone(a.user + bytes, a.zone_end);
   std::lock_guard<std::mutex> g(g_mem_mu);
   g_allocs[reinterpret_cast<uint64_t>(a.user)] = a;
   return reinterpret_cast<uint64_t>(a.user);
@@ -99,13 +106,14 @@ uint64_t mem_alloc(size_t bytes) {
 static bool guards_ok_locked(const Alloc& a, std::string* msg) {
   auto bad = [&](const char* from, const char* to, const char* where) {
     for (const char* p = from; p < to; ++p) {
-      if (static_cast<unsigned char>(*p) != kRedZone) {
+      if (static_cast<unsigned char>(*p) != red_zone_byte(p)) {
         if (msg) {
           char buf[256];
           long off = where[0] == 'a' ? static_cast<long>(p - (a.user + a.size))
                                      : static_cast<long>(a.user - p);
           snprintf(buf, sizeof buf,
-                   "out-of-bounds write %s device allocation 0x%llx (%zu bytes): byte %ld %s\n",
+                   "out-of-bounds write %s device allocation 0x%llx (%zu bytes): red-zone byte %ld %s "
+                   "changed\n",
                    where, static_cast<unsigned long long>(reinterpret_cast<uint64_t>(a.user)),
                    a.size, off, where[0] == 'a' ? "past the end" : "before the start");
           *msg += buf;
@@ -203,6 +211,7 @@ struct Warp {
   int live;
   int count;
   unsigned gen;
+  void* site;
   uint64_t slot[32];
 };
 
@@ -219,6 +228,7 @@ struct Sched {
   std::vector<int> order;
   int live = 0;
   int bar_count = 0;
+  void* bar_site = nullptr;  // call site of the first arrival in the current barrier round
   unsigned bar_gen = 0;
   bool progress = false;
   const KernelEntry* kernel = nullptr;
@@ -430,8 +440,20 @@ void* dyn_smem() { return t_s.dyn_smem; }
 
 void report_error(const char* what) { fail(what); }
 
+// Call sites are compared with __builtin_return_address: the kernel-side wrappers are inlined,
+// so the address identifies the __syncthreads (or shuffle) in the kernel. Threads of a block
+// arriving at different barriers in one round is undefined behaviour in CUDA (divergent
+// __syncthreads) and fails the launch here. Threads that have returned count as arrived, as on
+// Volta and later GPUs.
 void syncthreads() {
+  void* site = __builtin_return_address(0);
   t_s.progress = true;
+  if (t_s.bar_count == 0) {
+    t_s.bar_site = site;
+  } else if (site != t_s.bar_site) {
+    fail("divergent __syncthreads: threads of one block wait at different barriers");
+    yield_to_scheduler();
+  }
   unsigned g = t_s.bar_gen;
   if (++t_s.bar_count == t_s.live) {
     t_s.bar_count = 0;
@@ -442,8 +464,14 @@ void syncthreads() {
   t_s.progress = true;
 }
 
-static void warp_barrier(Warp& w) {
+static void warp_barrier(Warp& w, void* site) {
   t_s.progress = true;
+  if (w.count == 0) {
+    w.site = site;
+  } else if (site != w.site) {
+    fail("divergent warp operation: lanes of one warp are at different shuffles/__syncwarp");
+    yield_to_scheduler();
+  }
   unsigned g = w.gen;
   if (++w.count == w.live) {
     w.count = 0;
@@ -460,7 +488,7 @@ void syncwarp(unsigned mask) {
     fail("__syncwarp with a mask that leaves out live lanes (only full-warp syncs are emulated)");
     yield_to_scheduler();
   }
-  warp_barrier(w);
+  warp_barrier(w, __builtin_return_address(0));
 }
 
 uint64_t shfl_bits(unsigned mask, uint64_t bits, int arg, int mode, int width) {
@@ -474,9 +502,10 @@ uint64_t shfl_bits(unsigned mask, uint64_t bits, int arg, int mode, int width) {
     fail("shuffle width must be a power of two <= 32");
     yield_to_scheduler();
   }
+  void* site = __builtin_return_address(0);
   int lane = f->lane;
   w.slot[lane] = bits;
-  warp_barrier(w);
+  warp_barrier(w, site);
   int seg = lane & ~(width - 1);
   int src;
   switch (mode) {
@@ -493,7 +522,7 @@ uint64_t shfl_bits(unsigned mask, uint64_t bits, int arg, int mode, int width) {
   } else {
     r = w.slot[src];
   }
-  warp_barrier(w);
+  warp_barrier(w, reinterpret_cast<char*>(site) + 1);  // second phase: its own site
   return r;
 }
 

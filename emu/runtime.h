@@ -13,7 +13,8 @@ namespace emu {
 // Device memory: every allocation is its own mapping; the bytes after the end (rounded up to
 // 16) up to the next page are a checked red zone, followed by an inaccessible page (reads or
 // writes past the end fault at once); a checked red zone and an inaccessible page also sit
-// before the start. Fresh memory is filled with 0xFF bytes (NaN as f32 and bf16).
+// before the start. Fresh memory is filled with 0xFF bytes (NaN as f32 and bf16); red zones
+// hold a signaling-NaN pattern (see runtime.cpp).
 uint64_t mem_alloc(size_t bytes);
 bool mem_free(uint64_t ptr);
 // True when [ptr, ptr + bytes) lies inside one live allocation.

@@ -71,10 +71,17 @@ extern "C" __global__ void selftest_reverse_dyn(const float* x, float* y, int sy
 }
 EMU_REGISTER(selftest_reverse_dyn)
 
-// BROKEN: a barrier only the first warp reaches (undefined on a GPU; the emulation reports a
-// deadlock). Never launched on a real GPU.
+// BROKEN: the two halves of the block wait at different barriers (undefined in CUDA; the
+// emulation reports it). Never launched on a real GPU.
 extern "C" __global__ void selftest_divergent_barrier(float* y) {
-  if (threadIdx.x < 32) __syncthreads();
-  y[threadIdx.x] = 1.0f;
+  __shared__ float s[64];
+  if (threadIdx.x < 32) {
+    s[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x ^ 1];
+  } else {
+    __syncthreads();
+    y[threadIdx.x] = 2.0f * s[threadIdx.x - 32];
+  }
 }
 EMU_REGISTER(selftest_divergent_barrier)

@@ -4,14 +4,15 @@
 //! Error bound: the kernel reads bf16 inputs (the reference gets the same rounded values in
 //! f32), computes in f32 and rounds the output to bf16 once: |err| <= BF16_EPS |y| from the
 //! output rounding, plus f32 differences (summation order, rsqrt) orders of magnitude smaller.
-//! We allow 2 * BF16_EPS (~3.9e-3 relative). The backward's `dy - y * mean(dy y)` cancels, so
+//! We allow 2 * BF16_EPS (~7.8e-3 relative: one rounding plus
+//! the same again as margin for the f32 differences). The backward's `dy - y * mean(dy y)` cancels, so
 //! near-zero elements are judged against the row RMS (floor 1).
 
 mod kernel_common;
-use kernel_common::*;
 use half::bf16;
 use hrm::backend::cpu::norm;
 use hrm::backend::cuda::kernels;
+use kernel_common::*;
 
 fn check(rows: usize, d: usize, seed: u64) {
     let Some(dev) = device("kernels_norm") else {

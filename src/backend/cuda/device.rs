@@ -114,11 +114,7 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(|e| anyhow!("new_stream: {e:?}"))?;
         let name = ctx.name().unwrap_or_else(|_| "?".into());
         let cc = ctx.compute_capability().map_err(|e| anyhow!("{e:?}"))?;
-        let form = if cc == (9, 0) && !env_on("HRM_CUDA_PTX") {
-            ModuleForm::Cubin
-        } else {
-            ModuleForm::Ptx
-        };
+        let form = if cc == (9, 0) && !env_on("HRM_CUDA_PTX") { ModuleForm::Cubin } else { ModuleForm::Ptx };
         let mut modules = HashMap::new();
         for m in MODULES {
             let image = match form {
@@ -183,13 +179,8 @@ impl CudaDevice {
         if let Some(f) = funcs.get(kernel) {
             return Ok(f.clone());
         }
-        let m = self
-            .modules
-            .get(module)
-            .with_context(|| format!("no kernel module {module}"))?;
-        let f = m
-            .load_function(kernel)
-            .map_err(|e| anyhow!("kernel {kernel} in module {module}: {e:?}"))?;
+        let m = self.modules.get(module).with_context(|| format!("no kernel module {module}"))?;
+        let f = m.load_function(kernel).map_err(|e| anyhow!("kernel {kernel} in module {module}: {e:?}"))?;
         funcs.insert(kernel, f.clone());
         Ok(f)
     }
@@ -205,8 +196,6 @@ impl CudaDevice {
 
     /// Waits for all work on the stream.
     pub fn sync(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| anyhow!("stream synchronize: {e:?}"))
+        self.stream.synchronize().map_err(|e| anyhow!("stream synchronize: {e:?}"))
     }
 }

@@ -79,15 +79,9 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 impl Gemm {
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
         let handle = result::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?;
-        let workspace = stream
-            .alloc_zeros::<u8>(WORKSPACE_BYTES)
-            .map_err(|e| anyhow!("GEMM workspace: {e:?}"))?;
-        Ok(Gemm {
-            handle,
-            stream,
-            workspace,
-            plans: Mutex::new(HashMap::new()),
-        })
+        let workspace =
+            stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| anyhow!("GEMM workspace: {e:?}"))?;
+        Ok(Gemm { handle, stream, workspace, plans: Mutex::new(HashMap::new()) })
     }
 
     /// Number of cached plans (one per distinct shape and layout).
@@ -100,14 +94,7 @@ impl Gemm {
         if plans.contains_key(&key) {
             return Ok(());
         }
-        let Key {
-            m,
-            n,
-            k,
-            a_trans,
-            b_trans,
-            ..
-        } = key;
+        let Key { m, n, k, a_trans, b_trans, .. } = key;
         let bf = sys::cudaDataType::CUDA_R_16BF;
         let e = |what: &str, err: result::CublasError| anyhow!("cuBLASLt {what}: {err:?}");
         // cuBLASLt "A" = our B, "B" = our A, "C/D" = C^T (column-major n x m).
@@ -117,20 +104,14 @@ impl Gemm {
             .map_err(|x| e("layout A", x))?;
         let lb = result::create_matrix_layout(bf, br as u64, bc as u64, br as i64)
             .map_err(|x| e("layout B", x))?;
-        let lc = result::create_matrix_layout(out, n as u64, m as u64, n as i64)
-            .map_err(|x| e("layout C", x))?;
+        let lc =
+            result::create_matrix_layout(out, n as u64, m as u64, n as i64).map_err(|x| e("layout C", x))?;
         let desc = result::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
         )
         .map_err(|x| e("matmul desc", x))?;
-        let mut plan = Plan {
-            desc,
-            la,
-            lb,
-            lc,
-            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
-        };
+        let mut plan = Plan { desc, la, lb, lc, algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] } };
         let ta = b_trans as i32;
         let tb = a_trans as i32;
         let pref = result::create_matmul_pref().map_err(|x| e("preference", x))?;
@@ -183,24 +164,12 @@ impl Gemm {
         beta: f32,
     ) -> Result<()> {
         if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-            bail!(
-                "gemm {m}x{n}x{k}: buffers too small (a {}, b {}, c {})",
-                a.len(),
-                b.len(),
-                c.len()
-            );
+            bail!("gemm {m}x{n}x{k}: buffers too small (a {}, b {}, c {})", a.len(), b.len(), c.len());
         }
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let key = Key {
-            m,
-            n,
-            k,
-            a_trans,
-            b_trans,
-            out_f32: C::DTYPE == sys::cudaDataType::CUDA_R_32F,
-        };
+        let key = Key { m, n, k, a_trans, b_trans, out_f32: C::DTYPE == sys::cudaDataType::CUDA_R_32F };
         self.plan(key, C::DTYPE)?;
         let plans = self.plans.lock().unwrap();
         let p = &plans[&key];

@@ -17,19 +17,11 @@ const MAX_GRID: usize = 132 * 16;
 
 fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
 fn per_row(rows: usize, block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
 
 fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
@@ -165,7 +157,7 @@ fn rope(
     heads: usize,
     head_dim: usize,
 ) -> Result<()> {
-    ensure!(head_dim % 2 == 0 && seq > 0);
+    ensure!(head_dim.is_multiple_of(2) && seq > 0);
     ensure!(qkv.len() >= tokens * 3 * heads * head_dim);
     ensure!(cos.len() >= seq * head_dim && sin.len() >= seq * head_dim);
     let f = dev.func("rope", kernel)?;
@@ -174,11 +166,8 @@ fn rope(
     let (pc, _g2) = cos.device_ptr(s);
     let (ps, _g3) = sin.device_ptr(s);
     let tokens_l = tokens as i64;
-    let (seq_i, heads_i, hd_i) = (
-        i32_of(seq, "seq")?,
-        i32_of(heads, "heads")?,
-        i32_of(head_dim, "head_dim")?,
-    );
+    let (seq_i, heads_i, hd_i) =
+        (i32_of(seq, "seq")?, i32_of(heads, "heads")?, i32_of(head_dim, "head_dim")?);
     let mut b = s.launch_builder(&f);
     b.arg(&pq).arg(&pc).arg(&ps).arg(&tokens_l).arg(&seq_i).arg(&heads_i).arg(&hd_i);
     // SAFETY: as above.
@@ -230,13 +219,13 @@ pub fn embed_fwd(
 ) -> Result<()> {
     let (s_len, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
     ensure!(tokens.len() >= dims.batch * dims.seq_len && puzzle_ids.len() >= dims.batch);
-    ensure!(out.len() >= dims.batch * s_len * h && embed_w.len() % h == 0);
-    ensure!(nd <= dims.prefix_len * h && (nd == 0 || puzzle_w.len() % nd == 0));
+    ensure!(out.len() >= dims.batch * s_len * h && embed_w.len().is_multiple_of(h));
+    ensure!(nd <= dims.prefix_len * h && (nd == 0 || puzzle_w.len().is_multiple_of(nd)));
     if let Some(p) = pos_w {
         ensure!(p.len() >= s_len * h);
     }
     let vocab = i32_of(embed_w.len() / h, "vocab")?;
-    let n_puzzles = i32_of(if nd == 0 { 0 } else { puzzle_w.len() / nd }, "puzzles")?;
+    let n_puzzles = i32_of(puzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
     let f = dev.func("embed", "embed_fwd_bf16")?;
     let s = &dev.stream;
     let (pt, _g1) = tokens.device_ptr(s);
@@ -259,8 +248,7 @@ pub fn embed_fwd(
     }
     b.arg(&vocab).arg(&n_puzzles).arg(&dims.scale);
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }
-        .map_err(launch_err("embed_fwd_bf16"))?;
+    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }.map_err(launch_err("embed_fwd_bf16"))?;
     Ok(())
 }
 
@@ -279,12 +267,12 @@ pub fn embed_bwd(
     let (s_len, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
     ensure!(dx.len() >= dims.batch * s_len * h);
     ensure!(tokens.len() >= dims.batch * dims.seq_len && puzzle_ids.len() >= dims.batch);
-    ensure!(dembed_w.len() % h == 0 && (nd == 0 || dpuzzle_w.len() % nd == 0));
+    ensure!(dembed_w.len().is_multiple_of(h) && (nd == 0 || dpuzzle_w.len().is_multiple_of(nd)));
     if let Some(p) = &dpos_w {
         ensure!(p.len() >= s_len * h);
     }
     let vocab = i32_of(dembed_w.len() / h, "vocab")?;
-    let n_puzzles = i32_of(if nd == 0 { 0 } else { dpuzzle_w.len() / nd }, "puzzles")?;
+    let n_puzzles = i32_of(dpuzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
     let f = dev.func("embed", "embed_bwd_bf16")?;
     let s = &dev.stream;
     let ppos = opt_ptr(dev, &dpos_w);
@@ -307,8 +295,7 @@ pub fn embed_bwd(
     }
     b.arg(&vocab).arg(&n_puzzles).arg(&dims.scale);
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }
-        .map_err(launch_err("embed_bwd_bf16"))?;
+    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }.map_err(launch_err("embed_bwd_bf16"))?;
     Ok(())
 }
 
@@ -480,7 +467,7 @@ pub fn sign_sgd_step(
     weight_decay: f32,
 ) -> Result<()> {
     let n = w.len();
-    ensure!(row_len > 0 && n % row_len == 0 && g.len() == n);
+    ensure!(row_len > 0 && n.is_multiple_of(row_len) && g.len() == n);
     let rows = n / row_len;
     ensure!(touched.len() >= rows);
     let decay = 1.0 - lr * weight_decay;
