@@ -129,10 +129,10 @@ impl ModelConfig {
                 bail!("config field {name} must be positive, got 0");
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             bail!("hidden_size ({}) must be divisible by num_heads ({})", self.hidden_size, self.num_heads);
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!("head_dim = hidden_size / num_heads = {} must be even for RoPE", self.head_dim());
         }
         if !(self.expansion.is_finite() && self.expansion > 0.0) {

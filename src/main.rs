@@ -1,1 +1,89 @@
-fn main() {}
+//! The `hrm` command line: argument parsing only; the work lives in the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "hrm",
+    version,
+    about = "Hierarchical Reasoning Model: train, run and analyse HRM on Sudoku"
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a freshly initialized checkpoint (reference initialization, seeded).
+    Init {
+        /// Model preset: sudoku (the paper's), small, tiny.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Architecture JSON with the reference's keys (overrides --preset).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Eval-mode ACT from a fresh carry for N segments; writes logits, q logits, final carry
+    /// and per-segment exact correctness.
+    Forward {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Architecture JSON (default: the config stored in the checkpoint).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// safetensors with `inputs` i32 [B,81], `puzzle_identifiers` i32 [B], optional `labels`.
+        #[arg(long)]
+        batch: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        segments: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// One training step from a fresh carry (exploration off): loss terms and the gradient of
+    /// (total loss / batch size) under each parameter's checkpoint name.
+    Grad {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        batch: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.cmd {
+        Cmd::Init { preset, config, seed, out } => {
+            let cfg = match config {
+                Some(p) => hrm::config::ModelConfig::from_json_file(&p)?,
+                None => hrm::config::ModelConfig::preset(&preset)?,
+            };
+            let params = hrm::model::HostParams::init(&cfg, &mut hrm::rng::seeded(seed));
+            hrm::model::checkpoint::save_checkpoint(&out, &cfg, &params)?;
+            eprintln!("wrote {} ({} trainable parameters)", out.display(), params.num_trainable(&cfg));
+        }
+        Cmd::Forward { checkpoint, config, batch, segments, out } => {
+            hrm::commands::run_forward(&checkpoint, config.as_deref(), &batch, segments, &out)?
+        }
+        Cmd::Grad { checkpoint, config, batch, out } => {
+            hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out)?
+        }
+    }
+    Ok(())
+}

@@ -18,8 +18,9 @@ impl EmbedDims {
     }
 }
 
-/// The reference's 1/sqrt(2) for learned positions, written as it writes it.
-const POS_SCALE: f32 = 0.707106781;
+/// The reference's 1/sqrt(2) for learned positions (its literal 0.707106781 rounds to the
+/// same f32).
+const POS_SCALE: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 pub fn embed_fwd(
     tokens: &[i32],

@@ -10,3 +10,251 @@ pub mod norm;
 pub mod optim;
 pub mod rope;
 pub mod swiglu;
+
+use super::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use rayon::prelude::*;
+
+/// The f32 CPU backend (threads from rayon's global pool).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Buf = Vec<f32>;
+    type IBuf = Vec<i32>;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
+        host.to_vec()
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
+        dst.copy_from_slice(src);
+    }
+    fn fill_zero(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
+    fn add(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) {
+        assert!(a.len() == b.len() && a.len() == out.len());
+        out.par_chunks_mut(1 << 14)
+            .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+            .for_each(|(o, (a, b))| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (x, y))| *o = x + y));
+    }
+    fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
+        embed::add_inplace(a, b);
+    }
+    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, mask: &[bool], width: usize) {
+        let per_row = z.len() / mask.len();
+        assert_eq!(per_row * mask.len(), z.len());
+        for (row, _) in z.chunks_mut(per_row).zip(mask).filter(|(_, m)| **m) {
+            row.chunks_mut(width).for_each(|p| p.copy_from_slice(init));
+        }
+    }
+    fn gather_positions(
+        &self,
+        src: &Vec<f32>,
+        dst: &mut Vec<f32>,
+        seq: usize,
+        start: usize,
+        n: usize,
+        width: usize,
+    ) {
+        for (d, s) in dst.chunks_mut(n * width).zip(src.chunks(seq * width)) {
+            d.copy_from_slice(&s[start * width..(start + n) * width]);
+        }
+    }
+    fn scatter_add_positions(
+        &self,
+        ddst: &Vec<f32>,
+        dsrc: &mut Vec<f32>,
+        seq: usize,
+        start: usize,
+        n: usize,
+        width: usize,
+    ) {
+        for (d, s) in ddst.chunks(n * width).zip(dsrc.chunks_mut(seq * width)) {
+            s[start * width..(start + n) * width].iter_mut().zip(d).for_each(|(a, b)| *a += b);
+        }
+    }
+    fn linear_fwd(&self, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>, rows: usize, din: usize, dout: usize) {
+        linear::linear_fwd(x, w, y, rows, din, dout);
+    }
+    fn linear_bwd_x(
+        &self,
+        dy: &Vec<f32>,
+        w: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        rows: usize,
+        din: usize,
+        dout: usize,
+        acc: bool,
+    ) {
+        linear::linear_bwd_x(dy, w, dx, rows, din, dout, acc);
+    }
+    fn linear_bwd_w(
+        &self,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        rows: usize,
+        din: usize,
+        dout: usize,
+    ) {
+        linear::linear_bwd_w(dy, x, dw, rows, din, dout);
+    }
+    fn add_rms_norm_fwd(
+        &self,
+        x: &Vec<f32>,
+        r: &Vec<f32>,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        d: usize,
+        eps: f32,
+    ) {
+        norm::add_rms_norm_fwd(x, r, y, rstd, d, eps);
+    }
+    fn rms_norm_bwd(&self, dy: &Vec<f32>, y: &Vec<f32>, rstd: &Vec<f32>, dx: &mut Vec<f32>, d: usize) {
+        norm::rms_norm_bwd(dy, y, rstd, dx, d);
+    }
+    fn swiglu_fwd(&self, gate_up: &Vec<f32>, out: &mut Vec<f32>, inter: usize) {
+        swiglu::swiglu_fwd(gate_up, out, inter);
+    }
+    fn swiglu_bwd(&self, dout: &Vec<f32>, gate_up: &Vec<f32>, dgate_up: &mut Vec<f32>, inter: usize) {
+        swiglu::swiglu_bwd(dout, gate_up, dgate_up, inter);
+    }
+    fn rope_fwd(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        seq: usize,
+        heads: usize,
+        hd: usize,
+    ) {
+        rope::rope_fwd(qkv, cos, sin, seq, heads, hd);
+    }
+    fn rope_bwd(
+        &self,
+        dqkv: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        seq: usize,
+        heads: usize,
+        hd: usize,
+    ) {
+        rope::rope_bwd(dqkv, cos, sin, seq, heads, hd);
+    }
+    fn attention_fwd(
+        &self,
+        qkv: &Vec<f32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::attention_fwd(qkv, out, lse, b, s, h, hd);
+    }
+    fn attention_bwd(
+        &self,
+        qkv: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dqkv: &mut Vec<f32>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        attention::attention_bwd(qkv, out, lse, dout, dqkv, b, s, h, hd);
+    }
+    fn embed_fwd(
+        &self,
+        tokens: &Vec<i32>,
+        puzzle_ids: &Vec<i32>,
+        embed_w: &Vec<f32>,
+        puzzle_w: Option<&Vec<f32>>,
+        pos_w: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+        dims: &EmbedDims,
+    ) {
+        let empty = Vec::new();
+        embed::embed_fwd(
+            tokens,
+            puzzle_ids,
+            embed_w,
+            puzzle_w.unwrap_or(&empty),
+            pos_w.map(|p| &p[..]),
+            out,
+            dims,
+        );
+    }
+    fn embed_bwd(
+        &self,
+        dx: &Vec<f32>,
+        tokens: &Vec<i32>,
+        puzzle_ids: &Vec<i32>,
+        dembed_w: &mut Vec<f32>,
+        dpuzzle_w: Option<&mut Vec<f32>>,
+        dpos_w: Option<&mut Vec<f32>>,
+        dims: &EmbedDims,
+    ) {
+        let mut empty = Vec::new();
+        embed::embed_bwd(
+            dx,
+            tokens,
+            puzzle_ids,
+            dembed_w,
+            dpuzzle_w.unwrap_or(&mut empty),
+            dpos_w.map(|p| &mut p[..]),
+            dims,
+        );
+    }
+    fn lm_loss(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: Option<&mut Vec<f32>>,
+    ) -> LmLossOut {
+        loss::stablemax_ce(logits, labels, vocab, seq, grad_scale, dlogits.map(|d| &mut d[..]))
+    }
+    fn adam_atan2_step(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: u32,
+        h: &AdamHyper,
+    ) {
+        optim::adam_atan2_step(p, g, m, v, step, h);
+    }
+    fn sign_sgd_step(
+        &self,
+        w: &mut Vec<f32>,
+        g: &Vec<f32>,
+        touched: &[bool],
+        row_len: usize,
+        lr: f32,
+        wd: f32,
+    ) {
+        optim::sign_sgd_step(w, g, touched, row_len, lr, wd);
+    }
+}

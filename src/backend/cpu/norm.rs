@@ -1,6 +1,9 @@
 //! Residual add + RMSNorm without weight (HRM's post-norm), in f32:
 //! `y = (x + r) * rstd`, `rstd = 1 / sqrt(mean((x + r)^2) + eps)`.
 
+// The zipped row iterators' closure types are long but plain.
+#![allow(clippy::type_complexity)]
+
 use rayon::prelude::*;
 
 const PAR_MIN_ROWS: usize = 64;

@@ -12,18 +12,21 @@ pub struct AdamHyper {
     pub weight_decay: f32,
 }
 
-/// One AdamATan2 step at `step` (1-based):
+/// One AdamATan2 step at `step` (1-based), as the `adam-atan2` package's kernel computes it:
 /// `p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = lerp(v, g^2, 1-b2);
-///  p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))`.
+///  p -= lr * atan2(m / (1-b1^t), sqrt(v) / sqrt(1-b2^t))`.
+/// (HRM_SPEC.md writes `lr/(1-b1^t) * atan2(m, ..)`; the package divides inside the atan2,
+/// and the code wins.) Scalars in f64, cast to f32; lerp as the kernel's two FMAs.
 pub fn adam_atan2_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u32, h: &AdamHyper) {
     assert!(step >= 1, "AdamATan2 steps are 1-based");
     assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
-    let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
-    let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
-    let step_size = (h.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - h.lr * h.weight_decay;
-    let (w1, w2) = (1.0 - h.beta1, 1.0 - h.beta2);
+    let (lr, b1, b2, wd) = (h.lr as f64, h.beta1 as f64, h.beta2 as f64, h.weight_decay as f64);
+    let bc1_recip = (1.0 / (1.0 - b1.powi(step as i32))) as f32;
+    let bc2_sqrt = (1.0 - b2.powi(step as i32)).sqrt() as f32;
+    let step_size = h.lr;
+    let decay = (1.0 - lr * wd) as f32;
+    let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
+    let lerp = |v0: f32, v1: f32, t: f32| t.mul_add(v1, (-t).mul_add(v0, v0));
     p.par_chunks_mut(4096)
         .zip(g.par_chunks(4096))
         .zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096)))
@@ -31,9 +34,9 @@ pub fn adam_atan2_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s
             for i in 0..p.len() {
                 let gi = g[i];
                 p[i] *= decay;
-                m[i] += w1 * (gi - m[i]);
-                v[i] += w2 * (gi * gi - v[i]);
-                p[i] -= step_size * m[i].atan2(v[i].sqrt() / bc2_sqrt);
+                m[i] = lerp(m[i], gi, w1);
+                v[i] = lerp(v[i], gi * gi, w2);
+                p[i] -= step_size * (bc1_recip * m[i]).atan2(v[i].sqrt() / bc2_sqrt);
             }
         });
 }

@@ -1,0 +1,152 @@
+//! The validation commands `hrm forward` and `hrm grad` as library functions (the CLI only
+//! parses arguments), so tests run exactly the code paths users run.
+
+use crate::act::{Batch, Carry, eval_step, train_step};
+use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
+use crate::config::ModelConfig;
+use crate::hrm::Hrm;
+use crate::model::checkpoint::{NamedTensor, TensorFile, load_checkpoint, write_tensors};
+use crate::model::{HostParams, TensorKind, tensor_specs};
+use anyhow::{Result, bail};
+use std::path::Path;
+
+/// Read a batch file: `inputs` int32 [B, seq_len], `puzzle_identifiers` int32 [B], optional
+/// `labels` int32 [B, seq_len]; ids are range-checked against the config.
+pub fn load_batch(path: &Path, cfg: &ModelConfig) -> Result<Batch> {
+    let f = TensorFile::open(path)?;
+    let shape = f.shape("inputs")?;
+    if shape.len() != 2 || shape[1] != cfg.seq_len || shape[0] == 0 {
+        bail!("{}: tensor 'inputs' has shape {shape:?}; expected [B, {}] with B > 0", f.path(), cfg.seq_len);
+    }
+    let b = shape[0];
+    let inputs = f.i32("inputs", Some(&[b, cfg.seq_len]))?;
+    let puzzle_ids = f.i32("puzzle_identifiers", Some(&[b]))?;
+    let labels = if f.contains("labels") { Some(f.i32("labels", Some(&[b, cfg.seq_len]))?) } else { None };
+    let check = |name: &str, v: &[i32], hi: usize| -> Result<()> {
+        if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| **x < 0 || **x as usize >= hi) {
+            bail!("{}: tensor '{name}' value {x} at flat index {i} is outside [0, {hi})", f.path());
+        }
+        Ok(())
+    };
+    check("inputs", &inputs, cfg.vocab_size)?;
+    check("puzzle_identifiers", &puzzle_ids, cfg.num_puzzle_identifiers)?;
+    if let Some(l) = &labels {
+        check("labels", l, cfg.vocab_size)?;
+    }
+    Ok(Batch { inputs, puzzle_ids, labels })
+}
+
+fn load_model(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, HostParams)> {
+    let cfg = config.map(ModelConfig::from_json_file).transpose()?;
+    load_checkpoint(checkpoint, cfg.as_ref())
+}
+
+/// Eval-mode ACT from a fresh carry for `segments` segments: the last segment's heads, the
+/// final carry and, with labels, the exact-correct flags of every segment.
+pub fn forward_outputs<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    params: &HostParams,
+    batch: &Batch,
+    segments: usize,
+) -> Vec<NamedTensor> {
+    let model = Hrm::new(be, cfg, params);
+    let b = batch.len();
+    let mut carry = Carry::fresh(be, &model, b);
+    let mut exact = Vec::new();
+    let mut last = None;
+    for _ in 0..segments {
+        let seg = eval_step(be, &model, &mut carry, batch);
+        if let Some(e) = &seg.exact {
+            exact.extend(e.iter().map(|&x| x as u8));
+        }
+        last = Some(seg.heads);
+    }
+    let heads = last.expect("segments >= 1");
+    let (s, d) = (cfg.total_seq_len(), cfg.hidden_size);
+    let mut out = vec![
+        NamedTensor::f32("logits", vec![b, cfg.seq_len, cfg.vocab_size], be.download(&heads.logits)),
+        NamedTensor::f32("q_halt_logits", vec![b], heads.q_halt),
+        NamedTensor::f32("q_continue_logits", vec![b], heads.q_continue),
+        NamedTensor::f32("z_H", vec![b, s, d], be.download(&carry.z_h)),
+        NamedTensor::f32("z_L", vec![b, s, d], be.download(&carry.z_l)),
+    ];
+    if batch.labels.is_some() {
+        out.push(NamedTensor::u8("exact_correct_per_segment", vec![segments, b], exact));
+    }
+    out
+}
+
+/// One training step from a fresh carry with exploration disabled: the three loss terms
+/// (summed over rows) and the gradient of (total loss / batch size) under each parameter's
+/// checkpoint name (the puzzle embedding's as a dense table).
+pub fn grad_outputs<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    params: &HostParams,
+    batch: &Batch,
+) -> Vec<NamedTensor> {
+    let model = Hrm::new(be, cfg, params);
+    let b = batch.len();
+    let mut carry = Carry::fresh(be, &model, b);
+    let mut grads = model.zero_grads(be);
+    let st = train_step(be, &model, &mut carry, batch, &vec![0; b], b, &mut grads);
+    let mut out = vec![
+        NamedTensor::f32("lm_loss", vec![], vec![st.lm_loss as f32]),
+        NamedTensor::f32("q_halt_loss", vec![], vec![st.q_halt_loss as f32]),
+        NamedTensor::f32("q_continue_loss", vec![], vec![st.q_continue_loss as f32]),
+        NamedTensor::f32("q_halt_logits", vec![b], st.q_halt.clone()),
+        NamedTensor::f32("q_continue_logits", vec![b], st.q_continue.clone()),
+        NamedTensor::f32("target_q_continue", vec![b], st.target_q_continue.clone()),
+        NamedTensor::u8("halted", vec![b], st.halted.iter().map(|&h| h as u8).collect()),
+    ];
+    for (spec, g) in tensor_specs(cfg).into_iter().zip(grads.tensors()) {
+        if spec.kind != TensorKind::Buffer {
+            out.push(NamedTensor::f32(spec.name, spec.shape, be.download(g)));
+        }
+    }
+    out
+}
+
+/// `hrm forward`
+pub fn run_forward(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    batch: &Path,
+    segments: usize,
+    out: &Path,
+) -> Result<()> {
+    if segments == 0 {
+        bail!("--segments must be at least 1");
+    }
+    let (cfg, params) = load_model(checkpoint, config)?;
+    let batch = load_batch(batch, &cfg)?;
+    let tensors = forward_outputs(&Cpu, &cfg, &params, &batch, segments);
+    write_tensors(out, &tensors, None)?;
+    if let Some(t) = tensors.iter().find(|t| t.name == "exact_correct_per_segment")
+        && let crate::model::checkpoint::TensorData::U8(v) = &t.data
+    {
+        let b = batch.len();
+        let last = &v[(segments - 1) * b..];
+        eprintln!(
+            "exact accuracy after {segments} segments: {}/{b}",
+            last.iter().map(|&x| x as usize).sum::<usize>()
+        );
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `hrm grad`
+pub fn run_grad(checkpoint: &Path, config: Option<&Path>, batch: &Path, out: &Path) -> Result<()> {
+    let (cfg, params) = load_model(checkpoint, config)?;
+    let batch_data = load_batch(batch, &cfg)?;
+    if batch_data.labels.is_none() {
+        bail!("{}: `hrm grad` needs a 'labels' tensor in the batch", batch.display());
+    }
+    let tensors = grad_outputs(&Cpu, &cfg, &params, &batch_data);
+    write_tensors(out, &tensors, None)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

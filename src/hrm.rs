@@ -1,0 +1,405 @@
+//! The HRM math, written once over a `Backend`: the post-norm transformer block, the H and L
+//! reasoning modules, one ACT segment with the one-step gradient approximation, the output
+//! heads, and the backward of the gradient-carrying updates.
+//!
+//! One segment (H_cycles = L_cycles = 2): no-grad updates L, L, H, L; then with gradient
+//! `z_L = L(z_L, z_H + x)` and `z_H = H(z_H, z_L)`; logits = lm_head(z_H) without the prefix
+//! positions; (q_halt, q_continue) = q_head(z_H[:, 0]).
+
+use crate::backend::{Backend, EmbedDims};
+use crate::config::{ModelConfig, PosEncodings};
+use crate::model::{HostParams, LayerParams, ParamSet};
+
+/// Batch shapes the workspaces are sized for.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub batch: usize,
+    /// prefix + cells
+    pub seq: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub inter: usize,
+}
+
+impl Shape {
+    pub fn new(cfg: &ModelConfig, batch: usize) -> Self {
+        Shape {
+            batch,
+            seq: cfg.total_seq_len(),
+            hidden: cfg.hidden_size,
+            heads: cfg.num_heads,
+            head_dim: cfg.head_dim(),
+            inter: cfg.intermediate_size(),
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// What one block keeps for its backward (also used as scratch for no-grad blocks).
+pub struct LayerActs<B: Backend> {
+    /// q, k (roped) and v [rows, 3*hidden]
+    qkv: B::Buf,
+    /// attention output before o_proj [rows, hidden]
+    attn: B::Buf,
+    lse: B::Buf,
+    /// o_proj or down_proj output (transient)
+    proj: B::Buf,
+    /// after the first residual + norm
+    h1: B::Buf,
+    rstd1: B::Buf,
+    gate_up: B::Buf,
+    act: B::Buf,
+    /// block output
+    out: B::Buf,
+    rstd2: B::Buf,
+}
+
+impl<B: Backend> LayerActs<B> {
+    fn new(be: &B, s: &Shape) -> Self {
+        let (r, d) = (s.rows(), s.hidden);
+        LayerActs {
+            qkv: be.zeros(r * 3 * d),
+            attn: be.zeros(r * d),
+            lse: be.zeros(s.batch * s.heads * s.seq),
+            proj: be.zeros(r * d),
+            h1: be.zeros(r * d),
+            rstd1: be.zeros(r),
+            gate_up: be.zeros(r * 2 * s.inter),
+            act: be.zeros(r * s.inter),
+            out: be.zeros(r * d),
+            rstd2: be.zeros(r),
+        }
+    }
+}
+
+/// Activations of the gradient-carrying module application: its input (z + injection) and
+/// each block's saved tensors.
+pub struct ModuleActs<B: Backend> {
+    input: B::Buf,
+    layers: Vec<LayerActs<B>>,
+}
+
+/// Everything the backward of one segment needs.
+pub struct SegmentActs<B: Backend> {
+    l: ModuleActs<B>,
+    h: ModuleActs<B>,
+    /// z_H[:, 0] rows fed to q_head [batch, hidden]
+    q_in: B::Buf,
+}
+
+/// Gradient buffers reused across blocks.
+struct GradScratch<B: Backend> {
+    ds2: B::Buf,
+    dact: B::Buf,
+    dgate_up: B::Buf,
+    dh1: B::Buf,
+    ds1: B::Buf,
+    dattn: B::Buf,
+    dqkv: B::Buf,
+    dnext: B::Buf,
+}
+
+/// Output heads of a segment.
+pub struct Heads<B: Backend> {
+    /// [batch * seq_len, vocab] (prefix positions dropped)
+    pub logits: B::Buf,
+    /// q_halt logits [batch]
+    pub q_halt: Vec<f32>,
+    /// q_continue logits [batch]
+    pub q_continue: Vec<f32>,
+}
+
+/// Token inputs of a batch, on the backend.
+pub struct DeviceInputs<B: Backend> {
+    pub tokens: B::IBuf,
+    pub puzzle_ids: B::IBuf,
+}
+
+/// The model: config, parameters on the backend, RoPE tables.
+pub struct Hrm<B: Backend> {
+    pub cfg: ModelConfig,
+    pub params: ParamSet<B::Buf>,
+    /// RoPE on q and k (pos_encodings == rope); learned positions are added to the input instead.
+    rope: bool,
+    cos: B::Buf,
+    sin: B::Buf,
+}
+
+impl<B: Backend> Hrm<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
+        let params = host.map(cfg, |_, t| be.upload(t));
+        let (cos, sin) = crate::backend::cpu::rope::rope_tables(
+            cfg.total_seq_len(),
+            cfg.head_dim(),
+            cfg.rope_theta as f32,
+        );
+        let rope = cfg.pos_encodings == PosEncodings::Rope;
+        Hrm { cfg: cfg.clone(), params, rope, cos: be.upload(&cos), sin: be.upload(&sin) }
+    }
+
+    pub fn to_host(&self, be: &B) -> HostParams {
+        self.params.map(&self.cfg, |_, t| be.download(t))
+    }
+
+    pub fn zero_grads(&self, be: &B) -> ParamSet<B::Buf> {
+        self.params.map(&self.cfg, |s, _| be.zeros(s.numel()))
+    }
+
+    fn embed_dims(&self, batch: usize) -> EmbedDims {
+        EmbedDims {
+            batch,
+            seq_len: self.cfg.seq_len,
+            prefix_len: self.cfg.puzzle_emb_len(),
+            hidden: self.cfg.hidden_size,
+            puzzle_emb_ndim: self.cfg.puzzle_emb_ndim,
+            scale: self.cfg.embed_scale(),
+        }
+    }
+
+    /// `x = sqrt(hidden) * [puzzle prefix; embed_tokens[tokens]]` [batch*seq, hidden].
+    pub fn embed(&self, be: &B, inputs: &DeviceInputs<B>, batch: usize) -> B::Buf {
+        let s = Shape::new(&self.cfg, batch);
+        let mut x = be.zeros(s.rows() * s.hidden);
+        let p = &self.params;
+        be.embed_fwd(
+            &inputs.tokens,
+            &inputs.puzzle_ids,
+            &p.embed_tokens,
+            p.puzzle_emb.as_ref(),
+            p.embed_pos.as_ref(),
+            &mut x,
+            &self.embed_dims(batch),
+        );
+        x
+    }
+
+    /// Carry rows (z_H or z_L) set to `init` where `mask`.
+    pub fn reset(&self, be: &B, z: &mut B::Buf, init_h: bool, mask: &[bool]) {
+        let init = if init_h { &self.params.h_init } else { &self.params.l_init };
+        be.reset_rows(z, init, mask, self.cfg.hidden_size);
+    }
+
+    /// One transformer block: input `a.h0` given separately; results in `a`.
+    fn block_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Buf>, input: &B::Buf, a: &mut LayerActs<B>) {
+        let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
+        be.linear_fwd(input, &w.qkv, &mut a.qkv, r, d, 3 * d);
+        if self.rope {
+            be.rope_fwd(&mut a.qkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+        }
+        be.attention_fwd(&a.qkv, &mut a.attn, &mut a.lse, s.batch, s.seq, s.heads, s.head_dim);
+        be.linear_fwd(&a.attn, &w.o, &mut a.proj, r, d, d);
+        be.add_rms_norm_fwd(input, &a.proj, &mut a.h1, &mut a.rstd1, d, eps);
+        be.linear_fwd(&a.h1, &w.gate_up, &mut a.gate_up, r, d, 2 * s.inter);
+        be.swiglu_fwd(&a.gate_up, &mut a.act, s.inter);
+        be.linear_fwd(&a.act, &w.down, &mut a.proj, r, s.inter, d);
+        be.add_rms_norm_fwd(&a.h1, &a.proj, &mut a.out, &mut a.rstd2, d, eps);
+    }
+
+    /// Backward of one block: `g.dnext` holds d(out) on entry and d(input) on return;
+    /// weight gradients accumulate into `gw`.
+    #[allow(clippy::too_many_arguments)]
+    fn block_bwd(
+        &self,
+        be: &B,
+        s: &Shape,
+        w: &LayerParams<B::Buf>,
+        input: &B::Buf,
+        a: &LayerActs<B>,
+        g: &mut GradScratch<B>,
+        gw: &mut LayerParams<B::Buf>,
+    ) {
+        let (r, d) = (s.rows(), s.hidden);
+        be.rms_norm_bwd(&g.dnext, &a.out, &a.rstd2, &mut g.ds2, d);
+        be.linear_bwd_x(&g.ds2, &w.down, &mut g.dact, r, s.inter, d, false);
+        be.linear_bwd_w(&g.ds2, &a.act, &mut gw.down, r, s.inter, d);
+        be.swiglu_bwd(&g.dact, &a.gate_up, &mut g.dgate_up, s.inter);
+        be.copy(&g.ds2, &mut g.dh1);
+        be.linear_bwd_x(&g.dgate_up, &w.gate_up, &mut g.dh1, r, d, 2 * s.inter, true);
+        be.linear_bwd_w(&g.dgate_up, &a.h1, &mut gw.gate_up, r, d, 2 * s.inter);
+        be.rms_norm_bwd(&g.dh1, &a.h1, &a.rstd1, &mut g.ds1, d);
+        be.linear_bwd_x(&g.ds1, &w.o, &mut g.dattn, r, d, d, false);
+        be.linear_bwd_w(&g.ds1, &a.attn, &mut gw.o, r, d, d);
+        be.attention_bwd(&a.qkv, &a.attn, &a.lse, &g.dattn, &mut g.dqkv, s.batch, s.seq, s.heads, s.head_dim);
+        if self.rope {
+            be.rope_bwd(&mut g.dqkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+        }
+        be.copy(&g.ds1, &mut g.dnext);
+        be.linear_bwd_x(&g.dqkv, &w.qkv, &mut g.dnext, r, d, 3 * d, true);
+        be.linear_bwd_w(&g.dqkv, input, &mut gw.qkv, r, d, 3 * d);
+    }
+
+    /// `z = layers(z + injection)` without keeping activations (the no-grad updates).
+    fn module_nograd(
+        &self,
+        be: &B,
+        s: &Shape,
+        layers: &[LayerParams<B::Buf>],
+        z: &mut B::Buf,
+        injection: &B::Buf,
+        scratch: &mut LayerActs<B>,
+    ) {
+        be.add_inplace(z, injection);
+        for w in layers {
+            self.block_fwd(be, s, w, z, scratch);
+            be.copy(&scratch.out, z);
+        }
+    }
+
+    /// `z = layers(z + injection)` keeping what the backward needs.
+    fn module_grad(
+        &self,
+        be: &B,
+        s: &Shape,
+        layers: &[LayerParams<B::Buf>],
+        z: &mut B::Buf,
+        injection: &B::Buf,
+    ) -> ModuleActs<B> {
+        let mut input = be.zeros(be.len(z));
+        be.add(z, injection, &mut input);
+        let mut acts: Vec<LayerActs<B>> = Vec::with_capacity(layers.len());
+        for w in layers {
+            let mut a = LayerActs::new(be, s);
+            let inp = acts.last().map(|p| &p.out).unwrap_or(&input);
+            self.block_fwd(be, s, w, inp, &mut a);
+            acts.push(a);
+        }
+        be.copy(&acts.last().expect("at least one layer").out, z);
+        ModuleActs { input, layers: acts }
+    }
+
+    fn module_bwd(
+        &self,
+        be: &B,
+        s: &Shape,
+        layers: &[LayerParams<B::Buf>],
+        acts: &ModuleActs<B>,
+        g: &mut GradScratch<B>,
+        gw: &mut [LayerParams<B::Buf>],
+    ) {
+        for k in (0..layers.len()).rev() {
+            let input = if k == 0 { &acts.input } else { &acts.layers[k - 1].out };
+            self.block_bwd(be, s, &layers[k], input, &acts.layers[k], g, &mut gw[k]);
+        }
+    }
+
+    /// One ACT segment on the carry (`z_h`, `z_l` updated in place to the new, detached carry).
+    /// With `keep` the last L and H updates keep their activations for `segment_bwd`.
+    pub fn segment(
+        &self,
+        be: &B,
+        batch: usize,
+        x: &B::Buf,
+        z_h: &mut B::Buf,
+        z_l: &mut B::Buf,
+        keep: bool,
+    ) -> (Heads<B>, Option<SegmentActs<B>>) {
+        let s = Shape::new(&self.cfg, batch);
+        let p = &self.params;
+        let (hc, lc) = (self.cfg.H_cycles, self.cfg.L_cycles);
+        let mut scratch = LayerActs::new(be, &s);
+        let mut inj = be.zeros(s.rows() * s.hidden);
+        for h in 0..hc {
+            for l in 0..lc {
+                let last = h == hc - 1 && l == lc - 1;
+                if !last || !keep {
+                    be.add(z_h, x, &mut inj);
+                    self.module_nograd(be, &s, &p.l_layers, z_l, &inj, &mut scratch);
+                }
+            }
+            if h != hc - 1 || !keep {
+                self.module_nograd(be, &s, &p.h_layers, z_h, z_l, &mut scratch);
+            }
+        }
+        let acts = if keep {
+            be.add(z_h, x, &mut inj);
+            let l = self.module_grad(be, &s, &p.l_layers, z_l, &inj);
+            let h = self.module_grad(be, &s, &p.h_layers, z_h, z_l);
+            Some((l, h))
+        } else {
+            None
+        };
+        let (heads, q_in) = self.heads(be, &s, z_h);
+        (heads, acts.map(|(l, h)| SegmentActs { l, h, q_in }))
+    }
+
+    fn heads(&self, be: &B, s: &Shape, z_h: &B::Buf) -> (Heads<B>, B::Buf) {
+        let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
+        let mut cells = be.zeros(s.batch * n * d);
+        be.gather_positions(z_h, &mut cells, s.seq, pre, n, d);
+        let mut logits = be.zeros(s.batch * n * v);
+        be.linear_fwd(&cells, &self.params.lm_head, &mut logits, s.batch * n, d, v);
+        let mut q_in = be.zeros(s.batch * d);
+        be.gather_positions(z_h, &mut q_in, s.seq, 0, 1, d);
+        let mut q = be.zeros(s.batch * 2);
+        be.linear_fwd(&q_in, &self.params.q_head_weight, &mut q, s.batch, d, 2);
+        let (q, bias) = (be.download(&q), be.download(&self.params.q_head_bias));
+        let q_halt = q.chunks(2).map(|r| r[0] + bias[0]).collect();
+        let q_continue = q.chunks(2).map(|r| r[1] + bias[1]).collect();
+        (Heads { logits, q_halt, q_continue }, q_in)
+    }
+
+    /// Backward of one segment from `dlogits` [batch*seq_len, vocab] and the gradients of the
+    /// q_halt / q_continue logits; parameter gradients accumulate into `grads`. Needs the
+    /// final z_H (the carry after the segment) for lm_head's weight gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn segment_bwd(
+        &self,
+        be: &B,
+        batch: usize,
+        inputs: &DeviceInputs<B>,
+        acts: &SegmentActs<B>,
+        dlogits: &B::Buf,
+        dq_halt: &[f32],
+        dq_continue: &[f32],
+        grads: &mut ParamSet<B::Buf>,
+    ) {
+        let s = Shape::new(&self.cfg, batch);
+        let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
+        let z_h = &acts.h.layers.last().expect("H has layers").out;
+        // Heads.
+        let mut dz_h = be.zeros(s.rows() * d);
+        let mut cells = be.zeros(batch * n * d);
+        be.gather_positions(z_h, &mut cells, s.seq, pre, n, d);
+        be.linear_bwd_w(dlogits, &cells, &mut grads.lm_head, batch * n, d, v);
+        let mut dcells = be.zeros(batch * n * d);
+        be.linear_bwd_x(dlogits, &self.params.lm_head, &mut dcells, batch * n, d, v, false);
+        be.scatter_add_positions(&dcells, &mut dz_h, s.seq, pre, n, d);
+        let dq_host: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
+        let dq = be.upload(&dq_host);
+        be.linear_bwd_w(&dq, &acts.q_in, &mut grads.q_head_weight, batch, d, 2);
+        let db = [dq_halt.iter().sum::<f32>(), dq_continue.iter().sum::<f32>()];
+        be.add_inplace(&mut grads.q_head_bias, &be.upload(&db));
+        let mut dq_in = be.zeros(batch * d);
+        be.linear_bwd_x(&dq, &self.params.q_head_weight, &mut dq_in, batch, d, 2, false);
+        be.scatter_add_positions(&dq_in, &mut dz_h, s.seq, 0, 1, d);
+        // H module, then L module (z_H = H(z_H, z_L): the gradient reaches z_L only).
+        let r = s.rows();
+        let mut g = GradScratch {
+            ds2: be.zeros(r * d),
+            dact: be.zeros(r * s.inter),
+            dgate_up: be.zeros(r * 2 * s.inter),
+            dh1: be.zeros(r * d),
+            ds1: be.zeros(r * d),
+            dattn: be.zeros(r * d),
+            dqkv: be.zeros(r * 3 * d),
+            dnext: dz_h,
+        };
+        let p = &self.params;
+        self.module_bwd(be, &s, &p.h_layers, &acts.h, &mut g, &mut grads.h_layers);
+        // d(input of H) = d(z_L new) = d(output of L).
+        self.module_bwd(be, &s, &p.l_layers, &acts.l, &mut g, &mut grads.l_layers);
+        // d(input of L) = d(z_L + z_H + x): the gradient of x.
+        be.embed_bwd(
+            &g.dnext,
+            &inputs.tokens,
+            &inputs.puzzle_ids,
+            &mut grads.embed_tokens,
+            grads.puzzle_emb.as_mut(),
+            grads.embed_pos.as_mut(),
+            &self.embed_dims(batch),
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! The parameter set (official tensor names, initialization) and checkpoint I/O.
+
+pub mod checkpoint;
+pub mod params;
+
+pub use params::{HostParams, LayerParams, ParamSet, TensorKind, TensorSpec, tensor_specs};
