@@ -27,11 +27,15 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(hrm_emu)");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=emu");
-    println!("cargo:rerun-if-changed=.venv-cuda/.hrm-pins");
     for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "HRM_REQUIRE_NVCC", "HRM_NO_EMU", "CXX"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let pins = manifest.join(".venv-cuda/.hrm-pins");
+    if pins.exists() {
+        // a (re)installed toolchain rebuilds the kernels
+        println!("cargo:rerun-if-changed={}", pins.display());
+    }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let require = env::var("HRM_REQUIRE_NVCC").is_ok_and(|v| v == "1");
 

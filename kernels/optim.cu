@@ -1,9 +1,10 @@
 // Optimizers, f32 master weights.
-// AdamATan2 (no epsilon), decoupled weight decay; bias corrections are computed on the host in
-// f64 exactly as the CPU backend does and passed in:
-//   p *= decay (= 1 - lr wd);  m += w1 (g - m);  v += w2 (g^2 - v)   (w1 = 1-b1, w2 = 1-b2)
-//   p -= step_size * atan2(m, sqrt(v) / bc2_sqrt)   (step_size = lr/(1-b1^t), bc2_sqrt =
-//   sqrt(1-b2^t)); optionally also writes the bf16 copy of p used by the GEMMs.
+// AdamATan2 (no epsilon), decoupled weight decay, as the adam-atan2 package's kernel (and the
+// CPU backend) computes it; the scalars are computed on the host in f64 and cast to f32:
+//   p *= decay (= 1 - lr wd);  m = lerp(m, g, w1);  v = lerp(v, g^2, w2)   (w1 = 1-b1, w2 = 1-b2,
+//   lerp(a, b, t) = fma(t, b, fma(-t, a, a)))
+//   p -= lr * atan2(bc1_recip * m, sqrt(v) / bc2_sqrt)   (bc1_recip = 1/(1-b1^t),
+//   bc2_sqrt = sqrt(1-b2^t)); optionally also writes the bf16 copy of p used by the GEMMs.
 // SignSGD (sparse puzzle embedding), rows with touched[r] != 0 only:
 //   w = w * decay - lr * sign(g)
 // One thread per element, grid-stride.
@@ -14,16 +15,15 @@
 extern "C" __global__ void __launch_bounds__(256)
     adam_atan2_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                    float* __restrict__ v, bf16* __restrict__ p_bf16, long long n, float decay,
-                   float w1, float w2, float step_size, float bc2_sqrt) {
+                   float w1, float w2, float lr, float bc1_recip, float bc2_sqrt) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     const float gi = g[i];
     float pi = p[i] * decay;
-    float mi = m[i];
-    mi += w1 * (gi - mi);
-    float vi = v[i];
-    vi += w2 * (gi * gi - vi);
-    pi -= step_size * atan2f(mi, sqrtf(vi) / bc2_sqrt);
+    const float m0 = m[i], v0 = v[i];
+    const float mi = fmaf(w1, gi, fmaf(-w1, m0, m0));
+    const float vi = fmaf(w2, gi * gi, fmaf(-w2, v0, v0));
+    pi -= lr * atan2f(bc1_recip * mi, sqrtf(vi) / bc2_sqrt);
     p[i] = pi;
     m[i] = mi;
     v[i] = vi;

@@ -434,12 +434,11 @@ pub fn adam_atan2_step(
         ensure!(b.len() == n);
     }
     // The same f64 -> f32 scalars as the CPU backend.
-    let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
-    let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
-    let step_size = (h.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - h.lr * h.weight_decay;
-    let (w1, w2) = (1.0 - h.beta1, 1.0 - h.beta2);
+    let (lr, b1, b2, wd) = (h.lr as f64, h.beta1 as f64, h.beta2 as f64, h.weight_decay as f64);
+    let bc1_recip = (1.0 / (1.0 - b1.powi(step as i32))) as f32;
+    let bc2_sqrt = (1.0 - b2.powi(step as i32)).sqrt() as f32;
+    let decay = (1.0 - lr * wd) as f32;
+    let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
     let f = dev.func("optim", "adam_atan2_f32")?;
     let s = &dev.stream;
     let pb = opt_ptr(dev, &p_bf16);
@@ -450,7 +449,7 @@ pub fn adam_atan2_step(
     let n_l = n as i64;
     let mut b = s.launch_builder(&f);
     b.arg(&pp).arg(&pg).arg(&pm).arg(&pv).arg(&pb).arg(&n_l);
-    b.arg(&decay).arg(&w1).arg(&w2).arg(&step_size).arg(&bc2_sqrt);
+    b.arg(&decay).arg(&w1).arg(&w2).arg(&h.lr).arg(&bc1_recip).arg(&bc2_sqrt);
     // SAFETY: as above.
     unsafe { b.launch(elementwise(n)) }.map_err(launch_err("adam_atan2_f32"))?;
     Ok(())
