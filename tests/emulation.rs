@@ -197,3 +197,20 @@ fn pointer_arguments_must_be_device_allocations() {
     let err = unsafe { b.launch(cfg(1, 32, 0)) }.expect_err("a wild pointer went unnoticed");
     assert!(format!("{err}").contains("not in a live device allocation"));
 }
+
+#[test]
+fn events_time_a_launch_and_streams_are_independent() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let x = upload(&dev, &vec![1.0f32; 4096]);
+    let mut y = poisoned_f32(&dev, 4096);
+    let ms = dev.time_ms(|d| launch_xyn(d, "selftest_scale", &x, &mut y, 4096, cfg(16, 256, 0))).unwrap();
+    assert!(ms.is_finite() && ms >= 0.0, "elapsed {ms} ms");
+    assert!(download(&dev, &y).iter().all(|&v| v == 2.0));
+    // a second stream: copy there, synchronize it, read back
+    let s2 = dev.new_stream().unwrap();
+    let z = s2.clone_htod(&[3.0f32; 5]).unwrap();
+    s2.synchronize().unwrap();
+    assert_eq!(s2.clone_dtoh(&z).unwrap(), vec![3.0f32; 5]);
+}

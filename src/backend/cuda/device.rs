@@ -194,6 +194,24 @@ impl CudaDevice {
         Ok(self.gemm.get_or_init(|| g))
     }
 
+    /// Runs `f` (which enqueues work on [`CudaDevice::stream`]) between two CUDA events and
+    /// returns the elapsed device time in milliseconds (host time under the emulation, where
+    /// work completes as it is issued).
+    pub fn time_ms(&self, f: impl FnOnce(&CudaDevice) -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.ctx.new_event(flags).map_err(|e| anyhow!("event: {e}"))?;
+        let end = self.ctx.new_event(flags).map_err(|e| anyhow!("event: {e}"))?;
+        start.record(&self.stream).map_err(|e| anyhow!("event record: {e}"))?;
+        f(self)?;
+        end.record(&self.stream).map_err(|e| anyhow!("event record: {e}"))?;
+        start.elapsed_ms(&end).map_err(|e| anyhow!("event elapsed: {e}"))
+    }
+
+    /// An additional stream on this device's context (work on it is ordered independently).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        self.ctx.new_stream().map_err(|e| anyhow!("new_stream: {e}"))
+    }
+
     /// Waits for all work on the stream.
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| anyhow!("stream synchronize: {e:?}"))
