@@ -2,8 +2,8 @@
 //! halting rule with exploration, the target-Q segment, the losses with the reference's
 //! normalization, and the gradient of (total loss / global batch size).
 
-use crate::backend::Backend;
 use crate::backend::cpu::loss::{bce_with_logits, sigmoid};
+use crate::backend::{Backend, LmLossOut};
 use crate::hrm::{DeviceInputs, Heads, Hrm};
 use crate::model::ParamSet;
 use rand::Rng;
@@ -82,8 +82,8 @@ fn device_inputs<B: Backend>(be: &B, data: &Batch) -> DeviceInputs<B> {
 /// Result of one evaluation segment.
 pub struct EvalSegment<B: Backend> {
     pub heads: Heads<B>,
-    /// Per row: the whole board right (only when labels are present).
-    pub exact: Option<Vec<bool>>,
+    /// Argmax, exact flags and per-row token accuracy (only when labels are present).
+    pub scored: Option<LmLossOut>,
 }
 
 /// One eval-mode ACT step (halting only at `halt_max_steps`, no exploration, no target).
@@ -97,18 +97,10 @@ pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: 
         *s += 1;
         carry.halted[b] = *s as usize >= model.cfg.halt_max_steps;
     }
-    let exact = carry.data.labels.as_ref().map(|labels| {
-        let out = be.lm_loss(
-            &heads.logits,
-            &be.upload_i32(labels),
-            model.cfg.vocab_size,
-            model.cfg.seq_len,
-            0.0,
-            None,
-        );
-        out.exact
+    let scored = carry.data.labels.as_ref().map(|labels| {
+        be.lm_loss(&heads.logits, &be.upload_i32(labels), model.cfg.vocab_size, model.cfg.seq_len, 0.0, None)
     });
-    EvalSegment { heads, exact }
+    EvalSegment { heads, scored }
 }
 
 /// Halting exploration: per row, with probability `prob`, a minimum number of steps drawn

@@ -71,7 +71,19 @@ impl ModelConfig {
         }
     }
 
-    /// A small model that trains on two CPU cores in minutes (the `demo` preset).
+    /// The `demo` preset: small enough to train on two CPU cores in minutes.
+    pub fn demo() -> Self {
+        ModelConfig {
+            hidden_size: 64,
+            num_heads: 4,
+            H_layers: 1,
+            L_layers: 1,
+            puzzle_emb_ndim: 64,
+            ..Self::sudoku()
+        }
+    }
+
+    /// A small model (hidden 128, two layers per module).
     pub fn small() -> Self {
         ModelConfig {
             hidden_size: 128,
@@ -87,9 +99,10 @@ impl ModelConfig {
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "sudoku" | "full" => Ok(Self::sudoku()),
-            "small" | "demo" => Ok(Self::small()),
+            "small" => Ok(Self::small()),
+            "demo" => Ok(Self::demo()),
             "tiny" => Ok(Self::tiny()),
-            _ => bail!("unknown model preset '{name}' (expected one of: sudoku, small, tiny)"),
+            _ => bail!("unknown model preset '{name}' (expected one of: sudoku, small, demo, tiny)"),
         }
     }
 

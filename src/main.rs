@@ -61,6 +61,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train HRM (ACT with deep supervision) on a dataset from `hrm data build`.
+    Train(Box<hrm::commands::train::TrainArgs>),
+    /// Evaluate a checkpoint on puzzle sets: all segments, exact / cell accuracy per set.
+    Eval(hrm::commands::eval::EvalArgs),
+    /// Solve puzzles with a checkpoint and check the answers.
+    Solve(hrm::commands::eval::SolveArgs),
+    /// Make easy puzzles, train a small HRM on the CPU, evaluate it on held-out puzzles.
+    Demo(hrm::commands::train::DemoArgs),
+    /// Draw a run's curves (loss terms, accuracy, halting step, throughput) as SVG.
+    Plot {
+        run: PathBuf,
+        /// Output directory (default: RUN/plots).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sudoku data: generate, import, build, stats.
+    Data {
+        #[command(subcommand)]
+        cmd: hrm::sudoku::cli::DataCommand,
+    },
 }
 
 fn main() -> Result<()> {
@@ -83,6 +103,24 @@ fn main() -> Result<()> {
         }
         Cmd::Grad { checkpoint, config, batch, out } => {
             hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out)?
+        }
+        Cmd::Data { cmd } => hrm::sudoku::cli::run(cmd)?,
+        Cmd::Train(a) => {
+            hrm::commands::train::run_train(&a)?;
+        }
+        Cmd::Eval(a) => {
+            hrm::commands::eval::run_eval(&a)?;
+        }
+        Cmd::Solve(a) => {
+            hrm::commands::eval::run_solve(&a)?;
+        }
+        Cmd::Plot { run, out } => {
+            for f in hrm::analysis::plot::plot_run(&run, out.as_deref())? {
+                println!("{}", f.display());
+            }
+        }
+        Cmd::Demo(a) => {
+            hrm::commands::train::run_demo(&a)?;
         }
     }
     Ok(())

@@ -28,6 +28,10 @@ pub trait Backend {
     fn len(&self, buf: &Self::Buf) -> usize;
     fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf);
     fn fill_zero(&self, buf: &mut Self::Buf);
+    /// No NaN or infinity in the buffer (the training NaN guard).
+    fn all_finite(&self, buf: &Self::Buf) -> bool;
+    /// `ema = decay * ema + (1 - decay) * p`
+    fn ema_update(&self, ema: &mut Self::Buf, p: &Self::Buf, decay: f32);
 
     // Elementwise.
     /// `out = a + b`

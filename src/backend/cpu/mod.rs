@@ -46,6 +46,15 @@ impl Backend for Cpu {
     fn fill_zero(&self, buf: &mut Vec<f32>) {
         buf.fill(0.0);
     }
+    fn all_finite(&self, buf: &Vec<f32>) -> bool {
+        buf.par_chunks(1 << 14).all(|c| c.iter().all(|v| v.is_finite()))
+    }
+    fn ema_update(&self, ema: &mut Vec<f32>, p: &Vec<f32>, decay: f32) {
+        assert_eq!(ema.len(), p.len());
+        ema.par_chunks_mut(1 << 14)
+            .zip(p.par_chunks(1 << 14))
+            .for_each(|(e, p)| e.iter_mut().zip(p).for_each(|(e, p)| *e = decay * *e + (1.0 - decay) * p));
+    }
     fn add(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) {
         assert!(a.len() == b.len() && a.len() == out.len());
         out.par_chunks_mut(1 << 14)

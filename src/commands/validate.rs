@@ -58,8 +58,8 @@ pub fn forward_outputs<B: Backend>(
     let mut last = None;
     for _ in 0..segments {
         let seg = eval_step(be, &model, &mut carry, batch);
-        if let Some(e) = &seg.exact {
-            exact.extend(e.iter().map(|&x| x as u8));
+        if let Some(s) = &seg.scored {
+            exact.extend(s.exact.iter().map(|&x| x as u8));
         }
         last = Some(seg.heads);
     }

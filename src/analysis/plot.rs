@@ -1,0 +1,111 @@
+//! `hrm plot RUN_DIR`: the run's curves from `metrics.jsonl` as SVG charts (plotters):
+//! loss terms, train and eval exact accuracy, mean halting step, throughput, against step.
+
+use anyhow::{Context, Result, bail};
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+type Series = Vec<(f64, f64)>;
+
+/// Read `metrics.jsonl`: series keyed by "kind/name/field" (eval lines carry the set name).
+pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out: BTreeMap<String, Series> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+        let step = v["step"].as_f64().with_context(|| format!("{}:{}: no step", path.display(), i + 1))?;
+        let kind = v["kind"].as_str().unwrap_or("train");
+        let prefix = match kind {
+            "eval" => format!("eval/{}", v["name"].as_str().unwrap_or("set")),
+            k => k.to_string(),
+        };
+        if let Some(obj) = v.as_object() {
+            for (k, x) in obj {
+                if let Some(x) = x.as_f64()
+                    && k != "step"
+                {
+                    out.entry(format!("{prefix}/{k}")).or_default().push((step, x));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn chart(path: &Path, title: &str, series: &[(&str, &Series)]) -> Result<()> {
+    let pts: Vec<&(f64, f64)> =
+        series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.1.is_finite()).collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pad = ((y1 - y0) * 0.05).max(1e-9);
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    c.configure_mesh().x_desc("step").draw().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    for (k, (name, s)) in series.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        c.draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+/// Draw the standard charts of a run into `out_dir` (default: RUN_DIR/plots); returns the files.
+pub fn plot_run(run: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let m = read_metrics(&run.join("metrics.jsonl"))?;
+    if m.is_empty() {
+        bail!("{}: no metrics to plot", run.join("metrics.jsonl").display());
+    }
+    let out = out_dir.map(Path::to_path_buf).unwrap_or_else(|| run.join("plots"));
+    std::fs::create_dir_all(&out)?;
+    let get = |k: &str| m.get(k).cloned().unwrap_or_default();
+    let mut files = Vec::new();
+    let mut draw = |file: &str, title: &str, keys: Vec<(String, String)>| -> Result<()> {
+        let data: Vec<(String, Series)> = keys.into_iter().map(|(label, k)| (label, get(&k))).collect();
+        let refs: Vec<(&str, &Series)> =
+            data.iter().filter(|(_, s)| !s.is_empty()).map(|(l, s)| (l.as_str(), s)).collect();
+        if !refs.is_empty() {
+            let p = out.join(file);
+            chart(&p, title, &refs)?;
+            files.push(p);
+        }
+        Ok(())
+    };
+    let l = |a: &str, b: &str| (a.to_string(), b.to_string());
+    draw(
+        "loss.svg",
+        "loss terms (per puzzle)",
+        vec![
+            l("lm", "train/lm_loss"),
+            l("q_halt", "train/q_halt_loss"),
+            l("q_continue", "train/q_continue_loss"),
+        ],
+    )?;
+    let mut acc = vec![l("train exact", "train/exact_accuracy"), l("train cells", "train/accuracy")];
+    for k in m.keys().filter(|k| k.starts_with("eval/") && k.ends_with("/exact_accuracy")) {
+        acc.push((k.trim_end_matches("/exact_accuracy").replace('/', " ") + " exact", k.clone()));
+    }
+    draw("accuracy.svg", "exact accuracy", acc)?;
+    draw("halting.svg", "mean halting step", vec![l("train", "train/mean_halt_steps")])?;
+    draw("throughput.svg", "throughput (tokens/s)", vec![l("tokens/s", "train/tokens_per_s")])?;
+    Ok(files)
+}

@@ -1,0 +1,157 @@
+//! `hrm eval` and `hrm solve`.
+
+use crate::backend::cpu::Cpu;
+use crate::config::ModelConfig;
+use crate::hrm::Hrm;
+use crate::infer::eval::{EvalReport, evaluate, predict};
+use crate::model::checkpoint::{load_checkpoint, write_atomic};
+use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
+use crate::sudoku::formats::read_eval_set;
+use crate::sudoku::solver::solve;
+use crate::train::data::{example_of, examples_of};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint (safetensors with official names).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Architecture JSON (default: the config stored in the checkpoint).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Evaluation sets: Sudoku-Extreme CSV or one-puzzle-per-line files (solutions computed
+    /// when absent).
+    #[arg(required = true)]
+    pub sets: Vec<PathBuf>,
+    /// Evaluate only the first N puzzles of each set.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Also write the reports as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, Hrm<Cpu>)> {
+    let cfg = config.map(ModelConfig::from_json_file).transpose()?;
+    let (cfg, params) = load_checkpoint(checkpoint, cfg.as_ref())?;
+    if cfg.seq_len != 81 || cfg.vocab_size != 11 {
+        bail!(
+            "{}: not a Sudoku model (seq_len {}, vocab_size {})",
+            checkpoint.display(),
+            cfg.seq_len,
+            cfg.vocab_size
+        );
+    }
+    let model = Hrm::new(&Cpu, &cfg, &params);
+    Ok((cfg, model))
+}
+
+/// A readable table of reports.
+pub fn report_table(reports: &[EvalReport]) -> String {
+    let mut s = format!(
+        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "set", "puzzles", "exact", "cells", "blanks", "halt"
+    );
+    for r in reports {
+        s += &format!(
+            "{:<32} {:>8} {:>8.4} {:>8.4} {:>8.4} {:>8.3}\n",
+            r.name, r.puzzles, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.act_halt_fraction
+        );
+    }
+    if let Some(r) = reports.first() {
+        s += "exact accuracy per segment:\n";
+        for r in reports {
+            let segs: Vec<String> = r.exact_accuracy_per_segment.iter().map(|a| format!("{a:.3}")).collect();
+            s += &format!("  {}: {}\n", r.name, segs.join(" "));
+        }
+        let _ = r;
+    }
+    s
+}
+
+pub fn run_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
+    let (_, model) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
+    let mut reports = Vec::new();
+    for path in &a.sets {
+        let mut puzzles = read_eval_set(path)?;
+        if let Some(n) = a.limit {
+            puzzles.truncate(n);
+        }
+        let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
+        let bar = indicatif::ProgressBar::new(puzzles.len() as u64);
+        let r = evaluate(&Cpu, &model, &name, &examples_of(&puzzles), a.batch_size, |n| bar.inc(n as u64));
+        bar.finish_and_clear();
+        reports.push(r);
+    }
+    print!("{}", report_table(&reports));
+    if let Some(j) = &a.json {
+        write_atomic(j, serde_json::to_string_pretty(&reports)?.as_bytes())?;
+    }
+    Ok(reports)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SolveArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A puzzle as 81 characters (digits, `.` or `0` for blanks) or a puzzle file (every
+    /// puzzle in it is solved).
+    pub puzzle: String,
+}
+
+fn print_board(b: &Board) -> String {
+    let mut s = String::new();
+    for r in 0..9 {
+        if r % 3 == 0 && r > 0 {
+            s += "------+-------+------\n";
+        }
+        for c in 0..9 {
+            if c % 3 == 0 && c > 0 {
+                s += "| ";
+            }
+            let v = b[r * 9 + c];
+            s += &if v == 0 { ". ".to_string() } else { format!("{v} ") };
+        }
+        s = s.trim_end().to_string() + "\n";
+    }
+    s
+}
+
+/// Solve each puzzle with the model; prints the board and whether it is a valid solution.
+/// Returns (question, model answer, valid) per puzzle.
+pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
+    let (_, model) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
+    let questions: Vec<Board> = if Path::new(&a.puzzle).is_file() {
+        read_eval_set(Path::new(&a.puzzle))?.into_iter().map(|p| p.question).collect()
+    } else {
+        vec![parse_board(a.puzzle.trim()).with_context(|| format!("puzzle '{}'", a.puzzle))?]
+    };
+    // Labels are only used for scoring; solve() gives them when the puzzle is proper.
+    let examples: Vec<_> =
+        questions.iter().map(|q| example_of(q, &solve(q).ok().flatten().unwrap_or(*q))).collect();
+    let pred = predict(&Cpu, &model, &examples, 256, |_| {});
+    let mut out = Vec::new();
+    for (k, q) in questions.iter().enumerate() {
+        let mut answer = [0u8; 81];
+        for (i, &t) in pred.tokens[k * 81..(k + 1) * 81].iter().enumerate() {
+            answer[i] = if (2..=10).contains(&t) { t - 1 } else { 0 };
+        }
+        let valid = is_valid_solution(&answer) && is_solution_of(q, &answer);
+        println!("puzzle  {}", board_to_string(q, '.'));
+        println!("answer  {}", board_to_string(&answer, '.'));
+        print!("{}", print_board(&answer));
+        println!(
+            "{} (q_halt {:.3}, q_continue {:.3})\n",
+            if valid { "valid solution" } else { "NOT a valid solution" },
+            pred.q_halt[k],
+            pred.q_continue[k]
+        );
+        out.push((*q, answer, valid));
+    }
+    Ok(out)
+}

@@ -1,0 +1,302 @@
+//! `hrm train` and `hrm demo`.
+
+use super::eval::report_table;
+use crate::backend::cpu::Cpu;
+use crate::config::ModelConfig;
+use crate::infer::eval::Example;
+use crate::model::HostParams;
+use crate::model::checkpoint::{load_checkpoint, write_atomic};
+use crate::sudoku::dataset::Dataset;
+use crate::sudoku::formats::read_eval_set;
+use crate::train::checkpoint::resume;
+use crate::train::data::{augmented_source, blanked_puzzles, example_of, examples_of};
+use crate::train::run::{RunOptions, RunSummary, run};
+use crate::train::sampler::PuzzleSource;
+use crate::train::{TrainConfig, Trainer};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Training set directory (from `hrm data build`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Evaluation sets (CSV or one-per-line puzzle files).
+    #[arg(long, num_args = 1..)]
+    pub eval: Vec<PathBuf>,
+    /// Run directory: config.json, metrics.jsonl, checkpoints/.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its newest complete checkpoint.
+    #[arg(long, conflicts_with_all = ["out", "preset", "config", "init"])]
+    pub resume: Option<PathBuf>,
+    /// Model preset: sudoku (the paper's), small, tiny.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Architecture JSON with the reference's keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Start from these weights instead of a fresh initialization.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    #[arg(long, default_value_t = 768)]
+    pub batch_size: usize,
+    /// Total steps (default: from --epochs).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Epochs (passes over the puzzle groups), the reference's unit: steps = epochs * groups / batch.
+    #[arg(long, default_value_t = 20_000)]
+    pub epochs: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub lr_min_ratio: f64,
+    #[arg(long, default_value_t = 2000)]
+    pub lr_warmup_steps: u64,
+    #[arg(long, default_value_t = 1.0)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub puzzle_emb_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub puzzle_emb_weight_decay: f64,
+    /// EMA decay of the evaluated/exported weights (e.g. 0.999 as TRM); off by default.
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// Override the model's halt_exploration_prob.
+    #[arg(long)]
+    pub halt_exploration_prob: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Complete checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub eval_every: u64,
+    /// Puzzles per evaluation set during training (0 = all).
+    #[arg(long, default_value_t = 2000)]
+    pub eval_limit: usize,
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+    /// Stop once this step is reached (the run can be resumed).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+/// Paths a run reads, saved as `run.json` so `--resume` needs no repetition.
+#[derive(Serialize, Deserialize)]
+struct RunInputs {
+    data: PathBuf,
+    eval: Vec<PathBuf>,
+}
+
+fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Example>)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let mut puzzles = read_eval_set(p)?;
+            if limit > 0 {
+                puzzles.truncate(limit);
+            }
+            let name = p.file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned());
+            Ok((name, examples_of(&puzzles)))
+        })
+        .collect()
+}
+
+fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(p), _) => ModelConfig::from_json_file(p)?,
+        (None, Some(name)) => ModelConfig::preset(name)?,
+        (None, None) => ModelConfig::sudoku(),
+    };
+    if let Some(p) = a.halt_exploration_prob {
+        cfg.halt_exploration_prob = p;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
+    let be = Cpu;
+    if let Some(dir) = &a.resume {
+        let inputs: RunInputs = serde_json::from_slice(
+            &std::fs::read(dir.join("run.json"))
+                .with_context(|| format!("reading {}/run.json", dir.display()))?,
+        )?;
+        let data_path = a.data.clone().unwrap_or(inputs.data);
+        let eval = if a.eval.is_empty() { inputs.eval } else { a.eval.clone() };
+        let mut t = resume(&be, dir)?;
+        if let Some(s) = a.steps {
+            t.cfg.steps = s;
+        }
+        let data = Dataset::load(&data_path)?;
+        eprintln!("resuming {} at step {} of {}", dir.display(), t.step, t.cfg.steps);
+        let opts = RunOptions {
+            run_dir: dir.clone(),
+            eval_sets: load_eval_sets(&eval, t.cfg.eval_limit)?,
+            stop_after: a.stop_after,
+            progress: true,
+        };
+        return run(&be, &mut t, &data, &opts);
+    }
+    let (Some(data_path), Some(out)) = (&a.data, &a.out) else {
+        bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
+    };
+    let data = Dataset::load(data_path)?;
+    let model = model_config(a)?;
+    let mut cfg = TrainConfig::new(model.clone());
+    cfg.batch_size = a.batch_size;
+    cfg.steps = a.steps.unwrap_or((a.epochs * data.num_groups() as u64 / a.batch_size.max(1) as u64).max(1));
+    cfg.seed = a.seed;
+    cfg.ema = a.ema;
+    cfg.optim = crate::optim::OptimConfig {
+        lr: a.lr,
+        lr_min_ratio: a.lr_min_ratio,
+        lr_warmup_steps: a.lr_warmup_steps,
+        beta1: a.beta1,
+        beta2: a.beta2,
+        weight_decay: a.weight_decay,
+        puzzle_emb_lr: a.puzzle_emb_lr,
+        puzzle_emb_weight_decay: a.puzzle_emb_weight_decay,
+    };
+    cfg.log_every = a.log_every;
+    cfg.checkpoint_every = a.checkpoint_every;
+    cfg.keep_checkpoints = a.keep;
+    cfg.eval_every = a.eval_every;
+    cfg.eval_limit = a.eval_limit;
+    cfg.eval_batch_size = a.eval_batch_size;
+    let params = match &a.init {
+        Some(p) => {
+            let (c, p) = load_checkpoint(p, Some(&model))?;
+            debug_assert_eq!(c, model);
+            p
+        }
+        None => HostParams::init(&model, &mut crate::rng::seeded(a.seed)),
+    };
+    std::fs::create_dir_all(out)?;
+    let inputs = RunInputs { data: data_path.clone(), eval: a.eval.clone() };
+    write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&inputs)?.as_bytes())?;
+    eprintln!(
+        "training {} trainable parameters on {} groups ({} examples), {} steps of batch {}",
+        params.num_trainable(&model),
+        data.num_groups(),
+        data.len(),
+        cfg.steps,
+        cfg.batch_size
+    );
+    let opts = RunOptions {
+        run_dir: out.clone(),
+        eval_sets: load_eval_sets(&a.eval, cfg.eval_limit)?,
+        stop_after: a.stop_after,
+        progress: true,
+    };
+    let mut t = Trainer::new(&be, cfg, &params);
+    run(&be, &mut t, &data, &opts)
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Run directory.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Training puzzles (each with --augment symmetry transforms).
+    #[arg(long, default_value_t = 2000)]
+    pub train_puzzles: usize,
+    #[arg(long, default_value_t = 20)]
+    pub augment: usize,
+    /// Held-out evaluation puzzles.
+    #[arg(long, default_value_t = 500)]
+    pub eval_puzzles: usize,
+    /// Fewest blanks per puzzle.
+    #[arg(long, default_value_t = 20)]
+    pub min_blanks: usize,
+    /// Most blanks per puzzle.
+    #[arg(long, default_value_t = 30)]
+    pub max_blanks: usize,
+    #[arg(long, default_value_t = 1500)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value = "demo")]
+    pub preset: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The demo: make k-blank puzzles, train the small model on the CPU, evaluate on held-out
+/// puzzles of the same difficulty.
+pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
+    let be = Cpu;
+    let model = ModelConfig::preset(&a.preset)?;
+    if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
+        bail!("blanks must satisfy min <= max <= 64");
+    }
+    eprintln!(
+        "generating {} training and {} held-out puzzles with {}..={} blanks",
+        a.train_puzzles, a.eval_puzzles, a.min_blanks, a.max_blanks
+    );
+    let blanks = a.min_blanks..a.max_blanks + 1;
+    let train = blanked_puzzles(a.train_puzzles, blanks.clone(), crate::train::sampler::mix(a.seed));
+    let held_out = blanked_puzzles(a.eval_puzzles, blanks, crate::train::sampler::mix(a.seed ^ 0xE7A1));
+    let train_canon: std::collections::HashSet<_> =
+        train.iter().map(|(q, _)| crate::sudoku::symmetry::canonical(q)).collect();
+    let held_out: Vec<_> = held_out
+        .into_iter()
+        .filter(|(q, _)| !train_canon.contains(&crate::sudoku::symmetry::canonical(q)))
+        .collect();
+    let data = augmented_source(&train, a.augment, a.seed);
+    let mut cfg = TrainConfig::new(model.clone());
+    cfg.batch_size = a.batch_size;
+    cfg.steps = a.steps;
+    cfg.seed = a.seed;
+    cfg.optim.lr = a.lr;
+    cfg.optim.puzzle_emb_lr = a.lr;
+    cfg.optim.weight_decay = 0.1;
+    cfg.optim.puzzle_emb_weight_decay = 0.1;
+    cfg.optim.lr_warmup_steps = (a.steps / 10).max(1);
+    cfg.log_every = 10;
+    cfg.checkpoint_every = (a.steps / 4).max(1);
+    cfg.eval_every = (a.steps / 4).max(1);
+    cfg.eval_limit = 0;
+    cfg.eval_batch_size = 250;
+    let params = HostParams::init(&model, &mut crate::rng::seeded(a.seed));
+    eprintln!(
+        "training the '{}' model ({} parameters) for {} steps of batch {} on {} groups",
+        a.preset,
+        params.num_trainable(&model),
+        cfg.steps,
+        cfg.batch_size,
+        data.num_groups()
+    );
+    let eval: Vec<Example> = held_out.iter().map(|(q, s)| example_of(q, s)).collect();
+    let opts = RunOptions {
+        run_dir: a.out.clone(),
+        eval_sets: vec![("held_out".to_string(), eval)],
+        stop_after: None,
+        progress: true,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    crate::sudoku::formats::write_lines(
+        &a.out.join("held_out.txt"),
+        &held_out.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+        "held-out demo puzzles (never trained on)",
+    )?;
+    let mut t = Trainer::new(&be, cfg, &params);
+    let summary = run(&be, &mut t, &data, &opts)?;
+    print!("{}", report_table(&summary.last_eval));
+    if let Some(c) = &summary.last_checkpoint {
+        println!("model: {}", c.join("model.safetensors").display());
+    }
+    Ok(summary)
+}

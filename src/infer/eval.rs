@@ -1,0 +1,122 @@
+//! Evaluation as the reference does it: every puzzle runs all `halt_max_steps` segments from a
+//! fresh carry; exact accuracy (whole board right), token accuracy (all cells, the reference's
+//! "accuracy"), accuracy on the blank cells only, exact accuracy after each segment, and the
+//! fraction whose final q_halt > q_continue (Augmented HRM's act_halt).
+
+use crate::act::{Batch, Carry, eval_step};
+use crate::backend::Backend;
+use crate::hrm::Hrm;
+use serde::Serialize;
+
+/// One puzzle as token ids (inputs 1..10, labels 2..10; see the spec).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub inputs: Vec<i32>,
+    pub labels: Vec<i32>,
+}
+
+/// Results over one evaluation set.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalReport {
+    pub name: String,
+    pub puzzles: usize,
+    pub exact_accuracy: f64,
+    pub cell_accuracy: f64,
+    pub blank_cell_accuracy: f64,
+    pub exact_accuracy_per_segment: Vec<f64>,
+    pub act_halt_fraction: f64,
+}
+
+/// Model outputs for a set of puzzles after the last segment.
+pub struct Predictions {
+    /// argmax token per cell [n, seq_len]
+    pub tokens: Vec<u8>,
+    /// per puzzle
+    pub q_halt: Vec<f32>,
+    pub q_continue: Vec<f32>,
+    /// per segment, per puzzle (when labels are known)
+    pub exact_per_segment: Vec<Vec<bool>>,
+}
+
+/// Run all segments on `examples` in batches of `batch_size`.
+pub fn predict<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    examples: &[Example],
+    batch_size: usize,
+    mut on_batch: impl FnMut(usize),
+) -> Predictions {
+    let cfg = &model.cfg;
+    let n = cfg.seq_len;
+    let segments = cfg.halt_max_steps;
+    let mut out = Predictions {
+        tokens: Vec::with_capacity(examples.len() * n),
+        q_halt: Vec::with_capacity(examples.len()),
+        q_continue: Vec::with_capacity(examples.len()),
+        exact_per_segment: vec![Vec::with_capacity(examples.len()); segments],
+    };
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let b = chunk.len();
+        let batch = Batch {
+            inputs: chunk.iter().flat_map(|e| e.inputs.iter().copied()).collect(),
+            puzzle_ids: vec![0; b],
+            labels: Some(chunk.iter().flat_map(|e| e.labels.iter().copied()).collect()),
+        };
+        let mut carry = Carry::fresh(be, model, b);
+        let mut last = None;
+        for seg in 0..segments {
+            let s = eval_step(be, model, &mut carry, &batch);
+            let scored = s.scored.expect("labels given");
+            out.exact_per_segment[seg].extend(&scored.exact);
+            last = Some((s.heads, scored));
+        }
+        let (heads, scored) = last.expect("halt_max_steps >= 1");
+        out.tokens.extend(scored.argmax.iter());
+        out.q_halt.extend(&heads.q_halt);
+        out.q_continue.extend(&heads.q_continue);
+        on_batch(b);
+    }
+    out
+}
+
+/// Evaluate `examples` (named `name`).
+pub fn evaluate<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    name: &str,
+    examples: &[Example],
+    batch_size: usize,
+    on_batch: impl FnMut(usize),
+) -> EvalReport {
+    let p = predict(be, model, examples, batch_size, on_batch);
+    let n = model.cfg.seq_len;
+    let count = examples.len().max(1) as f64;
+    let (mut cells, mut cells_ok, mut blanks, mut blanks_ok) = (0usize, 0usize, 0usize, 0usize);
+    for (e, pred) in examples.iter().zip(p.tokens.chunks(n)) {
+        for ((&x, &y), &t) in e.inputs.iter().zip(&e.labels).zip(pred) {
+            if y == 0 {
+                continue;
+            }
+            cells += 1;
+            cells_ok += (t as i32 == y) as usize;
+            if x == 1 {
+                blanks += 1;
+                blanks_ok += (t as i32 == y) as usize;
+            }
+        }
+    }
+    let last = p.exact_per_segment.last().cloned().unwrap_or_default();
+    EvalReport {
+        name: name.to_string(),
+        puzzles: examples.len(),
+        exact_accuracy: last.iter().filter(|&&e| e).count() as f64 / count,
+        cell_accuracy: cells_ok as f64 / cells.max(1) as f64,
+        blank_cell_accuracy: blanks_ok as f64 / blanks.max(1) as f64,
+        exact_accuracy_per_segment: p
+            .exact_per_segment
+            .iter()
+            .map(|s| s.iter().filter(|&&e| e).count() as f64 / count)
+            .collect(),
+        act_halt_fraction: p.q_halt.iter().zip(&p.q_continue).filter(|(h, c)| h > c).count() as f64 / count,
+    }
+}

@@ -1,0 +1,247 @@
+//! `hrm data ...`: generate, import, build and inspect Sudoku data.
+
+use super::dataset::{BuildConfig, Dataset, build, canonical_set, read_puzzles};
+use super::formats::{ImportOptions, Puzzle, import, write_csv};
+use super::generate::{GenConfig, Mode, generate};
+use super::rating::{DEFAULT_SAMPLES, RatingStats};
+use anyhow::bail;
+use clap::{Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenMode {
+    /// Random minimal unique puzzles.
+    Minimal,
+    /// Puzzles solvable by singles alone (rating 0).
+    Easy,
+    /// Local search for puzzles rated at least --min-rating.
+    Hard,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate puzzles (deterministic from --seed) into a Sudoku-Extreme CSV.
+    Generate {
+        /// Number of distinct puzzles (distinct up to symmetry).
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, value_enum, default_value_t = GenMode::Hard)]
+        mode: GenMode,
+        /// Hard mode: keep puzzles with rating >= this.
+        #[arg(long, default_value_t = 20.0)]
+        min_rating: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Orientations averaged by the rating while searching.
+        #[arg(long, default_value_t = 4)]
+        rating_samples: usize,
+        /// Give up after this many batches of 32 chains (hard mode).
+        #[arg(long, default_value_t = 100_000)]
+        max_batches: usize,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Solve, check and rate puzzle files (CSV or one-per-line) into a Sudoku-Extreme CSV.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Report and skip bad lines instead of failing.
+        #[arg(long)]
+        skip_invalid: bool,
+        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
+        rating_samples: usize,
+    },
+    /// Build a training set (HRM recipe + optional hint twins) as data.bin + manifest.json.
+    Build {
+        /// Puzzle files (CSV with answers, or one-per-line).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        train: usize,
+        #[arg(long, default_value_t = 0)]
+        test: usize,
+        /// Augmentations per training puzzle.
+        #[arg(long, default_value_t = 1000)]
+        augment: usize,
+        /// Augmentations per test puzzle.
+        #[arg(long, default_value_t = 0)]
+        test_augment: usize,
+        /// Add an Augmented-HRM hint twin to every training example.
+        #[arg(long)]
+        hints: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluation sets to keep disjoint from (up to symmetry).
+        #[arg(long, num_args = 1..)]
+        exclude: Vec<PathBuf>,
+    },
+    /// Print counts and rating statistics of puzzle files or dataset directories.
+    Stats {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
+        rating_samples: usize,
+    },
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn count_lines(paths: &[PathBuf]) -> u64 {
+    paths
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count() as u64)
+        .sum()
+}
+
+fn print_stats(name: &str, puzzles: &[Puzzle]) {
+    let ratings: Vec<f32> = puzzles.iter().map(|p| p.rating).collect();
+    let givens: usize = puzzles.iter().map(|p| super::board::count_givens(&p.question)).sum();
+    println!(
+        "{name}: {} puzzles, mean givens {:.2}, rating {}",
+        puzzles.len(),
+        givens as f64 / puzzles.len().max(1) as f64,
+        RatingStats::from_ratings(&ratings)
+    );
+}
+
+/// Runs one `hrm data` command.
+pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
+    match cmd {
+        DataCommand::Generate { count, mode, min_rating, seed, rating_samples, max_batches, out } => {
+            let mode = match mode {
+                GenMode::Minimal => Mode::Minimal,
+                GenMode::Easy => Mode::Easy,
+                GenMode::Hard => Mode::Hard { min_rating },
+            };
+            let mut cfg = GenConfig::new(count, mode, seed);
+            cfg.rating_samples = rating_samples.max(1);
+            let pb = bar(count as u64, "generate");
+            let t = Instant::now();
+            let got = generate(&cfg, max_batches, &|done| pb.set_position(done as u64));
+            pb.finish_and_clear();
+            let secs = t.elapsed().as_secs_f64();
+            let source = match mode {
+                Mode::Minimal => format!("hrm-gen-minimal-s{seed}"),
+                Mode::Easy => format!("hrm-gen-easy-s{seed}"),
+                Mode::Hard { min_rating } => format!("hrm-gen-hard{min_rating}-s{seed}"),
+            };
+            let puzzles: Vec<Puzzle> = got
+                .into_iter()
+                .map(|g| Puzzle {
+                    source: source.clone(),
+                    question: g.question,
+                    answer: g.answer,
+                    rating: g.rating,
+                })
+                .collect();
+            write_csv(&out, &puzzles)?;
+            eprintln!(
+                "generated {} puzzles in {secs:.1}s ({:.2}/s) -> {}",
+                puzzles.len(),
+                puzzles.len() as f64 / secs,
+                out.display()
+            );
+            print_stats(&out.display().to_string(), &puzzles);
+            if puzzles.len() < count {
+                bail!("only {} of {count} puzzles found within --max-batches {max_batches}", puzzles.len());
+            }
+            Ok(())
+        }
+        DataCommand::Import { files, out, skip_invalid, rating_samples } => {
+            let pb = bar(count_lines(&files), "import");
+            let t = Instant::now();
+            let opts = ImportOptions { skip_invalid, rating_samples: rating_samples.max(1), rerate: true };
+            let (puzzles, skipped) = import(&files, &opts, &|k| pb.inc(k))?;
+            pb.finish_and_clear();
+            for e in &skipped {
+                eprintln!("skipped {e}");
+            }
+            write_csv(&out, &puzzles)?;
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "imported {} puzzles ({} skipped) in {secs:.2}s ({:.0}/s) -> {}",
+                puzzles.len(),
+                skipped.len(),
+                puzzles.len() as f64 / secs,
+                out.display()
+            );
+            print_stats(&out.display().to_string(), &puzzles);
+            Ok(())
+        }
+        DataCommand::Build { inputs, out, train, test, augment, test_augment, hints, seed, exclude } => {
+            let t = Instant::now();
+            let puzzles = read_puzzles(&inputs)?;
+            let ex = canonical_set(&exclude)?;
+            let names: Vec<String> = exclude.iter().map(|p| p.display().to_string()).collect();
+            let cfg = BuildConfig { train, test, augment, hint_twins: hints, test_augment, seed };
+            let pb = bar((train + test) as u64, "build");
+            let rep = build(puzzles, &ex, &names, &cfg, &out, &|k| pb.inc(k))?;
+            pb.finish_and_clear();
+            eprintln!(
+                "read {} puzzles: {} duplicates up to symmetry, {} equivalent to excluded sets ({} canonical forms)",
+                rep.input_puzzles,
+                rep.duplicates,
+                rep.excluded,
+                ex.len()
+            );
+            for m in [&rep.train, &rep.test].into_iter().flatten() {
+                println!(
+                    "{}: {} puzzles, {} examples in {} groups, rating {}",
+                    m.split, m.num_puzzles, m.num_examples, m.num_groups, m.rating
+                );
+            }
+            eprintln!("built {} in {:.1}s", out.display(), t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        DataCommand::Stats { paths, rating_samples } => {
+            for p in paths {
+                if p.is_dir() || p.extension().is_some_and(|e| e == "bin") {
+                    let d = Dataset::load(&p)?;
+                    let m = d.manifest();
+                    println!(
+                        "{}: {} split, {} examples, {} groups ({} per group, {} augmentations, hint twins {}), seed {}, rating {}",
+                        p.display(),
+                        m.split,
+                        d.len(),
+                        d.num_groups(),
+                        m.examples_per_group,
+                        m.augmentations_per_puzzle,
+                        m.hint_twins,
+                        m.seed,
+                        m.rating
+                    );
+                } else {
+                    let opts = ImportOptions {
+                        skip_invalid: true,
+                        rating_samples: rating_samples.max(1),
+                        rerate: true,
+                    };
+                    let pb = bar(count_lines(std::slice::from_ref(&p)), "stats");
+                    let (puzzles, skipped) = import(std::slice::from_ref(&p), &opts, &|k| pb.inc(k))?;
+                    pb.finish_and_clear();
+                    print_stats(&p.display().to_string(), &puzzles);
+                    if !skipped.is_empty() {
+                        println!("  {} invalid lines, first: {}", skipped.len(), skipped[0]);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

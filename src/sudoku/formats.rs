@@ -1,0 +1,292 @@
+//! File formats: the Sudoku-Extreme CSV (`source,question,answer,rating`) and the
+//! one-puzzle-per-line format of `shared/data/sudoku/` (81 chars, `.` blanks, `#` comments).
+//!
+//! Every problem with an input line is a [`LineError`] naming `file:line`. Writers go through a
+//! temporary file and a rename, so a failed run leaves nothing half-written.
+
+use super::board::{Board, board_to_string, is_solution_of, parse_board};
+use super::rating::rate;
+use anyhow::Context;
+use rayon::prelude::*;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// A puzzle with its unique solution and rating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Puzzle {
+    pub source: String,
+    pub question: Board,
+    pub answer: Board,
+    pub rating: f32,
+}
+
+/// A bad input line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {msg}", file.display())]
+pub struct LineError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub msg: String,
+}
+
+/// The CSV header of Sudoku-Extreme.
+pub const CSV_HEADER: &str = "source,question,answer,rating";
+
+/// One parsed (not yet solved) input record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEntry {
+    pub line: usize,
+    pub source: String,
+    pub question: Board,
+    pub answer: Option<Board>,
+    pub rating: Option<f32>,
+}
+
+/// Input file kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Lines,
+}
+
+/// CSV if the first non-comment line is the Sudoku-Extreme header or the extension is `.csv`.
+pub fn detect_format(path: &Path, text: &str) -> Format {
+    let first = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#'));
+    if first.is_some_and(|l| l.trim().starts_with("source,question"))
+        || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
+        Format::Csv
+    } else {
+        Format::Lines
+    }
+}
+
+/// The file stem, used as `source` for one-per-line files.
+pub fn file_stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn parse_csv_line(line: &str) -> Result<(String, Board, Option<Board>, Option<f32>), String> {
+    let fields: Vec<&str> = line.split(',').collect();
+    if fields.len() != 4 {
+        return Err(format!("expected 4 comma-separated fields ({CSV_HEADER}), found {}", fields.len()));
+    }
+    let q = parse_board(fields[1]).map_err(|e| format!("question: {e}"))?;
+    let a = match fields[2].trim() {
+        "" => None,
+        s => {
+            let b = parse_board(s).map_err(|e| format!("answer: {e}"))?;
+            if b.contains(&0) {
+                return Err("answer: expected 81 digits 1-9, found a blank".into());
+            }
+            Some(b)
+        }
+    };
+    let r = match fields[3].trim() {
+        "" => None,
+        s => Some(
+            s.parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("rating: expected a number, found {s:?}"))?,
+        ),
+    };
+    Ok((fields[0].to_string(), q, a, r))
+}
+
+/// Parses a file into raw entries. With `skip_invalid`, bad lines are returned as errors next
+/// to the good entries; without it the first bad line is the error.
+pub fn read_raw(path: &Path, skip_invalid: bool) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let format = detect_format(path, &text);
+    let stem = file_stem(path);
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    let mut header_seen = false;
+    for (i, line) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let parsed = match format {
+            Format::Csv => {
+                if !header_seen && t.starts_with("source,") {
+                    header_seen = true;
+                    if t != CSV_HEADER {
+                        Err(format!("expected header {CSV_HEADER:?}, found {t:?}"))
+                    } else {
+                        continue;
+                    }
+                } else {
+                    header_seen = true;
+                    parse_csv_line(t)
+                }
+            }
+            Format::Lines => parse_board(t)
+                .map(|q| (stem.clone(), q, None, None))
+                .map_err(|e| format!("{e}; expected 81 characters of '1'-'9' and '.'")),
+        };
+        match parsed {
+            Ok((source, question, answer, rating)) => {
+                entries.push(RawEntry { line: lineno, source, question, answer, rating })
+            }
+            Err(msg) => {
+                let e = LineError { file: path.to_path_buf(), line: lineno, msg };
+                if !skip_invalid {
+                    return Err(e.into());
+                }
+                errors.push(e);
+            }
+        }
+    }
+    Ok((entries, errors))
+}
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub skip_invalid: bool,
+    /// Orientations averaged by the rating; 0 keeps ratings from a CSV where present and
+    /// computes 1-orientation ratings otherwise.
+    pub rating_samples: usize,
+    /// Recompute ratings even when a CSV supplies one.
+    pub rerate: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions { skip_invalid: false, rating_samples: super::rating::DEFAULT_SAMPLES, rerate: true }
+    }
+}
+
+/// Solves, checks and rates one entry.
+fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle, LineError> {
+    let err = |msg: String| LineError { file: path.to_path_buf(), line: e.line, msg };
+    let r = rate(&e.question, opts.rating_samples.max(1)).map_err(|x| err(x.to_string()))?;
+    let solution = match r.solutions {
+        0 => return Err(err("puzzle has no solution".into())),
+        1 => r.solution.ok_or_else(|| err("internal: missing solution".into()))?,
+        _ => return Err(err("puzzle has more than one solution".into())),
+    };
+    if let Some(a) = e.answer {
+        if !is_solution_of(&e.question, &a) {
+            return Err(err("answer is not a valid grid keeping the givens".into()));
+        }
+        if a != solution {
+            return Err(err("answer differs from the unique solution".into()));
+        }
+    }
+    let rating = match e.rating {
+        Some(x) if !opts.rerate => x,
+        _ => r.rating,
+    };
+    Ok(Puzzle { source: e.source.clone(), question: e.question, answer: solution, rating })
+}
+
+/// Reads, solves, checks and rates every puzzle of `paths` (in parallel, output in file and
+/// line order). Without `skip_invalid` the first bad line (in file order) is the error; with
+/// it, bad lines come back as the second element.
+pub fn import(
+    paths: &[PathBuf],
+    opts: &ImportOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(Vec<Puzzle>, Vec<LineError>)> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    for path in paths {
+        let (entries, mut errs) = read_raw(path, opts.skip_invalid)?;
+        skipped.append(&mut errs);
+        let results: Vec<Result<Puzzle, LineError>> = entries
+            .par_chunks(256)
+            .flat_map_iter(|chunk| {
+                let v: Vec<_> = chunk.iter().map(|e| check_entry(path, e, opts)).collect();
+                progress(chunk.len() as u64);
+                v
+            })
+            .collect();
+        for r in results {
+            match r {
+                Ok(p) => out.push(p),
+                Err(e) if opts.skip_invalid => skipped.push(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    skipped.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+    Ok((out, skipped))
+}
+
+/// Formats a rating: integers without decimals, otherwise up to 3 decimals.
+pub fn format_rating(r: f32) -> String {
+    if r.fract() == 0.0 {
+        format!("{}", r as i64)
+    } else {
+        let s = format!("{r:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// Writes `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(
+    path: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        f(&mut w)?;
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot move {} to {}", tmp.display(), path.display())
+    })
+}
+
+/// Writes the Sudoku-Extreme CSV.
+pub fn write_csv(path: &Path, puzzles: &[Puzzle]) -> anyhow::Result<()> {
+    write_atomic(path, |w| {
+        writeln!(w, "{CSV_HEADER}")?;
+        for p in puzzles {
+            writeln!(
+                w,
+                "{},{},{},{}",
+                p.source.replace(',', ";"),
+                board_to_string(&p.question, '.'),
+                board_to_string(&p.answer, '0'),
+                format_rating(p.rating)
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes one puzzle per line (`.` blanks) with an optional `#` comment header.
+pub fn write_lines(path: &Path, puzzles: &[Board], comment: &str) -> anyhow::Result<()> {
+    write_atomic(path, |w| {
+        for c in comment.lines() {
+            writeln!(w, "# {c}")?;
+        }
+        for p in puzzles {
+            writeln!(w, "{}", board_to_string(p, '.'))?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads an evaluation set (CSV or one-per-line), solving where no answer is given and
+/// rejecting any invalid, unsolvable or ambiguous puzzle with its `file:line`.
+pub fn read_eval_set(path: &Path) -> anyhow::Result<Vec<Puzzle>> {
+    let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false };
+    Ok(import(&[path.to_path_buf()], &opts, &|_| {})?.0)
+}

@@ -1,0 +1,197 @@
+//! Training checkpoints: `RUN/checkpoints/step_NNNNNNNN/` holding `model.safetensors` (the
+//! evaluation weights under the official names, loadable by every command), `state.safetensors`
+//! (parameters, AdamATan2 moments, EMA, ACT carry; cursor, RNG position and step in the
+//! metadata) and, written last, the `COMPLETE` marker. The directory is assembled under a
+//! temporary name and renamed, so a crash at any point leaves the previous complete
+//! checkpoint as the one `resume` picks.
+
+use super::sampler::Sampler;
+use super::{TrainConfig, Trainer};
+use crate::act::{Batch, Carry};
+use crate::backend::Backend;
+use crate::hrm::Hrm;
+use crate::model::checkpoint::{NamedTensor, TensorFile, save_checkpoint, write_atomic, write_tensors};
+use crate::model::{HostParams, tensor_specs};
+use crate::optim::Optimizer;
+use anyhow::{Context, Result, anyhow, bail};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const MARKER: &str = "COMPLETE";
+const STATE_KEY: &str = "trainer";
+
+#[derive(Serialize, Deserialize)]
+struct TrainerMeta {
+    step: u64,
+    optimizer_step: u32,
+    sampler: Sampler,
+    explore_seed: u64,
+    /// ChaCha word position, as a decimal string (u128).
+    explore_word_pos: String,
+    config: TrainConfig,
+}
+
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn step_dir_name(step: u64) -> String {
+    format!("step_{step:08}")
+}
+
+/// Complete checkpoints of a run, oldest first.
+pub fn complete_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = checkpoints_dir(run);
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        if let Some(step) = name.strip_prefix("step_").and_then(|s| s.parse::<u64>().ok())
+            && p.join(MARKER).exists()
+        {
+            out.push((step, p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn host_of<B: Backend>(be: &B, cfg: &TrainConfig, set: &crate::model::ParamSet<B::Buf>) -> HostParams {
+    set.map(&cfg.model, |_, t| be.download(t))
+}
+
+/// Write a checkpoint of `t` into `run`, then drop complete checkpoints beyond the newest
+/// `keep_checkpoints`. Returns the checkpoint directory.
+pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
+    let cfg = &t.cfg;
+    let dir = checkpoints_dir(run);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let final_dir = dir.join(step_dir_name(t.step));
+    let tmp = dir.join(format!(".{}.tmp", step_dir_name(t.step)));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+
+    save_checkpoint(&tmp.join("model.safetensors"), &cfg.model, &t.eval_params(be))?;
+
+    let specs = tensor_specs(&cfg.model);
+    let mut tensors = Vec::new();
+    let mut push_set = |prefix: &str, set: &HostParams| {
+        for (s, v) in specs.iter().zip(set.tensors()) {
+            tensors.push(NamedTensor::f32(format!("{prefix}.{}", s.name), s.shape.clone(), v.clone()));
+        }
+    };
+    push_set("param", &t.model.to_host(be));
+    push_set("adam_m", &host_of(be, cfg, &t.opt.m));
+    push_set("adam_v", &host_of(be, cfg, &t.opt.v));
+    if let Some(e) = &t.ema {
+        push_set("ema", &host_of(be, cfg, e));
+    }
+    let (b, n) = (cfg.batch_size, cfg.model.seq_len);
+    let zshape = vec![b, cfg.model.total_seq_len(), cfg.model.hidden_size];
+    let c = &t.carry;
+    tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), be.download(&c.z_h)));
+    tensors.push(NamedTensor::f32("carry.z_L", zshape, be.download(&c.z_l)));
+    tensors.push(NamedTensor::i32("carry.steps", vec![b], c.steps.iter().map(|&s| s as i32).collect()));
+    tensors.push(NamedTensor::u8("carry.halted", vec![b], c.halted.iter().map(|&h| h as u8).collect()));
+    tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], c.data.inputs.clone()));
+    tensors.push(NamedTensor::i32("carry.puzzle_identifiers", vec![b], c.data.puzzle_ids.clone()));
+    tensors.push(NamedTensor::i32(
+        "carry.labels",
+        vec![b, n],
+        c.data.labels.clone().unwrap_or(vec![0; b * n]),
+    ));
+    let meta = TrainerMeta {
+        step: t.step,
+        optimizer_step: t.opt.step,
+        sampler: t.sampler.clone(),
+        explore_seed: super::explore_seed(cfg.seed),
+        explore_word_pos: t.explore_rng.get_word_pos().to_string(),
+        config: cfg.clone(),
+    };
+    let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&meta)?)]);
+    write_tensors(&tmp.join("state.safetensors"), &tensors, Some(metadata))?;
+
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    write_atomic(&final_dir.join(MARKER), format!("{}\n", t.step).as_bytes())?;
+
+    let all = complete_checkpoints(run)?;
+    if all.len() > cfg.keep_checkpoints.max(1) {
+        for (_, old) in &all[..all.len() - cfg.keep_checkpoints.max(1)] {
+            std::fs::remove_dir_all(old)
+                .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Restore a trainer from the newest complete checkpoint of `run` (or from a checkpoint
+/// directory given directly).
+pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
+    let dir = if run_or_ckpt.join(MARKER).exists() {
+        run_or_ckpt.to_path_buf()
+    } else {
+        complete_checkpoints(run_or_ckpt)?
+            .pop()
+            .map(|(_, p)| p)
+            .ok_or_else(|| anyhow!("{}: no complete checkpoint to resume from", run_or_ckpt.display()))?
+    };
+    let f = TensorFile::open(&dir.join("state.safetensors"))?;
+    let meta: TrainerMeta = serde_json::from_str(
+        f.metadata().get(STATE_KEY).ok_or_else(|| anyhow!("{}: no trainer metadata", f.path()))?,
+    )
+    .with_context(|| format!("{}: trainer metadata", f.path()))?;
+    let cfg = meta.config;
+    cfg.model.validate()?;
+    let specs = tensor_specs(&cfg.model);
+    let load_set = |prefix: &str| -> Result<HostParams> {
+        let mut tensors = Vec::with_capacity(specs.len());
+        for s in &specs {
+            tensors.push(f.f32(&format!("{prefix}.{}", s.name), Some(&s.shape))?);
+        }
+        let mut it = tensors.into_iter();
+        Ok(HostParams::from_specs(&cfg.model, |_| it.next().expect("one per spec")))
+    };
+    let params = load_set("param")?;
+    let model = Hrm::new(be, &cfg.model, &params);
+    let upload = |h: HostParams| h.map(&cfg.model, |_, t| be.upload(t));
+    let opt = Optimizer {
+        step: meta.optimizer_step,
+        m: upload(load_set("adam_m")?),
+        v: upload(load_set("adam_v")?),
+    };
+    let ema = match cfg.ema {
+        Some(_) => Some(upload(load_set("ema")?)),
+        None => None,
+    };
+    let (b, n) = (cfg.batch_size, cfg.model.seq_len);
+    let zshape = [b, cfg.model.total_seq_len(), cfg.model.hidden_size];
+    let carry = Carry {
+        z_h: be.upload(&f.f32("carry.z_H", Some(&zshape))?),
+        z_l: be.upload(&f.f32("carry.z_L", Some(&zshape))?),
+        steps: f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect(),
+        halted: f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect(),
+        data: Batch {
+            inputs: f.i32("carry.inputs", Some(&[b, n]))?,
+            puzzle_ids: f.i32("carry.puzzle_identifiers", Some(&[b]))?,
+            labels: Some(f.i32("carry.labels", Some(&[b, n]))?),
+        },
+    };
+    let mut explore_rng = ChaCha8Rng::seed_from_u64(meta.explore_seed);
+    let pos: u128 = meta.explore_word_pos.parse().map_err(|_| anyhow!("{}: bad RNG position", f.path()))?;
+    explore_rng.set_word_pos(pos);
+    if meta.step == 0 && meta.optimizer_step != 0 {
+        bail!("{}: inconsistent step counters", f.path());
+    }
+    Ok(Trainer { cfg, model, opt, ema, carry, sampler: meta.sampler, explore_rng, step: meta.step })
+}

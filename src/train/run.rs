@@ -1,0 +1,172 @@
+//! The training loop around `Trainer::train_step`: progress bar, metrics as JSON lines,
+//! periodic evaluation and checkpoints, and the stop on a non-finite loss that keeps the last
+//! good checkpoint.
+
+use super::Trainer;
+use super::checkpoint::{complete_checkpoints, save};
+use super::sampler::PuzzleSource;
+use crate::backend::Backend;
+use crate::hrm::Hrm;
+use crate::infer::eval::{EvalReport, Example, evaluate};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where and how a run reports.
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    /// Named evaluation sets (already limited to the size to evaluate).
+    pub eval_sets: Vec<(String, Vec<Example>)>,
+    /// Stop (as if interrupted) once this step is reached.
+    pub stop_after: Option<u64>,
+    pub progress: bool,
+}
+
+/// What the run ended with.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub final_step: u64,
+    pub last_checkpoint: Option<PathBuf>,
+    pub last_eval: Vec<EvalReport>,
+}
+
+#[derive(Default)]
+struct Window {
+    steps: u64,
+    lm: f64,
+    qh: f64,
+    qc: f64,
+    count: usize,
+    exact: usize,
+    acc: f64,
+    halt_steps: u64,
+    q_ok: usize,
+}
+
+fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{v}")?;
+    Ok(())
+}
+
+pub fn eval_all<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    sets: &[(String, Vec<Example>)],
+    batch: usize,
+) -> Vec<EvalReport> {
+    sets.iter().map(|(name, ex)| evaluate(be, model, name, ex, batch, |_| {})).collect()
+}
+
+pub fn run<B: Backend>(
+    be: &B,
+    t: &mut Trainer<B>,
+    data: &dyn PuzzleSource,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("creating {}", opts.run_dir.display()))?;
+    let cfg_path = opts.run_dir.join("config.json");
+    crate::model::checkpoint::write_atomic(&cfg_path, serde_json::to_string_pretty(&t.cfg)?.as_bytes())?;
+    let metrics = opts.run_dir.join("metrics.jsonl");
+    let end = opts.stop_after.map_or(t.cfg.steps, |s| s.min(t.cfg.steps));
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(t.cfg.steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(t.step);
+    let mut summary = RunSummary {
+        final_step: t.step,
+        last_checkpoint: complete_checkpoints(&opts.run_dir)?.pop().map(|(_, p)| p),
+        ..Default::default()
+    };
+    let tokens_per_step = (t.cfg.batch_size * t.cfg.model.total_seq_len()) as f64;
+    let start = Instant::now();
+    let mut window = Window::default();
+    let mut window_start = Instant::now();
+    while t.step < end {
+        let st = match t.train_step(be, data) {
+            Ok(st) => st,
+            Err(e) => {
+                bar.abandon();
+                let keep =
+                    summary.last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string());
+                return Err(e.context(format!("training stopped; last good checkpoint: {keep}")));
+            }
+        };
+        bar.set_position(t.step);
+        let w = &mut window;
+        w.steps += 1;
+        w.lm += st.lm_loss;
+        w.qh += st.q_halt_loss;
+        w.qc += st.q_continue_loss;
+        w.count += st.count;
+        w.exact += st.exact_correct;
+        w.acc += st.token_accuracy_sum;
+        w.halt_steps += st.steps_sum;
+        w.q_ok += st.q_halt_correct;
+        let last = t.step == end;
+        if t.step.is_multiple_of(t.cfg.log_every.max(1)) || last {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let per = |x: f64| x / (w.steps as f64 * t.cfg.batch_size as f64);
+            let cnt = w.count.max(1) as f64;
+            let (lr, _) = t.lrs(t.step);
+            let line = json!({
+                "kind": "train", "step": t.step, "lr": lr,
+                "lm_loss": per(w.lm), "q_halt_loss": per(w.qh), "q_continue_loss": per(w.qc),
+                "accuracy": w.acc / cnt, "exact_accuracy": w.exact as f64 / cnt,
+                "q_halt_accuracy": w.q_ok as f64 / cnt, "mean_halt_steps": w.halt_steps as f64 / cnt,
+                "count": w.count, "steps_per_s": w.steps as f64 / secs,
+                "tokens_per_s": w.steps as f64 * tokens_per_step / secs,
+                "elapsed_s": start.elapsed().as_secs_f64(),
+            });
+            append_jsonl(&metrics, &line)?;
+            bar.set_message(format!(
+                "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s",
+                per(w.lm),
+                per(w.qh),
+                per(w.qc),
+                w.exact as f64 / cnt,
+                w.halt_steps as f64 / cnt,
+                w.steps as f64 / secs,
+                w.steps as f64 * tokens_per_step / secs
+            ));
+            window = Window::default();
+            window_start = Instant::now();
+        }
+        if !opts.eval_sets.is_empty()
+            && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps)
+        {
+            let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
+            let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size);
+            for r in &reports {
+                let mut v = serde_json::to_value(r)?;
+                v["kind"] = json!("eval");
+                v["step"] = json!(t.step);
+                append_jsonl(&metrics, &v)?;
+                bar.println(format!(
+                    "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4} ({} puzzles)",
+                    t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.puzzles
+                ));
+            }
+            summary.last_eval = reports;
+        }
+        if t.step.is_multiple_of(t.cfg.checkpoint_every.max(1)) || last {
+            summary.last_checkpoint = Some(save(be, t, &opts.run_dir)?);
+        }
+    }
+    bar.finish();
+    summary.final_step = t.step;
+    Ok(summary)
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Time one full HRM training step of the PyTorch reference on CPU (eager, float32).
+
+One step = pretrain.train_batch: ACT forward segment (no-grad prefix + 1-step grad) + loss
++ the target-Q segment + backward + SignSGD and AdamATan2 steps.
+
+    tools/reference/.venv/bin/python tools/reference/bench_cpu.py
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import hrm_reference as ref
+
+CONFIGS = {
+    "tiny": (dict(ref.FIXTURE_CONFIGS["tiny"]["config"]), 32, 20),
+    "full_sudoku": (dict(hidden_size=512, num_heads=8, expansion=4, H_layers=4, L_layers=4, H_cycles=2, L_cycles=2,
+                         halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, vocab_size=11, seq_len=81,
+                         num_puzzle_identifiers=1, rope_theta=10000.0, rms_norm_eps=1e-5, pos_encodings="rope"), 8, 5),
+}
+
+
+def bench(name, cfg, B, n_steps, warmup=2):
+    torch.manual_seed(0)
+    model = ref.build_model(cfg, B)
+    n_params = sum(p.numel() for p in model.parameters())
+    tcfg = ref.TrainConfig(lr=1e-4, lr_warmup_steps=0, lr_min_ratio=1.0, weight_decay=1.0, beta1=0.9, beta2=0.95,
+                           puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1)
+    optims, lrs = ref.make_optimizers(model, tcfg)
+    model.train()
+    ts = ref.TrainState(model=model, optimizers=optims, optimizer_lrs=lrs, carry=None, step=0, total_steps=10 ** 9)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(4):
+        inp, lab = ref.make_sudoku_batch(rng, B)
+        pid = rng.integers(0, cfg["num_puzzle_identifiers"], size=B).astype(np.int32)
+        batches.append(ref.to_model_batch(inp, lab, pid))
+    times, cpu = [], []
+    for i in range(warmup + n_steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        ref.train_batch(tcfg, ts, batches[i % 4], global_batch_size=B)
+        dt, dc = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+        if i >= warmup:
+            times.append(dt)
+            cpu.append(dc)
+    print(f"{name}: B={B} params={n_params} steps={n_steps} wall median {statistics.median(times):.1f} ms "
+          f"(min {min(times):.1f}, max {max(times):.1f}); process CPU median {statistics.median(cpu):.1f} ms; "
+          f"loadavg {open('/proc/loadavg').read().split()[0]}", flush=True)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}", flush=True)
+    for name in args.configs:
+        cfg, B, n = CONFIGS[name]
+        bench(name, cfg, B, n)
+
+
+if __name__ == "__main__":
+    main()
