@@ -3,6 +3,7 @@
 //! reference every other backend is validated against.
 
 pub mod cpu;
+pub mod cuda;
 
 pub use cpu::embed::EmbedDims;
 pub use cpu::loss::LmLossOut;

@@ -1,0 +1,595 @@
+// CPU emulation runtime: CUDA threads as fibers, blocks run one after another, checked device
+// memory, and the kernel registry. See emu/cuda_emu.h for the kernel-side view.
+//
+// Scheduling: the fibers of a block are resumed in a (seeded, per-launch) shuffled order; each
+// runs until it arrives at __syncthreads, __syncwarp or a shuffle, or returns. A barrier opens
+// when every live thread of the block (warp) has arrived. A sweep over all fibers in which none
+// arrives anywhere new is a deadlock (threads wait at a barrier others never reach) and fails
+// the launch. Work between two barriers runs thread after thread, so a missing barrier lets one
+// thread read shared data the others have not written yet: the result is wrong on every run.
+#include "runtime.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace emu {
+
+thread_local const ThreadIdx* t_idx = nullptr;
+
+// ---------------------------------------------------------------------------------------------
+// Kernel registry
+static std::unordered_map<std::string, const KernelEntry*>& registry() {
+  static std::unordered_map<std::string, const KernelEntry*> r;
+  return r;
+}
+void register_kernel(const KernelEntry* e) { registry()[e->name] = e; }
+const KernelEntry* find_kernel(const char* name) {
+  auto it = registry().find(name);
+  return it == registry().end() ? nullptr : it->second;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checked device memory
+namespace {
+constexpr size_t kPage = 4096;
+// Red-zone bytes repeat 0xA5 0x7F (little endian 0x7FA5 at even addresses): read as f32 or bf16
+// that is a signaling NaN, so a stray read poisons results; arithmetic on it yields a quiet NaN
+// with a different bit pattern, so even NaN written back out of bounds is seen as damage.
+inline unsigned char red_zone_byte(const char* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 1) ? 0x7F : 0xA5;
+}
+void fill_red_zone(char* from, char* to) {
+  for (char* p = from; p < to; ++p) *p = static_cast<char>(red_zone_byte(p));
+}
+constexpr size_t kFrontZone = 256;
+struct Alloc {
+  char* map;       // whole mapping: [no-access page][front zone | data | tail zone][no-access page]
+  size_t map_len;
+  char* user;
+  size_t size;
+  char* zone_begin;  // first red-zone byte before user
+  char* zone_end;    // one past the last accessible byte after user
+};
+std::mutex g_mem_mu;
+std::map<uint64_t, Alloc> g_allocs;  // by user address
+
+const Alloc* find_alloc_locked(uint64_t p) {
+  auto it = g_allocs.upper_bound(p);
+  if (it == g_allocs.begin()) return nullptr;
+  --it;
+  const Alloc& a = it->second;
+  uint64_t u = reinterpret_cast<uint64_t>(a.user);
+  // size 0 allocations still own their first byte address
+  if (p >= u && p < u + std::max<size_t>(a.size, 1)) return &a;
+  return nullptr;
+}
+}  // namespace
+
+uint64_t mem_alloc(size_t bytes) {
+  // at least 16 checked bytes after the end (an off-by-one write is reported, not a fault)
+  size_t padded = (std::max<size_t>(bytes, 1) + 15) / 16 * 16 + 16;
+  size_t data = (padded + kFrontZone + kPage - 1) / kPage * kPage;
+  size_t len = data + 2 * kPage;
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return 0;
+  char* map = static_cast<char*>(m);
+  mprotect(map, kPage, PROT_NONE);
+  mprotect(map + kPage + data, kPage, PROT_NONE);
+  Alloc a;
+  a.map = map;
+  a.map_len = len;
+  a.zone_end = map + kPage + data;
+  a.user = a.zone_end - padded;
+  a.size = bytes;
+  a.zone_begin = map + kPage;
+  fill_red_zone(a.zone_begin, a.user);
+  std::memset(a.user, 0xFF, bytes);  // fresh memory reads as quiet NaN (f32, bf16, f64)
+  fill_red_zone(a.user + bytes, a.zone_end);
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  g_allocs[reinterpret_cast<uint64_t>(a.user)] = a;
+  return reinterpret_cast<uint64_t>(a.user);
+}
+
+static bool guards_ok_locked(const Alloc& a, std::string* msg) {
+  auto bad = [&](const char* from, const char* to, const char* where) {
+    for (const char* p = from; p < to; ++p) {
+      if (static_cast<unsigned char>(*p) != red_zone_byte(p)) {
+        if (msg) {
+          char buf[256];
+          long off = where[0] == 'a' ? static_cast<long>(p - (a.user + a.size))
+                                     : static_cast<long>(a.user - p);
+          snprintf(buf, sizeof buf,
+                   "out-of-bounds write %s device allocation 0x%llx (%zu bytes): red-zone byte %ld %s "
+                   "changed\n",
+                   where, static_cast<unsigned long long>(reinterpret_cast<uint64_t>(a.user)),
+                   a.size, off, where[0] == 'a' ? "past the end" : "before the start");
+          *msg += buf;
+        }
+        return true;
+      }
+    }
+    return false;
+  };
+  bool damaged = bad(a.zone_begin, a.user, "before");
+  damaged |= bad(a.user + a.size, a.zone_end, "after");
+  return !damaged;
+}
+
+bool mem_free(uint64_t ptr) {
+  Alloc a;
+  {
+    std::lock_guard<std::mutex> g(g_mem_mu);
+    auto it = g_allocs.find(ptr);
+    if (it == g_allocs.end()) return false;
+    a = it->second;
+    g_allocs.erase(it);
+  }
+  std::string msg;
+  if (!guards_ok_locked(a, &msg)) fprintf(stderr, "hrm-emu: at free: %s", msg.c_str());
+  munmap(a.map, a.map_len);
+  return true;
+}
+
+bool mem_range_ok(uint64_t ptr, size_t bytes) {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  const Alloc* a = find_alloc_locked(ptr);
+  if (!a) return false;
+  return ptr + bytes <= reinterpret_cast<uint64_t>(a->user) + a->size;
+}
+
+bool mem_guards_ok(uint64_t ptr, std::string* msg) {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  const Alloc* a = find_alloc_locked(ptr);
+  if (!a) return true;
+  return guards_ok_locked(*a, msg);
+}
+
+size_t mem_live_allocations() {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  return g_allocs.size();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fibers
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+#endif
+
+namespace {
+constexpr size_t kStack = 64 * 1024;
+constexpr int kMaxThreads = 1024;
+
+struct Fiber {
+#if defined(__x86_64__)
+  void* sp;
+#else
+  ucontext_t uc;
+#endif
+  ThreadIdx idx;
+  int lane, warp;
+  bool done;
+};
+
+struct Warp {
+  unsigned live_mask;
+  int live;
+  int count;
+  unsigned gen;
+  void* site;
+  uint64_t slot[32];
+};
+
+struct Sched {
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+  char* stacks = nullptr;
+  Fiber* cur = nullptr;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  std::vector<int> order;
+  int live = 0;
+  int bar_count = 0;
+  void* bar_site = nullptr;  // call site of the first arrival in the current barrier round
+  unsigned bar_gen = 0;
+  bool progress = false;
+  const KernelEntry* kernel = nullptr;
+  const void* args = nullptr;
+  void* dyn_smem = nullptr;
+  std::string error;
+  uint64_t launches = 0;
+};
+thread_local Sched t_s;
+thread_local std::string t_last_error;
+
+void fail(const std::string& what) {
+  if (t_s.error.empty()) t_s.error = what;
+}
+
+inline void yield_to_scheduler() {
+#if defined(__x86_64__)
+  emu_switch(&t_s.cur->sp, t_s.sp);
+#else
+  swapcontext(&t_s.cur->uc, &t_s.uc);
+#endif
+}
+
+void thread_exit() {
+  Fiber* f = t_s.cur;
+  f->done = true;
+  t_s.live--;
+  Warp& w = t_s.warps[f->warp];
+  w.live--;
+  w.live_mask &= ~(1u << f->lane);
+  t_s.progress = true;
+  if (t_s.bar_count > 0 && t_s.bar_count == t_s.live) {
+    t_s.bar_count = 0;
+    t_s.bar_gen++;
+  }
+  if (w.count > 0 && w.count == w.live) {
+    w.count = 0;
+    w.gen++;
+  }
+  for (;;) yield_to_scheduler();  // never resumed: the scheduler skips finished fibers
+}
+
+void fiber_main() {
+  t_s.kernel->call(t_s.args);
+  thread_exit();
+}
+
+char* stack_of(int i) { return t_s.stacks + static_cast<size_t>(i) * (kStack + kPage); }
+
+void ensure_stacks() {
+  if (t_s.stacks) return;
+  size_t len = static_cast<size_t>(kMaxThreads) * (kStack + kPage);
+  void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  if (m == MAP_FAILED) {
+    fprintf(stderr, "hrm-emu: cannot map fiber stacks\n");
+    abort();
+  }
+  t_s.stacks = static_cast<char*>(m);
+  for (int i = 0; i < kMaxThreads; ++i) mprotect(stack_of(i), kPage, PROT_NONE);  // overflow
+}
+
+void init_fiber(Fiber& f, int i) {
+  char* lo = stack_of(i) + kPage;
+  char* top = lo + kStack;  // 16-aligned
+#if defined(__x86_64__)
+  void** sp = reinterpret_cast<void**>(top - 64);
+  for (int r = 0; r < 6; ++r) sp[r] = nullptr;  // r15 r14 r13 r12 rbx rbp
+  sp[6] = reinterpret_cast<void*>(&fiber_main);
+  sp[7] = nullptr;
+  f.sp = sp;
+#else
+  getcontext(&f.uc);
+  f.uc.uc_stack.ss_sp = lo;
+  f.uc.uc_stack.ss_size = kStack;
+  f.uc.uc_link = nullptr;
+  makecontext(&f.uc, &fiber_main, 0);
+#endif
+}
+
+uint64_t splitmix(uint64_t& s) {
+  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int order_mode() {
+  static int mode = [] {
+    const char* e = getenv("HRM_EMU_ORDER");
+    if (!e || !strcmp(e, "shuffle")) return 0;
+    if (!strcmp(e, "forward")) return 1;
+    if (!strcmp(e, "reverse")) return 2;
+    return 0;
+  }();
+  return mode;
+}
+
+// Runs one block to completion. False on a detected error (t_s.error says which).
+bool run_block(const LaunchDims& d, U3 bidx, uint64_t seed) {
+  int nt = static_cast<int>(d.block.x * d.block.y * d.block.z);
+  int nw = (nt + 31) / 32;
+  t_s.fibers.resize(nt);
+  t_s.warps.assign(nw, Warp{});
+  for (int w = 0; w < nw; ++w) {
+    int lanes = std::min(32, nt - 32 * w);
+    t_s.warps[w].live = lanes;
+    t_s.warps[w].live_mask = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
+  }
+  for (int i = 0; i < nt; ++i) {
+    Fiber& f = t_s.fibers[i];
+    f.idx.thread_idx = U3{static_cast<unsigned>(i) % d.block.x,
+                          (static_cast<unsigned>(i) / d.block.x) % d.block.y,
+                          static_cast<unsigned>(i) / (d.block.x * d.block.y)};
+    f.idx.block_idx = bidx;
+    f.idx.block_dim = d.block;
+    f.idx.grid_dim = d.grid;
+    f.lane = i % 32;
+    f.warp = i / 32;
+    f.done = false;
+    init_fiber(f, i);
+  }
+  t_s.order.resize(nt);
+  for (int i = 0; i < nt; ++i) t_s.order[i] = i;
+  int mode = order_mode();
+  if (mode == 2) std::reverse(t_s.order.begin(), t_s.order.end());
+  if (mode == 0) {
+    for (int i = nt - 1; i > 0; --i) {
+      int j = static_cast<int>(splitmix(seed) % static_cast<uint64_t>(i + 1));
+      std::swap(t_s.order[i], t_s.order[j]);
+    }
+  }
+  t_s.live = nt;
+  t_s.bar_count = 0;
+  t_s.bar_gen = 0;
+  while (t_s.live > 0) {
+    t_s.progress = false;
+    for (int i : t_s.order) {
+      Fiber& f = t_s.fibers[i];
+      if (f.done) continue;
+      t_s.cur = &f;
+      t_idx = &f.idx;
+#if defined(__x86_64__)
+      emu_switch(&t_s.sp, f.sp);
+#else
+      swapcontext(&t_s.uc, &f.uc);
+#endif
+      if (!t_s.error.empty()) return false;
+    }
+    if (!t_s.progress && t_s.live > 0) {
+      fail("deadlock: some threads wait at __syncthreads/__syncwarp/a shuffle that other live "
+           "threads of their block/warp never reach");
+      return false;
+    }
+  }
+  t_s.cur = nullptr;
+  t_idx = nullptr;
+  return true;
+}
+
+// SIGSEGV inside a kernel: name the kernel, block and thread, then die with the signal.
+struct sigaction g_old_segv, g_old_bus;
+void on_fault(int sig, siginfo_t* info, void* uctx) {
+  if (t_s.kernel && t_idx) {
+    char buf[512];
+    int n = snprintf(buf, sizeof buf,
+                     "hrm-emu: invalid memory access at %p in kernel %s, block (%u,%u,%u), "
+                     "thread (%u,%u,%u): out of bounds of a device allocation?\n",
+                     info->si_addr, t_s.kernel->name, t_idx->block_idx.x, t_idx->block_idx.y,
+                     t_idx->block_idx.z, t_idx->thread_idx.x, t_idx->thread_idx.y,
+                     t_idx->thread_idx.z);
+    if (n > 0) {
+      ssize_t ignored = write(2, buf, static_cast<size_t>(std::min<int>(n, sizeof buf - 1)));
+      (void)ignored;
+    }
+    signal(sig, SIG_DFL);
+    return;  // the access faults again, now with the default action
+  }
+  struct sigaction* old = sig == SIGSEGV ? &g_old_segv : &g_old_bus;
+  if (old->sa_flags & SA_SIGINFO) {
+    if (old->sa_sigaction) {
+      old->sa_sigaction(sig, info, uctx);
+      return;
+    }
+  } else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) {
+    old->sa_handler(sig);
+    return;
+  }
+  signal(sig, SIG_DFL);
+}
+}  // namespace
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+    sigaction(SIGBUS, &sa, &g_old_bus);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel-side primitives
+void* dyn_smem() { return t_s.dyn_smem; }
+
+void report_error(const char* what) { fail(what); }
+
+// Call sites are compared with __builtin_return_address: the kernel-side wrappers are inlined,
+// so the address identifies the __syncthreads (or shuffle) in the kernel. Threads of a block
+// arriving at different barriers in one round is undefined behaviour in CUDA (divergent
+// __syncthreads) and fails the launch here. Threads that have returned count as arrived, as on
+// Volta and later GPUs.
+void syncthreads() {
+  void* site = __builtin_return_address(0);
+  t_s.progress = true;
+  if (t_s.bar_count == 0) {
+    t_s.bar_site = site;
+  } else if (site != t_s.bar_site) {
+    fail("divergent __syncthreads: threads of one block wait at different barriers");
+    yield_to_scheduler();
+  }
+  unsigned g = t_s.bar_gen;
+  if (++t_s.bar_count == t_s.live) {
+    t_s.bar_count = 0;
+    t_s.bar_gen++;
+    return;
+  }
+  while (t_s.bar_gen == g) yield_to_scheduler();
+  t_s.progress = true;
+}
+
+static void warp_barrier(Warp& w, void* site) {
+  t_s.progress = true;
+  if (w.count == 0) {
+    w.site = site;
+  } else if (site != w.site) {
+    fail("divergent warp operation: lanes of one warp are at different shuffles/__syncwarp");
+    yield_to_scheduler();
+  }
+  unsigned g = w.gen;
+  if (++w.count == w.live) {
+    w.count = 0;
+    w.gen++;
+    return;
+  }
+  while (w.gen == g) yield_to_scheduler();
+  t_s.progress = true;
+}
+
+void syncwarp(unsigned mask) {
+  Warp& w = t_s.warps[t_s.cur->warp];
+  if ((mask & w.live_mask) != w.live_mask) {
+    fail("__syncwarp with a mask that leaves out live lanes (only full-warp syncs are emulated)");
+    yield_to_scheduler();
+  }
+  warp_barrier(w, __builtin_return_address(0));
+}
+
+uint64_t shfl_bits(unsigned mask, uint64_t bits, int arg, int mode, int width) {
+  Fiber* f = t_s.cur;
+  Warp& w = t_s.warps[f->warp];
+  if ((mask & w.live_mask) != w.live_mask) {
+    fail("shuffle with a mask that leaves out live lanes (only full-warp shuffles are emulated)");
+    yield_to_scheduler();
+  }
+  if (width <= 0 || width > 32 || (width & (width - 1))) {
+    fail("shuffle width must be a power of two <= 32");
+    yield_to_scheduler();
+  }
+  void* site = __builtin_return_address(0);
+  int lane = f->lane;
+  w.slot[lane] = bits;
+  warp_barrier(w, site);
+  int seg = lane & ~(width - 1);
+  int src;
+  switch (mode) {
+    case SHFL_IDX: src = seg + (arg & (width - 1)); break;
+    case SHFL_XOR: src = lane ^ arg; break;
+    case SHFL_DOWN: src = lane + arg; break;
+    default: src = lane - arg; break;
+  }
+  uint64_t r;
+  if (src < seg || src >= seg + width) {
+    r = bits;  // out of the lane's segment: CUDA returns the caller's own value
+  } else if (!(w.live_mask & (1u << src)) && !(src == lane)) {
+    r = ~0ull;  // source lane does not exist or has exited: undefined on the GPU, NaN here
+  } else {
+    r = w.slot[src];
+  }
+  warp_barrier(w, reinterpret_cast<char*>(site) + 1);  // second phase: its own site
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch
+const std::string& last_error() { return t_last_error; }
+
+int launch(const KernelEntry* k, const LaunchDims& d, void** params) {
+  constexpr int CUDA_ERROR_INVALID_VALUE = 1;
+  constexpr int CUDA_ERROR_ILLEGAL_ADDRESS = 700;
+  constexpr int CUDA_ERROR_LAUNCH_FAILED = 719;
+  t_last_error.clear();
+  uint64_t nt = uint64_t(d.block.x) * d.block.y * d.block.z;
+  if (nt == 0 || nt > kMaxThreads || d.grid.x == 0 || d.grid.y == 0 || d.grid.z == 0 ||
+      d.grid.y > 65535 || d.grid.z > 65535 || d.block.z > 64 || d.dyn_smem_bytes > 227 * 1024) {
+    t_last_error = std::string("invalid launch configuration for ") + k->name;
+    fprintf(stderr, "hrm-emu: %s\n", t_last_error.c_str());
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  install_fault_handler();
+  ensure_stacks();
+  void* packed = k->pack(params);
+  uint64_t ptrs[64];
+  int nptr = 0;
+  k->pointer_args(packed, ptrs, &nptr);
+  for (int i = 0; i < nptr; ++i) {
+    if (ptrs[i] != 0 && !mem_range_ok(ptrs[i], 1)) {
+      char buf[256];
+      snprintf(buf, sizeof buf, "kernel %s: pointer argument %d (0x%llx) is not in a live device "
+               "allocation", k->name, i, static_cast<unsigned long long>(ptrs[i]));
+      t_last_error = buf;
+      fprintf(stderr, "hrm-emu: %s\n", buf);
+      k->unpack_free(packed);
+      return CUDA_ERROR_ILLEGAL_ADDRESS;
+    }
+  }
+  std::vector<uint64_t> smem((d.dyn_smem_bytes + 7) / 8 + 1, ~0ull);  // poisoned (NaN)
+  t_s.kernel = k;
+  t_s.args = packed;
+  t_s.dyn_smem = smem.data();
+  t_s.error.clear();
+  uint64_t seed = 0x1234567ull ^ (t_s.launches++ * 0x9e3779b97f4a7c15ull);
+  for (const char* c = k->name; *c; ++c) seed = seed * 131 + static_cast<unsigned char>(*c);
+  bool ok = true;
+  for (unsigned z = 0; ok && z < d.grid.z; ++z)
+    for (unsigned y = 0; ok && y < d.grid.y; ++y)
+      for (unsigned x = 0; ok && x < d.grid.x; ++x) {
+        if (!run_block(d, U3{x, y, z}, splitmix(seed))) {
+          char buf[160];
+          snprintf(buf, sizeof buf, " (kernel %s, block (%u,%u,%u))", k->name, x, y, z);
+          t_last_error = t_s.error + buf;
+          ok = false;
+        }
+      }
+  t_s.kernel = nullptr;
+  t_s.args = nullptr;
+  t_s.dyn_smem = nullptr;
+  t_idx = nullptr;
+  int rc = ok ? 0 : CUDA_ERROR_LAUNCH_FAILED;
+  std::string msg;
+  for (int i = 0; i < nptr; ++i) {
+    if (ptrs[i] != 0 && !mem_guards_ok(ptrs[i], &msg)) rc = CUDA_ERROR_ILLEGAL_ADDRESS;
+  }
+  if (!msg.empty()) t_last_error += std::string("kernel ") + k->name + ": " + msg;
+  k->unpack_free(packed);
+  if (rc != 0) fprintf(stderr, "hrm-emu: %s\n", t_last_error.c_str());
+  return rc;
+}
+
+}  // namespace emu

@@ -1,0 +1,87 @@
+// Kernels for the emulation's self-test (tests/emulation.rs), not used by the model: a correct
+// block reduction and deliberately broken twins (a missing __syncthreads, an off-by-one index),
+// a warp-shuffle reduction, a dynamic-shared-memory kernel, and a divergent barrier. The tests
+// show that the CPU emulation gets the correct ones right and catches each broken one.
+// Napkin cost: irrelevant (test-only, tiny inputs).
+#include "common.cuh"
+
+// Tree reduction in shared memory; blockDim.x must be a power of two <= 256.
+extern "C" __global__ void selftest_block_sum(const float* x, float* out, int n) {
+  __shared__ float s[256];
+  const int t = threadIdx.x;
+  float v = 0.0f;
+  for (int i = t; i < n; i += blockDim.x) v += x[i];
+  s[t] = v;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (t < stride) s[t] += s[t + stride];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+EMU_REGISTER(selftest_block_sum)
+
+// BROKEN: the barrier inside the reduction loop is missing.
+extern "C" __global__ void selftest_block_sum_missing_sync(const float* x, float* out, int n) {
+  __shared__ float s[256];
+  const int t = threadIdx.x;
+  float v = 0.0f;
+  for (int i = t; i < n; i += blockDim.x) v += x[i];
+  s[t] = v;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (t < stride) s[t] += s[t + stride];
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+EMU_REGISTER(selftest_block_sum_missing_sync)
+
+// BROKEN: the bounds check is off by one (writes y[n]).
+extern "C" __global__ void selftest_scale_off_by_one(const float* x, float* y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) y[i] = 2.0f * x[i];
+}
+EMU_REGISTER(selftest_scale_off_by_one)
+
+// Correct twin of the above.
+extern "C" __global__ void selftest_scale(const float* x, float* y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = 2.0f * x[i];
+}
+EMU_REGISTER(selftest_scale)
+
+// Warp-shuffle block sum through common.cuh's block_sum (shuffles + shared memory).
+extern "C" __global__ void selftest_shuffle_sum(const float* x, float* out, int n) {
+  __shared__ float scratch[32];
+  float v = 0.0f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) v += x[i];
+  v = block_sum(v, scratch);
+  // every thread got the total: thread-specific check written by all
+  if (threadIdx.x == blockDim.x - 1) out[blockIdx.x] = v;
+}
+EMU_REGISTER(selftest_shuffle_sum)
+
+// Reverses each block's chunk through dynamic shared memory; `sync` = 0 drops the barrier.
+extern "C" __global__ void selftest_reverse_dyn(const float* x, float* y, int sync) {
+  HRM_DYN_SHARED(float, s);
+  const int t = threadIdx.x, base = blockIdx.x * blockDim.x;
+  s[t] = x[base + t];
+  if (sync) __syncthreads();
+  y[base + t] = s[blockDim.x - 1 - t];
+}
+EMU_REGISTER(selftest_reverse_dyn)
+
+// BROKEN: the two halves of the block wait at different barriers (undefined in CUDA; the
+// emulation reports it). Never launched on a real GPU.
+extern "C" __global__ void selftest_divergent_barrier(float* y) {
+  __shared__ float s[64];
+  if (threadIdx.x < 32) {
+    s[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = s[threadIdx.x ^ 1];
+  } else {
+    __syncthreads();
+    y[threadIdx.x] = 2.0f * s[threadIdx.x - 32];
+  }
+}
+EMU_REGISTER(selftest_divergent_barrier)

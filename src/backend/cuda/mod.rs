@@ -1,0 +1,14 @@
+//! The CUDA backend plumbing: device selection (a real GPU, or the CPU emulation in CI), the
+//! embedded kernel modules, cuBLASLt bf16 GEMMs, and one launcher function per kernel.
+//!
+//! Everything here goes through cudarc. Without a GPU, the CPU emulation built by `build.rs`
+//! (a stand-in `libcuda.so`/`libcublasLt.so` running the same kernel sources compiled for the
+//! host) is loaded in place of the driver, so the same launch code runs in CI.
+
+pub mod device;
+pub mod gemm;
+pub mod kernels;
+pub mod module;
+
+pub use device::{CudaDevice, DeviceKind};
+pub use gemm::Gemm;

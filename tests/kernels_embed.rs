@@ -1,0 +1,102 @@
+//! Embedding (forward, scatter-add backward) and the input-injection add against the CPU
+//! reference (GPU when present, else the CPU emulation; skipped without either).
+//!
+//! Bounds: forward reads f32 tables and rounds each output to bf16 once: 2 * BF16_EPS relative.
+//! Backward: f32 atomics summing bf16 gradients (exact in f32) times an f32 scale, in another
+//! order than the reference: relative error ~ n_terms * 6e-8; for <= 500 terms per element
+//! 1e-4 relative to the RMS covers it with room (f32 math: far below 1e-3).
+//! add: one bf16 rounding of an exact f32 sum: 2 * BF16_EPS.
+
+mod kernel_common;
+use hrm::backend::cpu::embed::{self, EmbedDims};
+use hrm::backend::cuda::kernels;
+use kernel_common::*;
+use rand::Rng;
+
+fn check(dims: EmbedDims, vocab: usize, n_puzzles: usize, with_pos: bool, seed: u64) {
+    let Some(dev) = device("kernels_embed") else {
+        return;
+    };
+    let mut r = rng(seed);
+    let (s, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
+    let tokens: Vec<i32> = (0..dims.batch * dims.seq_len).map(|_| r.gen_range(0..vocab as i32)).collect();
+    let pids: Vec<i32> = (0..dims.batch).map(|_| r.gen_range(0..n_puzzles as i32)).collect();
+    let ew = randn(&mut r, vocab * h, 0.05);
+    let pw = randn(&mut r, n_puzzles * nd.max(1), 0.05)[..n_puzzles * nd].to_vec();
+    let pos = randn(&mut r, s * h, 0.05);
+    let (td, pd) = (upload(&dev, &tokens), upload(&dev, &pids));
+    let (ewd, pwd, posd) = (upload(&dev, &ew), upload(&dev, &pw), upload(&dev, &pos));
+    let n = dims.batch * s * h;
+    let mut outd = poisoned_bf16(&dev, n);
+    let pos_opt = with_pos.then_some(&posd);
+    kernels::embed_fwd(&dev, &td, &pd, &ewd, &pwd, pos_opt, &mut outd, &dims).unwrap();
+    let mut want = vec![0.0; n];
+    embed::embed_fwd(&tokens, &pids, &ew, &pw, with_pos.then_some(&pos[..]), &mut want, &dims);
+    assert_close("embed fwd", &from_bf16(&download(&dev, &outd)), &want, 2.0 * BF16_EPS, 0.01);
+
+    // backward: accumulate into non-zero gradients (+= semantics)
+    let dx = round_bf16(&randn(&mut r, n, 1.0));
+    let dxd = upload(&dev, &to_bf16(&dx));
+    let (g0e, g0p, g0pos) =
+        (randn(&mut r, vocab * h, 1.0), randn(&mut r, n_puzzles * nd, 1.0), randn(&mut r, s * h, 1.0));
+    let (mut ged, mut gpd, mut gposd) = (upload(&dev, &g0e), upload(&dev, &g0p), upload(&dev, &g0pos));
+    let gpos_opt = if with_pos { Some(&mut gposd) } else { None };
+    kernels::embed_bwd(&dev, &dxd, &td, &pd, &mut ged, &mut gpd, gpos_opt, &dims).unwrap();
+    let (mut ge, mut gp, mut gpos) = (g0e.clone(), g0p.clone(), g0pos.clone());
+    let gpos_ref = if with_pos { Some(&mut gpos[..]) } else { None };
+    embed::embed_bwd(&dx, &tokens, &pids, &mut ge, &mut gp, gpos_ref, &dims);
+    assert_close("dembed_w", &download(&dev, &ged), &ge, 1e-4, 1.0);
+    assert_close("dpuzzle_w", &download(&dev, &gpd), &gp, 1e-4, 1.0);
+    if with_pos {
+        assert_close("dpos_w", &download(&dev, &gposd), &gpos, 1e-4, 1.0);
+    } else {
+        assert_eq!(download(&dev, &gposd), g0pos, "dpos_w written without positions");
+    }
+}
+
+#[test]
+fn embed_sudoku_shape() {
+    // Sudoku: 81 cells + 1 prefix token, vocab 11, puzzle_emb_ndim = hidden
+    let dims = EmbedDims {
+        batch: 4,
+        seq_len: 81,
+        prefix_len: 1,
+        hidden: 128,
+        puzzle_emb_ndim: 128,
+        scale: (128f32).sqrt(),
+    };
+    check(dims, 11, 5, false, 31);
+}
+
+#[test]
+fn embed_odd_sizes_and_positions() {
+    let dims = EmbedDims {
+        batch: 1,
+        seq_len: 7,
+        prefix_len: 2,
+        hidden: 24,
+        puzzle_emb_ndim: 30, // pads the 2-token prefix (48 values) with zeros
+        scale: 2.5,
+    };
+    check(dims, 13, 3, true, 32);
+    let dims = EmbedDims { batch: 3, seq_len: 5, prefix_len: 1, hidden: 33, puzzle_emb_ndim: 33, scale: 1.0 };
+    check(dims, 4, 2, true, 33);
+}
+
+#[test]
+fn add_inplace_matches() {
+    let Some(dev) = device("kernels_embed") else {
+        return;
+    };
+    let mut r = rng(34);
+    for n in [1usize, 1000, 4099] {
+        let a = round_bf16(&randn(&mut r, n, 1.0));
+        let b = round_bf16(&randn(&mut r, n, 1.0));
+        let mut ad = upload(&dev, &to_bf16(&a));
+        let bd = upload(&dev, &to_bf16(&b));
+        kernels::add_inplace(&dev, &mut ad, &bd, n).unwrap();
+        let mut want = a.clone();
+        embed::add_inplace(&mut want, &b);
+        assert_close("add", &from_bf16(&download(&dev, &ad)), &want, 2.0 * BF16_EPS, 0.0);
+    }
+}

@@ -1,0 +1,69 @@
+//! Fused residual add + RMSNorm kernels against the CPU reference (`backend::cpu::norm`), on the
+//! GPU when present, else under the CPU emulation; skipped (with a message) without either.
+//!
+//! Error bound: the kernel reads bf16 inputs (the reference gets the same rounded values in
+//! f32), computes in f32 and rounds the output to bf16 once: |err| <= BF16_EPS |y| from the
+//! output rounding, plus f32 differences (summation order, rsqrt) orders of magnitude smaller.
+//! We allow 2 * BF16_EPS (~7.8e-3 relative: one rounding plus
+//! the same again as margin for the f32 differences). The backward's `dy - y * mean(dy y)` cancels, so
+//! near-zero elements are judged against the row RMS (floor 1).
+
+mod kernel_common;
+use half::bf16;
+use hrm::backend::cpu::norm;
+use hrm::backend::cuda::kernels;
+use kernel_common::*;
+
+fn check(rows: usize, d: usize, seed: u64) {
+    let Some(dev) = device("kernels_norm") else {
+        return;
+    };
+    let mut r = rng(seed);
+    let x = round_bf16(&randn(&mut r, rows * d, 1.0));
+    let res = round_bf16(&randn(&mut r, rows * d, 0.5));
+    let (xd, rd) = (upload(&dev, &to_bf16(&x)), upload(&dev, &to_bf16(&res)));
+    let mut yd = poisoned_bf16(&dev, rows * d);
+    let mut rstd_d = poisoned_f32(&dev, rows);
+    kernels::add_rms_norm_fwd(&dev, &xd, &rd, &mut yd, &mut rstd_d, rows, d, 1e-5).unwrap();
+    let (mut y, mut rstd) = (vec![0.0; rows * d], vec![0.0; rows]);
+    norm::add_rms_norm_fwd(&x, &res, &mut y, &mut rstd, d, 1e-5);
+    let y_got = from_bf16(&download(&dev, &yd));
+    assert_close("y", &y_got, &y, 2.0 * BF16_EPS, 0.0);
+    // rstd is f32 end to end: far below 1e-3 (rsqrtf on the GPU is within 2 ulp).
+    assert_close("rstd", &download(&dev, &rstd_d), &rstd, 1e-6, 0.0);
+
+    // backward, from the kernel's own (bf16) y
+    let dy = round_bf16(&randn(&mut r, rows * d, 1.0));
+    let dyd = upload(&dev, &to_bf16(&dy));
+    let mut dxd = poisoned_bf16(&dev, rows * d);
+    kernels::rms_norm_bwd(&dev, &dyd, &yd, &rstd_d, &mut dxd, rows, d).unwrap();
+    let mut dx = vec![0.0; rows * d];
+    norm::rms_norm_bwd(&dy, &y_got, &download(&dev, &rstd_d), &mut dx, d);
+    let dx_got = from_bf16(&download(&dev, &dxd));
+    assert_close("dx", &dx_got, &dx, 2.0 * BF16_EPS, 1.0);
+}
+
+#[test]
+fn norm_hidden_512() {
+    check(16, 512, 1);
+}
+
+#[test]
+fn norm_odd_sizes() {
+    check(1, 7, 2); // batch 1, fewer columns than threads
+    check(37, 200, 3); // not a multiple of the block
+    check(5, 1000, 4); // several columns per thread
+}
+
+#[test]
+fn norm_output_is_poison_free_for_zero_rows() {
+    let Some(dev) = device("kernels_norm") else {
+        return;
+    };
+    let x = upload(&dev, &[bf16::ZERO; 4]);
+    let mut y = poisoned_bf16(&dev, 4);
+    let mut rstd = poisoned_f32(&dev, 1);
+    // zero rows: nothing launched, nothing written
+    kernels::add_rms_norm_fwd(&dev, &x, &x, &mut y, &mut rstd, 0, 4, 1e-5).unwrap();
+    assert!(from_bf16(&download(&dev, &y)).iter().all(|v| v.is_nan()));
+}
