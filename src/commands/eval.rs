@@ -61,13 +61,12 @@ pub fn report_table(reports: &[EvalReport]) -> String {
             r.name, r.puzzles, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.act_halt_fraction
         );
     }
-    if let Some(r) = reports.first() {
+    if !reports.is_empty() {
         s += "exact accuracy per segment:\n";
         for r in reports {
             let segs: Vec<String> = r.exact_accuracy_per_segment.iter().map(|a| format!("{a:.3}")).collect();
             s += &format!("  {}: {}\n", r.name, segs.join(" "));
         }
-        let _ = r;
     }
     s
 }

@@ -8,7 +8,8 @@ use rayon::prelude::*;
 pub struct LmLossOut {
     /// sum over valid tokens of -log stablemax(logits)[label], divided by max(1, n_valid).
     pub loss_per_row: Vec<f64>,
-    /// every valid token's argmax equals its label (and the row has at least one valid token).
+    /// every valid token's argmax equals its label (vacuously true for a row without valid
+    /// tokens, as the reference's `is_correct.sum(-1) == loss_counts`).
     pub exact: Vec<bool>,
     /// number of valid tokens whose argmax equals the label.
     pub n_correct: Vec<u32>,
