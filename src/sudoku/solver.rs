@@ -283,18 +283,26 @@ impl State {
             }
             let singles = self.unsolved & !twice;
             if singles != 0 {
-                for k in 0..9 {
-                    let mut s = singles & self.d[k];
-                    while s != 0 {
-                        let p = s.trailing_zeros() as usize;
-                        s &= s - 1;
-                        self.place(p, k);
-                        // A pending single that just lost its only digit to this one.
-                        if s & !self.d[k] != 0 {
-                            return false;
-                        }
+                // Place all naked singles of a digit at once. Their cells hold no other digit,
+                // so only that digit's board changes; two of them seeing each other is a
+                // contradiction.
+                for x in self.d.iter_mut() {
+                    let s = singles & *x;
+                    if s == 0 {
+                        continue;
                     }
+                    let mut peers = 0u128;
+                    let mut t = s;
+                    while t != 0 {
+                        peers |= PEER_BITS[t.trailing_zeros() as usize & 127];
+                        t &= t - 1;
+                    }
+                    if peers & s != 0 {
+                        return false;
+                    }
+                    *x &= !peers;
                 }
+                self.unsolved &= !singles;
                 continue;
             }
             if self.unsolved == 0 {
@@ -319,7 +327,7 @@ impl State {
                     found &= found - 1;
                     // Skip a position lost to an earlier hidden single of the same digit; its
                     // unit is then empty and the next check reports it.
-                    if self.d[k] >> p & 1 != 0 && self.unsolved >> p & 1 != 0 {
+                    if self.d[k] & self.unsolved & (1u128 << p) != 0 {
                         self.place(p, k);
                         progress = true;
                     }
@@ -369,13 +377,12 @@ impl<R: Rng + ?Sized> Search<'_, R> {
             let mut best = 0usize;
             let mut best_hits = 0u32;
             while bi != 0 {
-                let p = bi.trailing_zeros() as usize;
-                bi &= bi - 1;
+                let cell = bi & bi.wrapping_neg();
+                bi ^= cell;
+                let p = cell.trailing_zeros() as usize;
                 let mut both = 0u128;
                 for &x in &st.d {
-                    if x >> p & 1 != 0 {
-                        both |= x;
-                    }
+                    both |= x & 0u128.wrapping_sub((x & cell != 0) as u128);
                 }
                 let hits = (PEER_BITS[p & 127] & both).count_ones() + 1;
                 if hits > best_hits {
@@ -412,13 +419,12 @@ impl<R: Rng + ?Sized> Search<'_, R> {
         }
         let p = Self::branch_cell(st);
         self.guesses += 1;
-        let mut digits = [0usize; 9];
+        let mut digits = [0usize; 16];
         let mut nd = 0;
+        let cell = 1u128 << p;
         for (k, &x) in st.d.iter().enumerate() {
-            if x >> p & 1 != 0 {
-                digits[nd] = k;
-                nd += 1;
-            }
+            digits[nd & 15] = k;
+            nd += (x & cell != 0) as usize;
         }
         if let Some(rng) = self.rng.as_deref_mut() {
             digits[..nd].shuffle(rng);
