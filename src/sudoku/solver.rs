@@ -54,12 +54,62 @@ const FULL: u128 = BAND | (BAND << 32) | (BAND << 64);
 /// Row r (0..3) of a band, then box s (0..3) of a band, as 27-bit lane masks.
 const LANE_UNITS: [u32; 6] = [0x1FF, 0x1FF << 9, 0x1FF << 18, 0x1C0E07, 0x1C0E07 << 3, 0x1C0E07 << 6];
 
-/// For a 3-bit set of rows of a band: that row's lane mask if exactly one, else 0.
-const ONE_ROW: [u32; 8] = [0, 0x1FF, 0x1FF << 9, 0, 0x1FF << 18, 0, 0, 0];
-/// For a 3-bit set of boxes of a band: that box's lane mask if exactly one, else 0.
-const ONE_BOX: [u32; 8] = [0, 0x1C0E07, 0x1C0E07 << 3, 0, 0x1C0E07 << 6, 0, 0, 0];
 /// A 3-bit set if it has exactly one member, else 0.
 const ONE_OF_3: [u32; 8] = [0, 1, 2, 0, 4, 0, 0, 0];
+
+/// For the 9-bit set of occupied row segments of a band (bit 3r+s: row r within box s), the
+/// segments that pointing (a box whose digit lies in one row leaves that row's other boxes)
+/// and then claiming (a row whose digit lies in one box leaves that box's other rows) clear.
+const LOCKED_SEGS: [u16; 512] = build_locked_segs();
+
+const fn build_locked_segs() -> [u16; 512] {
+    let mut t = [0u16; 512];
+    let mut v = 0;
+    while v < 512 {
+        let mut elim = 0u16;
+        let mut s = 0;
+        while s < 3 {
+            let rows: usize = ((v >> s) & 1) | ((v >> (s + 3 - 1)) & 2) | ((v >> (s + 6 - 2)) & 4);
+            if rows == 1 || rows == 2 || rows == 4 {
+                let r = rows.trailing_zeros() as usize;
+                elim |= (7 << (3 * r)) & !(1 << (3 * r + s));
+            }
+            s += 1;
+        }
+        let v2 = v as u16 & !elim;
+        let mut r = 0;
+        while r < 3 {
+            let boxes = (v2 >> (3 * r)) & 7;
+            if boxes == 1 || boxes == 2 || boxes == 4 {
+                let s = boxes.trailing_zeros() as usize;
+                elim |= 0x49 << s & !(1 << (3 * r + s));
+            }
+            r += 1;
+        }
+        t[v] = elim;
+        v += 1;
+    }
+    t
+}
+
+/// The lane cells of a set of row segments (bit 3r+s: the three cells of row r in box s).
+const SEG_CELLS: [u32; 512] = build_seg_cells();
+
+const fn build_seg_cells() -> [u32; 512] {
+    let mut t = [0u32; 512];
+    let mut v = 0;
+    while v < 512 {
+        let mut i = 0;
+        while i < 9 {
+            if v >> i & 1 != 0 {
+                t[v] |= 7 << (3 * i);
+            }
+            i += 1;
+        }
+        v += 1;
+    }
+    t
+}
 
 /// A 9-bit column set as the lane mask of those columns.
 #[inline(always)]
@@ -207,26 +257,15 @@ impl State {
                 continue;
             }
             let mut w = [lane(*x, 0), lane(*x, 1), lane(*x, 2)];
-            // Rows and boxes inside each band.
+            // Rows and boxes inside each band: which of the nine row-in-box segments hold the
+            // digit, then one table lookup for the segments that pointing and claiming clear.
             for wi in w.iter_mut() {
                 let t = *wi | (*wi >> 1) | (*wi >> 2);
-                let mut elim = 0u32;
-                for s in 0..3 {
-                    // Pointing: box s holds the digit in one row only.
-                    let rows =
-                        ((t >> (3 * s)) & 1) | ((t >> (3 * s + 9 - 1)) & 2) | ((t >> (3 * s + 18 - 2)) & 4);
-                    elim |= ONE_ROW[rows as usize & 7] & !LANE_UNITS[3 + s];
+                let mut seg = 0u32;
+                for i in 0..9 {
+                    seg |= ((t >> (3 * i)) & 1) << i;
                 }
-                *wi &= !elim;
-                let t = *wi | (*wi >> 1) | (*wi >> 2);
-                let mut elim = 0u32;
-                for (r, &row) in LANE_UNITS[..3].iter().enumerate() {
-                    // Claiming: row r holds the digit in one box only.
-                    let boxes =
-                        ((t >> (9 * r)) & 1) | ((t >> (9 * r + 3 - 1)) & 2) | ((t >> (9 * r + 6 - 2)) & 4);
-                    elim |= ONE_BOX[boxes as usize & 7] & !row;
-                }
-                *wi &= !elim;
+                *wi &= !SEG_CELLS[LOCKED_SEGS[seg as usize & 511] as usize & 511];
             }
             // Columns and boxes across bands.
             let f = [fold(w[0]), fold(w[1]), fold(w[2])];
