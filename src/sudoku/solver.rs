@@ -57,6 +57,47 @@ const LANE_UNITS: [u32; 6] = [0x1FF, 0x1FF << 9, 0x1FF << 18, 0x1C0E07, 0x1C0E07
 /// A 3-bit set if it has exactly one member, else 0.
 const ONE_OF_3: [u32; 8] = [0, 1, 2, 0, 4, 0, 0, 0];
 
+/// For the columns (9 bits) where a digit occurs in one band: the columns that are the only
+/// one of their box holding it (pointing candidates for the other bands).
+const POINT_COLS: [u16; 512] = build_point_cols();
+
+const fn build_point_cols() -> [u16; 512] {
+    let mut t = [0u16; 512];
+    let mut f = 0;
+    while f < 512 {
+        let mut s = 0;
+        while s < 3 {
+            t[f] |= (ONE_OF_3[(f >> (3 * s)) & 7] << (3 * s)) as u16;
+            s += 1;
+        }
+        f += 1;
+    }
+    t
+}
+
+/// For the columns (9 bits) of a band that alone hold a digit within their column: the band
+/// cells claiming clears (the rest of each such column's box; a whole box when two of its
+/// columns claim, which is a contradiction).
+const CLAIM_CELLS: [u32; 512] = build_claim_cells();
+
+const fn build_claim_cells() -> [u32; 512] {
+    let mut t = [0u32; 512];
+    let mut c = 0;
+    while c < 512 {
+        let mut s = 0;
+        while s < 3 {
+            let cs = (c >> (3 * s)) & 7;
+            if cs != 0 {
+                let keep = ONE_OF_3[cs] << (3 * s);
+                t[c] |= LANE_UNITS[3 + s] & !(keep | (keep << 9) | (keep << 18));
+            }
+            s += 1;
+        }
+        c += 1;
+    }
+    t
+}
+
 /// For the 9-bit set of occupied row segments of a band (bit 3r+s: row r within box s), the
 /// segments that pointing (a box whose digit lies in one row leaves that row's other boxes)
 /// and then claiming (a row whose digit lies in one box leaves that box's other rows) clear.
@@ -269,13 +310,13 @@ impl State {
             }
             // Columns and boxes across bands.
             let f = [fold(w[0]), fold(w[1]), fold(w[2])];
-            let mut point = [0u32; 3];
-            for (pi, &fi) in point.iter_mut().zip(&f) {
-                for s in 0..3 {
-                    // Pointing: box (i, s) holds the digit in one column only.
-                    *pi |= ONE_OF_3[(fi >> (3 * s)) as usize & 7] << (3 * s);
-                }
-            }
+            // Pointing: boxes holding the digit in one column only clear it from that column
+            // in the other bands.
+            let point = [
+                POINT_COLS[f[0] as usize & 511] as u32,
+                POINT_COLS[f[1] as usize & 511] as u32,
+                POINT_COLS[f[2] as usize & 511] as u32,
+            ];
             w[0] &= !spread(point[1] | point[2]);
             w[1] &= !spread(point[0] | point[2]);
             w[2] &= !spread(point[0] | point[1]);
@@ -284,17 +325,7 @@ impl State {
             // to that column.
             let one = (f[0] ^ f[1] ^ f[2]) & !(f[0] & f[1] & f[2]);
             for (wi, &fi) in w.iter_mut().zip(&f) {
-                let c = one & fi;
-                if c != 0 {
-                    let mut elim = 0u32;
-                    for s in 0..3 {
-                        let cs = (c >> (3 * s)) & 7;
-                        if cs != 0 {
-                            elim |= LANE_UNITS[3 + s] & !spread(ONE_OF_3[cs as usize] << (3 * s));
-                        }
-                    }
-                    *wi &= !elim;
-                }
+                *wi &= !CLAIM_CELLS[(one & fi) as usize & 511];
             }
             *x = (w[0] as u128) | ((w[1] as u128) << 32) | ((w[2] as u128) << 64);
             changed |= *x != before;
