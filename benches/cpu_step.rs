@@ -46,6 +46,7 @@ fn bench_step(c: &mut Criterion, name: &str, cfg: ModelConfig, b: usize) {
 }
 
 fn benches(c: &mut Criterion) {
+    hrm::tune_allocator();
     bench_step(c, "tiny", ModelConfig::tiny(), 32);
     bench_step(c, "sudoku_full", ModelConfig::sudoku(), 8);
 }

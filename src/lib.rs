@@ -12,3 +12,17 @@ pub mod optim;
 pub mod rng;
 pub mod sudoku;
 pub mod train;
+
+/// Keep freed activation buffers in the heap instead of returning them to the OS: glibc serves
+/// allocations above its (dynamic) mmap threshold with fresh mappings, so every step's
+/// multi-megabyte buffers page-faulted in again (tens of millions of minor faults per demo run).
+/// Call once at start-up; a no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads start.
+    unsafe {
+        const MAX_MMAP_THRESHOLD: libc::c_int = 32 << 20; // glibc's ceiling on 64-bit
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}

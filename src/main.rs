@@ -84,6 +84,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    hrm::tune_allocator();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
