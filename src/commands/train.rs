@@ -175,11 +175,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     cfg.eval_limit = a.eval_limit;
     cfg.eval_batch_size = a.eval_batch_size;
     let params = match &a.init {
-        Some(p) => {
-            let (c, p) = load_checkpoint(p, Some(&model))?;
-            debug_assert_eq!(c, model);
-            p
-        }
+        Some(p) => load_checkpoint(p, Some(&model))?.1,
         None => HostParams::init(&model, &mut crate::rng::seeded(a.seed)),
     };
     std::fs::create_dir_all(out)?;
