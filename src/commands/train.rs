@@ -213,12 +213,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 500)]
     pub eval_puzzles: usize,
     /// Fewest blanks per puzzle.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub min_blanks: usize,
     /// Most blanks per puzzle.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 8)]
     pub max_blanks: usize,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2500)]
     pub steps: u64,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
