@@ -8,8 +8,7 @@ use super::board::{Board, board_to_string, is_solution_of, parse_board};
 use super::rating::rate;
 use anyhow::Context;
 use rayon::prelude::*;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// A puzzle with its unique solution and rating.
@@ -228,30 +227,7 @@ pub fn format_rating(r: f32) -> String {
     }
 }
 
-/// Writes `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(
-    path: &Path,
-    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        f(&mut w)?;
-        w.flush()?;
-        w.get_ref().sync_all()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot move {} to {}", tmp.display(), path.display())
-    })
-}
+pub use crate::fsutil::write_atomic_with as write_atomic;
 
 /// Writes the Sudoku-Extreme CSV.
 pub fn write_csv(path: &Path, puzzles: &[Puzzle]) -> anyhow::Result<()> {
