@@ -30,8 +30,8 @@ impl Batch {
 
 /// The ACT carry: recurrent state, per-row step counts and halting flags, current puzzles.
 pub struct Carry<B: Backend> {
-    pub z_h: B::Buf,
-    pub z_l: B::Buf,
+    pub z_h: B::Act,
+    pub z_l: B::Act,
     pub steps: Vec<u32>,
     pub halted: Vec<bool>,
     pub data: Batch,
@@ -190,7 +190,7 @@ pub fn train_step<B: Backend>(
     new: &Batch,
     min_halt: &[u32],
     global_batch: usize,
-    grads: &mut ParamSet<B::Buf>,
+    grads: &mut ParamSet<B::F32>,
 ) -> StepStats {
     let cfg = &model.cfg;
     carry.take_new_data(be, model, new);
@@ -204,7 +204,7 @@ pub fn train_step<B: Backend>(
     carry.halted = halting(&carry.steps, &heads.q_halt, &heads.q_continue, min_halt, cfg.halt_max_steps);
 
     // Target Q: one more segment from the new carry with the same data (no gradient).
-    let (mut zh, mut zl) = (be.zeros(be.len(&carry.z_h)), be.zeros(be.len(&carry.z_l)));
+    let (mut zh, mut zl) = (be.zeros(be.act_len(&carry.z_h)), be.zeros(be.act_len(&carry.z_l)));
     be.copy(&carry.z_h, &mut zh);
     be.copy(&carry.z_l, &mut zl);
     let (next, _) = model.segment(be, batch, &x, &mut zh, &mut zl, false);
@@ -213,7 +213,7 @@ pub fn train_step<B: Backend>(
     // Losses; gradients of (lm + 0.5 (q_halt + q_continue)) / global_batch.
     let scale = 1.0 / global_batch as f64;
     let labels = be.upload_i32(&labels_host);
-    let mut dlogits = be.zeros(be.len(&heads.logits));
+    let mut dlogits = be.zeros(be.act_len(&heads.logits));
     let lm = be.lm_loss(&heads.logits, &labels, cfg.vocab_size, cfg.seq_len, scale, Some(&mut dlogits));
     let seq_correct: Vec<f32> = lm.exact.iter().map(|&e| e as u8 as f32).collect();
     let mut dq_halt = vec![0.0; batch];

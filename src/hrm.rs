@@ -41,20 +41,20 @@ impl Shape {
 /// What one block keeps for its backward (also used as scratch for no-grad blocks).
 pub struct LayerActs<B: Backend> {
     /// q, k (roped) and v [rows, 3*hidden]
-    qkv: B::Buf,
+    qkv: B::Act,
     /// attention output before o_proj [rows, hidden]
-    attn: B::Buf,
-    lse: B::Buf,
+    attn: B::Act,
+    lse: B::F32,
     /// o_proj or down_proj output (transient)
-    proj: B::Buf,
+    proj: B::Act,
     /// after the first residual + norm
-    h1: B::Buf,
-    rstd1: B::Buf,
-    gate_up: B::Buf,
-    act: B::Buf,
+    h1: B::Act,
+    rstd1: B::F32,
+    gate_up: B::Act,
+    act: B::Act,
     /// block output
-    out: B::Buf,
-    rstd2: B::Buf,
+    out: B::Act,
+    rstd2: B::F32,
 }
 
 impl<B: Backend> LayerActs<B> {
@@ -63,14 +63,14 @@ impl<B: Backend> LayerActs<B> {
         LayerActs {
             qkv: be.zeros(r * 3 * d),
             attn: be.zeros(r * d),
-            lse: be.zeros(s.batch * s.heads * s.seq),
+            lse: be.zeros_f32(s.batch * s.heads * s.seq),
             proj: be.zeros(r * d),
             h1: be.zeros(r * d),
-            rstd1: be.zeros(r),
+            rstd1: be.zeros_f32(r),
             gate_up: be.zeros(r * 2 * s.inter),
             act: be.zeros(r * s.inter),
             out: be.zeros(r * d),
-            rstd2: be.zeros(r),
+            rstd2: be.zeros_f32(r),
         }
     }
 }
@@ -78,7 +78,7 @@ impl<B: Backend> LayerActs<B> {
 /// Activations of the gradient-carrying module application: its input (z + injection) and
 /// each block's saved tensors.
 pub struct ModuleActs<B: Backend> {
-    input: B::Buf,
+    input: B::Act,
     layers: Vec<LayerActs<B>>,
 }
 
@@ -86,26 +86,24 @@ pub struct ModuleActs<B: Backend> {
 pub struct SegmentActs<B: Backend> {
     l: ModuleActs<B>,
     h: ModuleActs<B>,
-    /// z_H[:, 0] rows fed to q_head [batch, hidden]
-    q_in: B::Buf,
 }
 
 /// Gradient buffers reused across blocks.
 struct GradScratch<B: Backend> {
-    ds2: B::Buf,
-    dact: B::Buf,
-    dgate_up: B::Buf,
-    dh1: B::Buf,
-    ds1: B::Buf,
-    dattn: B::Buf,
-    dqkv: B::Buf,
-    dnext: B::Buf,
+    ds2: B::Act,
+    dact: B::Act,
+    dgate_up: B::Act,
+    dh1: B::Act,
+    ds1: B::Act,
+    dattn: B::Act,
+    dqkv: B::Act,
+    dnext: B::Act,
 }
 
 /// Output heads of a segment.
 pub struct Heads<B: Backend> {
     /// [batch * seq_len, vocab] (prefix positions dropped)
-    pub logits: B::Buf,
+    pub logits: B::Act,
     /// q_halt logits [batch]
     pub q_halt: Vec<f32>,
     /// q_continue logits [batch]
@@ -114,38 +112,38 @@ pub struct Heads<B: Backend> {
 
 /// Token inputs of a batch, on the backend.
 pub struct DeviceInputs<B: Backend> {
-    pub tokens: B::IBuf,
-    pub puzzle_ids: B::IBuf,
+    pub tokens: B::I32,
+    pub puzzle_ids: B::I32,
 }
 
 /// The model: config, parameters on the backend, RoPE tables.
 pub struct Hrm<B: Backend> {
     pub cfg: ModelConfig,
-    pub params: ParamSet<B::Buf>,
+    pub params: ParamSet<B::Param>,
     /// RoPE on q and k (pos_encodings == rope); learned positions are added to the input instead.
     rope: bool,
-    cos: B::Buf,
-    sin: B::Buf,
+    cos: B::F32,
+    sin: B::F32,
 }
 
 impl<B: Backend> Hrm<B> {
     pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
-        let params = host.map(cfg, |_, t| be.upload(t));
+        let params = host.map(cfg, |_, t| be.upload_param(t));
         let (cos, sin) = crate::backend::cpu::rope::rope_tables(
             cfg.total_seq_len(),
             cfg.head_dim(),
             cfg.rope_theta as f32,
         );
         let rope = cfg.pos_encodings == PosEncodings::Rope;
-        Hrm { cfg: cfg.clone(), params, rope, cos: be.upload(&cos), sin: be.upload(&sin) }
+        Hrm { cfg: cfg.clone(), params, rope, cos: be.upload_f32(&cos), sin: be.upload_f32(&sin) }
     }
 
     pub fn to_host(&self, be: &B) -> HostParams {
-        self.params.map(&self.cfg, |_, t| be.download(t))
+        self.params.map(&self.cfg, |_, t| be.download_param(t))
     }
 
-    pub fn zero_grads(&self, be: &B) -> ParamSet<B::Buf> {
-        self.params.map(&self.cfg, |s, _| be.zeros(s.numel()))
+    pub fn zero_grads(&self, be: &B) -> ParamSet<B::F32> {
+        self.params.map(&self.cfg, |s, _| be.zeros_f32(s.numel()))
     }
 
     fn embed_dims(&self, batch: usize) -> EmbedDims {
@@ -160,7 +158,7 @@ impl<B: Backend> Hrm<B> {
     }
 
     /// `x = sqrt(hidden) * [puzzle prefix; embed_tokens[tokens]]` [batch*seq, hidden].
-    pub fn embed(&self, be: &B, inputs: &DeviceInputs<B>, batch: usize) -> B::Buf {
+    pub fn embed(&self, be: &B, inputs: &DeviceInputs<B>, batch: usize) -> B::Act {
         let s = Shape::new(&self.cfg, batch);
         let mut x = be.zeros(s.rows() * s.hidden);
         let p = &self.params;
@@ -177,13 +175,13 @@ impl<B: Backend> Hrm<B> {
     }
 
     /// Carry rows (z_H or z_L) set to `init` where `mask`.
-    pub fn reset(&self, be: &B, z: &mut B::Buf, init_h: bool, mask: &[bool]) {
+    pub fn reset(&self, be: &B, z: &mut B::Act, init_h: bool, mask: &[bool]) {
         let init = if init_h { &self.params.h_init } else { &self.params.l_init };
         be.reset_rows(z, init, mask, self.cfg.hidden_size);
     }
 
     /// One transformer block: input `a.h0` given separately; results in `a`.
-    fn block_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Buf>, input: &B::Buf, a: &mut LayerActs<B>) {
+    fn block_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Param>, input: &B::Act, a: &mut LayerActs<B>) {
         let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
         be.linear_fwd(input, &w.qkv, &mut a.qkv, r, d, 3 * d);
         if self.rope {
@@ -205,11 +203,11 @@ impl<B: Backend> Hrm<B> {
         &self,
         be: &B,
         s: &Shape,
-        w: &LayerParams<B::Buf>,
-        input: &B::Buf,
+        w: &LayerParams<B::Param>,
+        input: &B::Act,
         a: &LayerActs<B>,
         g: &mut GradScratch<B>,
-        gw: &mut LayerParams<B::Buf>,
+        gw: &mut LayerParams<B::F32>,
     ) {
         let (r, d) = (s.rows(), s.hidden);
         be.rms_norm_bwd(&g.dnext, &a.out, &a.rstd2, &mut g.ds2, d);
@@ -236,9 +234,9 @@ impl<B: Backend> Hrm<B> {
         &self,
         be: &B,
         s: &Shape,
-        layers: &[LayerParams<B::Buf>],
-        z: &mut B::Buf,
-        injection: &B::Buf,
+        layers: &[LayerParams<B::Param>],
+        z: &mut B::Act,
+        injection: &B::Act,
         scratch: &mut LayerActs<B>,
     ) {
         be.add_inplace(z, injection);
@@ -253,11 +251,11 @@ impl<B: Backend> Hrm<B> {
         &self,
         be: &B,
         s: &Shape,
-        layers: &[LayerParams<B::Buf>],
-        z: &mut B::Buf,
-        injection: &B::Buf,
+        layers: &[LayerParams<B::Param>],
+        z: &mut B::Act,
+        injection: &B::Act,
     ) -> ModuleActs<B> {
-        let mut input = be.zeros(be.len(z));
+        let mut input = be.zeros(be.act_len(z));
         be.add(z, injection, &mut input);
         let mut acts: Vec<LayerActs<B>> = Vec::with_capacity(layers.len());
         for w in layers {
@@ -274,10 +272,10 @@ impl<B: Backend> Hrm<B> {
         &self,
         be: &B,
         s: &Shape,
-        layers: &[LayerParams<B::Buf>],
+        layers: &[LayerParams<B::Param>],
         acts: &ModuleActs<B>,
         g: &mut GradScratch<B>,
-        gw: &mut [LayerParams<B::Buf>],
+        gw: &mut [LayerParams<B::F32>],
     ) {
         for k in (0..layers.len()).rev() {
             let input = if k == 0 { &acts.input } else { &acts.layers[k - 1].out };
@@ -291,9 +289,9 @@ impl<B: Backend> Hrm<B> {
         &self,
         be: &B,
         batch: usize,
-        x: &B::Buf,
-        z_h: &mut B::Buf,
-        z_l: &mut B::Buf,
+        x: &B::Act,
+        z_h: &mut B::Act,
+        z_l: &mut B::Act,
         keep: bool,
     ) -> (Heads<B>, Option<SegmentActs<B>>) {
         let s = Shape::new(&self.cfg, batch);
@@ -321,24 +319,19 @@ impl<B: Backend> Hrm<B> {
         } else {
             None
         };
-        let (heads, q_in) = self.heads(be, &s, z_h);
-        (heads, acts.map(|(l, h)| SegmentActs { l, h, q_in }))
+        let heads = self.heads(be, &s, z_h);
+        (heads, acts.map(|(l, h)| SegmentActs { l, h }))
     }
 
-    fn heads(&self, be: &B, s: &Shape, z_h: &B::Buf) -> (Heads<B>, B::Buf) {
+    fn heads(&self, be: &B, s: &Shape, z_h: &B::Act) -> Heads<B> {
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
         let mut cells = be.zeros(s.batch * n * d);
         be.gather_positions(z_h, &mut cells, s.seq, pre, n, d);
         let mut logits = be.zeros(s.batch * n * v);
         be.linear_fwd(&cells, &self.params.lm_head, &mut logits, s.batch * n, d, v);
-        let mut q_in = be.zeros(s.batch * d);
-        be.gather_positions(z_h, &mut q_in, s.seq, 0, 1, d);
-        let mut q = be.zeros(s.batch * 2);
-        be.linear_fwd(&q_in, &self.params.q_head_weight, &mut q, s.batch, d, 2);
-        let (q, bias) = (be.download(&q), be.download(&self.params.q_head_bias));
-        let q_halt = q.chunks(2).map(|r| r[0] + bias[0]).collect();
-        let q_continue = q.chunks(2).map(|r| r[1] + bias[1]).collect();
-        (Heads { logits, q_halt, q_continue }, q_in)
+        let p = &self.params;
+        let (q_halt, q_continue) = be.q_head_fwd(z_h, &p.q_head_weight, &p.q_head_bias, s.batch, s.seq, d);
+        Heads { logits, q_halt, q_continue }
     }
 
     /// Backward of one segment from `dlogits` [batch*seq_len, vocab] and the gradients of the
@@ -351,10 +344,10 @@ impl<B: Backend> Hrm<B> {
         batch: usize,
         inputs: &DeviceInputs<B>,
         acts: &SegmentActs<B>,
-        dlogits: &B::Buf,
+        dlogits: &B::Act,
         dq_halt: &[f32],
         dq_continue: &[f32],
-        grads: &mut ParamSet<B::Buf>,
+        grads: &mut ParamSet<B::F32>,
     ) {
         let s = Shape::new(&self.cfg, batch);
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
@@ -367,14 +360,17 @@ impl<B: Backend> Hrm<B> {
         let mut dcells = be.zeros(batch * n * d);
         be.linear_bwd_x(dlogits, &self.params.lm_head, &mut dcells, batch * n, d, v, false);
         be.scatter_add_positions(&dcells, &mut dz_h, s.seq, pre, n, d);
-        let dq_host: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
-        let dq = be.upload(&dq_host);
-        be.linear_bwd_w(&dq, &acts.q_in, &mut grads.q_head_weight, batch, d, 2);
-        let db = [dq_halt.iter().sum::<f32>(), dq_continue.iter().sum::<f32>()];
-        be.add_inplace(&mut grads.q_head_bias, &be.upload(&db));
-        let mut dq_in = be.zeros(batch * d);
-        be.linear_bwd_x(&dq, &self.params.q_head_weight, &mut dq_in, batch, d, 2, false);
-        be.scatter_add_positions(&dq_in, &mut dz_h, s.seq, 0, 1, d);
+        be.q_head_bwd(
+            dq_halt,
+            dq_continue,
+            z_h,
+            &self.params.q_head_weight,
+            &mut grads.q_head_weight,
+            &mut grads.q_head_bias,
+            &mut dz_h,
+            s.seq,
+            d,
+        );
         // H module, then L module (z_H = H(z_H, z_L): the gradient reaches z_L only).
         let r = s.rows();
         let mut g = GradScratch {
@@ -401,5 +397,49 @@ impl<B: Backend> Hrm<B> {
             grads.embed_pos.as_mut(),
             &self.embed_dims(batch),
         );
+    }
+}
+
+/// Matrix-product FLOPs of the model (2 per multiply-add; elementwise work is not counted, as
+/// MFU is conventionally reported), for throughput and MFU figures.
+pub mod flops {
+    use crate::config::ModelConfig;
+
+    /// One transformer block forward on `batch` sequences: the four projections plus the two
+    /// attention products (QK^T and PV) over the whole sequence.
+    pub fn block_forward(cfg: &ModelConfig, batch: usize) -> f64 {
+        let (s, d, i) = (cfg.total_seq_len() as f64, cfg.hidden_size as f64, cfg.intermediate_size() as f64);
+        let rows = batch as f64 * s;
+        2.0 * rows * (4.0 * d * d + 3.0 * d * i) + 4.0 * batch as f64 * s * s * d
+    }
+
+    /// The output heads (lm_head on the cells, q_head on position 0).
+    pub fn heads_forward(cfg: &ModelConfig, batch: usize) -> f64 {
+        2.0 * batch as f64 * cfg.hidden_size as f64 * (cfg.seq_len * cfg.vocab_size + 2) as f64
+    }
+
+    /// One segment forward: H_cycles * (L_cycles L updates + one H update), then the heads.
+    pub fn segment_forward(cfg: &ModelConfig, batch: usize) -> f64 {
+        let blocks = cfg.H_cycles * (cfg.L_cycles * cfg.L_layers + cfg.H_layers);
+        blocks as f64 * block_forward(cfg, batch) + heads_forward(cfg, batch)
+    }
+
+    /// One training step: the gradient-carrying segment, the target-Q segment, and the backward
+    /// (twice the forward) of the last L and H updates and the heads.
+    pub fn train_step(cfg: &ModelConfig, batch: usize) -> f64 {
+        let grad_blocks = (cfg.L_layers + cfg.H_layers) as f64;
+        2.0 * segment_forward(cfg, batch)
+            + 2.0 * (grad_blocks * block_forward(cfg, batch) + heads_forward(cfg, batch))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn sudoku_step_is_about_28_tflop() {
+            // 768 x 82 tokens, d = 512, 4 layers per module, 2 x 2 cycles: ~28 TFLOP, i.e. the
+            // ~28.5 ms arithmetic floor at 989 TFLOP/s quoted for the H200.
+            let f = super::train_step(&crate::config::ModelConfig::sudoku(), 768);
+            assert!((2.7e13..2.9e13).contains(&f), "{f:e}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use hrm::backend::DeviceChoice;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -48,6 +49,9 @@ enum Cmd {
         segments: usize,
         #[arg(long)]
         out: PathBuf,
+        /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
     },
     /// One training step from a fresh carry (exploration off): loss terms and the gradient of
     /// (total loss / batch size) under each parameter's checkpoint name.
@@ -60,6 +64,9 @@ enum Cmd {
         batch: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+        #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+        device: DeviceChoice,
     },
     /// Train HRM (ACT with deep supervision) on a dataset from `hrm data build`.
     Train(Box<hrm::commands::train::TrainArgs>),
@@ -69,6 +76,8 @@ enum Cmd {
     Solve(hrm::commands::eval::SolveArgs),
     /// Make easy puzzles, train a small HRM on the CPU, evaluate it on held-out puzzles.
     Demo(hrm::commands::train::DemoArgs),
+    /// Time a training step and 16-segment inference (ms, tokens/s, TFLOP/s, MFU, memory).
+    Bench(hrm::commands::bench::BenchArgs),
     /// Draw a run's curves (loss terms, accuracy, halting step, throughput) as SVG.
     Plot {
         run: PathBuf,
@@ -99,11 +108,11 @@ fn main() -> Result<()> {
             hrm::model::checkpoint::save_checkpoint(&out, &cfg, &params)?;
             eprintln!("wrote {} ({} trainable parameters)", out.display(), params.num_trainable(&cfg));
         }
-        Cmd::Forward { checkpoint, config, batch, segments, out } => {
-            hrm::commands::run_forward(&checkpoint, config.as_deref(), &batch, segments, &out)?
+        Cmd::Forward { checkpoint, config, batch, segments, out, device } => {
+            hrm::commands::run_forward(&checkpoint, config.as_deref(), &batch, segments, &out, device)?
         }
-        Cmd::Grad { checkpoint, config, batch, out } => {
-            hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out)?
+        Cmd::Grad { checkpoint, config, batch, out, device } => {
+            hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out, device)?
         }
         Cmd::Data { cmd } => hrm::sudoku::cli::run(cmd)?,
         Cmd::Train(a) => {
@@ -114,6 +123,9 @@ fn main() -> Result<()> {
         }
         Cmd::Solve(a) => {
             hrm::commands::eval::run_solve(&a)?;
+        }
+        Cmd::Bench(a) => {
+            hrm::commands::bench::run_bench(&a)?;
         }
         Cmd::Plot { run, out } => {
             for f in hrm::analysis::plot::plot_run(&run, out.as_deref())? {

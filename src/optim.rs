@@ -47,8 +47,8 @@ pub fn scheduled_lr(base: f64, step: u64, warmup: u64, total_steps: u64, min_rat
 /// Optimizer state: step count and the two AdamATan2 moments per tensor.
 pub struct Optimizer<B: Backend> {
     pub step: u32,
-    pub m: ParamSet<B::Buf>,
-    pub v: ParamSet<B::Buf>,
+    pub m: ParamSet<B::F32>,
+    pub v: ParamSet<B::F32>,
 }
 
 impl<B: Backend> Optimizer<B> {
@@ -63,7 +63,7 @@ impl<B: Backend> Optimizer<B> {
         &mut self,
         be: &B,
         model: &mut Hrm<B>,
-        grads: &ParamSet<B::Buf>,
+        grads: &ParamSet<B::F32>,
         cfg: &OptimConfig,
         lr: f64,
         puzzle_lr: f64,

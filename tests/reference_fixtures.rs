@@ -25,7 +25,7 @@ fn check_forward(fixture: &str, segments: usize) {
     let cfg_json = hrm::config::ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
     assert_eq!(cfg, cfg_json, "config.json and the checkpoint metadata agree");
     let batch = load_batch(&dir.join("batch.safetensors"), &cfg).unwrap();
-    let ours = forward_outputs(&Cpu, &cfg, &params, &batch, segments);
+    let ours = forward_outputs(&Cpu, &cfg, &params, &batch, segments).unwrap();
     let reference = TensorFile::open(&dir.join(format!("forward_{segments}.safetensors"))).unwrap();
     compare_all(&ours, &reference, if segments > 8 { BOUND_16_SEGMENTS } else { BOUND });
 }
@@ -50,7 +50,7 @@ fn check_grad(fixture: &str) {
     let dir = fixture_dir(fixture);
     let (cfg, params) = load_checkpoint(&dir.join("weights.safetensors"), None).unwrap();
     let batch = load_batch(&dir.join("batch.safetensors"), &cfg).unwrap();
-    let ours = grad_outputs(&Cpu, &cfg, &params, &batch);
+    let ours = grad_outputs(&Cpu, &cfg, &params, &batch).unwrap();
     let reference = TensorFile::open(&dir.join("grad.safetensors")).unwrap();
     compare_all(&ours, &reference, BOUND);
 }

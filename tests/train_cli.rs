@@ -96,20 +96,20 @@ fn evaluation_counts_answers_known_to_be_right() {
     let model = Hrm::new(&be, &cfg, &params);
     let puzzles = blanked_puzzles(5, 20..30, 3);
     let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
-    let p = predict(&be, &model, &examples, 2, |_| {});
+    let p = predict(&be, &model, &examples, 2, |_| {}).unwrap();
     // Make the model's final answers the labels: exact accuracy must then be 1 at the last
     // segment, and cells 1.
     let mut relabeled = examples.clone();
     for (k, e) in relabeled.iter_mut().enumerate() {
         e.labels = p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect();
     }
-    let r = evaluate(&be, &model, "self", &relabeled, 3, |_| {});
+    let r = evaluate(&be, &model, "self", &relabeled, 3, |_| {}).unwrap();
     assert_eq!(r.puzzles, 5);
     assert_eq!(r.exact_accuracy, 1.0);
     assert_eq!(r.cell_accuracy, 1.0);
     assert_eq!(*r.exact_accuracy_per_segment.last().unwrap(), 1.0);
     // Against the true answers an untrained model gets no board right.
-    let r = evaluate(&be, &model, "true", &examples, 3, |_| {});
+    let r = evaluate(&be, &model, "true", &examples, 3, |_| {}).unwrap();
     assert_eq!(r.exact_accuracy, 0.0);
     assert!(r.cell_accuracy < 1.0);
 }

@@ -76,7 +76,7 @@ fn halted_rows_take_new_data_and_restart_while_others_keep_theirs() {
     assert_eq!(row(carry.data.labels.as_ref().unwrap(), 2), vec![9; 81]);
     assert_eq!(carry.steps, vec![0, 5, 0]);
     let per_row = cfg.total_seq_len() * cfg.hidden_size;
-    let h = be.download(&carry.z_h);
+    let h = be.download_act(&carry.z_h);
     assert_eq!(&h[..cfg.hidden_size], &params.h_init[..], "row 0 restarts from H_init");
     assert!(h[per_row..2 * per_row].iter().all(|&v| v == 7.0), "row 1 keeps its state");
     assert_eq!(&h[2 * per_row..2 * per_row + cfg.hidden_size], &params.h_init[..]);
@@ -112,7 +112,7 @@ fn bits(be: &Cpu, t: &Trainer<Cpu>) -> Vec<Vec<u32>> {
         t.model.to_host(be).tensors().iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect();
     out.extend(t.opt.v.tensors().iter().map(|v| v.iter().map(|x| x.to_bits()).collect()));
     out.extend(t.ema.as_ref().unwrap().tensors().iter().map(|v| v.iter().map(|x| x.to_bits()).collect()));
-    out.push(be.download(&t.carry.z_l).iter().map(|x| x.to_bits()).collect());
+    out.push(be.download_act(&t.carry.z_l).iter().map(|x| x.to_bits()).collect());
     out
 }
 

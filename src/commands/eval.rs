@@ -1,8 +1,9 @@
 //! `hrm eval` and `hrm solve`.
 
-use crate::backend::cpu::Cpu;
+use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
+use crate::model::HostParams;
 use crate::infer::eval::{EvalReport, evaluate, predict};
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
@@ -32,9 +33,13 @@ pub struct EvalArgs {
     /// Also write the reports as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
-pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, Hrm<Cpu>)> {
+/// A Sudoku model's config and weights from a checkpoint.
+pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, HostParams)> {
     let cfg = config.map(ModelConfig::from_json_file).transpose()?;
     let (cfg, params) = load_checkpoint(checkpoint, cfg.as_ref())?;
     if cfg.seq_len != 81 || cfg.vocab_size != 11 {
@@ -45,8 +50,7 @@ pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result
             cfg.vocab_size
         );
     }
-    let model = Hrm::new(&Cpu, &cfg, &params);
-    Ok((cfg, model))
+    Ok((cfg, params))
 }
 
 /// A readable table of reports.
@@ -72,19 +76,27 @@ pub fn report_table(reports: &[EvalReport]) -> String {
 }
 
 pub fn run_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
-    let (_, model) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
-    let mut reports = Vec::new();
+    let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
+    let mut sets = Vec::new();
     for path in &a.sets {
         let mut puzzles = read_eval_set(path)?;
         if let Some(n) = a.limit {
             puzzles.truncate(n);
         }
         let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
-        let bar = indicatif::ProgressBar::new(puzzles.len() as u64);
-        let r = evaluate(&Cpu, &model, &name, &examples_of(&puzzles), a.batch_size, |n| bar.inc(n as u64));
-        bar.finish_and_clear();
-        reports.push(r);
+        sets.push((name, examples_of(&puzzles)));
     }
+    let reports = crate::with_backend!(a.device, |be| {
+        let model = Hrm::new(be, &cfg, &params);
+        let mut reports = Vec::new();
+        for (name, examples) in &sets {
+            let bar = indicatif::ProgressBar::new(examples.len() as u64);
+            let r = evaluate(be, &model, name, examples, a.batch_size, |n| bar.inc(n as u64))?;
+            bar.finish_and_clear();
+            reports.push(r);
+        }
+        reports
+    });
     print!("{}", report_table(&reports));
     if let Some(j) = &a.json {
         write_atomic(j, serde_json::to_string_pretty(&reports)?.as_bytes())?;
@@ -101,6 +113,9 @@ pub struct SolveArgs {
     /// A puzzle as 81 characters (digits, `.` or `0` for blanks) or a puzzle file (every
     /// puzzle in it is solved).
     pub puzzle: String,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 fn print_board(b: &Board) -> String {
@@ -124,7 +139,7 @@ fn print_board(b: &Board) -> String {
 /// Solve each puzzle with the model; prints the board and whether it is a valid solution.
 /// Returns (question, model answer, valid) per puzzle.
 pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
-    let (_, model) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
+    let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
     let questions: Vec<Board> = if Path::new(&a.puzzle).is_file() {
         read_eval_set(Path::new(&a.puzzle))?.into_iter().map(|p| p.question).collect()
     } else {
@@ -133,7 +148,7 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
     // Labels are only used for scoring; solve() gives them when the puzzle is proper.
     let examples: Vec<_> =
         questions.iter().map(|q| example_of(q, &solve(q).ok().flatten().unwrap_or(*q))).collect();
-    let pred = predict(&Cpu, &model, &examples, 256, |_| {});
+    let pred = crate::with_backend!(a.device, |be| predict(be, &Hrm::new(be, &cfg, &params), &examples, 256, |_| {})?);
     let mut out = Vec::new();
     for (k, q) in questions.iter().enumerate() {
         let mut answer = [0u8; 81];

@@ -1,7 +1,7 @@
 //! `hrm train` and `hrm demo`.
 
 use super::eval::report_table;
-use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
 use crate::infer::eval::Example;
 use crate::model::HostParams;
@@ -89,6 +89,9 @@ pub struct TrainArgs {
     /// Stop once this step is reached (the run can be resumed).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 /// Paths a run reads, saved as `run.json` so `--resume` needs no repetition.
@@ -126,7 +129,6 @@ fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
-    let be = Cpu;
     if let Some(dir) = &a.resume {
         let inputs: RunInputs = serde_json::from_slice(
             &std::fs::read(dir.join("run.json"))
@@ -134,19 +136,21 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         )?;
         let data_path = a.data.clone().unwrap_or(inputs.data);
         let eval = if a.eval.is_empty() { inputs.eval } else { a.eval.clone() };
-        let mut t = resume(&be, dir)?;
-        if let Some(s) = a.steps {
-            t.cfg.steps = s;
-        }
         let data = Dataset::load(&data_path)?;
-        eprintln!("resuming {} at step {} of {}", dir.display(), t.step, t.cfg.steps);
-        let opts = RunOptions {
-            run_dir: dir.clone(),
-            eval_sets: load_eval_sets(&eval, t.cfg.eval_limit)?,
-            stop_after: a.stop_after,
-            progress: true,
-        };
-        return run(&be, &mut t, &data, &opts);
+        return crate::with_backend!(a.device, |be| {
+            let mut t = resume(be, dir)?;
+            if let Some(s) = a.steps {
+                t.cfg.steps = s;
+            }
+            eprintln!("resuming {} at step {} of {} on {}", dir.display(), t.step, t.cfg.steps, be.name());
+            let opts = RunOptions {
+                run_dir: dir.clone(),
+                eval_sets: load_eval_sets(&eval, t.cfg.eval_limit)?,
+                stop_after: a.stop_after,
+                progress: true,
+            };
+            run(be, &mut t, &data, &opts)
+        });
     }
     let (Some(data_path), Some(out)) = (&a.data, &a.out) else {
         bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
@@ -195,8 +199,11 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         stop_after: a.stop_after,
         progress: true,
     };
-    let mut t = Trainer::new(&be, cfg, &params);
-    run(&be, &mut t, &data, &opts)
+    crate::with_backend!(a.device, |be| {
+        eprintln!("device: {}", be.name());
+        let mut t = Trainer::new(be, cfg, &params);
+        run(be, &mut t, &data, &opts)
+    })
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -235,12 +242,14 @@ pub struct DemoArgs {
     pub pos_encodings: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 /// The demo: make k-blank puzzles, train the small model on the CPU, evaluate on held-out
 /// puzzles of the same difficulty.
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
-    let be = Cpu;
     let mut model = ModelConfig::preset(&a.preset)?;
     if let Some(p) = &a.pos_encodings {
         model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
@@ -303,8 +312,11 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         &held_out.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
         "held-out demo puzzles (never trained on)",
     )?;
-    let mut t = Trainer::new(&be, cfg, &params);
-    let summary = run(&be, &mut t, &data, &opts)?;
+    let summary = crate::with_backend!(a.device, |be| {
+        eprintln!("device: {}", be.name());
+        let mut t = Trainer::new(be, cfg, &params);
+        run(be, &mut t, &data, &opts)?
+    });
     print!("{}", report_table(&summary.last_eval));
     if let Some(c) = &summary.last_checkpoint {
         println!("model: {}", c.join("model.safetensors").display());

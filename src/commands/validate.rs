@@ -3,7 +3,7 @@
 
 use crate::act::{Batch, Carry, eval_step, train_step};
 use crate::backend::Backend;
-use crate::backend::cpu::Cpu;
+use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::{NamedTensor, TensorFile, load_checkpoint, write_tensors};
@@ -50,7 +50,7 @@ pub fn forward_outputs<B: Backend>(
     params: &HostParams,
     batch: &Batch,
     segments: usize,
-) -> Vec<NamedTensor> {
+) -> Result<Vec<NamedTensor>> {
     let model = Hrm::new(be, cfg, params);
     let b = batch.len();
     let mut carry = Carry::fresh(be, &model, b);
@@ -66,16 +66,17 @@ pub fn forward_outputs<B: Backend>(
     let heads = last.expect("segments >= 1");
     let (s, d) = (cfg.total_seq_len(), cfg.hidden_size);
     let mut out = vec![
-        NamedTensor::f32("logits", vec![b, cfg.seq_len, cfg.vocab_size], be.download(&heads.logits)),
+        NamedTensor::f32("logits", vec![b, cfg.seq_len, cfg.vocab_size], be.download_act(&heads.logits)),
         NamedTensor::f32("q_halt_logits", vec![b], heads.q_halt),
         NamedTensor::f32("q_continue_logits", vec![b], heads.q_continue),
-        NamedTensor::f32("z_H", vec![b, s, d], be.download(&carry.z_h)),
-        NamedTensor::f32("z_L", vec![b, s, d], be.download(&carry.z_l)),
+        NamedTensor::f32("z_H", vec![b, s, d], be.download_act(&carry.z_h)),
+        NamedTensor::f32("z_L", vec![b, s, d], be.download_act(&carry.z_l)),
     ];
     if batch.labels.is_some() {
         out.push(NamedTensor::u8("exact_correct_per_segment", vec![segments, b], exact));
     }
-    out
+    be.check()?;
+    Ok(out)
 }
 
 /// One training step from a fresh carry with exploration disabled: the three loss terms
@@ -86,7 +87,7 @@ pub fn grad_outputs<B: Backend>(
     cfg: &ModelConfig,
     params: &HostParams,
     batch: &Batch,
-) -> Vec<NamedTensor> {
+) -> Result<Vec<NamedTensor>> {
     let model = Hrm::new(be, cfg, params);
     let b = batch.len();
     let mut carry = Carry::fresh(be, &model, b);
@@ -103,10 +104,11 @@ pub fn grad_outputs<B: Backend>(
     ];
     for (spec, g) in tensor_specs(cfg).into_iter().zip(grads.tensors()) {
         if spec.kind != TensorKind::Buffer {
-            out.push(NamedTensor::f32(spec.name, spec.shape, be.download(g)));
+            out.push(NamedTensor::f32(spec.name, spec.shape, be.download_f32(g)));
         }
     }
-    out
+    be.check()?;
+    Ok(out)
 }
 
 /// `hrm forward`
@@ -116,13 +118,14 @@ pub fn run_forward(
     batch: &Path,
     segments: usize,
     out: &Path,
+    device: DeviceChoice,
 ) -> Result<()> {
     if segments == 0 {
         bail!("--segments must be at least 1");
     }
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch = load_batch(batch, &cfg)?;
-    let tensors = forward_outputs(&Cpu, &cfg, &params, &batch, segments);
+    let tensors = crate::with_backend!(device, |be| forward_outputs(be, &cfg, &params, &batch, segments)?);
     write_tensors(out, &tensors, None)?;
     if let Some(t) = tensors.iter().find(|t| t.name == "exact_correct_per_segment")
         && let crate::model::checkpoint::TensorData::U8(v) = &t.data
@@ -139,13 +142,19 @@ pub fn run_forward(
 }
 
 /// `hrm grad`
-pub fn run_grad(checkpoint: &Path, config: Option<&Path>, batch: &Path, out: &Path) -> Result<()> {
+pub fn run_grad(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    batch: &Path,
+    out: &Path,
+    device: DeviceChoice,
+) -> Result<()> {
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch_data = load_batch(batch, &cfg)?;
     if batch_data.labels.is_none() {
         bail!("{}: `hrm grad` needs a 'labels' tensor in the batch", batch.display());
     }
-    let tensors = grad_outputs(&Cpu, &cfg, &params, &batch_data);
+    let tensors = crate::with_backend!(device, |be| grad_outputs(be, &cfg, &params, &batch_data)?);
     write_tensors(out, &tensors, None)?;
     eprintln!("wrote {}", out.display());
     Ok(())

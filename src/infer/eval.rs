@@ -6,6 +6,7 @@
 use crate::act::{Batch, Carry, eval_step};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
+use anyhow::Result;
 use serde::Serialize;
 
 /// One puzzle as token ids (inputs 1..10, labels 2..10; see the spec).
@@ -45,7 +46,7 @@ pub fn predict<B: Backend>(
     examples: &[Example],
     batch_size: usize,
     mut on_batch: impl FnMut(usize),
-) -> Predictions {
+) -> Result<Predictions> {
     let cfg = &model.cfg;
     let n = cfg.seq_len;
     let segments = cfg.halt_max_steps;
@@ -74,9 +75,10 @@ pub fn predict<B: Backend>(
         out.tokens.extend(scored.argmax.iter());
         out.q_halt.extend(&heads.q_halt);
         out.q_continue.extend(&heads.q_continue);
+        be.check()?;
         on_batch(b);
     }
-    out
+    Ok(out)
 }
 
 /// Evaluate `examples` (named `name`).
@@ -87,8 +89,8 @@ pub fn evaluate<B: Backend>(
     examples: &[Example],
     batch_size: usize,
     on_batch: impl FnMut(usize),
-) -> EvalReport {
-    let p = predict(be, model, examples, batch_size, on_batch);
+) -> Result<EvalReport> {
+    let p = predict(be, model, examples, batch_size, on_batch)?;
     let n = model.cfg.seq_len;
     let count = examples.len().max(1) as f64;
     let (mut cells, mut cells_ok, mut blanks, mut blanks_ok) = (0usize, 0usize, 0usize, 0usize);
@@ -106,7 +108,7 @@ pub fn evaluate<B: Backend>(
         }
     }
     let last = p.exact_per_segment.last().cloned().unwrap_or_default();
-    EvalReport {
+    Ok(EvalReport {
         name: name.to_string(),
         puzzles: examples.len(),
         exact_accuracy: last.iter().filter(|&&e| e).count() as f64 / count,
@@ -118,5 +120,5 @@ pub fn evaluate<B: Backend>(
             .map(|s| s.iter().filter(|&&e| e).count() as f64 / count)
             .collect(),
         act_halt_fraction: p.q_halt.iter().zip(&p.q_continue).filter(|(h, c)| h > c).count() as f64 / count,
-    }
+    })
 }

@@ -62,8 +62,8 @@ pub fn complete_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-fn host_of<B: Backend>(be: &B, cfg: &TrainConfig, set: &crate::model::ParamSet<B::Buf>) -> HostParams {
-    set.map(&cfg.model, |_, t| be.download(t))
+fn host_of<B: Backend>(be: &B, cfg: &TrainConfig, set: &crate::model::ParamSet<B::F32>) -> HostParams {
+    set.map(&cfg.model, |_, t| be.download_f32(t))
 }
 
 /// Write a checkpoint of `t` into `run`, then drop complete checkpoints beyond the newest
@@ -97,8 +97,8 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = vec![b, cfg.model.total_seq_len(), cfg.model.hidden_size];
     let c = &t.carry;
-    tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), be.download(&c.z_h)));
-    tensors.push(NamedTensor::f32("carry.z_L", zshape, be.download(&c.z_l)));
+    tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), be.download_act(&c.z_h)));
+    tensors.push(NamedTensor::f32("carry.z_L", zshape, be.download_act(&c.z_l)));
     tensors.push(NamedTensor::i32("carry.steps", vec![b], c.steps.iter().map(|&s| s as i32).collect()));
     tensors.push(NamedTensor::u8("carry.halted", vec![b], c.halted.iter().map(|&h| h as u8).collect()));
     tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], c.data.inputs.clone()));
@@ -164,7 +164,7 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     };
     let params = load_set("param")?;
     let model = Hrm::new(be, &cfg.model, &params);
-    let upload = |h: HostParams| h.map(&cfg.model, |_, t| be.upload(t));
+    let upload = |h: HostParams| h.map(&cfg.model, |_, t| be.upload_f32(t));
     let opt = Optimizer {
         step: meta.optimizer_step,
         m: upload(load_set("adam_m")?),
@@ -177,8 +177,8 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = [b, cfg.model.total_seq_len(), cfg.model.hidden_size];
     let carry = Carry {
-        z_h: be.upload(&f.f32("carry.z_H", Some(&zshape))?),
-        z_l: be.upload(&f.f32("carry.z_L", Some(&zshape))?),
+        z_h: be.upload_act(&f.f32("carry.z_H", Some(&zshape))?),
+        z_l: be.upload_act(&f.f32("carry.z_L", Some(&zshape))?),
         steps: f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect(),
         halted: f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect(),
         data: Batch {

@@ -64,7 +64,7 @@ pub struct Trainer<B: Backend> {
     pub cfg: TrainConfig,
     pub model: Hrm<B>,
     pub opt: Optimizer<B>,
-    pub ema: Option<ParamSet<B::Buf>>,
+    pub ema: Option<ParamSet<B::F32>>,
     pub carry: Carry<B>,
     pub sampler: Sampler,
     pub explore_rng: ChaCha8Rng,
@@ -80,7 +80,7 @@ impl<B: Backend> Trainer<B> {
     pub fn new(be: &B, cfg: TrainConfig, params: &HostParams) -> Self {
         let model = Hrm::new(be, &cfg.model, params);
         let opt = Optimizer::new(be, &model);
-        let ema = cfg.ema.map(|_| params.map(&cfg.model, |_, t| be.upload(t)));
+        let ema = cfg.ema.map(|_| params.map(&cfg.model, |_, t| be.upload_f32(t)));
         let carry = Carry::fresh(be, &model, cfg.batch_size);
         Trainer {
             sampler: Sampler::new(cfg.seed),
@@ -118,6 +118,7 @@ impl<B: Backend> Trainer<B> {
         let mut grads = self.model.zero_grads(be);
         let st = train_step(be, &self.model, &mut self.carry, &batch, &min_halt, b, &mut grads);
         let step = self.step + 1;
+        be.check().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
         if !st.total_loss().is_finite() {
             bail!(
                 "step {step}: non-finite loss (lm {}, q_halt {}, q_continue {}); stopping before the update",
@@ -140,6 +141,7 @@ impl<B: Backend> Trainer<B> {
                 be.ema_update(e, p, decay as f32);
             }
         }
+        be.check().map_err(|e| e.context(format!("step {step}: optimizer on the {} backend", be.name())))?;
         self.step = step;
         Ok(st)
     }
@@ -147,7 +149,7 @@ impl<B: Backend> Trainer<B> {
     /// The weights to evaluate and export: the EMA when enabled, else the live parameters.
     pub fn eval_params(&self, be: &B) -> HostParams {
         match &self.ema {
-            Some(e) => e.map(&self.cfg.model, |_, t| be.download(t)),
+            Some(e) => e.map(&self.cfg.model, |_, t| be.download_f32(t)),
             None => self.model.to_host(be),
         }
     }

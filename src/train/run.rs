@@ -60,7 +60,7 @@ pub fn eval_all<B: Backend>(
     model: &Hrm<B>,
     sets: &[(String, Vec<Example>)],
     batch: usize,
-) -> Vec<EvalReport> {
+) -> Result<Vec<EvalReport>> {
     sets.iter().map(|(name, ex)| evaluate(be, model, name, ex, batch, |_| {})).collect()
 }
 
@@ -92,6 +92,8 @@ pub fn run<B: Backend>(
         ..Default::default()
     };
     let tokens_per_step = (t.cfg.batch_size * t.cfg.model.total_seq_len()) as f64;
+    let flops_per_step = crate::hrm::flops::train_step(&t.cfg.model, t.cfg.batch_size);
+    let peak = be.peak_flops();
     let start = Instant::now();
     let mut window = Window::default();
     let mut window_start = Instant::now();
@@ -122,7 +124,9 @@ pub fn run<B: Backend>(
             let per = |x: f64| x / (w.steps as f64 * t.cfg.batch_size as f64);
             let cnt = w.count.max(1) as f64;
             let (lr, _) = t.lrs(t.step);
-            let line = json!({
+            let flops_per_s = w.steps as f64 * flops_per_step / secs;
+            let mfu = peak.map(|p| flops_per_s / p);
+            let mut line = json!({
                 "kind": "train", "step": t.step, "lr": lr,
                 "lm_loss": per(w.lm), "q_halt_loss": per(w.qh), "q_continue_loss": per(w.qc),
                 "accuracy": w.acc / cnt, "exact_accuracy": w.exact as f64 / cnt,
@@ -130,10 +134,15 @@ pub fn run<B: Backend>(
                 "count": w.count, "steps_per_s": w.steps as f64 / secs,
                 "tokens_per_s": w.steps as f64 * tokens_per_step / secs,
                 "elapsed_s": start.elapsed().as_secs_f64(),
+                "tflops": flops_per_s / 1e12,
             });
+            if let Some(m) = mfu {
+                line["mfu"] = json!(m);
+            }
             append_jsonl(&metrics, &line)?;
+            let mfu_text = mfu.map_or(String::new(), |m| format!(" MFU {:.1}%", 100.0 * m));
             bar.set_message(format!(
-                "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s",
+                "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s{mfu_text}",
                 per(w.lm),
                 per(w.qh),
                 per(w.qc),
@@ -149,7 +158,7 @@ pub fn run<B: Backend>(
             && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps)
         {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
-            let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size);
+            let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size)?;
             for r in &reports {
                 let mut v = serde_json::to_value(r)?;
                 v["kind"] = json!("eval");

@@ -3,6 +3,7 @@
 //! kernels are validated against; one file per op, forward and backward side by side.
 
 pub mod attention;
+pub mod bf16;
 pub mod embed;
 pub mod linear;
 pub mod loss;
@@ -12,6 +13,7 @@ pub mod rope;
 pub mod swiglu;
 
 use super::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// The f32 CPU backend (threads from rayon's global pool).
@@ -19,32 +21,49 @@ use rayon::prelude::*;
 pub struct Cpu;
 
 impl Backend for Cpu {
-    type Buf = Vec<f32>;
-    type IBuf = Vec<i32>;
+    type Act = Vec<f32>;
+    type Param = Vec<f32>;
+    type F32 = Vec<f32>;
+    type I32 = Vec<i32>;
 
     fn name(&self) -> &'static str {
         "cpu"
     }
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
     fn zeros(&self, n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
-    fn upload(&self, host: &[f32]) -> Vec<f32> {
+    fn upload_act(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
     }
-    fn download(&self, buf: &Vec<f32>) -> Vec<f32> {
+    fn download_act(&self, buf: &Vec<f32>) -> Vec<f32> {
         buf.clone()
     }
-    fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
-        host.to_vec()
-    }
-    fn len(&self, buf: &Vec<f32>) -> usize {
+    fn act_len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }
     fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
         dst.copy_from_slice(src);
     }
-    fn fill_zero(&self, buf: &mut Vec<f32>) {
-        buf.fill(0.0);
+    fn upload_param(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download_param(&self, p: &Vec<f32>) -> Vec<f32> {
+        p.clone()
+    }
+    fn zeros_f32(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload_f32(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download_f32(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
+        host.to_vec()
     }
     fn all_finite(&self, buf: &Vec<f32>) -> bool {
         buf.par_chunks(1 << 14).all(|c| c.iter().all(|v| v.is_finite()))
@@ -122,6 +141,44 @@ impl Backend for Cpu {
         dout: usize,
     ) {
         linear::linear_bwd_w(dy, x, dw, rows, din, dout);
+    }
+    fn q_head_fwd(
+        &self,
+        z_h: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: &Vec<f32>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut q_in = vec![0.0; batch * d];
+        self.gather_positions(z_h, &mut q_in, seq, 0, 1, d);
+        let mut q = vec![0.0; batch * 2];
+        linear::linear_fwd(&q_in, w, &mut q, batch, d, 2);
+        (q.chunks(2).map(|r| r[0] + bias[0]).collect(), q.chunks(2).map(|r| r[1] + bias[1]).collect())
+    }
+    fn q_head_bwd(
+        &self,
+        dq_halt: &[f32],
+        dq_continue: &[f32],
+        z_h: &Vec<f32>,
+        w: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        dbias: &mut Vec<f32>,
+        dz_h: &mut Vec<f32>,
+        seq: usize,
+        d: usize,
+    ) {
+        let batch = dq_halt.len();
+        let dq: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
+        let mut q_in = vec![0.0; batch * d];
+        self.gather_positions(z_h, &mut q_in, seq, 0, 1, d);
+        linear::linear_bwd_w(&dq, &q_in, dw, batch, d, 2);
+        dbias[0] += dq_halt.iter().sum::<f32>();
+        dbias[1] += dq_continue.iter().sum::<f32>();
+        let mut dq_in = vec![0.0; batch * d];
+        linear::linear_bwd_x(&dq, w, &mut dq_in, batch, d, 2, false);
+        self.scatter_add_positions(&dq_in, dz_h, seq, 0, 1, d);
     }
     fn add_rms_norm_fwd(
         &self,

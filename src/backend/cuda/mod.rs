@@ -5,10 +5,14 @@
 //! (a stand-in `libcuda.so`/`libcublasLt.so` running the same kernel sources compiled for the
 //! host) is loaded in place of the driver, so the same launch code runs in CI.
 
+pub mod act;
+pub mod attention;
+pub mod backend;
 pub mod device;
 pub mod gemm;
 pub mod kernels;
 pub mod module;
 
+pub use backend::{Cuda, CudaParam};
 pub use device::{CudaDevice, DeviceKind};
 pub use gemm::Gemm;

@@ -1,0 +1,269 @@
+//! `CpuBf16`: the CPU backend with bf16 rounding at the points where the CUDA backend stores
+//! bf16: every activation an op writes, and the weights the GEMMs read (the bf16 shadow).
+//! Math inside an op stays f32, as in the kernels (f32 accumulation).
+//!
+//! It is the yardstick of the parity tests (the flash-attention rule): the CUDA path's error
+//! against the f32 reference must be at most a small multiple of this backend's error against
+//! the same reference, so a kernel is judged against what bf16 storage costs by itself.
+
+use super::Cpu;
+use crate::backend::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use anyhow::Result;
+use half::bf16;
+
+/// The f32 CPU backend, rounding stored activations and GEMM weights to bf16.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBf16;
+
+/// Rounds every element to the nearest bf16 (ties to even), in place.
+pub fn round_bf16(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32());
+}
+
+fn rounded(x: &[f32]) -> Vec<f32> {
+    let mut v = x.to_vec();
+    round_bf16(&mut v);
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Backend for CpuBf16 {
+    type Act = Vec<f32>;
+    type Param = Vec<f32>;
+    type F32 = Vec<f32>;
+    type I32 = Vec<i32>;
+
+    fn name(&self) -> &'static str {
+        "cpu-bf16"
+    }
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    fn zeros(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload_act(&self, host: &[f32]) -> Vec<f32> {
+        rounded(host)
+    }
+    fn download_act(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn act_len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
+        dst.copy_from_slice(src);
+    }
+    fn upload_param(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download_param(&self, p: &Vec<f32>) -> Vec<f32> {
+        p.clone()
+    }
+    fn zeros_f32(&self, n: usize) -> Vec<f32> {
+        vec![0.0; n]
+    }
+    fn upload_f32(&self, host: &[f32]) -> Vec<f32> {
+        host.to_vec()
+    }
+    fn download_f32(&self, buf: &Vec<f32>) -> Vec<f32> {
+        buf.clone()
+    }
+    fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
+        host.to_vec()
+    }
+    fn all_finite(&self, buf: &Vec<f32>) -> bool {
+        Cpu.all_finite(buf)
+    }
+    fn ema_update(&self, ema: &mut Vec<f32>, p: &Vec<f32>, decay: f32) {
+        Cpu.ema_update(ema, p, decay)
+    }
+    fn add(&self, a: &Vec<f32>, b: &Vec<f32>, out: &mut Vec<f32>) {
+        Cpu.add(a, b, out);
+        round_bf16(out);
+    }
+    fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
+        Cpu.add_inplace(a, b);
+        round_bf16(a);
+    }
+    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, mask: &[bool], width: usize) {
+        Cpu.reset_rows(z, &rounded(init), mask, width);
+    }
+    fn gather_positions(&self, src: &Vec<f32>, dst: &mut Vec<f32>, seq: usize, start: usize, n: usize, w: usize) {
+        Cpu.gather_positions(src, dst, seq, start, n, w);
+    }
+    fn scatter_add_positions(
+        &self,
+        ddst: &Vec<f32>,
+        dsrc: &mut Vec<f32>,
+        seq: usize,
+        start: usize,
+        n: usize,
+        w: usize,
+    ) {
+        Cpu.scatter_add_positions(ddst, dsrc, seq, start, n, w);
+        round_bf16(dsrc);
+    }
+    fn linear_fwd(&self, x: &Vec<f32>, w: &Vec<f32>, y: &mut Vec<f32>, rows: usize, din: usize, dout: usize) {
+        Cpu.linear_fwd(x, &rounded(w), y, rows, din, dout);
+        round_bf16(y);
+    }
+    fn linear_bwd_x(
+        &self,
+        dy: &Vec<f32>,
+        w: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        rows: usize,
+        din: usize,
+        dout: usize,
+        acc: bool,
+    ) {
+        Cpu.linear_bwd_x(dy, &rounded(w), dx, rows, din, dout, acc);
+        round_bf16(dx);
+    }
+    fn linear_bwd_w(&self, dy: &Vec<f32>, x: &Vec<f32>, dw: &mut Vec<f32>, rows: usize, din: usize, dout: usize) {
+        Cpu.linear_bwd_w(dy, x, dw, rows, din, dout);
+    }
+    fn q_head_fwd(
+        &self,
+        z_h: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: &Vec<f32>,
+        batch: usize,
+        seq: usize,
+        d: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        Cpu.q_head_fwd(z_h, w, bias, batch, seq, d)
+    }
+    fn q_head_bwd(
+        &self,
+        dq_halt: &[f32],
+        dq_continue: &[f32],
+        z_h: &Vec<f32>,
+        w: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        dbias: &mut Vec<f32>,
+        dz_h: &mut Vec<f32>,
+        seq: usize,
+        d: usize,
+    ) {
+        Cpu.q_head_bwd(dq_halt, dq_continue, z_h, w, dw, dbias, dz_h, seq, d);
+        round_bf16(dz_h);
+    }
+    fn add_rms_norm_fwd(
+        &self,
+        x: &Vec<f32>,
+        r: &Vec<f32>,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        d: usize,
+        eps: f32,
+    ) {
+        Cpu.add_rms_norm_fwd(x, r, y, rstd, d, eps);
+        round_bf16(y);
+    }
+    fn rms_norm_bwd(&self, dy: &Vec<f32>, y: &Vec<f32>, rstd: &Vec<f32>, dx: &mut Vec<f32>, d: usize) {
+        Cpu.rms_norm_bwd(dy, y, rstd, dx, d);
+        round_bf16(dx);
+    }
+    fn swiglu_fwd(&self, gate_up: &Vec<f32>, out: &mut Vec<f32>, inter: usize) {
+        Cpu.swiglu_fwd(gate_up, out, inter);
+        round_bf16(out);
+    }
+    fn swiglu_bwd(&self, dout: &Vec<f32>, gate_up: &Vec<f32>, dgate_up: &mut Vec<f32>, inter: usize) {
+        Cpu.swiglu_bwd(dout, gate_up, dgate_up, inter);
+        round_bf16(dgate_up);
+    }
+    fn rope_fwd(&self, qkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, seq: usize, heads: usize, hd: usize) {
+        Cpu.rope_fwd(qkv, cos, sin, seq, heads, hd);
+        round_bf16(qkv);
+    }
+    fn rope_bwd(&self, dqkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, seq: usize, heads: usize, hd: usize) {
+        Cpu.rope_bwd(dqkv, cos, sin, seq, heads, hd);
+        round_bf16(dqkv);
+    }
+    fn attention_fwd(
+        &self,
+        qkv: &Vec<f32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        Cpu.attention_fwd(qkv, out, lse, b, s, h, hd);
+        round_bf16(out);
+    }
+    fn attention_bwd(
+        &self,
+        qkv: &Vec<f32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dqkv: &mut Vec<f32>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        Cpu.attention_bwd(qkv, out, lse, dout, dqkv, b, s, h, hd);
+        round_bf16(dqkv);
+    }
+    fn embed_fwd(
+        &self,
+        tokens: &Vec<i32>,
+        puzzle_ids: &Vec<i32>,
+        embed_w: &Vec<f32>,
+        puzzle_w: Option<&Vec<f32>>,
+        pos_w: Option<&Vec<f32>>,
+        out: &mut Vec<f32>,
+        dims: &EmbedDims,
+    ) {
+        Cpu.embed_fwd(tokens, puzzle_ids, embed_w, puzzle_w, pos_w, out, dims);
+        round_bf16(out);
+    }
+    fn embed_bwd(
+        &self,
+        dx: &Vec<f32>,
+        tokens: &Vec<i32>,
+        puzzle_ids: &Vec<i32>,
+        dembed_w: &mut Vec<f32>,
+        dpuzzle_w: Option<&mut Vec<f32>>,
+        dpos_w: Option<&mut Vec<f32>>,
+        dims: &EmbedDims,
+    ) {
+        Cpu.embed_bwd(dx, tokens, puzzle_ids, dembed_w, dpuzzle_w, dpos_w, dims);
+    }
+    fn lm_loss(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: Option<&mut Vec<f32>>,
+    ) -> LmLossOut {
+        let with_grad = dlogits.is_some();
+        let mut d = dlogits;
+        let out = Cpu.lm_loss(logits, labels, vocab, seq, grad_scale, d.as_deref_mut());
+        if with_grad && let Some(d) = d {
+            round_bf16(d);
+        }
+        out
+    }
+    fn adam_atan2_step(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        step: u32,
+        h: &AdamHyper,
+    ) {
+        Cpu.adam_atan2_step(p, g, m, v, step, h);
+    }
+    fn sign_sgd_step(&self, w: &mut Vec<f32>, g: &Vec<f32>, touched: &[bool], row_len: usize, lr: f32, wd: f32) {
+        Cpu.sign_sgd_step(w, g, touched, row_len, lr, wd);
+    }
+}

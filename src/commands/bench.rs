@@ -1,0 +1,175 @@
+//! `hrm bench`: the speed of a whole training step and of 16-segment inference on the chosen
+//! backend, on random puzzles (timing does not depend on the data): ms per step, tokens/s,
+//! achieved TFLOP/s (matrix products, `crate::hrm::flops`), MFU against the device's peak, and
+//! device memory in use. The per-kernel figures come from the criterion benches.
+
+use crate::act::{Batch, Carry, eval_step};
+use crate::backend::{Backend, DeviceChoice};
+use crate::config::ModelConfig;
+use crate::hrm::{Hrm, flops};
+use crate::model::HostParams;
+use crate::model::checkpoint::write_atomic;
+use crate::train::sampler::VecSource;
+use crate::train::{TrainConfig, Trainer};
+use anyhow::{Result, bail};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Model preset (sudoku, small, demo, tiny).
+    #[arg(long, default_value = "sudoku")]
+    pub preset: String,
+    /// Architecture JSON (overrides --preset).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training batch size.
+    #[arg(long, default_value_t = 768)]
+    pub batch_size: usize,
+    /// Timed training steps (after --warmup untimed ones).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Inference batch size (0 = skip inference).
+    #[arg(long, default_value_t = 768)]
+    pub infer_batch_size: usize,
+    /// Timed inference batches (each runs all halt_max_steps segments).
+    #[arg(long, default_value_t = 2)]
+    pub infer_batches: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+/// The measured figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub preset: String,
+    pub batch_size: usize,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    pub step_tflop: f64,
+    pub tflops: f64,
+    pub mfu: Option<f64>,
+    pub infer_batch_size: usize,
+    pub infer_segments: usize,
+    /// Puzzles run through all segments per second.
+    pub infer_puzzles_per_s: f64,
+    pub infer_tflops: f64,
+    pub device_memory_bytes: Option<u64>,
+}
+
+fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let len = n * cfg.seq_len;
+    VecSource {
+        seq_len: cfg.seq_len,
+        inputs: (0..len).map(|_| rng.gen_range(1..cfg.vocab_size as u8)).collect(),
+        labels: (0..len).map(|_| rng.gen_range(2..cfg.vocab_size as u8)).collect(),
+        group_offsets: (0..=n).collect(),
+    }
+}
+
+fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchReport> {
+    let params = HostParams::init(cfg, &mut crate::rng::seeded(0));
+    let mut tc = TrainConfig::new(cfg.clone());
+    tc.batch_size = a.batch_size;
+    tc.steps = (a.warmup + a.steps) as u64;
+    let data = random_source(cfg, a.batch_size * 4, 1);
+    let mut t = Trainer::new(be, tc, &params);
+    for _ in 0..a.warmup {
+        t.train_step(be, &data)?;
+    }
+    be.check()?;
+    let start = Instant::now();
+    for _ in 0..a.steps {
+        t.train_step(be, &data)?;
+    }
+    be.check()?;
+    let step_s = start.elapsed().as_secs_f64() / a.steps.max(1) as f64;
+    let step_flop = flops::train_step(cfg, a.batch_size);
+
+    let segments = cfg.halt_max_steps;
+    let (mut puzzles_per_s, mut infer_tflops) = (0.0, 0.0);
+    if a.infer_batch_size > 0 && a.infer_batches > 0 {
+        let model = Hrm::new(be, cfg, &params);
+        let b = a.infer_batch_size;
+        let src = random_source(cfg, b, 2);
+        let batch = Batch {
+            inputs: src.inputs.iter().map(|&x| x as i32).collect(),
+            puzzle_ids: vec![0; b],
+            labels: Some(src.labels.iter().map(|&x| x as i32).collect()),
+        };
+        let run_once = || -> Result<()> {
+            let mut carry = Carry::fresh(be, &model, b);
+            for _ in 0..segments {
+                eval_step(be, &model, &mut carry, &batch);
+            }
+            be.check()
+        };
+        run_once()?; // warm-up: GEMM plans, allocator
+        let start = Instant::now();
+        for _ in 0..a.infer_batches {
+            run_once()?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        puzzles_per_s = (a.infer_batches * b) as f64 / secs;
+        infer_tflops = a.infer_batches as f64 * segments as f64 * flops::segment_forward(cfg, b) / secs / 1e12;
+    }
+    Ok(BenchReport {
+        backend: be.name().to_string(),
+        preset: a.config.as_ref().map_or(a.preset.clone(), |p| p.display().to_string()),
+        batch_size: a.batch_size,
+        step_ms: 1e3 * step_s,
+        tokens_per_s: (a.batch_size * cfg.total_seq_len()) as f64 / step_s,
+        step_tflop: step_flop / 1e12,
+        tflops: step_flop / step_s / 1e12,
+        mfu: be.peak_flops().map(|p| step_flop / step_s / p),
+        infer_batch_size: a.infer_batch_size,
+        infer_segments: segments,
+        infer_puzzles_per_s: puzzles_per_s,
+        infer_tflops,
+        device_memory_bytes: be.device_memory_used(),
+    })
+}
+
+pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
+    if a.batch_size == 0 || a.steps == 0 {
+        bail!("--batch-size and --steps must be at least 1");
+    }
+    let cfg = match &a.config {
+        Some(p) => ModelConfig::from_json_file(p)?,
+        None => ModelConfig::preset(&a.preset)?,
+    };
+    cfg.validate()?;
+    let r = crate::with_backend!(a.device, |be| bench(be, a, &cfg)?);
+    println!("backend {} | {} | batch {}", r.backend, r.preset, r.batch_size);
+    println!(
+        "train step: {:.2} ms, {:.0} tokens/s, {:.2} TFLOP/step, {:.2} TFLOP/s{}",
+        r.step_ms,
+        r.tokens_per_s,
+        r.step_tflop,
+        r.tflops,
+        r.mfu.map_or(String::new(), |m| format!(", MFU {:.1}% of 989 TFLOP/s", 100.0 * m))
+    );
+    if r.infer_batch_size > 0 {
+        println!(
+            "inference: {:.1} puzzles/s ({} segments, batch {}), {:.2} TFLOP/s",
+            r.infer_puzzles_per_s, r.infer_segments, r.infer_batch_size, r.infer_tflops
+        );
+    }
+    if let Some(m) = r.device_memory_bytes {
+        println!("device memory in use: {:.2} GiB", m as f64 / (1u64 << 30) as f64);
+    }
+    if let Some(j) = &a.json {
+        write_atomic(j, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    }
+    Ok(r)
+}

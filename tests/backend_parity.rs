@@ -1,0 +1,259 @@
+//! The CUDA backend against the f32 CPU reference on the tiny configs: forward after 1 and 16
+//! segments, the gradient of one training step, and 20 training steps (loss curve, halting
+//! decisions). Runs on a GPU when present, else on the CPU emulation (CI); never skipped in CI
+//! (`HRM_REQUIRE_NVCC=1` makes a missing device a failure).
+//!
+//! The bound (flash-attention's rule): the CUDA path stores activations and GEMM weights in
+//! bf16, so its error against the f32 reference is judged against the error of the same math
+//! done on the CPU with bf16 rounding at the same points (`CpuBf16`):
+//!     err(cuda) <= 2 * err(cpu-bf16) + floor.
+//! Both run the same sequence of roundings; the CUDA path differs in summation order (GEMM
+//! tiles, block reductions) and in where f32 intermediates are kept, which moves each rounding
+//! by at most one bf16 ulp, so its error is of the same size as the yardstick's, not larger by
+//! more than a small factor. The floor (stated per quantity below, a fraction of the reference's
+//! RMS) covers quantities whose yardstick error happens to be near zero. A wrong kernel (a
+//! missing term, a transposed index) is off by O(1) of the RMS and fails by orders of magnitude.
+
+use hrm::act::{Batch, Carry, eval_step};
+use hrm::backend::Backend;
+use hrm::backend::cpu::Cpu;
+use hrm::backend::cpu::bf16::CpuBf16;
+use hrm::backend::cuda::{Cuda, CudaDevice};
+use hrm::commands::grad_outputs;
+use hrm::config::ModelConfig;
+use hrm::hrm::Hrm;
+use hrm::model::HostParams;
+use hrm::model::checkpoint::TensorData;
+use hrm::train::sampler::VecSource;
+use hrm::train::{TrainConfig, Trainer};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn cuda(test: &str) -> Option<Cuda> {
+    CudaDevice::for_tests(test).map(Cuda::new)
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+fn max_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| if g.is_finite() { (*g as f64 - *w as f64).abs() } else { f64::INFINITY })
+        .fold(0.0, f64::max)
+}
+
+/// Asserts the rule above for one quantity; returns err(cuda) / bound.
+fn assert_rule(what: &str, cuda: &[f32], sim: &[f32], reference: &[f32], floor_frac: f64) -> f64 {
+    assert!(reference.iter().all(|v| v.is_finite()), "{what}: reference not finite");
+    let (e_cuda, e_sim) = (max_err(cuda, reference), max_err(sim, reference));
+    let floor = floor_frac * rms(reference);
+    let bound = 2.0 * e_sim + floor;
+    eprintln!("{what}: err cuda {e_cuda:.3e}, err cpu-bf16 {e_sim:.3e}, floor {floor:.3e}");
+    assert!(e_cuda <= bound, "{what}: CUDA error {e_cuda:e} > 2 x {e_sim:e} (bf16 CPU) + {floor:e}");
+    e_cuda / bound
+}
+
+fn random_batch(rng: &mut ChaCha8Rng, b: usize, ids: usize) -> Batch {
+    Batch {
+        inputs: (0..b * 81).map(|_| rng.gen_range(1..11)).collect(),
+        puzzle_ids: (0..b).map(|i| (i % ids) as i32).collect(),
+        labels: Some((0..b * 81).map(|i| if i % 37 == 5 { 0 } else { rng.gen_range(2..11) }).collect()),
+    }
+}
+
+/// Parameters with the zero-initialized tensors made non-trivial, and a q head whose margins
+/// q_halt - q_continue are O(1) and differ by row (so halting decisions are exercised).
+fn params(cfg: &ModelConfig, seed: u64) -> HostParams {
+    let mut p = HostParams::init(cfg, &mut hrm::rng::seeded(seed));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    if let Some(e) = p.puzzle_emb.as_mut() {
+        e.iter_mut().for_each(|v| *v = rng.gen_range(-0.5..0.5));
+    }
+    let d = cfg.hidden_size;
+    let scale = 2.0 / (d as f32).sqrt();
+    p.q_head_weight.iter_mut().for_each(|v| *v = rng.gen_range(-scale..scale));
+    p.q_head_bias = vec![0.1, -0.1];
+    p
+}
+
+struct Forward {
+    logits: Vec<f32>,
+    q_halt: Vec<f32>,
+    q_continue: Vec<f32>,
+    z_h: Vec<f32>,
+}
+
+fn forward<B: Backend>(be: &B, cfg: &ModelConfig, p: &HostParams, batch: &Batch, segments: usize) -> Forward {
+    let model = Hrm::new(be, cfg, p);
+    let mut carry = Carry::fresh(be, &model, batch.len());
+    let mut last = None;
+    for _ in 0..segments {
+        last = Some(eval_step(be, &model, &mut carry, batch).heads);
+    }
+    let h = last.unwrap();
+    be.check().unwrap();
+    Forward {
+        logits: be.download_act(&h.logits),
+        q_halt: h.q_halt,
+        q_continue: h.q_continue,
+        z_h: be.download_act(&carry.z_h),
+    }
+}
+
+fn check_forward(segments: usize) {
+    let Some(gpu) = cuda(&format!("backend_parity forward {segments}")) else {
+        return;
+    };
+    let cfg = ModelConfig::tiny();
+    let p = params(&cfg, 1);
+    let batch = random_batch(&mut ChaCha8Rng::seed_from_u64(2), 3, cfg.num_puzzle_identifiers);
+    let want = forward(&Cpu, &cfg, &p, &batch, segments);
+    let sim = forward(&CpuBf16, &cfg, &p, &batch, segments);
+    let got = forward(&gpu, &cfg, &p, &batch, segments);
+    let tag = |s: &str| format!("{s} after {segments} segment(s)");
+    assert_rule(&tag("logits"), &got.logits, &sim.logits, &want.logits, 1e-3);
+    assert_rule(&tag("z_H"), &got.z_h, &sim.z_h, &want.z_h, 1e-3);
+    assert_rule(&tag("q_halt"), &got.q_halt, &sim.q_halt, &want.q_halt, 1e-3);
+    assert_rule(&tag("q_continue"), &got.q_continue, &sim.q_continue, &want.q_continue, 1e-3);
+}
+
+#[test]
+fn forward_one_segment_matches_cpu() {
+    check_forward(1);
+}
+
+#[test]
+fn forward_sixteen_segments_matches_cpu() {
+    check_forward(16);
+}
+
+fn f32_of(t: &TensorData) -> Vec<f32> {
+    match t {
+        TensorData::F32(v) => v.clone(),
+        TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+        TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        #[allow(unreachable_patterns)]
+        _ => panic!("unexpected tensor type"),
+    }
+}
+
+#[test]
+fn gradient_of_one_step_matches_cpu() {
+    let Some(gpu) = cuda("backend_parity grad") else {
+        return;
+    };
+    let cfg = ModelConfig::tiny();
+    let p = params(&cfg, 3);
+    let batch = random_batch(&mut ChaCha8Rng::seed_from_u64(4), 3, cfg.num_puzzle_identifiers);
+    let want = grad_outputs(&Cpu, &cfg, &p, &batch).unwrap();
+    let sim = grad_outputs(&CpuBf16, &cfg, &p, &batch).unwrap();
+    let got = grad_outputs(&gpu, &cfg, &p, &batch).unwrap();
+    let mut compared = 0;
+    for ((w, s), g) in want.iter().zip(&sim).zip(&got) {
+        assert_eq!((&w.name, &w.name), (&s.name, &g.name));
+        let (wv, sv, gv) = (f32_of(&w.data), f32_of(&s.data), f32_of(&g.data));
+        if w.name == "halted" {
+            continue; // decisions: compared where the q margin is clear, in the training test
+        }
+        if rms(&wv) == 0.0 {
+            // e.g. the puzzle-embedding rows of ids not in the batch: exactly zero everywhere
+            assert_eq!(gv, wv, "{}: expected exact zeros", w.name);
+            continue;
+        }
+        assert_rule(&w.name, &gv, &sv, &wv, 2e-3);
+        compared += 1;
+    }
+    assert!(compared >= 20, "only {compared} tensors compared");
+}
+
+fn train_data() -> VecSource {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (groups, per) = (6, 2);
+    let n = groups * per * 81;
+    VecSource {
+        seq_len: 81,
+        inputs: (0..n).map(|_| rng.gen_range(1..11)).collect(),
+        labels: (0..n).map(|_| rng.gen_range(2..11)).collect(),
+        group_offsets: (0..=groups).map(|g| g * per).collect(),
+    }
+}
+
+/// Per step: lm loss, q logits, halting decisions.
+struct Curve {
+    lm: Vec<f64>,
+    q: Vec<Vec<f32>>,
+    halted: Vec<Vec<bool>>,
+    params: Vec<f32>,
+}
+
+fn train_curve<B: Backend>(be: &B, cfg: &TrainConfig, p: &HostParams, steps: usize) -> Curve {
+    let data = train_data();
+    let mut t = Trainer::new(be, cfg.clone(), p);
+    let mut c = Curve { lm: vec![], q: vec![], halted: vec![], params: vec![] };
+    for _ in 0..steps {
+        let st = t.train_step(be, &data).unwrap();
+        c.lm.push(st.lm_loss);
+        c.q.push(st.q_halt.iter().zip(&st.q_continue).map(|(h, q)| h - q).collect());
+        c.halted.push(st.halted.clone());
+    }
+    c.params = t.model.to_host(be).tensors().into_iter().flatten().copied().collect();
+    c
+}
+
+#[test]
+fn twenty_training_steps_match_cpu() {
+    let Some(gpu) = cuda("backend_parity train") else {
+        return;
+    };
+    let model = ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 1,
+        L_layers: 1,
+        puzzle_emb_ndim: 32,
+        num_puzzle_identifiers: 6,
+        halt_max_steps: 4,
+        halt_exploration_prob: 0.3,
+        ..ModelConfig::sudoku()
+    };
+    let mut cfg = TrainConfig::new(model.clone());
+    cfg.batch_size = 4;
+    cfg.steps = 20;
+    cfg.seed = 5;
+    cfg.optim.lr = 1e-3;
+    cfg.optim.lr_warmup_steps = 2;
+    cfg.optim.puzzle_emb_lr = 1e-2;
+    let p = params(&model, 6);
+    let steps = 20;
+    let want = train_curve(&Cpu, &cfg, &p, steps);
+    let sim = train_curve(&CpuBf16, &cfg, &p, steps);
+    let got = train_curve(&gpu, &cfg, &p, steps);
+    // Halting: where the reference's margin is clear of the bf16 uncertainty, the decision must
+    // agree; once a row's decision legitimately differs (inside the margin), the two runs feed
+    // that row different puzzles, so the curves are compared up to the first such step.
+    let mut same_until = steps;
+    'steps: for k in 0..steps {
+        let q_bound = 2.0 * max_err(&sim.q[k], &want.q[k]) + 1e-3;
+        for b in 0..cfg.batch_size {
+            if got.halted[k][b] != want.halted[k][b] {
+                let margin = want.q[k][b].abs() as f64;
+                assert!(
+                    margin <= q_bound,
+                    "step {k} row {b}: halting differs with a clear q margin {margin:e} > {q_bound:e}"
+                );
+                same_until = k;
+                break 'steps;
+            }
+        }
+    }
+    eprintln!("halting decisions identical for {same_until} of {steps} steps");
+    assert!(same_until >= 10, "halting diverged at step {same_until}: the test no longer compares a curve");
+    let lm = |c: &Curve| c.lm[..same_until].iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    assert_rule("lm loss curve", &lm(&got), &lm(&sim), &lm(&want), 1e-3);
+    if same_until == steps {
+        assert_rule("parameters after 20 steps", &got.params, &sim.params, &want.params, 1e-4);
+    }
+}
