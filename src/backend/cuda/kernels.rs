@@ -3,7 +3,9 @@
 //! weights/optimizer state f32, as described in each `.cu` file's header.
 
 use anyhow::{Result, anyhow, ensure};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 use half::bf16;
 
 use super::device::CudaDevice;
@@ -28,11 +30,26 @@ fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyho
     move |e| anyhow!("launching {kernel}: {e}")
 }
 
-/// Device pointer of an optional buffer (0 = nullptr for the kernel).
-fn opt_ptr<T>(dev: &CudaDevice, b: &Option<&mut CudaSlice<T>>) -> u64 {
+/// Device pointer of an optional input buffer (0 = nullptr for the kernel) and cudarc's guard,
+/// which must live until after the launch (dropping it records the stream's read of the buffer).
+fn opt_ptr<'a, T>(s: &'a CudaStream, b: Option<&'a CudaSlice<T>>) -> (u64, Option<SyncOnDrop<'a>>) {
     match b {
-        Some(s) => s.device_ptr(&dev.stream).0,
-        None => 0,
+        Some(b) => {
+            let (p, g) = b.device_ptr(s);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// [`opt_ptr`] for an optional buffer the kernel writes (the guard records a write).
+fn opt_ptr_mut<'a, T>(s: &'a CudaStream, b: Option<&'a mut CudaSlice<T>>) -> (u64, Option<SyncOnDrop<'a>>) {
+    match b {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(s);
+            (p, Some(g))
+        }
+        None => (0, None),
     }
 }
 
@@ -232,7 +249,7 @@ pub fn embed_fwd(
     let (pp, _g2) = puzzle_ids.device_ptr(s);
     let (pe, _g3) = embed_w.device_ptr(s);
     let (ppw, _g4) = puzzle_w.device_ptr(s);
-    let ppos = pos_w.map(|p| p.device_ptr(s).0).unwrap_or(0);
+    let (ppos, _g6) = opt_ptr(s, pos_w);
     let (po, _g5) = out.device_ptr_mut(s);
     let ints = [
         i32_of(dims.batch, "batch")?,
@@ -275,7 +292,7 @@ pub fn embed_bwd(
     let n_puzzles = i32_of(dpuzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
     let f = dev.func("embed", "embed_bwd_bf16")?;
     let s = &dev.stream;
-    let ppos = opt_ptr(dev, &dpos_w);
+    let (ppos, _g0) = opt_ptr_mut(s, dpos_w);
     let (pdx, _g1) = dx.device_ptr(s);
     let (pt, _g2) = tokens.device_ptr(s);
     let (pp, _g3) = puzzle_ids.device_ptr(s);
@@ -370,7 +387,7 @@ pub fn stablemax_ce(
     }
     let f = dev.func("loss", "stablemax_ce_bf16")?;
     let s = &dev.stream;
-    let pd = opt_ptr(dev, &dlogits);
+    let (pd, _g0) = opt_ptr_mut(s, dlogits);
     let (pl, _g1) = logits.device_ptr(s);
     let (pb, _g2) = labels.device_ptr(s);
     let (p_loss, _g3) = out.loss_per_row.device_ptr_mut(s);
@@ -403,7 +420,7 @@ pub fn bce_with_logits(
     }
     let f = dev.func("loss", "bce_with_logits_f32")?;
     let s = &dev.stream;
-    let pd = opt_ptr(dev, &dlogits);
+    let (pd, _g0) = opt_ptr_mut(s, dlogits);
     let (pl, _g1) = logits.device_ptr(s);
     let (pt, _g2) = targets.device_ptr(s);
     let (ps, _g3) = loss_sum.device_ptr_mut(s);
@@ -441,7 +458,7 @@ pub fn adam_atan2_step(
     let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
     let f = dev.func("optim", "adam_atan2_f32")?;
     let s = &dev.stream;
-    let pb = opt_ptr(dev, &p_bf16);
+    let (pb, _g0) = opt_ptr_mut(s, p_bf16);
     let (pp, _g1) = p.device_ptr_mut(s);
     let (pg, _g2) = g.device_ptr(s);
     let (pm, _g3) = m.device_ptr_mut(s);
