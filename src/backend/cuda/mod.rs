@@ -5,6 +5,7 @@
 //! (a stand-in `libcuda.so`/`libcublasLt.so` running the same kernel sources compiled for the
 //! host) is loaded in place of the driver, so the same launch code runs in CI.
 
+pub mod attention;
 pub mod device;
 pub mod gemm;
 pub mod kernels;
