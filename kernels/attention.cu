@@ -18,12 +18,13 @@
 // staged tiles are padded to hd + 2 so that lanes reading 32 different rows hit 32 banks.
 // Shared memory (static, the same for every shape): forward 38,912 B, dQ 43,008 B, dK/dV
 // 47,104 B, all within the 48 KiB of a launch without opt-in. Inner products are plain f32 FMAs
-// in the att_dot_rows / att_accum_rows helpers.
+// in two small device functions (att_dot_rows, att_accum_rows).
 // Napkin cost at the Sudoku shape (batch 768, seq 82, 8 heads of 64): forward reads qkv 193 MB,
 // writes out 64 MB + lse 2 MB (~60 us at 4.3 TB/s) and does 4 S^2 hd = 10.6 GFLOP of f32 FMA
-// (~0.2 ms at 60 TFLOP/s): compute bound until the products move to tensor cores. Backward reads
-// qkv, out, dout, lse (~330 MB), writes dqkv 193 MB, and does ~12 S^2 hd = 32 GFLOP (the dQ and
-// dK/dV kernels both recompute S and dP).
+// (~0.2 ms at 60 TFLOP/s): compute bound until the products move to tensor cores. Backward:
+// the dQ kernel reads qkv, out, dout, lse and writes dQ + D; the dK/dV kernel reads qkv, dout,
+// lse, D and writes dK, dV: ~580 MB read, 195 MB written (~0.18 ms), and 14 S^2 hd = 37 GFLOP
+// (both kernels recompute S and dP): ~0.6 ms at 60 TFLOP/s.
 #include "common.cuh"
 
 #define ATT_WARPS 4
