@@ -16,6 +16,7 @@ use half::bf16;
 use hrm::backend::cpu::embed::EmbedDims;
 use hrm::backend::cpu::optim::AdamHyper;
 use hrm::backend::cpu::rope::rope_tables;
+use hrm::backend::cuda::attention::{self, AttentionScratch};
 use hrm::backend::cuda::kernels::{self, LmLossBuffers};
 use hrm::backend::cuda::{CudaDevice, DeviceKind};
 
@@ -176,6 +177,35 @@ fn main() {
     let n_sign = (pz_rows / 100 * pz_len) as f64;
     run("sign_sgd (10k x 512)", n_sign * 12.0 + (pz_rows / 100) as f64, &mut || {
         kernels::sign_sgd_step(dev, &mut w, &gw, &touched, pz_len, 1e-4, 0.1).unwrap()
+    });
+
+    // Attention (fused; products as f32 FMAs): napkin bytes as in kernels/attention.cu (the
+    // backward reads qkv and dout once per kernel). 10.6 GFLOP forward, 37 GFLOP backward make
+    // both compute bound, so the fraction of the copy ceiling is low.
+    let mut att_out: CudaSlice<bf16> = zeros(dev, n_act);
+    let mut att_lse: CudaSlice<f32> = zeros(dev, batch * heads * s_len);
+    let att_dout: CudaSlice<bf16> = zeros(dev, n_act);
+    let mut dqkv: CudaSlice<bf16> = zeros(dev, rows * 3 * hidden);
+    let mut att_scratch = AttentionScratch::new(dev, batch, heads, s_len).unwrap();
+    let (n_qkv, n_stat) = ((rows * 3 * hidden) as f64, (batch * heads * s_len) as f64);
+    run("attention_fwd", n_qkv * 2.0 + nb * 2.0 + n_stat * 4.0, &mut || {
+        attention::attention_fwd(dev, &qkv, &mut att_out, &mut att_lse, batch, s_len, heads, hd).unwrap()
+    });
+    run("attention_bwd (dq + dkdv)", n_qkv * 6.0 + nb * 6.0 + n_stat * 16.0, &mut || {
+        attention::attention_bwd(
+            dev,
+            &qkv,
+            &att_out,
+            &att_lse,
+            &att_dout,
+            &mut dqkv,
+            &mut att_scratch,
+            batch,
+            s_len,
+            heads,
+            hd,
+        )
+        .unwrap()
     });
 
     // GEMM: qkv projection y[rows, 1536] = x[rows, 512] W^T

@@ -1,0 +1,357 @@
+//! Fused attention kernels (`kernels/attention.cu`) against the CPU reference
+//! (`backend::cpu::attention`, f32), on the GPU when present, else under the CPU emulation;
+//! skipped (with a message) without either.
+//!
+//! Error bound (the rule of the flash-attention tests): the kernel reads bf16 inputs, keeps
+//! scores, softmax and sums in f32 and rounds each output once to bf16, so its error should be no
+//! larger than that of the straightforward bf16 implementation of the same math. The test runs
+//! that naive version on the CPU (bf16-rounded inputs; every matrix product accumulated in f32
+//! and its result rounded to bf16, as a bf16 GEMM does: S, P, O, dP, dV, dQ, dK; the element-wise
+//! softmax-backward steps rounded too), measures its largest absolute error against the f32
+//! reference, and requires the kernel's largest absolute error on the same tensor to be at most
+//! 2x that plus an absolute floor of 1e-5 (which matters only where the naive error is ~0, e.g.
+//! seq 1, where the output is exactly v). The reference itself is f32 (errors ~1e-6, far below
+//! bf16's 2^-8). The log-sum-exp is f32 end to end and is held to 1e-5 (1 + |lse|).
+//! NaN-poisoned outputs make any element the kernels fail to write fail the test.
+
+mod kernel_common;
+use half::bf16;
+use hrm::backend::cpu::attention as cpu;
+use hrm::backend::cuda::CudaDevice;
+use hrm::backend::cuda::attention::{AttentionScratch, attention_bwd, attention_fwd};
+use kernel_common::*;
+
+const FLOOR: f32 = 1e-5;
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl Shape {
+    fn d(&self) -> usize {
+        self.heads * self.hd
+    }
+    fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+fn rb(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+/// The naive bf16 attention forward and backward (see the header): (out, dqkv).
+fn naive_bf16(qkv: &[f32], dout: &[f32], sh: Shape) -> (Vec<f32>, Vec<f32>) {
+    let (s, hd, d) = (sh.seq, sh.hd, sh.d());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0.0f32; sh.tokens() * d];
+    let mut dqkv = vec![0.0f32; sh.tokens() * 3 * d];
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    for b in 0..sh.batch {
+        for h in 0..sh.heads {
+            let row = |t: usize, off: usize| -> &[f32] {
+                let base = (b * s + t) * 3 * d + off + h * hd;
+                &qkv[base..base + hd]
+            };
+            let do_row =
+                |t: usize| -> &[f32] { &dout[(b * s + t) * d + h * hd..(b * s + t) * d + (h + 1) * hd] };
+            let mut p = vec![0.0f32; s * s];
+            for i in 0..s {
+                let sc: Vec<f32> = (0..s).map(|j| rb(scale * dot(row(i, 0), row(j, d)))).collect();
+                let m = sc.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                let e: Vec<f32> = sc.iter().map(|v| (v - m).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                for j in 0..s {
+                    p[i * s + j] = rb(e[j] / sum);
+                }
+                for c in 0..hd {
+                    let o: f32 = (0..s).map(|j| p[i * s + j] * row(j, 2 * d)[c]).sum();
+                    out[(b * s + i) * d + h * hd + c] = rb(o);
+                }
+            }
+            let mut ds = vec![0.0f32; s * s];
+            for i in 0..s {
+                let dp: Vec<f32> = (0..s).map(|j| rb(dot(do_row(i), row(j, 2 * d)))).collect();
+                let dsum = rb((0..s).map(|j| rb(dp[j] * p[i * s + j])).sum::<f32>());
+                for j in 0..s {
+                    ds[i * s + j] = rb(p[i * s + j] * rb(dp[j] - dsum));
+                }
+            }
+            for t in 0..s {
+                let base = (b * s + t) * 3 * d + h * hd;
+                for c in 0..hd {
+                    let dq: f32 = (0..s).map(|j| ds[t * s + j] * row(j, d)[c]).sum();
+                    let dk: f32 = (0..s).map(|i| ds[i * s + t] * row(i, 0)[c]).sum();
+                    let dv: f32 = (0..s).map(|i| p[i * s + t] * do_row(i)[c]).sum();
+                    dqkv[base + c] = rb(scale * dq);
+                    dqkv[base + d + c] = rb(scale * dk);
+                    dqkv[base + 2 * d + c] = rb(dv);
+                }
+            }
+        }
+    }
+    (out, dqkv)
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+fn max_abs_err(got: &[f32], want: &[f32]) -> f32 {
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max)
+}
+
+/// `err(got) <= 2 err(naive) + FLOOR` (largest absolute errors against `want`); NaN or infinity
+/// in `got` fails. Returns err(got) / (2 err(naive) + FLOOR), the fraction of the bound used.
+fn check_vs_naive(what: &str, got: &[f32], naive: &[f32], want: &[f32]) -> Result<f32, String> {
+    assert_eq!(got.len(), want.len());
+    assert_eq!(naive.len(), want.len());
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        return Err(format!("{what}[{i}] = {} (not finite)", got[i]));
+    }
+    let (e, en) = (max_abs_err(got, want), max_abs_err(naive, want));
+    let bound = 2.0 * en + FLOOR;
+    eprintln!("  {what}: max |err| kernel {e:.3e}, naive bf16 {en:.3e}, rms {:.3e}", rms(want));
+    if e > bound {
+        let i = got.iter().zip(want).position(|(g, w)| (g - w).abs() == e).unwrap();
+        return Err(format!(
+            "{what}: max |err| {e:e} (at {i}: got {}, want {}) > 2 x naive bf16 {en:e} + {FLOOR:e}",
+            got[i], want[i]
+        ));
+    }
+    Ok(e / bound)
+}
+
+/// The q, k and v column blocks of fused rows, each flattened.
+fn split_qkv(x: &[f32], d: usize) -> [Vec<f32>; 3] {
+    let part = |p: usize| x.chunks(3 * d).flat_map(|r| r[p * d..(p + 1) * d].to_vec()).collect();
+    [part(0), part(1), part(2)]
+}
+
+struct Outputs {
+    qkv: Vec<f32>,
+    out_ref: Vec<f32>,
+    out_naive: Vec<f32>,
+    out_got: Vec<f32>,
+    dqkv_ref: Vec<f32>,
+    dqkv_naive: Vec<f32>,
+    dqkv_got: Vec<f32>,
+}
+
+/// Runs both kernels and both CPU versions on fresh random inputs; also checks lse.
+fn run(dev: &CudaDevice, sh: Shape, seed: u64, input_scale: f32) -> Outputs {
+    let (t, d) = (sh.tokens(), sh.d());
+    let mut r = rng(seed);
+    let qkv = round_bf16(&randn(&mut r, t * 3 * d, input_scale));
+    let dout = round_bf16(&randn(&mut r, t * d, 1.0));
+
+    let mut out_ref = vec![0.0; t * d];
+    let mut lse_ref = vec![0.0; sh.batch * sh.heads * sh.seq];
+    cpu::attention_fwd(&qkv, &mut out_ref, &mut lse_ref, sh.batch, sh.seq, sh.heads, sh.hd);
+
+    let qkv_d = upload(dev, &to_bf16(&qkv));
+    let mut out_d = poisoned_bf16(dev, t * d);
+    let mut lse_d = poisoned_f32(dev, lse_ref.len());
+    attention_fwd(dev, &qkv_d, &mut out_d, &mut lse_d, sh.batch, sh.seq, sh.heads, sh.hd).unwrap();
+    let out_got = from_bf16(&download(dev, &out_d));
+    let lse_got = download(dev, &lse_d);
+    let mut lse_worst = 0.0f32;
+    for (i, (&g, &w)) in lse_got.iter().zip(&lse_ref).enumerate() {
+        let bound = 1e-5 * (1.0 + w.abs());
+        assert!(g.is_finite() && (g - w).abs() <= bound, "{sh:?} lse[{i}]: got {g}, want {w}");
+        lse_worst = lse_worst.max((g - w).abs() / bound);
+    }
+    eprintln!("  lse: worst error / bound = {lse_worst:.3}");
+
+    // Backward from the reference forward (out rounded to bf16, as the model stores it), so
+    // the kernel, the reference and the naive version differentiate the same function.
+    let out_in = round_bf16(&out_ref);
+    let mut dqkv_ref = vec![0.0; t * 3 * d];
+    cpu::attention_bwd(&qkv, &out_in, &lse_ref, &dout, &mut dqkv_ref, sh.batch, sh.seq, sh.heads, sh.hd);
+    let (out_in_d, lse_in_d, dout_d) =
+        (upload(dev, &to_bf16(&out_in)), upload(dev, &lse_ref), upload(dev, &to_bf16(&dout)));
+    let mut dqkv_d = poisoned_bf16(dev, t * 3 * d);
+    let mut scratch = AttentionScratch::new(dev, sh.batch, sh.heads, sh.seq).unwrap();
+    attention_bwd(
+        dev,
+        &qkv_d,
+        &out_in_d,
+        &lse_in_d,
+        &dout_d,
+        &mut dqkv_d,
+        &mut scratch,
+        sh.batch,
+        sh.seq,
+        sh.heads,
+        sh.hd,
+    )
+    .unwrap();
+    let dqkv_got = from_bf16(&download(dev, &dqkv_d));
+    let (out_naive, dqkv_naive) = naive_bf16(&qkv, &dout, sh);
+    Outputs { qkv, out_ref, out_naive, out_got, dqkv_ref, dqkv_naive, dqkv_got }
+}
+
+/// Checks all four tensors; returns the largest fraction of the bound used.
+fn check_all(o: &Outputs, sh: Shape) -> Result<f32, String> {
+    let d = sh.d();
+    let mut worst = check_vs_naive("out", &o.out_got, &o.out_naive, &o.out_ref)?;
+    let (g, n, w) = (split_qkv(&o.dqkv_got, d), split_qkv(&o.dqkv_naive, d), split_qkv(&o.dqkv_ref, d));
+    for (k, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        worst = worst.max(check_vs_naive(name, &g[k], &n[k], &w[k])?);
+    }
+    Ok(worst)
+}
+
+fn check(sh: Shape, seed: u64, input_scale: f32) {
+    let Some(dev) = device("kernels_attention") else {
+        return;
+    };
+    let o = run(&dev, sh, seed, input_scale);
+    assert_eq!(o.qkv.len(), sh.tokens() * 3 * sh.d());
+    match check_all(&o, sh) {
+        Ok(worst) => eprintln!("{sh:?} (inputs x{input_scale}): worst error / bound = {worst:.3}"),
+        Err(e) => panic!("{sh:?}: {e}"),
+    }
+}
+
+#[test]
+fn attention_tiny_model_shape() {
+    check(Shape { batch: 3, seq: 82, heads: 4, hd: 16 }, 1, 1.0);
+}
+
+#[test]
+fn attention_sudoku_head_shape() {
+    check(Shape { batch: 2, seq: 82, heads: 8, hd: 64 }, 2, 1.0);
+}
+
+#[test]
+fn attention_short_sequences() {
+    check(Shape { batch: 2, seq: 1, heads: 2, hd: 64 }, 3, 1.0);
+    check(Shape { batch: 1, seq: 33, heads: 3, hd: 64 }, 4, 1.0);
+    check(Shape { batch: 2, seq: 50, heads: 1, hd: 24 }, 5, 1.0); // hd not a power of two
+}
+
+#[test]
+fn attention_seq_256() {
+    check(Shape { batch: 1, seq: 256, heads: 2, hd: 64 }, 6, 1.0);
+}
+
+#[test]
+fn attention_head_dim_128_several_tiles() {
+    // hd 128 stages 32 rows per tile: 40 keys are two tiles, 256 keys eight; inputs x2 give
+    // peaked softmax rows, so the online rescaling across tiles matters.
+    check(Shape { batch: 2, seq: 40, heads: 2, hd: 128 }, 7, 1.0);
+    check(Shape { batch: 1, seq: 256, heads: 1, hd: 128 }, 8, 2.0);
+}
+
+#[test]
+fn attention_backward_is_deterministic() {
+    let Some(dev) = device("kernels_attention") else {
+        return;
+    };
+    let sh = Shape { batch: 1, seq: 82, heads: 2, hd: 32 };
+    let (t, d) = (sh.tokens(), sh.d());
+    let mut r = rng(9);
+    let qkv = upload(&dev, &to_bf16(&randn(&mut r, t * 3 * d, 1.0)));
+    let dout = upload(&dev, &to_bf16(&randn(&mut r, t * d, 1.0)));
+    let mut out = poisoned_bf16(&dev, t * d);
+    let mut lse = poisoned_f32(&dev, sh.heads * sh.seq);
+    attention_fwd(&dev, &qkv, &mut out, &mut lse, sh.batch, sh.seq, sh.heads, sh.hd).unwrap();
+    let mut scratch = AttentionScratch::new(&dev, sh.batch, sh.heads, sh.seq).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut dqkv = poisoned_bf16(&dev, t * 3 * d);
+        attention_bwd(
+            &dev,
+            &qkv,
+            &out,
+            &lse,
+            &dout,
+            &mut dqkv,
+            &mut scratch,
+            sh.batch,
+            sh.seq,
+            sh.heads,
+            sh.hd,
+        )
+        .unwrap();
+        runs.push(download(&dev, &dqkv).iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+    }
+    assert_eq!(runs[0], runs[1], "two backward runs differ");
+}
+
+/// The bound is not vacuous: the same comparison rejects the kernel's own results with one
+/// element moved by 10% of the tensor's RMS (the bound, 2x the naive bf16 error, is ~4-7% of
+/// the RMS at these shapes), or set to NaN.
+#[test]
+fn attention_check_catches_a_planted_error() {
+    let Some(dev) = device("kernels_attention") else {
+        return;
+    };
+    let sh = Shape { batch: 1, seq: 82, heads: 2, hd: 64 };
+    let o = run(&dev, sh, 10, 1.0);
+    check_all(&o, sh).expect("unmodified kernel results pass");
+    let d = sh.d();
+
+    let mut bad = o.out_got.clone();
+    let i = bad.len() / 2 + 3;
+    bad[i] += 0.1 * rms(&o.out_ref);
+    let e = check_vs_naive("out", &bad, &o.out_naive, &o.out_ref).expect_err("perturbed out passed");
+    eprintln!("caught: {e}");
+
+    // one element of dk (row 7, column 5)
+    let mut bad = o.dqkv_got.clone();
+    let dk_rms = rms(&split_qkv(&o.dqkv_ref, d)[1]);
+    bad[7 * 3 * d + d + 5] -= 0.1 * dk_rms;
+    let (g, n, w) = (split_qkv(&bad, d), split_qkv(&o.dqkv_naive, d), split_qkv(&o.dqkv_ref, d));
+    let e = check_vs_naive("dk", &g[1], &n[1], &w[1]).expect_err("perturbed dk passed");
+    eprintln!("caught: {e}");
+
+    let mut bad = o.out_got.clone();
+    bad[0] = f32::NAN;
+    check_vs_naive("out", &bad, &o.out_naive, &o.out_ref).expect_err("NaN passed");
+}
+
+#[test]
+fn attention_unsupported_shapes_are_errors() {
+    let Some(dev) = device("kernels_attention") else {
+        return;
+    };
+    let big = 300 * 3 * 136;
+    let qkv = upload(&dev, &vec![bf16::ZERO; big]);
+    let mut out = poisoned_bf16(&dev, big);
+    let mut lse = poisoned_f32(&dev, big);
+    let mut fwd =
+        |b: usize, s: usize, h: usize, hd: usize| attention_fwd(&dev, &qkv, &mut out, &mut lse, b, s, h, hd);
+    assert!(fwd(1, 257, 1, 64).is_err(), "seq 257");
+    assert!(fwd(1, 0, 1, 64).is_err(), "seq 0");
+    assert!(fwd(1, 16, 1, 12).is_err(), "head_dim 12");
+    assert!(fwd(1, 16, 1, 136).is_err(), "head_dim 136");
+    assert!(fwd(1, 16, 0, 64).is_err(), "heads 0");
+    assert!(fwd(2, 256, 2, 128).is_err(), "buffers too small");
+    fwd(1, 16, 1, 64).unwrap();
+    fwd(0, 16, 1, 64).unwrap(); // empty batch: nothing to do
+
+    // backward: scratch made for fewer rows than the call needs
+    let sh = Shape { batch: 2, seq: 16, heads: 2, hd: 32 };
+    let (t, d) = (sh.tokens(), sh.d());
+    let x = upload(&dev, &vec![bf16::ZERO; t * 3 * d]);
+    let l = upload(&dev, &vec![0.0f32; sh.batch * sh.heads * sh.seq]);
+    let mut dqkv = poisoned_bf16(&dev, t * 3 * d);
+    let mut small = AttentionScratch::new(&dev, 1, sh.heads, sh.seq).unwrap();
+    assert!(
+        attention_bwd(&dev, &x, &x, &l, &x, &mut dqkv, &mut small, sh.batch, sh.seq, sh.heads, sh.hd)
+            .is_err()
+    );
+    let mut scratch = AttentionScratch::new(&dev, sh.batch, sh.heads, sh.seq).unwrap();
+    attention_bwd(&dev, &x, &x, &l, &x, &mut dqkv, &mut scratch, sh.batch, sh.seq, sh.heads, sh.hd).unwrap();
+    // a misaligned view (odd element offset) is refused, not a misaligned load
+    let view = x.slice(1..);
+    assert!(
+        attention_bwd(&dev, &view, &x, &l, &x, &mut dqkv, &mut scratch, 1, sh.seq, sh.heads, sh.hd).is_err()
+    );
+}
