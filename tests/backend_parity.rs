@@ -103,12 +103,17 @@ fn forward<B: Backend>(be: &B, cfg: &ModelConfig, p: &HostParams, batch: &Batch,
     }
 }
 
-fn check_forward(segments: usize) {
+fn check_forward(segments: usize, layer_scale: f32) {
     let Some(gpu) = cuda(&format!("backend_parity forward {segments}")) else {
         return;
     };
     let cfg = ModelConfig::tiny();
-    let p = params(&cfg, 1);
+    let mut p = params(&cfg, 1);
+    for l in p.h_layers.iter_mut().chain(p.l_layers.iter_mut()) {
+        for w in [&mut l.qkv, &mut l.o, &mut l.gate_up, &mut l.down] {
+            w.iter_mut().for_each(|v| *v *= layer_scale);
+        }
+    }
     let batch = random_batch(&mut ChaCha8Rng::seed_from_u64(2), 3, cfg.num_puzzle_identifiers);
     let want = forward(&Cpu, &cfg, &p, &batch, segments);
     let sim = forward(&CpuBf16, &cfg, &p, &batch, segments);
@@ -116,19 +121,29 @@ fn check_forward(segments: usize) {
     let tag = |s: &str| format!("{s} after {segments} segment(s)");
     assert_rule(&tag("logits"), &got.logits, &sim.logits, &want.logits, 1e-3);
     assert_rule(&tag("z_H"), &got.z_h, &sim.z_h, &want.z_h, 1e-3);
+    // The rule is only informative while bf16 rounding has not decorrelated the trajectory:
+    // the yardstick's own error must stay well below the signal.
+    let informative = max_err(&sim.logits, &want.logits) / rms(&want.logits);
+    eprintln!("{}: yardstick error / RMS = {informative:.3}", tag("logits"));
+    assert!(informative < 0.2, "{}: the bf16 yardstick itself is off by {informative} RMS", tag("logits"));
     assert_rule(&tag("q_halt"), &got.q_halt, &sim.q_halt, &want.q_halt, 1e-3);
     assert_rule(&tag("q_continue"), &got.q_continue, &sim.q_continue, &want.q_continue, 1e-3);
 }
 
 #[test]
 fn forward_one_segment_matches_cpu() {
-    check_forward(1);
+    check_forward(1, 1.0);
 }
 
 #[test]
 fn forward_sixteen_segments_matches_cpu() {
-    check_forward(16);
+    // With the reference initialization the untrained recurrence is chaotic: after 16 segments
+    // any two roundings (bf16 on the CPU included) end in different states. Smaller block
+    // weights make the map contract, so the 16-segment comparison stays meaningful.
+    check_forward(16, SIXTEEN_SEGMENT_SCALE);
 }
+
+const SIXTEEN_SEGMENT_SCALE: f32 = 0.3;
 
 fn f32_of(t: &TensorData) -> Vec<f32> {
     match t {

@@ -16,7 +16,11 @@ fn hrm() -> Command {
 
 fn run(c: &mut Command) -> (bool, String, String) {
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn ok(c: &mut Command) -> String {
@@ -54,10 +58,15 @@ fn train_resume_eval_solve_on_the_cuda_path() {
     let d = dir.path();
     let train = blanked_puzzles(8, 5..10, 1);
     let held = blanked_puzzles(3, 5..10, 2);
-    let lines = |v: &[([u8; 81], [u8; 81])]| v.iter().map(|(q, _)| board_to_string(q, '.') + "\n").collect::<String>();
+    let lines = |v: &[([u8; 81], [u8; 81])]| {
+        v.iter().map(|(q, _)| board_to_string(q, '.') + "\n").collect::<String>()
+    };
     std::fs::write(d.join("train.txt"), lines(&train)).unwrap();
     std::fs::write(d.join("held.txt"), lines(&held)).unwrap();
-    ok(hrm().args(["data", "build", "--train", "8", "--augment", "1", "--out"]).arg(d.join("ds")).arg(d.join("train.txt")));
+    ok(hrm()
+        .args(["data", "build", "--train", "8", "--augment", "1", "--out"])
+        .arg(d.join("ds"))
+        .arg(d.join("train.txt")));
     // A small model so the emulated run stays short: 1 layer per module, 3 segments.
     let cfg = d.join("arch.json");
     let mut arch = hrm::config::ModelConfig::tiny();
@@ -71,7 +80,11 @@ fn train_resume_eval_solve_on_the_cuda_path() {
 
     let run_dir = d.join("run");
     let mut first = hrm();
-    first.args(["train", "--device", "emu", "--data"]).arg(d.join("ds/train")).arg("--eval").arg(d.join("held.txt"));
+    first
+        .args(["train", "--device", "emu", "--data"])
+        .arg(d.join("ds/train"))
+        .arg("--eval")
+        .arg(d.join("held.txt"));
     first.arg("--config").arg(&cfg);
     first.args(["--batch-size", "3", "--steps", "4", "--lr-warmup-steps", "1", "--eval-every", "4"]);
     first.args(["--checkpoint-every", "2", "--log-every", "1", "--stop-after", "2", "--out"]).arg(&run_dir);
@@ -111,14 +124,19 @@ fn train_resume_eval_solve_on_the_cuda_path() {
     };
     // The update itself (w - w0) agrees: AdamATan2 steps are lr-sized and sign-like, so bf16
     // noise in the gradient flips few of them.
-    let (du_cuda, du_cpu): (Vec<f32>, Vec<f32>) =
-        (w_cuda.iter().zip(&w0).map(|(a, b)| a - b).collect(), w_cpu.iter().zip(&w0).map(|(a, b)| a - b).collect());
+    let (du_cuda, du_cpu): (Vec<f32>, Vec<f32>) = (
+        w_cuda.iter().zip(&w0).map(|(a, b)| a - b).collect(),
+        w_cpu.iter().zip(&w0).map(|(a, b)| a - b).collect(),
+    );
     let diff = rel_rms_diff(&du_cuda, &du_cpu);
     assert!(diff < 0.5, "CUDA and CPU updates after 4 steps differ by {diff} (relative RMS)");
 
     let table = ok(hrm().args(["eval", "--device", "emu", "--checkpoint"]).arg(&ck).arg(d.join("held.txt")));
     assert!(table.contains("held") && table.contains("exact"), "{table}");
-    let out = ok(hrm().args(["solve", "--device", "emu", "--checkpoint"]).arg(&ck).arg(board_to_string(&held[0].0, '.')));
+    let out = ok(hrm()
+        .args(["solve", "--device", "emu", "--checkpoint"])
+        .arg(&ck)
+        .arg(board_to_string(&held[0].0, '.')));
     assert!(out.contains("answer  "), "{out}");
 }
 
@@ -131,11 +149,26 @@ fn forward_and_grad_commands_on_the_cuda_path() {
     let d = dir.path();
     let (w, batch) = (fixtures().join("weights.safetensors"), fixtures().join("batch.safetensors"));
     for device in ["cpu", "emu"] {
-        ok(hrm().args(["forward", "--device", device, "--segments", "2", "--checkpoint"]).arg(&w).arg("--batch").arg(&batch).arg("--out").arg(d.join(format!("fwd_{device}.safetensors"))));
-        ok(hrm().args(["grad", "--device", device, "--checkpoint"]).arg(&w).arg("--batch").arg(&batch).arg("--out").arg(d.join(format!("grad_{device}.safetensors"))));
+        ok(hrm()
+            .args(["forward", "--device", device, "--segments", "2", "--checkpoint"])
+            .arg(&w)
+            .arg("--batch")
+            .arg(&batch)
+            .arg("--out")
+            .arg(d.join(format!("fwd_{device}.safetensors"))));
+        ok(hrm()
+            .args(["grad", "--device", device, "--checkpoint"])
+            .arg(&w)
+            .arg("--batch")
+            .arg(&batch)
+            .arg("--out")
+            .arg(d.join(format!("grad_{device}.safetensors"))));
     }
     // Logits after two segments: bf16 storage costs ~1e-2 relative, a wrong kernel O(1).
-    let (a, b) = (f32_tensor(&d.join("fwd_emu.safetensors"), "logits"), f32_tensor(&d.join("fwd_cpu.safetensors"), "logits"));
+    let (a, b) = (
+        f32_tensor(&d.join("fwd_emu.safetensors"), "logits"),
+        f32_tensor(&d.join("fwd_cpu.safetensors"), "logits"),
+    );
     let diff = rel_rms_diff(&a, &b);
     assert!(diff < 5e-2, "logits differ by {diff}");
     let g = TensorFile::open(&d.join("grad_emu.safetensors")).unwrap();
@@ -150,7 +183,13 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     if !matches!(hrm::backend::cuda::device::select(), Ok(DeviceKind::Emulation)) {
         return; // a real GPU (device-check runs the commands there) or no kernels at all
     }
-    let (success, _, err) = run(hrm().args(["forward", "--device", "cuda", "--checkpoint"]).arg(fixtures().join("weights.safetensors")).arg("--batch").arg(fixtures().join("batch.safetensors")).arg("--out").arg("/dev/null"));
+    let (success, _, err) = run(hrm()
+        .args(["forward", "--device", "cuda", "--checkpoint"])
+        .arg(fixtures().join("weights.safetensors"))
+        .arg("--batch")
+        .arg(fixtures().join("batch.safetensors"))
+        .arg("--out")
+        .arg("/dev/null"));
     assert!(!success);
     assert!(err.contains("--device emu"), "{err}");
 }

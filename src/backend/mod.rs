@@ -93,7 +93,15 @@ pub trait Backend {
 
     // Linear (GEMM).
     /// `y[rows, dout] = x[rows, din] w^T`
-    fn linear_fwd(&self, x: &Self::Act, w: &Self::Param, y: &mut Self::Act, rows: usize, din: usize, dout: usize);
+    fn linear_fwd(
+        &self,
+        x: &Self::Act,
+        w: &Self::Param,
+        y: &mut Self::Act,
+        rows: usize,
+        din: usize,
+        dout: usize,
+    );
     /// `dx (+)= dy w`
     fn linear_bwd_x(
         &self,
@@ -106,7 +114,15 @@ pub trait Backend {
         accumulate: bool,
     );
     /// `dw += dy^T x` (weight gradients always accumulate)
-    fn linear_bwd_w(&self, dy: &Self::Act, x: &Self::Act, dw: &mut Self::F32, rows: usize, din: usize, dout: usize);
+    fn linear_bwd_w(
+        &self,
+        dy: &Self::Act,
+        x: &Self::Act,
+        dw: &mut Self::F32,
+        rows: usize,
+        din: usize,
+        dout: usize,
+    );
 
     /// The Q head in f32 on position 0 of `z_h` [batch, seq, d]: per row `(q_halt, q_continue)
     /// = w z_h[b, 0] + bias`, returned to the host (the halting decision needs them there).
@@ -243,7 +259,9 @@ pub trait Backend {
 }
 
 /// Where the model runs (`--device`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// A CUDA GPU when one is usable, else the CPU (never the emulation).

@@ -121,7 +121,8 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
         }
         let secs = start.elapsed().as_secs_f64();
         puzzles_per_s = (a.infer_batches * b) as f64 / secs;
-        infer_tflops = a.infer_batches as f64 * segments as f64 * flops::segment_forward(cfg, b) / secs / 1e12;
+        infer_tflops =
+            a.infer_batches as f64 * segments as f64 * flops::segment_forward(cfg, b) / secs / 1e12;
     }
     Ok(BenchReport {
         backend: be.name().to_string(),

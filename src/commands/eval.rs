@@ -3,8 +3,8 @@
 use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
-use crate::model::HostParams;
 use crate::infer::eval::{EvalReport, evaluate, predict};
+use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
 use crate::sudoku::formats::read_eval_set;
@@ -148,7 +148,13 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
     // Labels are only used for scoring; solve() gives them when the puzzle is proper.
     let examples: Vec<_> =
         questions.iter().map(|q| example_of(q, &solve(q).ok().flatten().unwrap_or(*q))).collect();
-    let pred = crate::with_backend!(a.device, |be| predict(be, &Hrm::new(be, &cfg, &params), &examples, 256, |_| {})?);
+    let pred = crate::with_backend!(a.device, |be| predict(
+        be,
+        &Hrm::new(be, &cfg, &params),
+        &examples,
+        256,
+        |_| {}
+    )?);
     let mut out = Vec::new();
     for (k, q) in questions.iter().enumerate() {
         let mut answer = [0u8; 81];

@@ -89,7 +89,15 @@ impl Backend for CpuBf16 {
     fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, mask: &[bool], width: usize) {
         Cpu.reset_rows(z, &rounded(init), mask, width);
     }
-    fn gather_positions(&self, src: &Vec<f32>, dst: &mut Vec<f32>, seq: usize, start: usize, n: usize, w: usize) {
+    fn gather_positions(
+        &self,
+        src: &Vec<f32>,
+        dst: &mut Vec<f32>,
+        seq: usize,
+        start: usize,
+        n: usize,
+        w: usize,
+    ) {
         Cpu.gather_positions(src, dst, seq, start, n, w);
     }
     fn scatter_add_positions(
@@ -121,7 +129,15 @@ impl Backend for CpuBf16 {
         Cpu.linear_bwd_x(dy, &rounded(w), dx, rows, din, dout, acc);
         round_bf16(dx);
     }
-    fn linear_bwd_w(&self, dy: &Vec<f32>, x: &Vec<f32>, dw: &mut Vec<f32>, rows: usize, din: usize, dout: usize) {
+    fn linear_bwd_w(
+        &self,
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        dw: &mut Vec<f32>,
+        rows: usize,
+        din: usize,
+        dout: usize,
+    ) {
         Cpu.linear_bwd_w(dy, x, dw, rows, din, dout);
     }
     fn q_head_fwd(
@@ -174,11 +190,27 @@ impl Backend for CpuBf16 {
         Cpu.swiglu_bwd(dout, gate_up, dgate_up, inter);
         round_bf16(dgate_up);
     }
-    fn rope_fwd(&self, qkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, seq: usize, heads: usize, hd: usize) {
+    fn rope_fwd(
+        &self,
+        qkv: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        seq: usize,
+        heads: usize,
+        hd: usize,
+    ) {
         Cpu.rope_fwd(qkv, cos, sin, seq, heads, hd);
         round_bf16(qkv);
     }
-    fn rope_bwd(&self, dqkv: &mut Vec<f32>, cos: &Vec<f32>, sin: &Vec<f32>, seq: usize, heads: usize, hd: usize) {
+    fn rope_bwd(
+        &self,
+        dqkv: &mut Vec<f32>,
+        cos: &Vec<f32>,
+        sin: &Vec<f32>,
+        seq: usize,
+        heads: usize,
+        hd: usize,
+    ) {
         Cpu.rope_bwd(dqkv, cos, sin, seq, heads, hd);
         round_bf16(dqkv);
     }
@@ -263,7 +295,15 @@ impl Backend for CpuBf16 {
     ) {
         Cpu.adam_atan2_step(p, g, m, v, step, h);
     }
-    fn sign_sgd_step(&self, w: &mut Vec<f32>, g: &Vec<f32>, touched: &[bool], row_len: usize, lr: f32, wd: f32) {
+    fn sign_sgd_step(
+        &self,
+        w: &mut Vec<f32>,
+        g: &Vec<f32>,
+        touched: &[bool],
+        row_len: usize,
+        lr: f32,
+        wd: f32,
+    ) {
         Cpu.sign_sgd_step(w, g, touched, row_len, lr, wd);
     }
 }

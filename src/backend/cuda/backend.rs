@@ -24,12 +24,15 @@ pub struct CudaParam {
     pub shadow: CudaSlice<bf16>,
 }
 
+/// (batch, heads, seq) of a cached attention scratch.
+type ScratchShape = (usize, usize, usize);
+
 /// The CUDA backend over one device (a GPU, or the CPU emulation in tests).
 pub struct Cuda {
     dev: Arc<CudaDevice>,
     error: Mutex<Option<anyhow::Error>>,
     /// Per-row scratch of the attention backward, kept for the last shape.
-    attention_scratch: Mutex<Option<((usize, usize, usize), attention::AttentionScratch)>>,
+    attention_scratch: Mutex<Option<(ScratchShape, attention::AttentionScratch)>>,
 }
 
 impl Cuda {
@@ -272,7 +275,9 @@ impl Backend for Cuda {
         accumulate: bool,
     ) {
         let beta = if accumulate { 1.0 } else { 0.0 };
-        self.op("linear_bwd_x", |d| d.gemm()?.matmul(rows, din, dout, dy, false, &w.shadow, false, dx, 1.0, beta));
+        self.op("linear_bwd_x", |d| {
+            d.gemm()?.matmul(rows, din, dout, dy, false, &w.shadow, false, dx, 1.0, beta)
+        });
     }
     fn linear_bwd_w(
         &self,
@@ -296,7 +301,9 @@ impl Backend for Cuda {
         d: usize,
     ) -> (Vec<f32>, Vec<f32>) {
         let mut q = self.alloc_zeros::<f32>(batch * 2);
-        self.op("q_head_fwd", |dev| act::q_head_fwd(dev, z_h, &w.master, &bias.master, &mut q, batch, seq, d));
+        self.op("q_head_fwd", |dev| {
+            act::q_head_fwd(dev, z_h, &w.master, &bias.master, &mut q, batch, seq, d)
+        });
         let q = self.download("q logits", &q, batch * 2);
         (q.chunks(2).map(|r| r[0]).collect(), q.chunks(2).map(|r| r[1]).collect())
     }
@@ -315,7 +322,9 @@ impl Backend for Cuda {
         let batch = dq_halt.len();
         let dq: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
         let dq = self.upload(&dq);
-        self.op("q_head_bwd", |dev| act::q_head_bwd(dev, &dq, z_h, &w.master, dw, dbias, dz_h, batch, seq, d));
+        self.op("q_head_bwd", |dev| {
+            act::q_head_bwd(dev, &dq, z_h, &w.master, dw, dbias, dz_h, batch, seq, d)
+        });
     }
 
     fn add_rms_norm_fwd(
@@ -428,7 +437,16 @@ impl Backend for Cuda {
             }
         };
         self.op("embed_fwd", |d| {
-            kernels::embed_fwd(d, tokens, puzzle_ids, &embed_w.master, pw, pos_w.map(|p| &p.master), out, dims)
+            kernels::embed_fwd(
+                d,
+                tokens,
+                puzzle_ids,
+                &embed_w.master,
+                pw,
+                pos_w.map(|p| &p.master),
+                out,
+                dims,
+            )
         });
     }
     fn embed_bwd(
@@ -466,7 +484,9 @@ impl Backend for Cuda {
             Ok(o) => o,
             Err(e) => panic!("CUDA allocation for the loss of {rows} rows failed: {e:#}"),
         };
-        self.op("lm_loss", |d| kernels::stablemax_ce(d, logits, labels, rows, seq, vocab, grad_scale, dlogits, &mut out));
+        self.op("lm_loss", |d| {
+            kernels::stablemax_ce(d, logits, labels, rows, seq, vocab, grad_scale, dlogits, &mut out)
+        });
         LmLossOut {
             loss_per_row: self.download("loss", &out.loss_per_row, rows),
             exact: self.download("exact flags", &out.exact, rows).iter().map(|&e| e != 0).collect(),

@@ -129,7 +129,8 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
                 return Err("built without nvcc: no CUDA kernels (run scripts/setup-cuda)".into());
             }
             let want_gpu = env_on("HRM_REQUIRE_GPU");
-            let want_emu = env_on("HRM_CUDA_EMU") || FORCE_EMULATION.load(std::sync::atomic::Ordering::SeqCst);
+            let want_emu =
+                env_on("HRM_CUDA_EMU") || FORCE_EMULATION.load(std::sync::atomic::Ordering::SeqCst);
             if want_emu && !want_gpu {
                 load_emulation()?;
                 return Ok(DeviceKind::Emulation);
