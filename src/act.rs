@@ -4,7 +4,7 @@
 
 use crate::backend::cpu::loss::{bce_with_logits, sigmoid};
 use crate::backend::{Backend, LmLossOut};
-use crate::hrm::{DeviceInputs, Heads, Hrm};
+use crate::hrm::{Heads, Hrm, Workspace};
 use crate::model::ParamSet;
 use rand::Rng;
 
@@ -35,6 +35,8 @@ pub struct Carry<B: Backend> {
     pub steps: Vec<u32>,
     pub halted: Vec<bool>,
     pub data: Batch,
+    /// The buffers of this batch shape (not state: rebuilt, not saved, on resume).
+    pub ws: Workspace<B>,
 }
 
 impl<B: Backend> Carry<B> {
@@ -52,7 +54,20 @@ impl<B: Backend> Carry<B> {
                 puzzle_ids: vec![0; batch],
                 labels: Some(vec![0; batch * cfg.seq_len]),
             },
+            ws: Workspace::new(be, cfg, batch),
         }
+    }
+
+    /// The last segment's logits [batch * seq_len, vocab].
+    pub fn logits(&self) -> &B::Act {
+        self.ws.logits()
+    }
+
+    /// Copies the current puzzles to the backend and embeds them.
+    fn embed(&mut self, be: &B, model: &Hrm<B>) {
+        be.write_i32(&self.data.inputs, &mut self.ws.inputs.tokens);
+        be.write_i32(&self.data.puzzle_ids, &mut self.ws.inputs.puzzle_ids);
+        model.embed(be, &mut self.ws);
     }
 
     /// Step 1 of an ACT step: halted rows restart from H_init/L_init with the new batch's row;
@@ -75,30 +90,25 @@ impl<B: Backend> Carry<B> {
     }
 }
 
-fn device_inputs<B: Backend>(be: &B, data: &Batch) -> DeviceInputs<B> {
-    DeviceInputs { tokens: be.upload_i32(&data.inputs), puzzle_ids: be.upload_i32(&data.puzzle_ids) }
-}
-
-/// Result of one evaluation segment.
-pub struct EvalSegment<B: Backend> {
-    pub heads: Heads<B>,
+/// Result of one evaluation segment (the logits are in the carry: [`Carry::logits`]).
+pub struct EvalSegment {
+    pub heads: Heads,
     /// Argmax, exact flags and per-row token accuracy (only when labels are present).
     pub scored: Option<LmLossOut>,
 }
 
 /// One eval-mode ACT step (halting only at `halt_max_steps`, no exploration, no target).
-pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: &Batch) -> EvalSegment<B> {
+pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: &Batch) -> EvalSegment {
     carry.take_new_data(be, model, new);
-    let batch = carry.steps.len();
-    let inputs = device_inputs(be, &carry.data);
-    let x = model.embed(be, &inputs, batch);
-    let (heads, _) = model.segment(be, batch, &x, &mut carry.z_h, &mut carry.z_l, false);
+    carry.embed(be, model);
+    let heads = model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, false);
     for (b, s) in carry.steps.iter_mut().enumerate() {
         *s += 1;
         carry.halted[b] = *s as usize >= model.cfg.halt_max_steps;
     }
     let scored = carry.data.labels.as_ref().map(|labels| {
-        be.lm_loss(&heads.logits, &be.upload_i32(labels), model.cfg.vocab_size, model.cfg.seq_len, 0.0, None)
+        be.write_i32(labels, &mut carry.ws.labels);
+        be.lm_loss(carry.ws.logits(), &carry.ws.labels, model.cfg.vocab_size, model.cfg.seq_len, 0.0, None)
     });
     EvalSegment { heads, scored }
 }
@@ -195,32 +205,33 @@ pub fn train_step<B: Backend>(
     let cfg = &model.cfg;
     carry.take_new_data(be, model, new);
     let batch = carry.steps.len();
-    let labels_host = carry.data.labels.clone().expect("training needs labels");
-    let inputs = device_inputs(be, &carry.data);
-    let x = model.embed(be, &inputs, batch);
-    let (heads, acts) = model.segment(be, batch, &x, &mut carry.z_h, &mut carry.z_l, true);
-    let acts = acts.expect("kept activations");
+    let labels_host = carry.data.labels.as_ref().expect("training needs labels");
+    be.write_i32(labels_host, &mut carry.ws.labels);
+    carry.embed(be, model);
+    let heads = model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, true);
     carry.steps.iter_mut().for_each(|s| *s += 1);
     carry.halted = halting(&carry.steps, &heads.q_halt, &heads.q_continue, min_halt, cfg.halt_max_steps);
 
+    // The LM loss and its gradient (of lm / global_batch), before the target segment reuses
+    // the logits buffer.
+    let scale = 1.0 / global_batch as f64;
+    let lm = {
+        let (logits, labels, dlogits) =
+            carry.ws.loss_views().expect("training buffers exist after a kept segment");
+        be.lm_loss(logits, labels, cfg.vocab_size, cfg.seq_len, scale, Some(dlogits))
+    };
+
     // Target Q: one more segment from the new carry with the same data (no gradient).
-    let (mut zh, mut zl) = (be.zeros(be.act_len(&carry.z_h)), be.zeros(be.act_len(&carry.z_l)));
-    be.copy(&carry.z_h, &mut zh);
-    be.copy(&carry.z_l, &mut zl);
-    let (next, _) = model.segment(be, batch, &x, &mut zh, &mut zl, false);
+    let next = model.target_segment(be, &mut carry.ws, &carry.z_h, &carry.z_l);
     let target = target_q_continue(&carry.steps, &next.q_halt, &next.q_continue, cfg.halt_max_steps);
 
-    // Losses; gradients of (lm + 0.5 (q_halt + q_continue)) / global_batch.
-    let scale = 1.0 / global_batch as f64;
-    let labels = be.upload_i32(&labels_host);
-    let mut dlogits = be.zeros(be.act_len(&heads.logits));
-    let lm = be.lm_loss(&heads.logits, &labels, cfg.vocab_size, cfg.seq_len, scale, Some(&mut dlogits));
+    // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
     let seq_correct: Vec<f32> = lm.exact.iter().map(|&e| e as u8 as f32).collect();
     let mut dq_halt = vec![0.0; batch];
     let mut dq_continue = vec![0.0; batch];
     let q_halt_loss = bce_with_logits(&heads.q_halt, &seq_correct, 0.5 * scale, Some(&mut dq_halt));
     let q_continue_loss = bce_with_logits(&heads.q_continue, &target, 0.5 * scale, Some(&mut dq_continue));
-    model.segment_bwd(be, batch, &inputs, &acts, &dlogits, &dq_halt, &dq_continue, grads);
+    model.segment_bwd(be, &mut carry.ws, &dq_halt, &dq_continue, grads);
 
     let mut st = StepStats {
         lm_loss: lm.loss_per_row.iter().sum(),

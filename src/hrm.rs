@@ -82,10 +82,13 @@ pub struct ModuleActs<B: Backend> {
     layers: Vec<LayerActs<B>>,
 }
 
-/// Everything the backward of one segment needs.
-pub struct SegmentActs<B: Backend> {
-    l: ModuleActs<B>,
-    h: ModuleActs<B>,
+impl<B: Backend> ModuleActs<B> {
+    fn new(be: &B, s: &Shape, layers: usize) -> Self {
+        ModuleActs {
+            input: be.zeros(s.rows() * s.hidden),
+            layers: (0..layers).map(|_| LayerActs::new(be, s)).collect(),
+        }
+    }
 }
 
 /// Gradient buffers reused across blocks.
@@ -97,13 +100,108 @@ struct GradScratch<B: Backend> {
     ds1: B::Act,
     dattn: B::Act,
     dqkv: B::Act,
+    /// d(block output) on entry to a block's backward, d(block input) on return
     dnext: B::Act,
 }
 
-/// Output heads of a segment.
-pub struct Heads<B: Backend> {
+/// What only a training step needs: the saved activations of the gradient-carrying L and H
+/// updates, the backward's scratch, and the target-Q segment's copy of the carry.
+struct TrainBuffers<B: Backend> {
+    l: ModuleActs<B>,
+    h: ModuleActs<B>,
+    g: GradScratch<B>,
+    dlogits: B::Act,
+    dcells: B::Act,
+    /// (z_H, z_L) of the target-Q segment (`None` only while that segment runs)
+    target: Option<(B::Act, B::Act)>,
+}
+
+/// Every buffer a segment (and a training step's backward) uses, allocated once per batch
+/// shape: nothing is allocated inside a step. The no-grad updates ping-pong between the carry
+/// and `scratch.out` instead of copying the state after each block.
+pub struct Workspace<B: Backend> {
+    shape: Shape,
+    /// the batch's tokens and puzzle ids on the backend
+    pub inputs: DeviceInputs<B>,
+    /// the batch's labels [batch, seq_len]
+    pub labels: B::I32,
+    /// the input embedding of the current batch [rows, hidden]
+    x: B::Act,
+    /// the injection z_H + x [rows, hidden]
+    inj: B::Act,
+    scratch: LayerActs<B>,
+    /// z_H at the cell positions [batch * seq_len, hidden]
+    cells: B::Act,
     /// [batch * seq_len, vocab] (prefix positions dropped)
-    pub logits: B::Act,
+    logits: B::Act,
+    train: Option<TrainBuffers<B>>,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Buffers for inference at this batch size; the training buffers come with the first
+    /// training segment.
+    pub fn new(be: &B, cfg: &ModelConfig, batch: usize) -> Self {
+        let s = Shape::new(cfg, batch);
+        let (r, d) = (s.rows(), s.hidden);
+        Workspace {
+            shape: s,
+            inputs: DeviceInputs {
+                tokens: be.upload_i32(&vec![0; batch * cfg.seq_len]),
+                puzzle_ids: be.upload_i32(&vec![0; batch]),
+            },
+            labels: be.upload_i32(&vec![0; batch * cfg.seq_len]),
+            x: be.zeros(r * d),
+            inj: be.zeros(r * d),
+            scratch: LayerActs::new(be, &s),
+            cells: be.zeros(batch * cfg.seq_len * d),
+            logits: be.zeros(batch * cfg.seq_len * cfg.vocab_size),
+            train: None,
+        }
+    }
+
+    fn ensure_train(&mut self, be: &B, cfg: &ModelConfig) {
+        if self.train.is_some() {
+            return;
+        }
+        let s = self.shape;
+        let (r, d) = (s.rows(), s.hidden);
+        let n = s.batch * cfg.seq_len;
+        self.train = Some(TrainBuffers {
+            l: ModuleActs::new(be, &s, cfg.L_layers),
+            h: ModuleActs::new(be, &s, cfg.H_layers),
+            g: GradScratch {
+                ds2: be.zeros(r * d),
+                dact: be.zeros(r * s.inter),
+                dgate_up: be.zeros(r * 2 * s.inter),
+                dh1: be.zeros(r * d),
+                ds1: be.zeros(r * d),
+                dattn: be.zeros(r * d),
+                dqkv: be.zeros(r * 3 * d),
+                dnext: be.zeros(r * d),
+            },
+            dlogits: be.zeros(n * cfg.vocab_size),
+            dcells: be.zeros(n * d),
+            target: Some((be.zeros(r * d), be.zeros(r * d))),
+        });
+    }
+
+    pub fn batch(&self) -> usize {
+        self.shape.batch
+    }
+    /// The last segment's logits [batch * seq_len, vocab].
+    pub fn logits(&self) -> &B::Act {
+        &self.logits
+    }
+    /// (logits, labels, the logits' gradient buffer) for the training loss (`None` before a
+    /// training segment).
+    pub fn loss_views(&mut self) -> Option<(&B::Act, &B::I32, &mut B::Act)> {
+        let t = self.train.as_mut()?;
+        Some((&self.logits, &self.labels, &mut t.dlogits))
+    }
+}
+
+/// Output heads of a segment (the logits stay in the workspace: [`Workspace::logits`]).
+pub struct Heads {
     /// q_halt logits [batch]
     pub q_halt: Vec<f32>,
     /// q_continue logits [batch]
@@ -157,21 +255,19 @@ impl<B: Backend> Hrm<B> {
         }
     }
 
-    /// `x = sqrt(hidden) * [puzzle prefix; embed_tokens[tokens]]` [batch*seq, hidden].
-    pub fn embed(&self, be: &B, inputs: &DeviceInputs<B>, batch: usize) -> B::Act {
-        let s = Shape::new(&self.cfg, batch);
-        let mut x = be.zeros(s.rows() * s.hidden);
+    /// `x = sqrt(hidden) * [puzzle prefix; embed_tokens[tokens]]` [batch*seq, hidden] into the
+    /// workspace (the input of the next segments).
+    pub fn embed(&self, be: &B, ws: &mut Workspace<B>) {
         let p = &self.params;
         be.embed_fwd(
-            &inputs.tokens,
-            &inputs.puzzle_ids,
+            &ws.inputs.tokens,
+            &ws.inputs.puzzle_ids,
             &p.embed_tokens,
             p.puzzle_emb.as_ref(),
             p.embed_pos.as_ref(),
-            &mut x,
-            &self.embed_dims(batch),
+            &mut ws.x,
+            &self.embed_dims(ws.shape.batch),
         );
-        x
     }
 
     /// Carry rows (z_H or z_L) set to `init` where `mask`.
@@ -229,7 +325,8 @@ impl<B: Backend> Hrm<B> {
         be.linear_bwd_w(&g.dqkv, input, &mut gw.qkv, r, d, 3 * d);
     }
 
-    /// `z = layers(z + injection)` without keeping activations (the no-grad updates).
+    /// `z = layers(z + injection)` without keeping activations (the no-grad updates). Each
+    /// block writes `scratch.out`, which then trades places with `z` (no copy).
     fn module_nograd(
         &self,
         be: &B,
@@ -242,11 +339,11 @@ impl<B: Backend> Hrm<B> {
         be.add_inplace(z, injection);
         for w in layers {
             self.block_fwd(be, s, w, z, scratch);
-            be.copy(&scratch.out, z);
+            std::mem::swap(z, &mut scratch.out);
         }
     }
 
-    /// `z = layers(z + injection)` keeping what the backward needs.
+    /// `z = layers(z + injection)` keeping what the backward needs in `acts`.
     fn module_grad(
         &self,
         be: &B,
@@ -254,18 +351,16 @@ impl<B: Backend> Hrm<B> {
         layers: &[LayerParams<B::Param>],
         z: &mut B::Act,
         injection: &B::Act,
-    ) -> ModuleActs<B> {
-        let mut input = be.zeros(be.act_len(z));
-        be.add(z, injection, &mut input);
-        let mut acts: Vec<LayerActs<B>> = Vec::with_capacity(layers.len());
-        for w in layers {
-            let mut a = LayerActs::new(be, s);
-            let inp = acts.last().map(|p| &p.out).unwrap_or(&input);
-            self.block_fwd(be, s, w, inp, &mut a);
-            acts.push(a);
+        acts: &mut ModuleActs<B>,
+    ) {
+        be.add(z, injection, &mut acts.input);
+        for (k, w) in layers.iter().enumerate() {
+            let (done, rest) = acts.layers.split_at_mut(k);
+            let inp = done.last().map(|p| &p.out).unwrap_or(&acts.input);
+            self.block_fwd(be, s, w, inp, &mut rest[0]);
         }
-        be.copy(&acts.last().expect("at least one layer").out, z);
-        ModuleActs { input, layers: acts }
+        // The saved output stays with the activations (the norm's backward reads it).
+        be.copy(&acts.layers.last().expect("at least one layer").out, z);
     }
 
     fn module_bwd(
@@ -283,83 +378,91 @@ impl<B: Backend> Hrm<B> {
         }
     }
 
-    /// One ACT segment on the carry (`z_h`, `z_l` updated in place to the new, detached carry).
-    /// With `keep` the last L and H updates keep their activations for `segment_bwd`.
+    /// One ACT segment on the carry (`z_h`, `z_l` updated in place to the new, detached carry)
+    /// from the embedding in `ws`. With `keep` the last L and H updates keep their activations
+    /// in `ws` for `segment_bwd`. The logits are left in `ws`.
     pub fn segment(
         &self,
         be: &B,
-        batch: usize,
-        x: &B::Act,
+        ws: &mut Workspace<B>,
         z_h: &mut B::Act,
         z_l: &mut B::Act,
         keep: bool,
-    ) -> (Heads<B>, Option<SegmentActs<B>>) {
-        let s = Shape::new(&self.cfg, batch);
+    ) -> Heads {
+        if keep {
+            ws.ensure_train(be, &self.cfg);
+        }
+        let s = ws.shape;
         let p = &self.params;
         let (hc, lc) = (self.cfg.H_cycles, self.cfg.L_cycles);
-        let mut scratch = LayerActs::new(be, &s);
-        let mut inj = be.zeros(s.rows() * s.hidden);
+        let Workspace { x, inj, scratch, train, .. } = ws;
         for h in 0..hc {
             for l in 0..lc {
                 let last = h == hc - 1 && l == lc - 1;
                 if !last || !keep {
-                    be.add(z_h, x, &mut inj);
-                    self.module_nograd(be, &s, &p.l_layers, z_l, &inj, &mut scratch);
+                    be.add(z_h, x, inj);
+                    self.module_nograd(be, &s, &p.l_layers, z_l, inj, scratch);
                 }
             }
             if h != hc - 1 || !keep {
-                self.module_nograd(be, &s, &p.h_layers, z_h, z_l, &mut scratch);
+                self.module_nograd(be, &s, &p.h_layers, z_h, z_l, scratch);
             }
         }
-        let acts = if keep {
-            be.add(z_h, x, &mut inj);
-            let l = self.module_grad(be, &s, &p.l_layers, z_l, &inj);
-            let h = self.module_grad(be, &s, &p.h_layers, z_h, z_l);
-            Some((l, h))
-        } else {
-            None
-        };
-        let heads = self.heads(be, &s, z_h);
-        (heads, acts.map(|(l, h)| SegmentActs { l, h }))
+        if keep {
+            let t = train.as_mut().expect("allocated above");
+            be.add(z_h, x, inj);
+            self.module_grad(be, &s, &p.l_layers, z_l, inj, &mut t.l);
+            self.module_grad(be, &s, &p.h_layers, z_h, z_l, &mut t.h);
+        }
+        self.heads(be, ws, z_h)
     }
 
-    fn heads(&self, be: &B, s: &Shape, z_h: &B::Act) -> Heads<B> {
+    /// The target-Q segment of a training step: one more no-grad segment from a copy of the new
+    /// carry, with the same input. Leaves the carry (and the saved activations) untouched.
+    pub fn target_segment(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act, z_l: &B::Act) -> Heads {
+        ws.ensure_train(be, &self.cfg);
+        let t = ws.train.as_mut().expect("allocated above");
+        let (mut zh, mut zl) = t.target.take().expect("the target buffers are home between segments");
+        be.copy(z_h, &mut zh);
+        be.copy(z_l, &mut zl);
+        let heads = self.segment(be, ws, &mut zh, &mut zl, false);
+        ws.train.as_mut().expect("allocated above").target = Some((zh, zl));
+        heads
+    }
+
+    fn heads(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act) -> Heads {
+        let s = ws.shape;
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
-        let mut cells = be.zeros(s.batch * n * d);
-        be.gather_positions(z_h, &mut cells, s.seq, pre, n, d);
-        let mut logits = be.zeros(s.batch * n * v);
-        be.linear_fwd(&cells, &self.params.lm_head, &mut logits, s.batch * n, d, v);
+        be.gather_positions(z_h, &mut ws.cells, s.seq, pre, n, d);
+        be.linear_fwd(&ws.cells, &self.params.lm_head, &mut ws.logits, s.batch * n, d, v);
         let p = &self.params;
         let (q_halt, q_continue) = be.q_head_fwd(z_h, &p.q_head_weight, &p.q_head_bias, s.batch, s.seq, d);
-        Heads { logits, q_halt, q_continue }
+        Heads { q_halt, q_continue }
     }
 
-    /// Backward of one segment from `dlogits` [batch*seq_len, vocab] and the gradients of the
-    /// q_halt / q_continue logits; parameter gradients accumulate into `grads`. Needs the
-    /// final z_H (the carry after the segment) for lm_head's weight gradient.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of the last `segment(.., keep = true)` from the gradient of the logits (in
+    /// `ws`, see [`Workspace::loss_views`]) and of the q_halt / q_continue logits; parameter
+    /// gradients accumulate into `grads`.
     pub fn segment_bwd(
         &self,
         be: &B,
-        batch: usize,
-        inputs: &DeviceInputs<B>,
-        acts: &SegmentActs<B>,
-        dlogits: &B::Act,
+        ws: &mut Workspace<B>,
         dq_halt: &[f32],
         dq_continue: &[f32],
         grads: &mut ParamSet<B::F32>,
     ) {
-        let s = Shape::new(&self.cfg, batch);
+        let s = ws.shape;
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
-        let z_h = &acts.h.layers.last().expect("H has layers").out;
-        // Heads.
-        let mut dz_h = be.zeros(s.rows() * d);
-        let mut cells = be.zeros(batch * n * d);
-        be.gather_positions(z_h, &mut cells, s.seq, pre, n, d);
-        be.linear_bwd_w(dlogits, &cells, &mut grads.lm_head, batch * n, d, v);
-        let mut dcells = be.zeros(batch * n * d);
-        be.linear_bwd_x(dlogits, &self.params.lm_head, &mut dcells, batch * n, d, v, false);
-        be.scatter_add_positions(&dcells, &mut dz_h, s.seq, pre, n, d);
+        let batch = s.batch;
+        let Workspace { cells, train, inputs, .. } = ws;
+        let t = train.as_mut().expect("segment_bwd needs a segment with keep = true");
+        let z_h = &t.h.layers.last().expect("H has layers").out;
+        // Heads: the gradient of z_H lands in g.dnext.
+        be.zero_act(&mut t.g.dnext);
+        be.gather_positions(z_h, cells, s.seq, pre, n, d);
+        be.linear_bwd_w(&t.dlogits, cells, &mut grads.lm_head, batch * n, d, v);
+        be.linear_bwd_x(&t.dlogits, &self.params.lm_head, &mut t.dcells, batch * n, d, v, false);
+        be.scatter_add_positions(&t.dcells, &mut t.g.dnext, s.seq, pre, n, d);
         be.q_head_bwd(
             dq_halt,
             dq_continue,
@@ -367,29 +470,18 @@ impl<B: Backend> Hrm<B> {
             &self.params.q_head_weight,
             &mut grads.q_head_weight,
             &mut grads.q_head_bias,
-            &mut dz_h,
+            &mut t.g.dnext,
             s.seq,
             d,
         );
         // H module, then L module (z_H = H(z_H, z_L): the gradient reaches z_L only).
-        let r = s.rows();
-        let mut g = GradScratch {
-            ds2: be.zeros(r * d),
-            dact: be.zeros(r * s.inter),
-            dgate_up: be.zeros(r * 2 * s.inter),
-            dh1: be.zeros(r * d),
-            ds1: be.zeros(r * d),
-            dattn: be.zeros(r * d),
-            dqkv: be.zeros(r * 3 * d),
-            dnext: dz_h,
-        };
         let p = &self.params;
-        self.module_bwd(be, &s, &p.h_layers, &acts.h, &mut g, &mut grads.h_layers);
+        self.module_bwd(be, &s, &p.h_layers, &t.h, &mut t.g, &mut grads.h_layers);
         // d(input of H) = d(z_L new) = d(output of L).
-        self.module_bwd(be, &s, &p.l_layers, &acts.l, &mut g, &mut grads.l_layers);
+        self.module_bwd(be, &s, &p.l_layers, &t.l, &mut t.g, &mut grads.l_layers);
         // d(input of L) = d(z_L + z_H + x): the gradient of x.
         be.embed_bwd(
-            &g.dnext,
+            &t.g.dnext,
             &inputs.tokens,
             &inputs.puzzle_ids,
             &mut grads.embed_tokens,

@@ -96,7 +96,7 @@ fn forward<B: Backend>(be: &B, cfg: &ModelConfig, p: &HostParams, batch: &Batch,
     let h = last.unwrap();
     be.check().unwrap();
     Forward {
-        logits: be.download_act(&h.logits),
+        logits: be.download_act(carry.logits()),
         q_halt: h.q_halt,
         q_continue: h.q_continue,
         z_h: be.download_act(&carry.z_h),
@@ -270,5 +270,33 @@ fn twenty_training_steps_match_cpu() {
     assert_rule("lm loss curve", &lm(&got), &lm(&sim), &lm(&want), 1e-3);
     if same_until == steps {
         assert_rule("parameters after 20 steps", &got.params, &sim.params, &want.params, 1e-4);
+    }
+}
+
+fn first_non_finite_on<B: Backend>(be: &B) {
+    let clean: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+    for (planted, value) in
+        [(None, 0.0), (Some(0), f32::NAN), (Some(2), f32::INFINITY), (Some(3), f32::NEG_INFINITY)]
+    {
+        let bufs: Vec<_> = (0..4)
+            .map(|i| {
+                let mut v = clean.clone();
+                if Some(i) == planted {
+                    v[999 - 300 * i] = value;
+                }
+                be.upload_f32(&v)
+            })
+            .collect();
+        let refs: Vec<_> = bufs.iter().collect();
+        assert_eq!(be.first_non_finite(&refs), planted, "{} with {value} in buffer {planted:?}", be.name());
+    }
+    be.check().unwrap();
+}
+
+#[test]
+fn the_nan_guard_names_the_first_bad_buffer_on_both_backends() {
+    first_non_finite_on(&Cpu);
+    if let Some(gpu) = cuda("backend_parity nan guard") {
+        first_non_finite_on(&gpu);
     }
 }

@@ -8,12 +8,12 @@
 //! the truncation (O(ε²)) and rounding errors stay below ~1e-3 relative, so we require 2e-2,
 //! while a wrong backward (a dropped term, a transposed product) is off by O(1).
 
-use hrm::act::{Batch, Carry, train_step};
+use hrm::act::{Batch, Carry, eval_step, train_step};
 use hrm::backend::Backend;
 use hrm::backend::cpu::Cpu;
 use hrm::backend::cpu::loss::bce_with_logits;
 use hrm::config::{ModelConfig, PosEncodings};
-use hrm::hrm::{DeviceInputs, Hrm};
+use hrm::hrm::Hrm;
 use hrm::model::{HostParams, TensorKind, tensor_specs};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -54,12 +54,10 @@ fn loss(cfg: &ModelConfig, params: &HostParams, batch: &Batch, seq_correct: &[f3
     let model = Hrm::new(&be, cfg, params);
     let b = batch.len();
     let mut carry = Carry::fresh(&be, &model, b);
-    carry.take_new_data(&be, &model, batch);
-    let inputs = DeviceInputs { tokens: batch.inputs.clone(), puzzle_ids: batch.puzzle_ids.clone() };
-    let x = model.embed(&be, &inputs, b);
-    let (heads, _) = model.segment(&be, b, &x, &mut carry.z_h, &mut carry.z_l, false);
+    let seg = eval_step(&be, &model, &mut carry, batch);
+    let heads = seg.heads;
     let labels = batch.labels.clone().unwrap();
-    let lm = be.lm_loss(&heads.logits, &labels, cfg.vocab_size, cfg.seq_len, 0.0, None);
+    let lm = be.lm_loss(carry.logits(), &labels, cfg.vocab_size, cfg.seq_len, 0.0, None);
     let lm_loss: f64 = lm.loss_per_row.iter().sum();
     let qh = bce_with_logits(&heads.q_halt, seq_correct, 0.0, None);
     let qc = bce_with_logits(&heads.q_continue, target, 0.0, None);

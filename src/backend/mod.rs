@@ -51,6 +51,8 @@ pub trait Backend {
     fn download_act(&self, buf: &Self::Act) -> Vec<f32>;
     fn act_len(&self, buf: &Self::Act) -> usize;
     fn copy(&self, src: &Self::Act, dst: &mut Self::Act);
+    /// Sets every element to zero.
+    fn zero_act(&self, buf: &mut Self::Act);
     fn upload_param(&self, host: &[f32]) -> Self::Param;
     fn download_param(&self, p: &Self::Param) -> Vec<f32>;
     /// f32 buffer of `n` zeros.
@@ -58,8 +60,14 @@ pub trait Backend {
     fn upload_f32(&self, host: &[f32]) -> Self::F32;
     fn download_f32(&self, buf: &Self::F32) -> Vec<f32>;
     fn upload_i32(&self, host: &[i32]) -> Self::I32;
+    /// Overwrites `buf` (of the same length) with `host`.
+    fn write_i32(&self, host: &[i32], buf: &mut Self::I32);
     /// No NaN or infinity in the buffer (the training NaN guard).
     fn all_finite(&self, buf: &Self::F32) -> bool;
+    /// The index of the first buffer holding a NaN or infinity (one read-back for all).
+    fn first_non_finite(&self, bufs: &[&Self::F32]) -> Option<usize> {
+        bufs.iter().position(|b| !self.all_finite(b))
+    }
     /// `ema = decay * ema + (1 - decay) * p`
     fn ema_update(&self, ema: &mut Self::F32, p: &Self::Param, decay: f32);
 

@@ -64,9 +64,10 @@ pub fn forward_outputs<B: Backend>(
         last = Some(seg.heads);
     }
     let heads = last.expect("segments >= 1");
+    let logits = be.download_act(carry.logits());
     let (s, d) = (cfg.total_seq_len(), cfg.hidden_size);
     let mut out = vec![
-        NamedTensor::f32("logits", vec![b, cfg.seq_len, cfg.vocab_size], be.download_act(&heads.logits)),
+        NamedTensor::f32("logits", vec![b, cfg.seq_len, cfg.vocab_size], logits),
         NamedTensor::f32("q_halt_logits", vec![b], heads.q_halt),
         NamedTensor::f32("q_continue_logits", vec![b], heads.q_continue),
         NamedTensor::f32("z_H", vec![b, s, d], be.download_act(&carry.z_h)),

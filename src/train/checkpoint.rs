@@ -176,16 +176,15 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     };
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = [b, cfg.model.total_seq_len(), cfg.model.hidden_size];
-    let carry = Carry {
-        z_h: be.upload_act(&f.f32("carry.z_H", Some(&zshape))?),
-        z_l: be.upload_act(&f.f32("carry.z_L", Some(&zshape))?),
-        steps: f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect(),
-        halted: f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect(),
-        data: Batch {
-            inputs: f.i32("carry.inputs", Some(&[b, n]))?,
-            puzzle_ids: f.i32("carry.puzzle_identifiers", Some(&[b]))?,
-            labels: Some(f.i32("carry.labels", Some(&[b, n]))?),
-        },
+    let mut carry = Carry::fresh(be, &model, b);
+    carry.z_h = be.upload_act(&f.f32("carry.z_H", Some(&zshape))?);
+    carry.z_l = be.upload_act(&f.f32("carry.z_L", Some(&zshape))?);
+    carry.steps = f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect();
+    carry.halted = f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect();
+    carry.data = Batch {
+        inputs: f.i32("carry.inputs", Some(&[b, n]))?,
+        puzzle_ids: f.i32("carry.puzzle_identifiers", Some(&[b]))?,
+        labels: Some(f.i32("carry.labels", Some(&[b, n]))?),
     };
     let mut explore_rng = ChaCha8Rng::seed_from_u64(meta.explore_seed);
     let pos: u128 = meta.explore_word_pos.parse().map_err(|_| anyhow!("{}: bad RNG position", f.path()))?;

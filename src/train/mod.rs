@@ -128,10 +128,8 @@ impl<B: Backend> Trainer<B> {
             );
         }
         let specs = crate::model::tensor_specs(&cfg.model);
-        for (spec, g) in specs.iter().zip(grads.tensors()) {
-            if !be.all_finite(g) {
-                bail!("step {step}: non-finite gradient in {}; stopping before the update", spec.name);
-            }
+        if let Some(i) = be.first_non_finite(&grads.tensors()) {
+            bail!("step {step}: non-finite gradient in {}; stopping before the update", specs[i].name);
         }
         let (lr, plr) = self.lrs(step);
         let ids = self.carry.data.puzzle_ids.clone();

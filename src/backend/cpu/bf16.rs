@@ -54,6 +54,9 @@ impl Backend for CpuBf16 {
     fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
         dst.copy_from_slice(src);
     }
+    fn zero_act(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
     fn upload_param(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
     }
@@ -71,6 +74,9 @@ impl Backend for CpuBf16 {
     }
     fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
         host.to_vec()
+    }
+    fn write_i32(&self, host: &[i32], buf: &mut Vec<i32>) {
+        buf.copy_from_slice(host);
     }
     fn all_finite(&self, buf: &Vec<f32>) -> bool {
         Cpu.all_finite(buf)

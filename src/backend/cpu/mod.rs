@@ -47,6 +47,9 @@ impl Backend for Cpu {
     fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
         dst.copy_from_slice(src);
     }
+    fn zero_act(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
     fn upload_param(&self, host: &[f32]) -> Vec<f32> {
         host.to_vec()
     }
@@ -64,6 +67,9 @@ impl Backend for Cpu {
     }
     fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
         host.to_vec()
+    }
+    fn write_i32(&self, host: &[i32], buf: &mut Vec<i32>) {
+        buf.copy_from_slice(host);
     }
     fn all_finite(&self, buf: &Vec<f32>) -> bool {
         buf.par_chunks(1 << 14).all(|c| c.iter().all(|v| v.is_finite()))

@@ -173,6 +173,9 @@ impl Backend for Cuda {
             d.stream.memcpy_dtod(src, dst).map_err(|e| anyhow!("{e}"))
         });
     }
+    fn zero_act(&self, buf: &mut CudaSlice<bf16>) {
+        self.op("zero", |d| d.stream.memset_zeros(buf).map_err(|e| anyhow!("{e}")));
+    }
     fn upload_param(&self, host: &[f32]) -> CudaParam {
         CudaParam { master: self.upload(host), shadow: self.upload(&bf16_of(host)) }
     }
@@ -191,6 +194,12 @@ impl Backend for Cuda {
     fn upload_i32(&self, host: &[i32]) -> CudaSlice<i32> {
         self.upload(host)
     }
+    fn write_i32(&self, host: &[i32], buf: &mut CudaSlice<i32>) {
+        self.op("upload", |d| {
+            anyhow::ensure!(host.len() == buf.len(), "writing {} values into {}", host.len(), buf.len());
+            d.stream.memcpy_htod(host, buf).map_err(|e| anyhow!("{e}"))
+        });
+    }
     fn all_finite(&self, buf: &CudaSlice<f32>) -> bool {
         if self.failed() {
             return true; // the recorded error is reported by `check`
@@ -202,6 +211,16 @@ impl Backend for Cuda {
                 true
             }
         }
+    }
+    fn first_non_finite(&self, bufs: &[&CudaSlice<f32>]) -> Option<usize> {
+        if self.failed() || bufs.is_empty() {
+            return None; // a recorded error is reported by `check`
+        }
+        let mut counts = self.alloc_zeros::<u32>(bufs.len());
+        for (i, b) in bufs.iter().enumerate() {
+            self.op("first_non_finite", |d| act::count_nonfinite(d, *b, &mut counts.slice_mut(i..i + 1)));
+        }
+        self.download("non-finite counts", &counts, bufs.len()).iter().position(|&c| c != 0)
     }
     fn ema_update(&self, ema: &mut CudaSlice<f32>, p: &CudaParam, decay: f32) {
         self.op("ema_update", |d| act::ema_update(d, ema, &p.master, decay));
