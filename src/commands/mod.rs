@@ -5,6 +5,7 @@ pub mod args;
 pub mod bench;
 pub mod eval;
 pub mod train;
+pub mod train_setup;
 pub mod validate;
 
 pub use validate::{forward_outputs, grad_outputs, load_batch, run_forward, run_grad};
