@@ -13,7 +13,8 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long, global = true)]
+    /// (at least 1; capped at the number of cores).
+    #[arg(long, global = true, value_parser = hrm::commands::args::positive_usize)]
     threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -45,7 +46,7 @@ enum Cmd {
         /// safetensors with `inputs` i32 [B,81], `puzzle_identifiers` i32 [B], optional `labels`.
         #[arg(long)]
         batch: PathBuf,
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = hrm::commands::args::positive_usize)]
         segments: usize,
         #[arg(long)]
         out: PathBuf,
@@ -96,6 +97,13 @@ fn main() -> Result<()> {
     hrm::tune_allocator();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
+        let n = if n > cores {
+            eprintln!("warning: --threads {n} is more than the {cores} cores of this machine; using {cores}");
+            cores
+        } else {
+            n
+        };
         rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     }
     match cli.cmd {
@@ -104,6 +112,8 @@ fn main() -> Result<()> {
                 Some(p) => hrm::config::ModelConfig::from_json_file(&p)?,
                 None => hrm::config::ModelConfig::preset(&preset)?,
             };
+            let purpose = hrm::model::memory::Purpose::Eval { batch: 0 };
+            hrm::model::memory::check_host(&cfg, purpose, hrm::backend::DeviceChoice::Cpu)?;
             let params = hrm::model::HostParams::init(&cfg, &mut hrm::rng::seeded(seed));
             hrm::model::checkpoint::save_checkpoint(&out, &cfg, &params)?;
             eprintln!("wrote {} ({} trainable parameters)", out.display(), params.num_trainable(&cfg));

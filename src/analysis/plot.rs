@@ -12,9 +12,20 @@ type Series = Vec<(f64, f64)>;
 pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out: BTreeMap<String, Series> = BTreeMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))?;
+    let lines: Vec<&str> = text.lines().collect();
+    // A run killed while writing a record leaves an unterminated last line: skip it.
+    let torn = !text.is_empty() && !text.ends_with('\n');
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if torn && i + 1 == lines.len() => {
+                eprintln!("{}:{}: skipped a torn (unterminated) last line", path.display(), i + 1);
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1));
+            }
+        };
         let step = v["step"].as_f64().with_context(|| format!("{}:{}: no step", path.display(), i + 1))?;
         let kind = v["kind"].as_str().unwrap_or("train");
         let prefix = match kind {

@@ -150,7 +150,12 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
         None => ModelConfig::preset(&a.preset)?,
     };
     cfg.validate()?;
-    let r = crate::with_backend!(a.device, |be| bench(be, a, &cfg)?);
+    let purpose = crate::model::memory::Purpose::Train { batch: a.batch_size, ema: false };
+    crate::model::memory::check_host(&cfg, purpose, a.device)?;
+    let r = crate::with_backend!(a.device, |be| {
+        crate::model::memory::check_device(be, &cfg, purpose)?;
+        bench(be, a, &cfg)?
+    });
     println!("backend {} | {} | batch {}", r.backend, r.preset, r.batch_size);
     println!(
         "train step: {:.2} ms, {:.0} tokens/s, {:.2} TFLOP/step, {:.2} TFLOP/s{}",

@@ -7,8 +7,7 @@ use crate::infer::eval::{EvalReport, evaluate, predict};
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
-use crate::sudoku::formats::read_eval_set;
-use crate::sudoku::solver::solve;
+use crate::sudoku::formats::{read_eval_set, unique_solution};
 use crate::train::data::{example_of, examples_of};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -25,10 +24,10 @@ pub struct EvalArgs {
     /// when absent).
     #[arg(required = true)]
     pub sets: Vec<PathBuf>,
-    /// Evaluate only the first N puzzles of each set.
-    #[arg(long)]
+    /// Evaluate only the first N puzzles of each set (N >= 1).
+    #[arg(long, value_parser = crate::commands::args::positive_usize)]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::commands::args::positive_usize)]
     pub batch_size: usize,
     /// Also write the reports as JSON here.
     #[arg(long)]
@@ -136,18 +135,34 @@ fn print_board(b: &Board) -> String {
     s
 }
 
+/// The puzzles `hrm solve` is given, each with its unique solution: a puzzle file (every
+/// puzzle, checked as `hrm eval` checks them) or one puzzle of 81 characters, checked the same
+/// way (contradictory givens, no solution, several solutions). Anything else is reported as a
+/// missing file.
+pub fn solve_inputs(arg: &str) -> Result<Vec<(Board, Board)>> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        return Ok(read_eval_set(path)?.into_iter().map(|p| (p.question, p.answer)).collect());
+    }
+    if path.exists() {
+        bail!("{arg}: not a puzzle file (a directory?)");
+    }
+    let t = arg.trim();
+    if t.chars().count() != 81 || t.contains(['/', '\\']) {
+        bail!("{arg}: no such file (nor an 81-character puzzle: {} characters)", t.chars().count());
+    }
+    let q = parse_board(t).with_context(|| format!("puzzle '{t}'"))?;
+    let (solution, _) = unique_solution(&q, 1).map_err(|m| anyhow::anyhow!("puzzle '{t}': {m}"))?;
+    Ok(vec![(q, solution)])
+}
+
 /// Solve each puzzle with the model; prints the board and whether it is a valid solution.
 /// Returns (question, model answer, valid) per puzzle.
 pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
+    let puzzles = solve_inputs(&a.puzzle)?;
     let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
-    let questions: Vec<Board> = if Path::new(&a.puzzle).is_file() {
-        read_eval_set(Path::new(&a.puzzle))?.into_iter().map(|p| p.question).collect()
-    } else {
-        vec![parse_board(a.puzzle.trim()).with_context(|| format!("puzzle '{}'", a.puzzle))?]
-    };
-    // Labels are only used for scoring; solve() gives them when the puzzle is proper.
-    let examples: Vec<_> =
-        questions.iter().map(|q| example_of(q, &solve(q).ok().flatten().unwrap_or(*q))).collect();
+    let questions: Vec<Board> = puzzles.iter().map(|p| p.0).collect();
+    let examples: Vec<_> = puzzles.iter().map(|(q, s)| example_of(q, s)).collect();
     let pred = crate::with_backend!(a.device, |be| predict(
         be,
         &Hrm::new(be, &cfg, &params),

@@ -1,9 +1,11 @@
 //! The CLI's commands as library functions and clap argument structs (`main.rs` only
 //! dispatches), so tests run exactly the code paths users run.
 
+pub mod args;
 pub mod bench;
 pub mod eval;
 pub mod train;
+pub mod train_setup;
 pub mod validate;
 
 pub use validate::{forward_outputs, grad_outputs, load_batch, run_forward, run_grad};

@@ -1,16 +1,18 @@
 //! `hrm train` and `hrm demo`.
 
 use super::eval::report_table;
+use super::train_setup::{model_config, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
 use crate::infer::eval::Example;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
+use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set;
-use crate::train::checkpoint::resume;
 use crate::train::data::{augmented_source, blanked_puzzles, example_of, examples_of};
 use crate::train::run::{RunOptions, RunSummary, run};
+use crate::train::rundir::{RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint};
 use crate::train::sampler::PuzzleSource;
 use crate::train::{TrainConfig, Trainer};
 use anyhow::{Context, Result, bail};
@@ -29,8 +31,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its newest complete checkpoint.
-    #[arg(long, conflicts_with_all = ["out", "preset", "config", "init"])]
+    #[arg(long, conflicts_with_all = ["out", "preset", "config", "init", "overwrite"])]
     pub resume: Option<PathBuf>,
+    /// With --resume: start from this checkpoint directory (RUN/checkpoints/step_N) instead of
+    /// the newest; the run's later checkpoints are set aside as `discarded_step_*`.
+    #[arg(long, requires = "resume")]
+    pub resume_from: Option<PathBuf>,
+    /// Delete the run already in --out (config, run.json, metrics, checkpoints, plots) first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Model preset: sudoku (the paper's), small, tiny.
     #[arg(long)]
     pub preset: Option<String>,
@@ -40,54 +49,54 @@ pub struct TrainArgs {
     /// Start from these weights instead of a fresh initialization.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = crate::commands::args::positive_usize)]
     pub batch_size: usize,
     /// Total steps (default: from --epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::args::positive_u64)]
     pub steps: Option<u64>,
     /// Epochs (passes over the puzzle groups), the reference's unit: steps = epochs * groups / batch.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::commands::args::positive_u64)]
     pub epochs: u64,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::commands::args::unit_closed)]
     pub lr_min_ratio: f64,
     #[arg(long, default_value_t = 2000)]
     pub lr_warmup_steps: u64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true, value_parser = crate::commands::args::unit_half_open)]
     pub beta1: f64,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true, value_parser = crate::commands::args::unit_half_open)]
     pub beta2: f64,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub puzzle_emb_lr: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub puzzle_emb_weight_decay: f64,
-    /// EMA decay of the evaluated/exported weights (e.g. 0.999 as TRM); off by default.
-    #[arg(long)]
+    /// EMA decay of the evaluated/exported weights (e.g. 0.999 as TRM), in (0, 1); off by default.
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::commands::args::unit_open)]
     pub ema: Option<f64>,
-    /// Override the model's halt_exploration_prob.
-    #[arg(long)]
+    /// Override the model's halt_exploration_prob (in [0, 1]).
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::commands::args::unit_closed)]
     pub halt_exploration_prob: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::commands::args::positive_u64)]
     pub log_every: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::commands::args::positive_u64)]
     pub checkpoint_every: u64,
     /// Complete checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::commands::args::positive_usize)]
     pub keep: usize,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::commands::args::positive_u64)]
     pub eval_every: u64,
     /// Puzzles per evaluation set during training (0 = all).
     #[arg(long, default_value_t = 2000)]
     pub eval_limit: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::commands::args::positive_usize)]
     pub eval_batch_size: usize,
     /// Stop once this step is reached (the run can be resumed).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::commands::args::positive_u64)]
     pub stop_after: Option<u64>,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -115,34 +124,44 @@ fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Ex
         .collect()
 }
 
-fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
-    let mut cfg = match (&a.config, &a.preset) {
-        (Some(p), _) => ModelConfig::from_json_file(p)?,
-        (None, Some(name)) => ModelConfig::preset(name)?,
-        (None, None) => ModelConfig::sudoku(),
-    };
-    if let Some(p) = a.halt_exploration_prob {
-        cfg.halt_exploration_prob = p;
-    }
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     if let Some(dir) = &a.resume {
-        let inputs: RunInputs = serde_json::from_slice(
-            &std::fs::read(dir.join("run.json"))
-                .with_context(|| format!("reading {}/run.json", dir.display()))?,
-        )?;
-        let data_path = a.data.clone().unwrap_or(inputs.data);
+        if !dir.join("run.json").exists() {
+            bail!("--resume {}: not a run directory (no run.json)", dir.display());
+        }
+        let _lock = RunLock::acquire(dir)?;
+        let inputs: RunInputs = read_json(&dir.join("run.json"))?;
+        let data_path = train_split(&a.data.clone().unwrap_or(inputs.data))?;
         let eval = if a.eval.is_empty() { inputs.eval } else { a.eval.clone() };
         let data = Dataset::load(&data_path)?;
+        let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
         return crate::with_backend!(a.device, |be| {
-            let mut t = resume(be, dir)?;
+            let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some())?;
             if let Some(s) = a.steps {
                 t.cfg.steps = s;
             }
-            eprintln!("resuming {} at step {} of {} on {}", dir.display(), t.step, t.cfg.steps, be.name());
+            if a.resume_from.is_some() {
+                for p in discard_checkpoints_after(dir, t.step)? {
+                    eprintln!("set aside {} (past the checkpoint resumed from)", p.display());
+                }
+            }
+            let fixed = crate::train::metrics::repair(&dir.join("metrics.jsonl"), t.step)?;
+            if fixed.torn_line || fixed.dropped > 0 {
+                eprintln!(
+                    "metrics.jsonl: cut {} and {} records past step {}",
+                    if fixed.torn_line { "a torn last line" } else { "no torn line" },
+                    fixed.dropped,
+                    t.step
+                );
+            }
+            eprintln!(
+                "resuming {} at step {} of {} from {} on {}",
+                dir.display(),
+                t.step,
+                t.cfg.steps,
+                ckpt.display(),
+                be.name()
+            );
             let opts = RunOptions {
                 run_dir: dir.clone(),
                 eval_sets: load_eval_sets(&eval, t.cfg.eval_limit)?,
@@ -155,11 +174,19 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     let (Some(data_path), Some(out)) = (&a.data, &a.out) else {
         bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
     };
-    let data = Dataset::load(data_path)?;
+    let data_path = train_split(data_path)?;
     let model = model_config(a)?;
+    check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some() }, a.device)?;
+    let data = Dataset::load(&data_path)?;
+    if data.num_groups() == 0 {
+        bail!("{}: the dataset holds no puzzles", data_path.display());
+    }
+    let eval_sets = load_eval_sets(&a.eval, a.eval_limit)?;
     let mut cfg = TrainConfig::new(model.clone());
     cfg.batch_size = a.batch_size;
-    cfg.steps = a.steps.unwrap_or((a.epochs * data.num_groups() as u64 / a.batch_size.max(1) as u64).max(1));
+    cfg.steps = a
+        .steps
+        .unwrap_or((a.epochs.saturating_mul(data.num_groups() as u64) / a.batch_size.max(1) as u64).max(1));
     cfg.seed = a.seed;
     cfg.ema = a.ema;
     cfg.optim = crate::optim::OptimConfig {
@@ -182,7 +209,8 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         Some(p) => load_checkpoint(p, Some(&model))?.1,
         None => HostParams::init(&model, &mut crate::rng::seeded(a.seed)),
     };
-    std::fs::create_dir_all(out)?;
+    let _lock = RunLock::acquire(out)?;
+    prepare_new_run(out, a.overwrite, Some("hrm train --resume"))?;
     let inputs = RunInputs { data: data_path.clone(), eval: a.eval.clone() };
     write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&inputs)?.as_bytes())?;
     eprintln!(
@@ -193,14 +221,10 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         cfg.steps,
         cfg.batch_size
     );
-    let opts = RunOptions {
-        run_dir: out.clone(),
-        eval_sets: load_eval_sets(&a.eval, cfg.eval_limit)?,
-        stop_after: a.stop_after,
-        progress: true,
-    };
+    let opts = RunOptions { run_dir: out.clone(), eval_sets, stop_after: a.stop_after, progress: true };
     crate::with_backend!(a.device, |be| {
         eprintln!("device: {}", be.name());
+        check_device(be, &model, Purpose::Train { batch: cfg.batch_size, ema: cfg.ema.is_some() })?;
         let mut t = Trainer::new(be, cfg, &params);
         run(be, &mut t, &data, &opts)
     })
@@ -212,12 +236,12 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// Training puzzles (each with --augment symmetry transforms).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = crate::commands::args::positive_usize)]
     pub train_puzzles: usize,
     #[arg(long, default_value_t = 20)]
     pub augment: usize,
     /// Held-out evaluation puzzles.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = crate::commands::args::positive_usize)]
     pub eval_puzzles: usize,
     /// Fewest blanks per puzzle.
     #[arg(long, default_value_t = 3)]
@@ -225,11 +249,11 @@ pub struct DemoArgs {
     /// Most blanks per puzzle.
     #[arg(long, default_value_t = 8)]
     pub max_blanks: usize,
-    #[arg(long, default_value_t = 2500)]
+    #[arg(long, default_value_t = 2500, value_parser = crate::commands::args::positive_u64)]
     pub steps: u64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::commands::args::positive_usize)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub lr: f64,
     #[arg(long, default_value = "demo")]
     pub preset: String,
@@ -242,6 +266,9 @@ pub struct DemoArgs {
     pub pos_encodings: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Delete a previous run in --out first.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -262,6 +289,9 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
         bail!("blanks must satisfy min <= max <= 64");
     }
+    check_host(&model, Purpose::Train { batch: a.batch_size, ema: false }, a.device)?;
+    let _lock = RunLock::acquire(&a.out)?;
+    prepare_new_run(&a.out, a.overwrite, None)?;
     eprintln!(
         "generating {} training and {} held-out puzzles with {}..={} blanks",
         a.train_puzzles, a.eval_puzzles, a.min_blanks, a.max_blanks
@@ -275,6 +305,11 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         .into_iter()
         .filter(|(q, _)| !train_canon.contains(&crate::sudoku::symmetry::canonical(q)))
         .collect();
+    if held_out.is_empty() {
+        bail!(
+            "no held-out puzzle is left after removing those equivalent to training puzzles; raise --eval-puzzles"
+        );
+    }
     let data = augmented_source(&train, a.augment, a.seed);
     let mut cfg = TrainConfig::new(model.clone());
     cfg.batch_size = a.batch_size;

@@ -116,6 +116,11 @@ impl TensorFile {
         &self.path
     }
 
+    /// Size of the file in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -225,9 +230,19 @@ pub fn load_checkpoint(path: &Path, config: Option<&ModelConfig>) -> Result<(Mod
                 .with_context(|| format!("{}: config in metadata", file.path()))?
         }
     };
-    cfg.validate()?;
+    cfg.validate().with_context(|| format!("{}: model config", file.path()))?;
+    super::memory::check_file_size(&file, &cfg, file.byte_len())?;
     let strip = |n: &str| n.strip_prefix(COMPILE_PREFIX).unwrap_or(n).to_string();
-    let present: HashMap<String, String> = file.names().iter().map(|n| (strip(n), n.clone())).collect();
+    let mut present: HashMap<String, String> = HashMap::new();
+    for n in file.names() {
+        if let Some(other) = present.insert(strip(n), n.clone()) {
+            bail!(
+                "{}: both '{other}' and '{n}' are present (the same tensor with and without the \
+                 torch.compile prefix '{COMPILE_PREFIX}'); keep one",
+                file.path()
+            );
+        }
+    }
     let specs = tensor_specs(&cfg);
     for name in present.keys() {
         if !specs.iter().any(|s| &s.name == name) {

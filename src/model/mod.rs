@@ -1,6 +1,7 @@
 //! The parameter set (official tensor names, initialization) and checkpoint I/O.
 
 pub mod checkpoint;
+pub mod memory;
 pub mod params;
 
 pub use params::{HostParams, LayerParams, ParamSet, TensorKind, TensorSpec, tensor_specs};

@@ -25,23 +25,23 @@ pub enum DataCommand {
     /// Generate puzzles (deterministic from --seed) into a Sudoku-Extreme CSV.
     Generate {
         /// Number of distinct puzzles (distinct up to symmetry).
-        #[arg(short = 'n', long, default_value_t = 1000)]
+        #[arg(short = 'n', long, default_value_t = 1000, value_parser = crate::commands::args::positive_usize)]
         count: usize,
         #[arg(long, value_enum, default_value_t = GenMode::Hard)]
         mode: GenMode,
         /// Hard mode: keep puzzles with rating >= this.
-        #[arg(long, default_value_t = 48.0)]
+        #[arg(long, default_value_t = 48.0, allow_negative_numbers = true, value_parser = crate::commands::args::rating)]
         min_rating: f32,
         /// Hard mode: keep puzzles with rating <= this (and do not climb above it).
-        #[arg(long, default_value_t = 320.0)]
+        #[arg(long, default_value_t = 320.0, allow_negative_numbers = true, value_parser = crate::commands::args::rating)]
         max_rating: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Orientations averaged by the rating of generated puzzles.
-        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
+        #[arg(long, default_value_t = DEFAULT_SAMPLES, value_parser = crate::commands::args::positive_usize)]
         rating_samples: usize,
         /// Give up after this many batches of 32 chains (hard mode).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = crate::commands::args::positive_usize)]
         max_batches: usize,
         #[arg(short, long)]
         out: PathBuf,
@@ -55,7 +55,7 @@ pub enum DataCommand {
         /// Report and skip bad lines instead of failing.
         #[arg(long)]
         skip_invalid: bool,
-        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
+        #[arg(long, default_value_t = DEFAULT_SAMPLES, value_parser = crate::commands::args::positive_usize)]
         rating_samples: usize,
     },
     /// Build a training set (HRM recipe + optional hint twins) as data.bin + manifest.json.
@@ -88,7 +88,7 @@ pub enum DataCommand {
     Stats {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        #[arg(long, default_value_t = DEFAULT_SAMPLES)]
+        #[arg(long, default_value_t = DEFAULT_SAMPLES, value_parser = crate::commands::args::positive_usize)]
         rating_samples: usize,
     },
 }
@@ -136,6 +136,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             max_batches,
             out,
         } => {
+            if mode == GenMode::Hard && min_rating > max_rating {
+                bail!("--min-rating {min_rating} is above --max-rating {max_rating}: no puzzle can qualify");
+            }
             let mode = match mode {
                 GenMode::Minimal => Mode::Minimal,
                 GenMode::Easy => Mode::Easy,
@@ -162,6 +165,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                     rating: g.rating,
                 })
                 .collect();
+            if puzzles.len() < count {
+                bail!(
+                    "only {} of {count} puzzles found within --max-batches {max_batches}; {} was not \
+                     written (raise --max-batches or lower --count)",
+                    puzzles.len(),
+                    out.display()
+                );
+            }
             write_csv(&out, &puzzles)?;
             eprintln!(
                 "generated {} puzzles in {secs:.1}s ({:.2}/s) -> {}",
@@ -170,9 +181,6 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                 out.display()
             );
             print_stats(&out.display().to_string(), &puzzles);
-            if puzzles.len() < count {
-                bail!("only {} of {count} puzzles found within --max-batches {max_batches}", puzzles.len());
-            }
             Ok(())
         }
         DataCommand::Import { files, out, skip_invalid, rating_samples } => {
@@ -197,6 +205,12 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Build { inputs, out, train, test, augment, test_augment, hints, seed, exclude } => {
+            if train == 0 && test == 0 {
+                bail!("--train 0 and --test 0: nothing to build");
+            }
+            if train == 0 {
+                eprintln!("warning: --train 0: building only the test split");
+            }
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
             let ex = canonical_set(&exclude)?;

@@ -360,30 +360,56 @@ pub fn build(
     let mut sources: Vec<String> = kept.iter().chain(&test_part).map(|p| p.source.clone()).collect();
     sources.sort();
     sources.dedup();
-    let train = if cfg.train > 0 {
-        let spec = SplitSpec {
-            name: "train",
-            augment: cfg.augment,
-            hints: cfg.hint_twins,
-            sources: &sources,
-            excluded_sets,
+    // Splits are written under temporary names and moved into place only once all of them
+    // are complete, so a failed build leaves a previous dataset in `out` as it was.
+    let staged = |name: &str| out.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut written: Vec<(&str, PathBuf)> = Vec::new();
+    let result = (|| -> anyhow::Result<(Option<Manifest>, Option<Manifest>)> {
+        let train = if cfg.train > 0 {
+            let spec = SplitSpec {
+                name: "train",
+                augment: cfg.augment,
+                hints: cfg.hint_twins,
+                sources: &sources,
+                excluded_sets,
+            };
+            written.push(("train", staged("train")));
+            Some(write_split(&staged("train"), &spec, &kept, cfg, progress)?)
+        } else {
+            None
         };
-        Some(write_split(&out.join("train"), &spec, &kept, cfg, progress)?)
-    } else {
-        None
-    };
-    let test = if cfg.test > 0 {
-        let spec = SplitSpec {
-            name: "test",
-            augment: cfg.test_augment,
-            hints: false,
-            sources: &sources,
-            excluded_sets,
+        let test = if cfg.test > 0 {
+            let spec = SplitSpec {
+                name: "test",
+                augment: cfg.test_augment,
+                hints: false,
+                sources: &sources,
+                excluded_sets,
+            };
+            written.push(("test", staged("test")));
+            Some(write_split(&staged("test"), &spec, &test_part, cfg, progress)?)
+        } else {
+            None
         };
-        Some(write_split(&out.join("test"), &spec, &test_part, cfg, progress)?)
-    } else {
-        None
+        Ok((train, test))
+    })();
+    let (train, test) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            for (_, p) in &written {
+                let _ = std::fs::remove_dir_all(p);
+            }
+            return Err(e);
+        }
     };
+    for (name, tmp) in written {
+        let dst = out.join(name);
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
+        }
+        std::fs::rename(&tmp, &dst)
+            .with_context(|| format!("moving {} to {}", tmp.display(), dst.display()))?;
+    }
     Ok(BuildReport { input_puzzles, duplicates, excluded, train, test })
 }
 

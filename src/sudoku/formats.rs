@@ -97,8 +97,26 @@ fn parse_csv_line(line: &str) -> Result<(String, Board, Option<Board>, Option<f3
 /// Parses a file into raw entries. With `skip_invalid`, bad lines are returned as errors next
 /// to the good entries; without it the first bad line is the error.
 pub fn read_raw(path: &Path, skip_invalid: bool) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let format = detect_format(path, &text);
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    parse_raw(path, &text, skip_invalid)
+}
+
+/// [`read_raw`] on text already in memory (`path` names it in errors). A UTF-8 byte order mark
+/// at the start is ignored.
+pub fn parse_raw(
+    path: &Path,
+    text: &str,
+    skip_invalid: bool,
+) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let format = detect_format(path, text);
     let stem = file_stem(path);
     let mut entries = Vec::new();
     let mut errors = Vec::new();
@@ -160,15 +178,21 @@ impl Default for ImportOptions {
     }
 }
 
+/// The unique solution of `question` and its rating (`samples` orientations); contradictory
+/// givens, no solution and several solutions are errors.
+pub fn unique_solution(question: &Board, samples: usize) -> Result<(Board, f32), String> {
+    let r = rate(question, samples.max(1)).map_err(|x| x.to_string())?;
+    match r.solutions {
+        0 => Err("puzzle has no solution".into()),
+        1 => r.solution.map(|s| (s, r.rating)).ok_or_else(|| "internal: missing solution".into()),
+        _ => Err("puzzle has more than one solution".into()),
+    }
+}
+
 /// Solves, checks and rates one entry.
 fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle, LineError> {
     let err = |msg: String| LineError { file: path.to_path_buf(), line: e.line, msg };
-    let r = rate(&e.question, opts.rating_samples.max(1)).map_err(|x| err(x.to_string()))?;
-    let solution = match r.solutions {
-        0 => return Err(err("puzzle has no solution".into())),
-        1 => r.solution.ok_or_else(|| err("internal: missing solution".into()))?,
-        _ => return Err(err("puzzle has more than one solution".into())),
-    };
+    let (solution, rated) = unique_solution(&e.question, opts.rating_samples).map_err(err)?;
     if let Some(a) = e.answer {
         if !is_solution_of(&e.question, &a) {
             return Err(err("answer is not a valid grid keeping the givens".into()));
@@ -179,7 +203,7 @@ fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle
     }
     let rating = match e.rating {
         Some(x) if !opts.rerate => x,
-        _ => r.rating,
+        _ => rated,
     };
     Ok(Puzzle { source: e.source.clone(), question: e.question, answer: solution, rating })
 }
@@ -264,7 +288,15 @@ pub fn write_lines(path: &Path, puzzles: &[Board], comment: &str) -> anyhow::Res
 /// the unique solution) and rejecting any invalid, unsolvable or ambiguous puzzle with its
 /// `file:line`. Ratings: a CSV's own rating is kept; otherwise it is the identity-orientation
 /// guess count (1 sample, to keep loading fast; `hrm data import` computes the 8-sample one).
+/// A set without a single puzzle (an empty file, only comments or a header) is an error.
 pub fn read_eval_set(path: &Path) -> anyhow::Result<Vec<Puzzle>> {
     let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false };
-    Ok(import(&[path.to_path_buf()], &opts, &|_| {})?.0)
+    let puzzles = import(&[path.to_path_buf()], &opts, &|_| {})?.0;
+    if puzzles.is_empty() {
+        anyhow::bail!(
+            "{}: no puzzles (the file is empty or holds only comments or a header)",
+            path.display()
+        );
+    }
+    Ok(puzzles)
 }

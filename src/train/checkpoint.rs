@@ -73,7 +73,8 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
     let dir = checkpoints_dir(run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_dir = dir.join(step_dir_name(t.step));
-    let tmp = dir.join(format!(".{}.tmp", step_dir_name(t.step)));
+    // Unique per process: two writers never share a temporary directory.
+    let tmp = dir.join(format!(".{}.tmp.{}", step_dir_name(t.step), std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)?;
     }
@@ -135,6 +136,16 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
     Ok(final_dir)
 }
 
+/// A float tensor of a training state, refused when it holds NaN or Inf: resuming from it would
+/// only carry the damage forward.
+fn finite(f: &TensorFile, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32>> {
+    let v = f.f32(name, shape)?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        bail!("{}: tensor '{name}' holds a non-finite value ({}) at flat index {i}", f.path(), v[i]);
+    }
+    Ok(v)
+}
+
 /// Restore a trainer from the newest complete checkpoint of `run` (or from a checkpoint
 /// directory given directly).
 pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
@@ -157,7 +168,7 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     let load_set = |prefix: &str| -> Result<HostParams> {
         let mut tensors = Vec::with_capacity(specs.len());
         for s in &specs {
-            tensors.push(f.f32(&format!("{prefix}.{}", s.name), Some(&s.shape))?);
+            tensors.push(finite(&f, &format!("{prefix}.{}", s.name), Some(&s.shape))?);
         }
         let mut it = tensors.into_iter();
         Ok(HostParams::from_specs(&cfg.model, |_| it.next().expect("one per spec")))
@@ -177,8 +188,8 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = [b, cfg.model.total_seq_len(), cfg.model.hidden_size];
     let mut carry = Carry::fresh(be, &model, b);
-    carry.z_h = be.upload_act(&f.f32("carry.z_H", Some(&zshape))?);
-    carry.z_l = be.upload_act(&f.f32("carry.z_L", Some(&zshape))?);
+    carry.z_h = be.upload_act(&finite(&f, "carry.z_H", Some(&zshape))?);
+    carry.z_l = be.upload_act(&finite(&f, "carry.z_L", Some(&zshape))?);
     carry.steps = f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect();
     carry.halted = f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect();
     carry.data = Batch {

@@ -4,7 +4,9 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod metrics;
 pub mod run;
+pub mod rundir;
 pub mod sampler;
 
 use crate::act::{Carry, StepStats, draw_min_halt_steps, train_step};

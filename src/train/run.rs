@@ -10,7 +10,6 @@ use crate::hrm::Hrm;
 use crate::infer::eval::{EvalReport, Example, evaluate};
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -46,13 +45,7 @@ struct Window {
 }
 
 fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(f, "{v}")?;
-    Ok(())
+    super::metrics::append(path, v)
 }
 
 pub fn eval_all<B: Backend>(

@@ -1,0 +1,155 @@
+//! Guards around a run directory: one trainer at a time (an advisory lock), no silent mixing of
+//! a new run into an old one, and the choice of the checkpoint a resume starts from.
+
+use super::checkpoint::{MARKER, checkpoints_dir, complete_checkpoints};
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file inside a run directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// Files and directories that make a directory a run (what `--overwrite` removes).
+pub const RUN_ENTRIES: &[&str] = &["config.json", "run.json", "metrics.jsonl", "checkpoints", "plots"];
+
+/// An exclusive advisory lock (`flock`) on `RUN/.lock`, held while the value lives. The OS
+/// drops it when the process exits in any way (kill -9 included), so a dead trainer never
+/// leaves a stale lock; the file itself stays and means nothing on its own.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Lock `run` (created if missing), failing at once if another process holds it.
+    pub fn acquire(run: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(run).with_context(|| format!("creating run directory {}", run.display()))?;
+        let path = run.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        lock_exclusive(&file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                anyhow::anyhow!(
+                    "run directory {} is in use by another trainer (lock {} is held); wait for it to \
+                     finish or stop it first",
+                    run.display(),
+                    path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("locking {}", path.display()))
+            }
+        })?;
+        Ok(RunLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(unix)]
+fn lock_exclusive(f: &File) -> std::io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor this process owns; no memory is passed.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(not(unix))]
+fn lock_exclusive(_f: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The run files already in `dir` (empty when `dir` is missing or holds no run).
+pub fn existing_run_entries(dir: &Path) -> Vec<&'static str> {
+    RUN_ENTRIES.iter().copied().filter(|e| dir.join(e).exists()).collect()
+}
+
+/// Make `dir` ready for a new run: refuse when it already holds one, unless `overwrite`, in
+/// which case the old run's files are removed first (other files in `dir` are left alone).
+/// Call with the run's lock held.
+/// `resume_hint` is the command that continues such a run, when there is one.
+pub fn prepare_new_run(dir: &Path, overwrite: bool, resume_hint: Option<&str>) -> Result<()> {
+    let found = existing_run_entries(dir);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        let resume =
+            resume_hint.map_or(String::new(), |h| format!("continue it with `{h} {}`, ", dir.display()));
+        bail!(
+            "{} already holds a run ({}); {resume}pass a new directory, or add --overwrite to delete \
+             the old run first",
+            dir.display(),
+            found.join(", "),
+        );
+    }
+    for e in found {
+        let p = dir.join(e);
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.with_context(|| format!("--overwrite: removing {}", p.display()))?;
+    }
+    eprintln!("--overwrite: removed the previous run in {}", dir.display());
+    Ok(())
+}
+
+/// The checkpoint a resume of `run` starts from: `explicit` (a checkpoint directory with its
+/// `COMPLETE` marker) or the newest complete one.
+pub fn resume_checkpoint(run: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(c) = explicit {
+        if !c.join(MARKER).exists() {
+            bail!(
+                "--resume-from {}: not a complete checkpoint directory (no {MARKER} marker); \
+                 complete checkpoints of {}: {}",
+                c.display(),
+                run.display(),
+                list(run)
+            );
+        }
+        return Ok(c.to_path_buf());
+    }
+    complete_checkpoints(run)?
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| anyhow::anyhow!("{}: no complete checkpoint to resume from", run.display()))
+}
+
+fn list(run: &Path) -> String {
+    match complete_checkpoints(run) {
+        Ok(v) if !v.is_empty() => {
+            v.iter().map(|(_, p)| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        }
+        _ => "none".into(),
+    }
+}
+
+/// The complete checkpoint before `ckpt` in `run`, if any.
+pub fn previous_checkpoint(run: &Path, ckpt: &Path) -> Option<PathBuf> {
+    let all = complete_checkpoints(run).ok()?;
+    let k = all.iter().position(|(_, p)| p == ckpt)?;
+    k.checked_sub(1).map(|j| all[j].1.clone())
+}
+
+/// Resuming from an older checkpoint forks the run at `step`: the complete checkpoints after it
+/// are renamed `discarded_step_*` (kept on disk, no longer picked by a resume or pruned).
+pub fn discard_checkpoints_after(run: &Path, step: u64) -> Result<Vec<PathBuf>> {
+    let mut moved = Vec::new();
+    for (s, p) in complete_checkpoints(run)? {
+        if s > step {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let to = checkpoints_dir(run).join(format!("discarded_{name}"));
+            if to.exists() {
+                std::fs::remove_dir_all(&to).with_context(|| format!("removing {}", to.display()))?;
+            }
+            std::fs::rename(&p, &to).with_context(|| format!("renaming {}", p.display()))?;
+            moved.push(to);
+        }
+    }
+    Ok(moved)
+}
