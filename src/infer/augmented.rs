@@ -217,3 +217,86 @@ pub fn run_passes<B: Backend>(
     st.wall_seconds = t_start.elapsed().as_secs_f64();
     Ok((PassTable { puzzles: np, checkpoints: nc, perturbations: nt, passes }, st))
 }
+
+/// Perturbed inference over one evaluation set, scored in every selection mode.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AugmentedReport {
+    pub name: String,
+    pub puzzles: usize,
+    /// The `--perturb` spec (`none`: only the unperturbed pass).
+    pub perturb: String,
+    pub checkpoints: usize,
+    pub perturbations: usize,
+    pub passes_per_puzzle: usize,
+    pub halt: HaltMode,
+    pub min_segments: usize,
+    /// Exact accuracy (whole board right) per mode; `oracle` uses the labels.
+    pub exact_accuracy: super::select::ModeAccuracy,
+    /// Mean share of its pool that backed the `vote` answer.
+    pub vote_agreement: f64,
+    /// Fraction of passes with q_halt > q_continue after their last segment.
+    pub act_halt_fraction: f64,
+    pub mean_segments: f64,
+    pub puzzles_per_s: f64,
+    pub passes_per_s: f64,
+    pub wall_seconds: f64,
+    pub model_seconds: f64,
+    pub perturb_seconds: f64,
+    pub select_seconds: f64,
+    /// (perturb + select) / model time.
+    pub overhead_fraction: f64,
+}
+
+/// Runs [`run_passes`] on `examples` and scores single / vote / verify / oracle.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_augmented<B: Backend>(
+    be: &B,
+    models: &[Hrm<B>],
+    name: &str,
+    examples: &[super::eval::Example],
+    perturb: &str,
+    perts: &[Perturbation],
+    opts: &AugmentedOptions,
+    on_passes: impl FnMut(usize),
+) -> Result<AugmentedReport> {
+    let to81 = |v: &[i32]| -> [u8; 81] {
+        let mut t = [0u8; 81];
+        for (o, &x) in t.iter_mut().zip(v) {
+            *o = x as u8;
+        }
+        t
+    };
+    let inputs: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.inputs)).collect();
+    let labels: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.labels)).collect();
+    let questions: Vec<crate::sudoku::board::Board> =
+        inputs.iter().map(|t| super::perturb::tokens_to_board(t)).collect();
+    let (table, st) = run_passes(be, models, &inputs, perts, opts, on_passes)?;
+    let t = Instant::now();
+    let (acc, selected) = super::select::score(&table, &questions, &labels);
+    let select_seconds = t.elapsed().as_secs_f64();
+    let n = examples.len().max(1) as f64;
+    let wall = st.wall_seconds + select_seconds;
+    Ok(AugmentedReport {
+        name: name.to_string(),
+        puzzles: examples.len(),
+        perturb: perturb.to_string(),
+        checkpoints: table.checkpoints,
+        perturbations: table.perturbations,
+        passes_per_puzzle: table.per_puzzle(),
+        halt: opts.halt,
+        min_segments: opts.min_segments,
+        exact_accuracy: acc,
+        vote_agreement: selected.iter().map(|s| s.vote.votes as f64 / s.vote.pool.max(1) as f64).sum::<f64>()
+            / n,
+        act_halt_fraction: table.passes.iter().filter(|p| p.halted()).count() as f64
+            / table.passes.len().max(1) as f64,
+        mean_segments: st.mean_segments,
+        puzzles_per_s: examples.len() as f64 / wall.max(1e-9),
+        passes_per_s: st.passes as f64 / wall.max(1e-9),
+        wall_seconds: wall,
+        model_seconds: st.model_seconds,
+        perturb_seconds: st.perturb_seconds,
+        select_seconds,
+        overhead_fraction: (st.perturb_seconds + select_seconds) / st.model_seconds.max(1e-12),
+    })
+}
