@@ -156,7 +156,8 @@ pub fn write_trajectory(out: &Path, r: &TrajectoryReport) -> Result<Vec<PathBuf>
     let series = |f: fn(&crate::analysis::trajectory::SegmentStats) -> f64| -> Series {
         r.per_segment.iter().map(|p| (p.segment as f64, f(p))).collect()
     };
-    let charts: [(&str, &str, Vec<(&str, Series)>); 3] = [
+    type Chart<'a> = (&'a str, &'a str, Vec<(&'a str, Series)>);
+    let charts: [Chart; 3] = [
         (
             "trajectory_accuracy.svg",
             "accuracy per segment",

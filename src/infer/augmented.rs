@@ -155,10 +155,10 @@ pub fn run_passes<B: Backend>(
             }
             let cr = carry.as_mut().expect("a batch");
             let t = Instant::now();
-            for b in 0..rows {
+            for (b, slot) in job.iter_mut().enumerate() {
                 if cr.halted[b] {
-                    job[b] = (next < total).then_some(next);
-                    if let Some(f) = job[b] {
+                    *slot = (next < total).then_some(next);
+                    if let Some(f) = *slot {
                         let x = perts[f % nt].apply_tokens(&inputs[f / nt]);
                         for (d, &v) in new.inputs[b * 81..(b + 1) * 81].iter_mut().zip(&x) {
                             *d = v as i32;
@@ -190,8 +190,8 @@ pub fn run_passes<B: Backend>(
             be.check()?;
             st.model_seconds += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            for b in 0..rows {
-                cr.halted[b] = job[b].is_none();
+            for (h, j) in cr.halted.iter_mut().zip(&job) {
+                *h = j.is_none();
             }
             for &b in &finished {
                 let f = job[b].take().expect("a job");
