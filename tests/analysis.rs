@@ -238,3 +238,16 @@ fn analyze_and_perturbed_eval_commands_write_the_documented_fields() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--perturb") && err.contains("rot:2") && err.contains("relabel9"), "{err}");
 }
+
+#[test]
+fn demo_with_hints_ends_with_the_side_by_side_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(hrm()
+        .args(["demo", "--hints", "--steps", "4", "--batch-size", "4", "--train-puzzles", "8"])
+        .args(["--augment", "1", "--eval-puzzles", "6", "--out"])
+        .arg(dir.path().join("demo")));
+    assert!(out.contains("Augmented HRM on the held-out puzzles (--perturb relabel9)"), "{out}");
+    for w in ["single", "vote", "verify", "oracle*", "held_out (1 checkpoint)", "held_out (3 checkpoints)"] {
+        assert!(out.contains(w), "{w}: {out}");
+    }
+}

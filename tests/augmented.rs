@@ -286,3 +286,30 @@ fn oracle_needs_a_strict_majority_of_halting_passes_and_ors_checkpoints() {
     // Checkpoint 0: 2 of 4 (no); checkpoint 1: 1 of 3 (no).
     assert_eq!(acc.oracle, 0.0);
 }
+
+#[test]
+fn hint_twins_follow_every_example_in_its_group() {
+    use hrm::train::data::{augmented_source, augmented_source_with_hints};
+    use hrm::train::sampler::PuzzleSource;
+    let puzzles = blanked_puzzles(3, 10..20, 12);
+    let plain = augmented_source(&puzzles, 2, 4);
+    let hinted = augmented_source_with_hints(&puzzles, 2, true, 4);
+    assert_eq!(plain.num_groups(), 3);
+    assert_eq!(hinted.num_groups(), 3);
+    for g in 0..3 {
+        assert_eq!(plain.group(g).len(), 3);
+        let r = hinted.group(g);
+        assert_eq!(r.len(), 6);
+        for i in r.clone().step_by(2) {
+            let (q, a) = hinted.example(i);
+            let (t, ta) = hinted.example(i + 1);
+            assert_eq!(a, ta, "a twin shares its example's answer");
+            let blanks = |x: &[u8]| x.iter().filter(|&&v| v == 1).count();
+            assert!(blanks(t) < blanks(q) && blanks(t) >= 1, "{} -> {}", blanks(q), blanks(t));
+            // Twins only fill blanks, with the solution's digits.
+            for c in 0..81 {
+                assert!(t[c] == q[c] || (q[c] == 1 && t[c] == a[c]));
+            }
+        }
+    }
+}
