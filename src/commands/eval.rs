@@ -125,7 +125,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
     for r in reports {
         let a = &r.exact_accuracy;
         s += &format!(
-            "{:<24} {:>7} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>6.2} {:>9.1} {:>9.1} {:>7.2}%\n",
+            "{:<24} {:>7} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>6.2} {:>9.1} {:>9.1} {:>7.3}%\n",
             r.name,
             r.puzzles,
             r.passes_per_puzzle,
