@@ -86,6 +86,11 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Mechanistic analyses (Augmented HRM): per-segment trajectory, trivial puzzles.
+    Analyze {
+        #[command(subcommand)]
+        cmd: hrm::commands::analyze::AnalyzeCommand,
+    },
     /// Sudoku data: generate, import, build, stats.
     Data {
         #[command(subcommand)]
@@ -125,6 +130,9 @@ fn main() -> Result<()> {
             hrm::commands::run_grad(&checkpoint, config.as_deref(), &batch, &out, device)?
         }
         Cmd::Data { cmd } => hrm::sudoku::cli::run(cmd)?,
+        Cmd::Analyze { cmd } => {
+            hrm::commands::analyze::run_analyze(&cmd)?.iter().for_each(|f| println!("{}", f.display()))
+        }
         Cmd::Train(a) => {
             hrm::commands::train::run_train(&a)?;
         }

@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-type Series = Vec<(f64, f64)>;
+pub type Series = Vec<(f64, f64)>;
 
 /// Read `metrics.jsonl`: series keyed by "kind/name/field" (eval lines carry the set name).
 pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
@@ -46,6 +46,12 @@ pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
 }
 
 fn chart(path: &Path, title: &str, series: &[(&str, &Series)]) -> Result<()> {
+    chart_xy(path, title, "step", series)
+}
+
+/// One SVG line chart of `series` (label, points) against `x_desc`; nothing is written when
+/// there is no finite point.
+pub fn chart_xy(path: &Path, title: &str, x_desc: &str, series: &[(&str, &Series)]) -> Result<()> {
     let pts: Vec<&(f64, f64)> =
         series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.1.is_finite()).collect();
     if pts.is_empty() {
@@ -63,7 +69,7 @@ fn chart(path: &Path, title: &str, series: &[(&str, &Series)]) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    c.configure_mesh().x_desc("step").draw().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    c.configure_mesh().x_desc(x_desc).draw().map_err(|e| anyhow::anyhow!("{e:?}"))?;
     for (k, (name, s)) in series.iter().enumerate() {
         let color = Palette99::pick(k).to_rgba();
         c.draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))

@@ -3,7 +3,9 @@
 use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
+use crate::infer::augmented::{AugmentedOptions, AugmentedReport, HaltMode, evaluate_augmented};
 use crate::infer::eval::{EvalReport, evaluate, predict};
+use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
@@ -14,12 +16,33 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint (safetensors with official names).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// Checkpoint (safetensors with official names). Repeat it to bootstrap over several
+    /// checkpoints (Augmented HRM): every checkpoint answers every pass; the first one is
+    /// `single`'s model.
+    #[arg(long = "checkpoint", required = true)]
+    pub checkpoints: Vec<PathBuf>,
     /// Architecture JSON (default: the config stored in the checkpoint).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Perturbed inference: run each puzzle under these input perturbations, map every answer
+    /// back through the inverse and report the selection modes single / vote / verify / oracle.
+    /// SPEC is factors joined by '+' (their product; pass 0 is always the unperturbed puzzle):
+    /// `relabel9` (the 9 cyclic digit relabelings d -> (d - 1 + k) mod 9 + 1), `perm:N` (the
+    /// identity and N random digit permutations), `sym:N` (the identity and N random geometric
+    /// symmetries: transpose, band/stack and row/column permutations), `aug:N` (the identity
+    /// and N random full HRM augmentations), `none`. Example: relabel9+sym:3 = 36 passes.
+    #[arg(long, value_name = "SPEC")]
+    pub perturb: Option<String>,
+    /// Seed of the random members of --perturb.
+    #[arg(long, default_value_t = 0)]
+    pub perturb_seed: u64,
+    /// Perturbed inference: fixed = every pass runs all segments; act = a pass stops once
+    /// q_halt > q_continue (after --min-segments) and its batch row takes the next pass.
+    #[arg(long, value_enum, default_value_t = HaltMode::Fixed)]
+    pub halt: HaltMode,
+    /// With --halt act: segments every pass runs before it may stop.
+    #[arg(long, default_value_t = 2)]
+    pub min_segments: usize,
     /// Evaluation sets: Sudoku-Extreme CSV or one-puzzle-per-line files (solutions computed
     /// when absent).
     #[arg(required = true)]
@@ -74,8 +97,63 @@ pub fn report_table(reports: &[EvalReport]) -> String {
     s
 }
 
-pub fn run_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
-    let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
+/// What `hrm eval` measured: the plain report, or perturbed inference's modes.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum EvalOutput {
+    Plain(Vec<EvalReport>),
+    Augmented(Vec<AugmentedReport>),
+}
+
+/// The side-by-side table of perturbed inference: exact accuracy per selection mode.
+pub fn augmented_table(reports: &[AugmentedReport]) -> String {
+    let mut s = format!(
+        "{:<24} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>8}\n",
+        "set",
+        "puzzles",
+        "passes",
+        "single",
+        "vote",
+        "verify",
+        "oracle*",
+        "segs",
+        "puzzles/s",
+        "passes/s",
+        "overhead"
+    );
+    for r in reports {
+        let a = &r.exact_accuracy;
+        s += &format!(
+            "{:<24} {:>7} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>6.2} {:>9.1} {:>9.1} {:>7.3}%\n",
+            r.name,
+            r.puzzles,
+            r.passes_per_puzzle,
+            a.single,
+            a.vote,
+            a.verify,
+            a.oracle,
+            r.mean_segments,
+            r.puzzles_per_s,
+            r.passes_per_s,
+            100.0 * r.overhead_fraction
+        );
+    }
+    if let Some(r) = reports.first() {
+        s += &format!(
+            "passes = checkpoints x {} perturbations ({}), halt {}; segs = mean segments per pass; \
+             overhead = (perturb + map back + select) / model time\n",
+            r.perturbations,
+            r.perturb,
+            format!("{:?}", r.halt).to_lowercase()
+        );
+        s += "exact accuracy per mode: single = unperturbed pass of the first checkpoint; vote = majority \
+              of halting passes; verify = vote among valid solutions; *oracle uses the labels (strict \
+              majority of halting passes per checkpoint, OR over checkpoints: the paper's metric)\n";
+    }
+    s
+}
+
+fn load_sets(a: &EvalArgs) -> Result<Vec<(String, Vec<crate::infer::eval::Example>)>> {
     let mut sets = Vec::new();
     for path in &a.sets {
         let mut puzzles = read_eval_set(path)?;
@@ -85,6 +163,25 @@ pub fn run_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
         let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
         sets.push((name, examples_of(&puzzles)));
     }
+    Ok(sets)
+}
+
+pub fn run_eval(a: &EvalArgs) -> Result<EvalOutput> {
+    let augmented = a.perturb.is_some() || a.checkpoints.len() > 1 || a.halt == HaltMode::Act;
+    let out = if augmented {
+        EvalOutput::Augmented(run_augmented_eval(a)?)
+    } else {
+        EvalOutput::Plain(run_plain_eval(a)?)
+    };
+    if let Some(j) = &a.json {
+        write_atomic(j, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    }
+    Ok(out)
+}
+
+fn run_plain_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
+    let (cfg, params) = load_model_checkpoint(&a.checkpoints[0], a.config.as_deref())?;
+    let sets = load_sets(a)?;
     let reports = crate::with_backend!(a.device, |be| {
         let model = Hrm::new(be, &cfg, &params);
         let mut reports = Vec::new();
@@ -97,9 +194,35 @@ pub fn run_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
         reports
     });
     print!("{}", report_table(&reports));
-    if let Some(j) = &a.json {
-        write_atomic(j, serde_json::to_string_pretty(&reports)?.as_bytes())?;
+    Ok(reports)
+}
+
+fn run_augmented_eval(a: &EvalArgs) -> Result<Vec<AugmentedReport>> {
+    let spec = a.perturb.clone().unwrap_or_else(|| "none".to_string());
+    let perts = parse_spec(&spec, a.perturb_seed)?;
+    if a.min_segments == 0 {
+        bail!("--min-segments: expected at least 1");
     }
+    let loaded = a
+        .checkpoints
+        .iter()
+        .map(|c| load_model_checkpoint(c, a.config.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    let sets = load_sets(a)?;
+    let opts = AugmentedOptions { batch_size: a.batch_size, halt: a.halt, min_segments: a.min_segments };
+    let reports = crate::with_backend!(a.device, |be| {
+        let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();
+        let mut reports = Vec::new();
+        for (name, examples) in &sets {
+            let bar = indicatif::ProgressBar::new((examples.len() * perts.len() * models.len()) as u64);
+            let r =
+                evaluate_augmented(be, &models, name, examples, &spec, &perts, &opts, |n| bar.inc(n as u64))?;
+            bar.finish_and_clear();
+            reports.push(r);
+        }
+        reports
+    });
+    print!("{}", augmented_table(&reports));
     Ok(reports)
 }
 

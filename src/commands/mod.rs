@@ -1,6 +1,7 @@
 //! The CLI's commands as library functions and clap argument structs (`main.rs` only
 //! dispatches), so tests run exactly the code paths users run.
 
+pub mod analyze;
 pub mod args;
 pub mod bench;
 pub mod eval;

@@ -4,13 +4,16 @@ use super::eval::report_table;
 use super::train_setup::{model_config, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
+use crate::infer::augmented::{AugmentedOptions, evaluate_augmented};
 use crate::infer::eval::Example;
+use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set;
-use crate::train::data::{augmented_source, blanked_puzzles, example_of, examples_of};
+use crate::train::checkpoint::complete_checkpoints;
+use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint};
 use crate::train::sampler::PuzzleSource;
@@ -269,6 +272,13 @@ pub struct DemoArgs {
     /// Delete a previous run in --out first.
     #[arg(long)]
     pub overwrite: bool,
+    /// Augmented HRM's hint twins: every training example is followed by an easier copy with
+    /// n random blanks filled from its solution (n uniform in [1, blanks - 1]).
+    #[arg(long)]
+    pub hints: bool,
+    /// Perturbations of the closing side-by-side table (the `hrm eval --perturb` grammar).
+    #[arg(long, default_value = "relabel9")]
+    pub perturb: String,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -310,7 +320,8 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
             "no held-out puzzle is left after removing those equivalent to training puzzles; raise --eval-puzzles"
         );
     }
-    let data = augmented_source(&train, a.augment, a.seed);
+    let perts = parse_spec(&a.perturb, 0)?;
+    let data = augmented_source_with_hints(&train, a.augment, a.hints, a.seed);
     let mut cfg = TrainConfig::new(model.clone());
     cfg.batch_size = a.batch_size;
     cfg.steps = a.steps;
@@ -337,7 +348,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let eval: Vec<Example> = held_out.iter().map(|(q, s)| example_of(q, s)).collect();
     let opts = RunOptions {
         run_dir: a.out.clone(),
-        eval_sets: vec![("held_out".to_string(), eval)],
+        eval_sets: vec![("held_out".to_string(), eval.clone())],
         stop_after: None,
         progress: true,
     };
@@ -355,6 +366,41 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     print!("{}", report_table(&summary.last_eval));
     if let Some(c) = &summary.last_checkpoint {
         println!("model: {}", c.join("model.safetensors").display());
+    }
+    // Augmented HRM on the held-out puzzles: perturbed passes with the final checkpoint, then
+    // bootstrapped over every kept checkpoint (newest first, so `single` is the final model).
+    let mut kept = complete_checkpoints(&a.out)?;
+    kept.reverse();
+    let loaded = kept
+        .iter()
+        .map(|(_, dir)| load_checkpoint(&dir.join("model.safetensors"), None))
+        .collect::<Result<Vec<_>>>()?;
+    if !loaded.is_empty() {
+        let opts = AugmentedOptions { batch_size: 512, ..Default::default() };
+        let reports = crate::with_backend!(a.device, |be| {
+            let models: Vec<_> = loaded.iter().map(|(cfg, p)| crate::hrm::Hrm::new(be, cfg, p)).collect();
+            let mut reports = Vec::new();
+            for n in [1, models.len()] {
+                let mut r = evaluate_augmented(
+                    be,
+                    &models[..n],
+                    "held_out",
+                    &eval,
+                    &a.perturb,
+                    &perts,
+                    &opts,
+                    |_| {},
+                )?;
+                r.name = format!("held_out ({n} checkpoint{})", if n == 1 { "" } else { "s" });
+                reports.push(r);
+                if models.len() == 1 {
+                    break;
+                }
+            }
+            reports
+        });
+        println!("\nAugmented HRM on the held-out puzzles (--perturb {}):", a.perturb);
+        print!("{}", super::eval::augmented_table(&reports));
     }
     Ok(summary)
 }

@@ -1,4 +1,7 @@
-//! Inference: evaluation over puzzle sets (all segments, no early halting) and single-puzzle
-//! solving.
+//! Inference: evaluation over puzzle sets (all segments, no early halting), single-puzzle
+//! solving, and Augmented HRM's perturbed inference with answer selection.
 
+pub mod augmented;
 pub mod eval;
+pub mod perturb;
+pub mod select;

@@ -4,7 +4,7 @@
 use super::sampler::{PuzzleSource, VecSource};
 use crate::infer::eval::Example;
 use crate::sudoku::board::{Board, to_tokens};
-use crate::sudoku::dataset::Dataset;
+use crate::sudoku::dataset::{Dataset, hint_twin};
 use crate::sudoku::formats::Puzzle;
 use crate::sudoku::generate::random_grid;
 use crate::sudoku::solver::count_solutions;
@@ -69,17 +69,38 @@ pub fn blanked_puzzles(n: usize, blanks: Range<usize>, seed: u64) -> Vec<(Board,
 /// HRM's recipe in memory: every puzzle forms a group with itself and `augment` random
 /// symmetry transforms of it (the same transform on question and answer).
 pub fn augmented_source(puzzles: &[(Board, Board)], augment: usize, seed: u64) -> VecSource {
+    augmented_source_with_hints(puzzles, augment, false, seed)
+}
+
+/// [`augmented_source`] with Augmented HRM's hint twins when `hints`: every example is
+/// followed, in its group, by a copy with n random blanks filled from the solution, n uniform
+/// in [1, blanks - 1] (`hrm data build --hints`'s construction, `dataset::hint_twin`). Without
+/// hints the examples are exactly `augmented_source`'s.
+pub fn augmented_source_with_hints(
+    puzzles: &[(Board, Board)],
+    augment: usize,
+    hints: bool,
+    seed: u64,
+) -> VecSource {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut src = VecSource { seq_len: 81, inputs: Vec::new(), labels: Vec::new(), group_offsets: vec![0] };
+    let per_group = (1 + augment) * (1 + hints as usize);
     for (q, a) in puzzles {
-        src.inputs.extend(to_tokens(q));
-        src.labels.extend(to_tokens(a));
-        for _ in 0..augment {
-            let t = Transform::random(&mut rng);
-            src.inputs.extend(to_tokens(&t.apply(q)));
-            src.labels.extend(to_tokens(&t.apply(a)));
+        for k in 0..=augment {
+            let (q, a) = if k == 0 {
+                (*q, *a)
+            } else {
+                let t = Transform::random(&mut rng);
+                (t.apply(q), t.apply(a))
+            };
+            src.inputs.extend(to_tokens(&q));
+            src.labels.extend(to_tokens(&a));
+            if hints {
+                src.inputs.extend(to_tokens(&hint_twin(&q, &a, &mut rng)));
+                src.labels.extend(to_tokens(&a));
+            }
         }
-        src.group_offsets.push(src.group_offsets.last().unwrap() + 1 + augment);
+        src.group_offsets.push(src.group_offsets.last().unwrap() + per_group);
     }
     src
 }

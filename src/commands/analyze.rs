@@ -1,0 +1,227 @@
+//! `hrm analyze trajectory|trivial`: the Augmented HRM paper's mechanistic analyses, written
+//! as JSON plus SVG charts.
+
+use super::eval::load_model_checkpoint;
+use crate::analysis::plot::{Series, chart_xy};
+use crate::analysis::trajectory::{TrajectoryReport, trajectory};
+use crate::analysis::trivial::{TrivialReport, trivial};
+use crate::backend::DeviceChoice;
+use crate::hrm::Hrm;
+use crate::model::checkpoint::write_atomic;
+use crate::sudoku::formats::read_eval_set;
+use crate::train::data::examples_of;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// What every analysis reads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AnalyzeCommon {
+    /// Checkpoint (safetensors with official names).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Architecture JSON (default: the config stored in the checkpoint).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Puzzle set: Sudoku-Extreme CSV or one-puzzle-per-line file (solutions computed when
+    /// absent).
+    pub set: PathBuf,
+    /// Use only the first N puzzles.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Output directory for the JSON and SVG files.
+    #[arg(long, default_value = "analysis")]
+    pub out: PathBuf,
+    /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum AnalyzeCommand {
+    /// Per segment: exact and cell accuracy, relative state change of z_H and z_L, Sudoku
+    /// conflicts of the decoded board, q_halt; the segment from which each puzzle stays right,
+    /// and how often a right board is later lost. Writes trajectory.json and SVG charts.
+    Trajectory(AnalyzeCommon),
+    /// Blank k cells of solved grids (the set's solutions) and report the success rate per k
+    /// (the paper's one-unknown-cell failure). Writes trivial.json and trivial.svg.
+    Trivial {
+        #[command(flatten)]
+        common: AnalyzeCommon,
+        /// Numbers of blank cells, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 16])]
+        blanks: Vec<usize>,
+        /// Seed of the blanked cells.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn set_name(p: &Path) -> String {
+    p.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned())
+}
+
+fn write_json<T: serde::Serialize>(out: &Path, file: &str, v: &T) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let p = out.join(file);
+    write_atomic(&p, serde_json::to_string_pretty(v)?.as_bytes())?;
+    Ok(p)
+}
+
+/// Runs one analysis; returns the files written.
+pub fn run_analyze(cmd: &AnalyzeCommand) -> Result<Vec<PathBuf>> {
+    match cmd {
+        AnalyzeCommand::Trajectory(c) => {
+            let r = run_trajectory(c)?;
+            print!("{}", trajectory_table(&r));
+            write_trajectory(&c.out, &r)
+        }
+        AnalyzeCommand::Trivial { common, blanks, seed } => {
+            let r = run_trivial(common, blanks, *seed)?;
+            print!("{}", trivial_table(&r));
+            write_trivial(&common.out, &r)
+        }
+    }
+}
+
+pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
+    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    let mut puzzles = read_eval_set(&c.set)?;
+    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let examples = examples_of(&puzzles);
+    Ok(crate::with_backend!(c.device, |be| trajectory(
+        be,
+        &Hrm::new(be, &cfg, &params),
+        &set_name(&c.set),
+        &examples,
+        c.batch_size
+    )?))
+}
+
+pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<TrivialReport> {
+    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    let mut puzzles = read_eval_set(&c.set)?;
+    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();
+    Ok(crate::with_backend!(c.device, |be| trivial(
+        be,
+        &Hrm::new(be, &cfg, &params),
+        &set_name(&c.set),
+        &grids,
+        blanks,
+        seed,
+        c.batch_size
+    )?))
+}
+
+pub fn trajectory_table(r: &TrajectoryReport) -> String {
+    let mut s = format!(
+        "{}: {} puzzles, {} segments\n{:>7} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>6}\n",
+        r.name,
+        r.puzzles,
+        r.segments,
+        "segment",
+        "exact",
+        "cells",
+        "dz_H",
+        "dz_L",
+        "conflicts",
+        "q_halt",
+        "halt"
+    );
+    for p in &r.per_segment {
+        s += &format!(
+            "{:>7} {:>8.4} {:>8.4} {:>9.5} {:>9.5} {:>9.3} {:>8.3} {:>6.3}\n",
+            p.segment,
+            p.exact_accuracy,
+            p.cell_accuracy,
+            p.z_h_change,
+            p.z_l_change,
+            p.conflicts,
+            p.mean_q_halt,
+            p.act_halt_fraction
+        );
+    }
+    s += &format!(
+        "stays right from segment k (k = 1..{}): {:?}; wrong at the end: {} (of which right earlier: {}); \
+         right-to-wrong flips: {}\n",
+        r.segments, r.settle_histogram, r.never_settled, r.lost_after_correct, r.right_to_wrong_flips
+    );
+    s
+}
+
+pub fn write_trajectory(out: &Path, r: &TrajectoryReport) -> Result<Vec<PathBuf>> {
+    let mut files = vec![write_json(out, "trajectory.json", r)?];
+    let series = |f: fn(&crate::analysis::trajectory::SegmentStats) -> f64| -> Series {
+        r.per_segment.iter().map(|p| (p.segment as f64, f(p))).collect()
+    };
+    type Chart<'a> = (&'a str, &'a str, Vec<(&'a str, Series)>);
+    let charts: [Chart; 3] = [
+        (
+            "trajectory_accuracy.svg",
+            "accuracy per segment",
+            vec![
+                ("exact", series(|p| p.exact_accuracy)),
+                ("cells", series(|p| p.cell_accuracy)),
+                ("blank cells", series(|p| p.blank_cell_accuracy)),
+                ("q_halt > q_continue", series(|p| p.act_halt_fraction)),
+            ],
+        ),
+        (
+            "trajectory_state.svg",
+            "relative state change ||z(k) - z(k-1)|| / ||z(k-1)||",
+            vec![("z_H", series(|p| p.z_h_change)), ("z_L", series(|p| p.z_l_change))],
+        ),
+        (
+            "trajectory_conflicts.svg",
+            "Sudoku conflicts of the decoded board",
+            vec![("conflicts", series(|p| p.conflicts))],
+        ),
+    ];
+    for (file, title, data) in charts {
+        let refs: Vec<(&str, &Series)> = data.iter().map(|(l, s)| (*l, s)).collect();
+        let p = out.join(file);
+        chart_xy(&p, title, "segment", &refs)?;
+        files.push(p);
+    }
+    Ok(files)
+}
+
+pub fn trivial_table(r: &TrivialReport) -> String {
+    let mut s = format!(
+        "{}: solved grids with k blank cells, {} segments (seed {})\n{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}\n",
+        r.name, r.segments, r.seed, "blanks", "puzzles", "exact", "valid", "blanks", "givens", "halt"
+    );
+    for x in &r.rows {
+        s += &format!(
+            "{:>6} {:>8} {:>8.4} {:>8.4} {:>8.4} {:>8.3} {:>6.3}\n",
+            x.blanks,
+            x.puzzles,
+            x.exact_accuracy,
+            x.valid_fraction,
+            x.blank_cell_accuracy,
+            x.givens_changed,
+            x.act_halt_fraction
+        );
+    }
+    s += "exact = the original grid; valid = a solution keeping the givens; blanks = blank cells \
+          right; givens = givens changed per puzzle\n";
+    s
+}
+
+pub fn write_trivial(out: &Path, r: &TrivialReport) -> Result<Vec<PathBuf>> {
+    let json = write_json(out, "trivial.json", r)?;
+    let pts = |f: fn(&crate::analysis::trivial::TrivialRow) -> f64| -> Series {
+        r.rows.iter().map(|x| (x.blanks as f64, f(x))).collect()
+    };
+    let (exact, valid) = (pts(|x| x.exact_accuracy), pts(|x| x.valid_fraction));
+    let p = out.join("trivial.svg");
+    chart_xy(
+        &p,
+        "solved grids with k blank cells",
+        "blank cells (k)",
+        &[("exact", &exact), ("valid", &valid)],
+    )?;
+    Ok(vec![json, p])
+}

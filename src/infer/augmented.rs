@@ -1,0 +1,302 @@
+//! Augmented HRM's perturbed inference: every puzzle runs under every perturbation with every
+//! checkpoint ("pass"), each pass from a fresh carry, and the passes' answers are mapped back
+//! through the inverse perturbation so they all answer the original puzzle.
+//!
+//! Puzzles x perturbations are flattened into one stream of passes per checkpoint and run in
+//! batches of `batch_size` rows (a checkpoint's weights are shared by its whole batch, so
+//! checkpoints run one after another). Two halting modes:
+//! - [`HaltMode::Fixed`]: every pass runs all `halt_max_steps` segments (the reference's
+//!   evaluation); passes are loaded in whole batches.
+//! - [`HaltMode::Act`]: a pass stops once q_halt > q_continue after at least `min_segments`
+//!   segments (or at `halt_max_steps`), and its batch row takes the next pending pass at once
+//!   (continuous batching through [`Carry`]'s per-row halted mask, which restarts exactly the
+//!   halted rows from H_init / L_init).
+
+use super::perturb::Perturbation;
+use crate::act::{Batch, Carry, eval_step};
+use crate::backend::Backend;
+use crate::hrm::Hrm;
+use anyhow::{Result, bail};
+use serde::Serialize;
+use std::time::Instant;
+
+/// When a pass stops (`--halt`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaltMode {
+    /// All `halt_max_steps` segments (the reference's evaluation).
+    #[default]
+    Fixed,
+    /// Stop when q_halt > q_continue after at least `--min-segments`; refill the row at once.
+    Act,
+}
+
+#[derive(Clone, Debug)]
+pub struct AugmentedOptions {
+    /// Rows per model call.
+    pub batch_size: usize,
+    pub halt: HaltMode,
+    /// ACT mode: segments every pass runs before it may halt.
+    pub min_segments: usize,
+}
+
+impl Default for AugmentedOptions {
+    fn default() -> Self {
+        AugmentedOptions { batch_size: 256, halt: HaltMode::Fixed, min_segments: 2 }
+    }
+}
+
+/// One pass: a puzzle under one perturbation with one checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pass {
+    pub checkpoint: usize,
+    pub perturbation: usize,
+    /// The answer as token ids per cell (argmax), mapped back to the original puzzle.
+    pub tokens: [u8; 81],
+    /// Q logits of the pass's last segment.
+    pub q_halt: f32,
+    pub q_continue: f32,
+    /// Segments the pass ran.
+    pub segments: u32,
+}
+
+impl Pass {
+    /// Augmented HRM's act_halt: the model would halt here (q_halt > q_continue).
+    pub fn halted(&self) -> bool {
+        self.q_halt > self.q_continue
+    }
+}
+
+/// Every pass of a run, grouped by puzzle: the passes of puzzle `p` are
+/// `passes[p * per_puzzle..(p + 1) * per_puzzle]`, ordered by checkpoint then perturbation.
+#[derive(Clone, Debug, Default)]
+pub struct PassTable {
+    pub puzzles: usize,
+    pub checkpoints: usize,
+    pub perturbations: usize,
+    pub passes: Vec<Pass>,
+}
+
+impl PassTable {
+    pub fn per_puzzle(&self) -> usize {
+        self.checkpoints * self.perturbations
+    }
+    pub fn of_puzzle(&self, p: usize) -> &[Pass] {
+        let k = self.per_puzzle();
+        &self.passes[p * k..(p + 1) * k]
+    }
+}
+
+/// Where the time of a run went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunStats {
+    pub passes: usize,
+    /// Row-segments computed (idle rows of a partly filled batch included).
+    pub row_segments: u64,
+    /// Mean segments per pass.
+    pub mean_segments: f64,
+    pub wall_seconds: f64,
+    /// In the model: segments and the argmax decode.
+    pub model_seconds: f64,
+    /// Perturbing inputs and mapping answers back.
+    pub perturb_seconds: f64,
+}
+
+/// Runs every puzzle (`inputs`: token ids, 1 = blank, 2..=10 digits) under every perturbation
+/// with every model; `on_passes(n)` after each batch step that finished `n` passes.
+pub fn run_passes<B: Backend>(
+    be: &B,
+    models: &[Hrm<B>],
+    inputs: &[[u8; 81]],
+    perts: &[Perturbation],
+    opts: &AugmentedOptions,
+    mut on_passes: impl FnMut(usize),
+) -> Result<(PassTable, RunStats)> {
+    if models.is_empty() || perts.is_empty() {
+        bail!("perturbed inference needs at least one checkpoint and one perturbation");
+    }
+    let t_start = Instant::now();
+    let (np, nt, nc) = (inputs.len(), perts.len(), models.len());
+    let per_puzzle = nc * nt;
+    let inverses: Vec<Perturbation> = perts.iter().map(Perturbation::inverse).collect();
+    let mut slots_out: Vec<Option<Pass>> = vec![None; np * per_puzzle];
+    let mut st = RunStats { passes: np * per_puzzle, ..Default::default() };
+    for (c, model) in models.iter().enumerate() {
+        if model.cfg.seq_len != 81 {
+            bail!("checkpoint {}: seq_len {} is not a Sudoku model's 81", c + 1, model.cfg.seq_len);
+        }
+        let max_steps = model.cfg.halt_max_steps as u32;
+        let min_steps = match opts.halt {
+            HaltMode::Fixed => max_steps,
+            HaltMode::Act => (opts.min_segments.max(1) as u32).min(max_steps),
+        };
+        let total = np * nt;
+        let mut next = 0usize; // next pending pass (puzzle * nt + perturbation)
+        let mut rows = 0usize;
+        let mut carry: Option<Carry<B>> = None;
+        let mut new = Batch { inputs: vec![], puzzle_ids: vec![], labels: None };
+        let mut zero_labels = be.upload_i32(&[]);
+        let mut job: Vec<Option<usize>> = Vec::new();
+        loop {
+            // A fresh, right-sized batch whenever every row is free (always so in fixed mode).
+            let all_free = carry.as_ref().is_none_or(|c| c.halted.iter().all(|&h| h));
+            if all_free {
+                let want = opts.batch_size.max(1).min(total - next);
+                if want == 0 {
+                    break;
+                }
+                if want != rows {
+                    rows = want;
+                    carry = Some(Carry::fresh(be, model, rows));
+                    new = Batch { inputs: vec![1; rows * 81], puzzle_ids: vec![0; rows], labels: None };
+                    zero_labels = be.upload_i32(&vec![0; rows * 81]);
+                    job = vec![None; rows];
+                }
+            }
+            let cr = carry.as_mut().expect("a batch");
+            let t = Instant::now();
+            for (b, slot) in job.iter_mut().enumerate() {
+                if cr.halted[b] {
+                    *slot = (next < total).then_some(next);
+                    if let Some(f) = *slot {
+                        let x = perts[f % nt].apply_tokens(&inputs[f / nt]);
+                        for (d, &v) in new.inputs[b * 81..(b + 1) * 81].iter_mut().zip(&x) {
+                            *d = v as i32;
+                        }
+                        next += 1;
+                    }
+                }
+            }
+            st.perturb_seconds += t.elapsed().as_secs_f64();
+            if job.iter().all(Option::is_none) {
+                break;
+            }
+            let t = Instant::now();
+            let seg = eval_step(be, model, cr, &new);
+            st.row_segments += rows as u64;
+            let finished: Vec<usize> = (0..rows)
+                .filter(|&b| {
+                    job[b].is_some() && {
+                        let s = cr.steps[b];
+                        s >= max_steps || (s >= min_steps && seg.heads.q_halt[b] > seg.heads.q_continue[b])
+                    }
+                })
+                .collect();
+            let argmax = if finished.is_empty() {
+                Vec::new()
+            } else {
+                be.lm_loss(cr.logits(), &zero_labels, model.cfg.vocab_size, 81, 0.0, None).argmax
+            };
+            be.check()?;
+            st.model_seconds += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for (h, j) in cr.halted.iter_mut().zip(&job) {
+                *h = j.is_none();
+            }
+            for &b in &finished {
+                let f = job[b].take().expect("a job");
+                let (p, k) = (f / nt, f % nt);
+                slots_out[p * per_puzzle + c * nt + k] = Some(Pass {
+                    checkpoint: c,
+                    perturbation: k,
+                    tokens: inverses[k].apply_tokens(&argmax[b * 81..(b + 1) * 81]),
+                    q_halt: seg.heads.q_halt[b],
+                    q_continue: seg.heads.q_continue[b],
+                    segments: cr.steps[b],
+                });
+                cr.halted[b] = true;
+            }
+            st.perturb_seconds += t.elapsed().as_secs_f64();
+            if !finished.is_empty() {
+                on_passes(finished.len());
+            }
+        }
+    }
+    let passes: Vec<Pass> = slots_out.into_iter().map(|p| p.expect("every pass ran")).collect();
+    st.mean_segments = passes.iter().map(|p| p.segments as f64).sum::<f64>() / passes.len().max(1) as f64;
+    st.wall_seconds = t_start.elapsed().as_secs_f64();
+    Ok((PassTable { puzzles: np, checkpoints: nc, perturbations: nt, passes }, st))
+}
+
+/// Perturbed inference over one evaluation set, scored in every selection mode.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AugmentedReport {
+    pub name: String,
+    pub puzzles: usize,
+    /// The `--perturb` spec (`none`: only the unperturbed pass).
+    pub perturb: String,
+    pub checkpoints: usize,
+    pub perturbations: usize,
+    pub passes_per_puzzle: usize,
+    pub halt: HaltMode,
+    pub min_segments: usize,
+    /// Exact accuracy (whole board right) per mode; `oracle` uses the labels.
+    pub exact_accuracy: super::select::ModeAccuracy,
+    /// Mean share of its pool that backed the `vote` answer.
+    pub vote_agreement: f64,
+    /// Fraction of passes with q_halt > q_continue after their last segment.
+    pub act_halt_fraction: f64,
+    pub mean_segments: f64,
+    pub puzzles_per_s: f64,
+    pub passes_per_s: f64,
+    pub wall_seconds: f64,
+    pub model_seconds: f64,
+    pub perturb_seconds: f64,
+    pub select_seconds: f64,
+    /// (perturb + select) / model time.
+    pub overhead_fraction: f64,
+}
+
+/// Runs [`run_passes`] on `examples` and scores single / vote / verify / oracle.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_augmented<B: Backend>(
+    be: &B,
+    models: &[Hrm<B>],
+    name: &str,
+    examples: &[super::eval::Example],
+    perturb: &str,
+    perts: &[Perturbation],
+    opts: &AugmentedOptions,
+    on_passes: impl FnMut(usize),
+) -> Result<AugmentedReport> {
+    let to81 = |v: &[i32]| -> [u8; 81] {
+        let mut t = [0u8; 81];
+        for (o, &x) in t.iter_mut().zip(v) {
+            *o = x as u8;
+        }
+        t
+    };
+    let inputs: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.inputs)).collect();
+    let labels: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.labels)).collect();
+    let questions: Vec<crate::sudoku::board::Board> =
+        inputs.iter().map(|t| super::perturb::tokens_to_board(t)).collect();
+    let (table, st) = run_passes(be, models, &inputs, perts, opts, on_passes)?;
+    let t = Instant::now();
+    let (acc, selected) = super::select::score(&table, &questions, &labels);
+    let select_seconds = t.elapsed().as_secs_f64();
+    let n = examples.len().max(1) as f64;
+    let wall = st.wall_seconds + select_seconds;
+    Ok(AugmentedReport {
+        name: name.to_string(),
+        puzzles: examples.len(),
+        perturb: perturb.to_string(),
+        checkpoints: table.checkpoints,
+        perturbations: table.perturbations,
+        passes_per_puzzle: table.per_puzzle(),
+        halt: opts.halt,
+        min_segments: opts.min_segments,
+        exact_accuracy: acc,
+        vote_agreement: selected.iter().map(|s| s.vote.votes as f64 / s.vote.pool.max(1) as f64).sum::<f64>()
+            / n,
+        act_halt_fraction: table.passes.iter().filter(|p| p.halted()).count() as f64
+            / table.passes.len().max(1) as f64,
+        mean_segments: st.mean_segments,
+        puzzles_per_s: examples.len() as f64 / wall.max(1e-9),
+        passes_per_s: st.passes as f64 / wall.max(1e-9),
+        wall_seconds: wall,
+        model_seconds: st.model_seconds,
+        perturb_seconds: st.perturb_seconds,
+        select_seconds,
+        overhead_fraction: (st.perturb_seconds + select_seconds) / st.model_seconds.max(1e-12),
+    })
+}

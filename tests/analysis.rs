@@ -1,0 +1,253 @@
+//! `hrm analyze trajectory|trivial` and the perturbed `hrm eval` on a tiny freshly initialized
+//! model: the documented fields and shapes, and bookkeeping checked against known answers.
+
+use hrm::analysis::conflicts;
+use hrm::analysis::trajectory::trajectory;
+use hrm::analysis::trivial::{blank_cells, trivial};
+use hrm::backend::cpu::Cpu;
+use hrm::config::ModelConfig;
+use hrm::hrm::Hrm;
+use hrm::infer::eval::{evaluate, predict};
+use hrm::model::HostParams;
+use hrm::sudoku::board::board_to_string;
+use hrm::train::data::{blanked_puzzles, example_of};
+use std::process::Command;
+
+fn tiny() -> (ModelConfig, HostParams) {
+    let mut cfg = ModelConfig::tiny();
+    assert_eq!(cfg.seq_len, 81);
+    cfg.halt_max_steps = 3;
+    let params = HostParams::init(&cfg, &mut hrm::rng::seeded(4));
+    (cfg, params)
+}
+
+#[test]
+fn conflicts_count_duplicate_digits_per_unit() {
+    let (_, grid) = blanked_puzzles(1, 5..6, 1)[0];
+    assert_eq!(conflicts(&grid), 0);
+    assert_eq!(conflicts(&[0; 81]), 0);
+    // One cell changed to a digit already in its row, column and box: 3 conflicts.
+    let mut b = grid;
+    b[0] = grid[1];
+    assert_eq!(conflicts(&b), 3);
+    // All ones: every unit holds nine 1s, 8 conflicts each.
+    assert_eq!(conflicts(&[1; 81]), 27 * 8);
+}
+
+#[test]
+fn trajectory_has_one_row_per_segment_and_consistent_settling() {
+    let be = Cpu;
+    let (cfg, params) = tiny();
+    let model = Hrm::new(&be, &cfg, &params);
+    let puzzles = blanked_puzzles(5, 10..30, 2);
+    let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
+    let r = trajectory(&be, &model, "set", &examples, 2).unwrap();
+    assert_eq!((r.puzzles, r.segments, r.per_segment.len(), r.settle_histogram.len()), (5, 3, 3, 3));
+    assert_eq!(r.settle_segment.len(), 5);
+    assert_eq!(r.settle_histogram.iter().sum::<usize>() + r.never_settled, 5);
+    // Per-segment exact accuracy and cells agree with the evaluator.
+    let e = evaluate(&be, &model, "set", &examples, 3, |_| {}).unwrap();
+    for (s, want) in r.per_segment.iter().zip(&e.exact_accuracy_per_segment) {
+        assert_eq!(s.exact_accuracy, *want);
+    }
+    assert!((r.per_segment[2].cell_accuracy - e.cell_accuracy).abs() < 1e-12);
+    for (k, s) in r.per_segment.iter().enumerate() {
+        assert_eq!(s.segment, k + 1);
+        assert!(s.z_h_change > 0.0 && s.z_h_change.is_finite(), "{s:?}");
+        assert!(s.z_l_change > 0.0 && s.z_l_change.is_finite(), "{s:?}");
+        assert!(s.conflicts >= 0.0 && (0.0..=1.0).contains(&s.act_halt_fraction));
+        // A fresh Q head: weight 0, bias -5.
+        assert!((s.mean_q_halt + 5.0).abs() < 1e-5);
+    }
+    // Labels set to the model's own final answers: every puzzle ends right, and settles at
+    // the first segment of its final run of right answers.
+    let p = predict(&be, &model, &examples, 5, |_| {}).unwrap();
+    let own: Vec<_> = examples
+        .iter()
+        .enumerate()
+        .map(|(k, e)| hrm::infer::eval::Example {
+            inputs: e.inputs.clone(),
+            labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
+        })
+        .collect();
+    let r = trajectory(&be, &model, "own", &own, 5).unwrap();
+    assert_eq!(r.per_segment[2].exact_accuracy, 1.0);
+    assert_eq!(r.never_settled, 0);
+    assert_eq!(r.lost_after_correct, 0);
+    let mut hist = vec![0; 3];
+    for s in &r.settle_segment {
+        let s = s.expect("right at the end");
+        assert!((1..=3).contains(&s));
+        hist[s - 1] += 1;
+    }
+    assert_eq!(hist, r.settle_histogram);
+    // Settled at segment k means right at k: exact accuracy at k covers everyone settled by k.
+    for k in 0..3 {
+        let settled: usize = r.settle_histogram[..=k].iter().sum();
+        assert!(r.per_segment[k].exact_accuracy * 5.0 >= settled as f64 - 1e-9);
+    }
+}
+
+#[test]
+fn trivial_blanks_exactly_k_cells_and_reports_each_k() {
+    let be = Cpu;
+    let (cfg, params) = tiny();
+    let model = Hrm::new(&be, &cfg, &params);
+    let grids: Vec<_> = blanked_puzzles(4, 5..6, 3).into_iter().map(|(_, a)| a).collect();
+    for k in [1, 2, 4, 8, 16] {
+        let q = blank_cells(&grids[0], k, 7, 0);
+        assert_eq!(q.iter().filter(|&&v| v == 0).count(), k);
+        assert_eq!(q, blank_cells(&grids[0], k, 7, 0), "seeded");
+        assert!((0..81).all(|c| q[c] == 0 || q[c] == grids[0][c]));
+    }
+    let r = trivial(&be, &model, "grids", &grids, &[1, 2, 4, 8, 16], 7, 3).unwrap();
+    assert_eq!(r.rows.iter().map(|x| x.blanks).collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
+    assert_eq!(r.segments, 3);
+    for x in &r.rows {
+        assert_eq!(x.puzzles, 4);
+        for v in [x.exact_accuracy, x.valid_fraction, x.blank_cell_accuracy, x.act_halt_fraction] {
+            assert!((0.0..=1.0).contains(&v));
+        }
+        // The original grid is a valid solution keeping the givens.
+        assert!(x.exact_accuracy <= x.valid_fraction);
+    }
+    assert!(trivial(&be, &model, "grids", &grids, &[0], 7, 3).is_err());
+}
+
+fn hrm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hrm"))
+}
+
+fn ok(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed:\n{}\n{}",
+        c,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn analyze_and_perturbed_eval_commands_write_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut cfg, _) = tiny();
+    cfg.halt_max_steps = 2;
+    std::fs::write(d.join("arch.json"), cfg.to_json()).unwrap();
+    for (seed, name) in [(0, "a"), (1, "b")] {
+        ok(hrm()
+            .args(["init", "--config"])
+            .arg(d.join("arch.json"))
+            .args(["--seed", &seed.to_string(), "--out"])
+            .arg(d.join(format!("{name}.safetensors"))));
+    }
+    let held = blanked_puzzles(4, 10..20, 5);
+    let lines: String = held.iter().map(|(q, _)| board_to_string(q, '.') + "\n").collect();
+    std::fs::write(d.join("held.txt"), lines).unwrap();
+
+    let out = d.join("an");
+    let files = ok(hrm()
+        .args(["analyze", "trajectory", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--out")
+        .arg(&out));
+    assert!(files.contains("trajectory.json") && files.contains("trajectory_state.svg"), "{files}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trajectory.json")).unwrap()).unwrap();
+    assert_eq!(j["puzzles"], 4);
+    let segs = j["per_segment"].as_array().unwrap();
+    assert_eq!(segs.len(), 2);
+    for f in [
+        "segment",
+        "exact_accuracy",
+        "cell_accuracy",
+        "z_h_change",
+        "z_l_change",
+        "conflicts",
+        "mean_q_halt",
+        "act_halt_fraction",
+    ] {
+        assert!(segs[0][f].is_number(), "per_segment.{f}");
+    }
+    for f in ["settle_histogram", "settle_segment"] {
+        assert!(j[f].is_array(), "{f}");
+    }
+    for f in ["never_settled", "lost_after_correct", "right_to_wrong_flips"] {
+        assert!(j[f].is_number(), "{f}");
+    }
+    assert!(std::fs::read_to_string(out.join("trajectory_accuracy.svg")).unwrap().starts_with("<svg"));
+
+    ok(hrm()
+        .args(["analyze", "trivial", "--blanks", "1,3", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--out")
+        .arg(&out));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("trivial.json")).unwrap()).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0]["blanks"].clone(), rows[1]["blanks"].clone()), (1.into(), 3.into()));
+    for f in ["puzzles", "exact_accuracy", "valid_fraction", "blank_cell_accuracy", "givens_changed"] {
+        assert!(rows[0][f].is_number(), "rows.{f}");
+    }
+    assert!(std::fs::read_to_string(out.join("trivial.svg")).unwrap().starts_with("<svg"));
+
+    // Perturbed eval bootstrapped over two checkpoints.
+    let json = d.join("aug.json");
+    let table = ok(hrm()
+        .args(["eval", "--perturb", "relabel9+sym:1", "--halt", "act", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg("--checkpoint")
+        .arg(d.join("b.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--json")
+        .arg(&json));
+    for w in ["single", "vote", "verify", "oracle", "passes/s"] {
+        assert!(table.contains(w), "{w}: {table}");
+    }
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j[0]["passes_per_puzzle"], 36);
+    assert_eq!(j[0]["checkpoints"], 2);
+    assert_eq!(j[0]["halt"], "act");
+    for m in ["single", "vote", "verify", "oracle"] {
+        assert!(j[0]["exact_accuracy"][m].is_number(), "{m}");
+    }
+    // Without --perturb and with one checkpoint, the plain report is unchanged.
+    let plain = d.join("plain.json");
+    ok(hrm()
+        .args(["eval", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--json")
+        .arg(&plain));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&plain).unwrap()).unwrap();
+    assert_eq!(j[0]["exact_accuracy_per_segment"].as_array().unwrap().len(), 2);
+    // A bad spec names the flag and what was expected.
+    let o = hrm()
+        .args(["eval", "--perturb", "relabel9+rot:2", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--perturb") && err.contains("rot:2") && err.contains("relabel9"), "{err}");
+}
+
+#[test]
+fn demo_with_hints_ends_with_the_side_by_side_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(hrm()
+        .args(["demo", "--hints", "--steps", "4", "--batch-size", "4", "--train-puzzles", "8"])
+        .args(["--augment", "1", "--eval-puzzles", "6", "--out"])
+        .arg(dir.path().join("demo")));
+    assert!(out.contains("Augmented HRM on the held-out puzzles (--perturb relabel9)"), "{out}");
+    for w in ["single", "vote", "verify", "oracle*", "held_out (1 checkpoint)", "held_out (3 checkpoints)"] {
+        assert!(out.contains(w), "{w}: {out}");
+    }
+}
