@@ -251,3 +251,47 @@ fn demo_with_hints_ends_with_the_side_by_side_table() {
         assert!(out.contains(w), "{w}: {out}");
     }
 }
+
+#[test]
+fn fixed_points_count_answers_runs_and_states_consistently() {
+    use hrm::analysis::fixed_points::fixed_points;
+    let be = Cpu;
+    let (cfg, params) = tiny();
+    let model = Hrm::new(&be, &cfg, &params);
+    let puzzles = blanked_puzzles(3, 10..30, 5);
+    let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
+    let r = fixed_points(&be, &model, "set", &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
+    assert_eq!((r.puzzles, r.runs_per_puzzle, r.segments, r.per_puzzle.len()), (3, 4, 3, 3));
+    for p in &r.per_puzzle {
+        assert!((1..=4).contains(&p.distinct_answers), "{p:?}");
+        assert!(p.correct_runs <= p.valid_runs && p.valid_runs <= 4, "right answers are valid: {p:?}");
+        assert!(p.wrong_fixed_point_runs + p.unsettled_runs <= 4);
+        assert!(p.wrong_fixed_point_runs + p.correct_runs <= 4);
+    }
+    for v in
+        [r.correct_run_fraction, r.valid_run_fraction, r.wrong_fixed_point_fraction, r.unsettled_fraction]
+    {
+        assert!((0.0..=1.0).contains(&v));
+    }
+    // Without noise every run of a puzzle is the same computation: one answer per puzzle; with
+    // the model's own answers as labels, every run is right and none is a wrong fixed point.
+    let p = predict(&be, &model, &examples, 5, |_| {}).unwrap();
+    let own: Vec<_> = examples
+        .iter()
+        .enumerate()
+        .map(|(k, e)| hrm::infer::eval::Example {
+            inputs: e.inputs.clone(),
+            labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
+        })
+        .collect();
+    let r0 = fixed_points(&be, &model, "own", &own, 3, 0.0, 1e-3, 1, 4).unwrap();
+    assert!(r0.per_puzzle.iter().all(|p| p.distinct_answers == 1), "{:?}", r0.per_puzzle);
+    assert_eq!(r0.correct_run_fraction, 1.0);
+    assert_eq!(r0.wrong_fixed_point_fraction, 0.0);
+    assert_eq!(r0.puzzles_with_several_answers, 0);
+    // Noise moves the starts: the same seed reproduces the report, and bad arguments are errors.
+    let again = fixed_points(&be, &model, "set", &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
+    assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&r).unwrap());
+    assert!(fixed_points(&be, &model, "set", &examples, 0, 2.0, 1e-3, 1, 8).is_err());
+    assert!(fixed_points(&be, &model, "set", &examples, 2, f64::NAN, 1e-3, 1, 8).is_err());
+}

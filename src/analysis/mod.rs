@@ -1,6 +1,8 @@
 //! Analysis and reporting tools: run plots, and the Augmented HRM paper's mechanistic
-//! analyses (`hrm analyze`): the per-segment reasoning trajectory and the trivial-puzzle test.
+//! analyses (`hrm analyze`): the per-segment reasoning trajectory, the trivial-puzzle test and
+//! the multiple-fixed-points probe.
 
+pub mod fixed_points;
 pub mod plot;
 pub mod trajectory;
 pub mod trivial;

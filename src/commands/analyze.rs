@@ -2,6 +2,7 @@
 //! as JSON plus SVG charts.
 
 use super::eval::load_model_checkpoint;
+use crate::analysis::fixed_points::{FixedPointsReport, fixed_points};
 use crate::analysis::plot::{Series, chart_xy};
 use crate::analysis::trajectory::{TrajectoryReport, trajectory};
 use crate::analysis::trivial::{TrivialReport, trivial};
@@ -56,6 +57,26 @@ pub enum AnalyzeCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Per puzzle, R runs from H_init / L_init plus Gaussian noise: distinct final answers,
+    /// valid and right runs, and runs stuck at a wrong fixed point (state no longer moving,
+    /// board wrong). Writes fixed_points.json and fixed_points.svg.
+    FixedPoints {
+        #[command(flatten)]
+        common: AnalyzeCommon,
+        /// Noisy starts per puzzle.
+        #[arg(long, default_value_t = 8)]
+        runs: usize,
+        /// Standard deviation of the noise added to the initial states (the paper uses 2).
+        #[arg(long, default_value_t = 2.0)]
+        noise_std: f64,
+        /// A run is at a fixed point when z_H moved by less than this (relative) in its last
+        /// segment (the demo model's mean change in its 4th segment is ~0.009).
+        #[arg(long, default_value_t = 1e-2)]
+        tolerance: f64,
+        /// Seed of the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn set_name(p: &Path) -> String {
@@ -82,7 +103,71 @@ pub fn run_analyze(cmd: &AnalyzeCommand) -> Result<Vec<PathBuf>> {
             print!("{}", trivial_table(&r));
             write_trivial(&common.out, &r)
         }
+        AnalyzeCommand::FixedPoints { common, runs, noise_std, tolerance, seed } => {
+            let r = run_fixed_points(common, *runs, *noise_std, *tolerance, *seed)?;
+            print!("{}", fixed_points_table(&r));
+            write_fixed_points(&common.out, &r)
+        }
     }
+}
+
+pub fn run_fixed_points(
+    c: &AnalyzeCommon,
+    runs: usize,
+    noise_std: f64,
+    tolerance: f64,
+    seed: u64,
+) -> Result<FixedPointsReport> {
+    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    let mut puzzles = read_eval_set(&c.set)?;
+    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let examples = examples_of(&puzzles);
+    Ok(crate::with_backend!(c.device, |be| fixed_points(
+        be,
+        &Hrm::new(be, &cfg, &params),
+        &set_name(&c.set),
+        &examples,
+        runs,
+        noise_std,
+        tolerance,
+        seed,
+        c.batch_size
+    )?))
+}
+
+pub fn fixed_points_table(r: &FixedPointsReport) -> String {
+    format!(
+        "{}: {} puzzles x {} runs from H_init/L_init + N(0, {}^2), {} segments\n\
+         distinct final answers per puzzle: mean {:.2}; puzzles with several answers: {}; \
+         with right and wrong runs: {}\n\
+         runs: right {:.4}, valid solution {:.4}, wrong fixed point {:.4}, still moving {:.4} \
+         (tolerance {:e})\n",
+        r.name,
+        r.puzzles,
+        r.runs_per_puzzle,
+        r.noise_std,
+        r.segments,
+        r.mean_distinct_answers,
+        r.puzzles_with_several_answers,
+        r.puzzles_right_and_wrong,
+        r.correct_run_fraction,
+        r.valid_run_fraction,
+        r.wrong_fixed_point_fraction,
+        r.unsettled_fraction,
+        r.tolerance
+    )
+}
+
+pub fn write_fixed_points(out: &Path, r: &FixedPointsReport) -> Result<Vec<PathBuf>> {
+    let json = write_json(out, "fixed_points.json", r)?;
+    let mut hist = vec![0usize; r.runs_per_puzzle + 1];
+    for p in &r.per_puzzle {
+        hist[p.distinct_answers.min(r.runs_per_puzzle)] += 1;
+    }
+    let pts: Series = hist.iter().enumerate().skip(1).map(|(k, &c)| (k as f64, c as f64)).collect();
+    let p = out.join("fixed_points.svg");
+    chart_xy(&p, "distinct final answers per puzzle", "distinct answers", &[("puzzles", &pts)])?;
+    Ok(vec![json, p])
 }
 
 pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
