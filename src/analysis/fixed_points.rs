@@ -6,6 +6,7 @@
 //! and how many end at a wrong fixed point: the state has stopped moving (relative change of
 //! z_H over the last segment below `tolerance`) but the board is wrong.
 
+use super::trajectory::rel_change;
 use crate::act::{Batch, Carry, eval_step};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
@@ -59,15 +60,6 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
     let u2: f64 = rng.r#gen();
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
-fn rel_change(new: &[f32], old: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (a, b) in new.iter().zip(old) {
-        num += (*a as f64 - *b as f64).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// Runs the analysis: `runs` noisy starts per puzzle, batched `batch_size` rows at a time.

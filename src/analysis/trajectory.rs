@@ -51,7 +51,8 @@ pub struct TrajectoryReport {
     pub settle_segment: Vec<Option<usize>>,
 }
 
-fn rel_change(new: &[f32], old: &[f32]) -> f64 {
+/// `||new - old|| / ||old||` (Euclidean, in f64).
+pub(crate) fn rel_change(new: &[f32], old: &[f32]) -> f64 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (a, b) in new.iter().zip(old) {
         num += (*a as f64 - *b as f64).powi(2);
