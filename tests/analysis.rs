@@ -7,7 +7,7 @@ use hrm::analysis::trivial::{blank_cells, trivial};
 use hrm::backend::cpu::Cpu;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
-use hrm::infer::eval::{evaluate, predict};
+use hrm::infer::eval::{Example, evaluate, predict};
 use hrm::model::HostParams;
 use hrm::sudoku::board::board_to_string;
 use hrm::train::data::{blanked_puzzles, example_of};
@@ -19,6 +19,19 @@ fn tiny() -> (ModelConfig, HostParams) {
     cfg.halt_max_steps = 3;
     let params = HostParams::init(&cfg, &mut hrm::rng::seeded(4));
     (cfg, params)
+}
+
+/// The examples with the model's own final answers as labels (so every puzzle ends right).
+fn own_answers_as_labels(model: &Hrm<Cpu>, examples: &[Example]) -> Vec<Example> {
+    let p = predict(&Cpu, model, examples, 5, |_| {}).unwrap();
+    examples
+        .iter()
+        .enumerate()
+        .map(|(k, e)| Example {
+            inputs: e.inputs.clone(),
+            labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
+        })
+        .collect()
 }
 
 #[test]
@@ -61,15 +74,7 @@ fn trajectory_has_one_row_per_segment_and_consistent_settling() {
     }
     // Labels set to the model's own final answers: every puzzle ends right, and settles at
     // the first segment of its final run of right answers.
-    let p = predict(&be, &model, &examples, 5, |_| {}).unwrap();
-    let own: Vec<_> = examples
-        .iter()
-        .enumerate()
-        .map(|(k, e)| hrm::infer::eval::Example {
-            inputs: e.inputs.clone(),
-            labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
-        })
-        .collect();
+    let own = own_answers_as_labels(&model, &examples);
     let r = trajectory(&be, &model, "own", &own, 5).unwrap();
     assert_eq!(r.per_segment[2].exact_accuracy, 1.0);
     assert_eq!(r.never_settled, 0);
@@ -275,15 +280,7 @@ fn fixed_points_count_answers_runs_and_states_consistently() {
     }
     // Without noise every run of a puzzle is the same computation: one answer per puzzle; with
     // the model's own answers as labels, every run is right and none is a wrong fixed point.
-    let p = predict(&be, &model, &examples, 5, |_| {}).unwrap();
-    let own: Vec<_> = examples
-        .iter()
-        .enumerate()
-        .map(|(k, e)| hrm::infer::eval::Example {
-            inputs: e.inputs.clone(),
-            labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
-        })
-        .collect();
+    let own = own_answers_as_labels(&model, &examples);
     let r0 = fixed_points(&be, &model, "own", &own, 3, 0.0, 1e-3, 1, 4).unwrap();
     assert!(r0.per_puzzle.iter().all(|p| p.distinct_answers == 1), "{:?}", r0.per_puzzle);
     assert_eq!(r0.correct_run_fraction, 1.0);

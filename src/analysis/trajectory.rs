@@ -5,10 +5,10 @@
 //! the Sudoku conflicts of the decoded board, and q_halt; per puzzle, the segment from which
 //! it is right and stays right to the end, and whether a right board was later lost.
 
-use crate::act::{Batch, Carry, eval_step};
+use crate::act::{Carry, eval_step};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
-use crate::infer::eval::Example;
+use crate::infer::eval::{Example, batch_of};
 use crate::infer::perturb::tokens_to_board;
 use anyhow::Result;
 use serde::Serialize;
@@ -76,11 +76,7 @@ pub fn trajectory<B: Backend>(
     let mut correct: Vec<Vec<bool>> = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let b = chunk.len();
-        let batch = Batch {
-            inputs: chunk.iter().flat_map(|e| e.inputs.iter().copied()).collect(),
-            puzzle_ids: vec![0; b],
-            labels: Some(chunk.iter().flat_map(|e| e.labels.iter().copied()).collect()),
-        };
+        let batch = batch_of(chunk);
         let mut carry = Carry::fresh(be, model, b);
         carry.take_new_data(be, model, &batch);
         let (mut zh, mut zl) = (be.download_act(&carry.z_h), be.download_act(&carry.z_l));

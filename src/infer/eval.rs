@@ -39,6 +39,15 @@ pub struct Predictions {
     pub exact_per_segment: Vec<Vec<bool>>,
 }
 
+/// A batch of examples (puzzle id 0: evaluation has no per-puzzle embedding to look up).
+pub fn batch_of(examples: &[Example]) -> Batch {
+    Batch {
+        inputs: examples.iter().flat_map(|e| e.inputs.iter().copied()).collect(),
+        puzzle_ids: vec![0; examples.len()],
+        labels: Some(examples.iter().flat_map(|e| e.labels.iter().copied()).collect()),
+    }
+}
+
 /// Run all segments on `examples` in batches of `batch_size`.
 pub fn predict<B: Backend>(
     be: &B,
@@ -58,11 +67,7 @@ pub fn predict<B: Backend>(
     };
     for chunk in examples.chunks(batch_size.max(1)) {
         let b = chunk.len();
-        let batch = Batch {
-            inputs: chunk.iter().flat_map(|e| e.inputs.iter().copied()).collect(),
-            puzzle_ids: vec![0; b],
-            labels: Some(chunk.iter().flat_map(|e| e.labels.iter().copied()).collect()),
-        };
+        let batch = batch_of(chunk);
         let mut carry = Carry::fresh(be, model, b);
         let mut last = None;
         for seg in 0..segments {

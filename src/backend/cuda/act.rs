@@ -9,26 +9,10 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::device::CudaDevice;
+use super::kernels::{BLOCK, MAX_GRID, elementwise, i32_of, launch_err};
 
-/// Threads per block of the element-wise kernels.
-const BLOCK: u32 = 256;
-/// Grid cap of the grid-stride kernels: 132 SMs x 16 blocks of 256 threads fill an H200.
-const MAX_GRID: usize = 132 * 16;
 /// Largest grid y dimension (one block row per batch row in `reset_rows`).
 const MAX_GRID_Y: usize = 65_535;
-
-fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
-    move |e| anyhow!("launching {kernel}: {e}")
-}
-
-fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit the kernel's int"))
-}
 
 /// `out = a + b` on the first `n` elements, bf16 with f32 math (one rounding).
 pub fn add(

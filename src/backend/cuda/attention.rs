@@ -7,6 +7,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKerne
 use half::bf16;
 
 use super::device::CudaDevice;
+use super::kernels::launch_err;
 
 /// Longest sequence the kernels handle (their shared-memory statistics hold this many rows).
 pub const MAX_SEQ: usize = 256;
@@ -61,10 +62,6 @@ fn launch_shape(batch: usize, seq: usize, heads: usize, head_dim: usize) -> Resu
 fn ensure_aligned(p: u64, what: &str) -> Result<()> {
     ensure!(p.is_multiple_of(4), "attention: {what} device pointer {p:#x} is not 4-byte aligned");
     Ok(())
-}
-
-fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
-    move |e| anyhow!("launching {kernel}: {e}")
 }
 
 /// `out[T, heads*hd]` = softmax(q k^T / sqrt(hd)) v per batch element and head, from

@@ -13,11 +13,11 @@ use crate::backend::cpu::embed::EmbedDims;
 use crate::backend::cpu::optim::AdamHyper;
 
 /// Threads per block of the element-wise kernels.
-const BLOCK: u32 = 256;
+pub(super) const BLOCK: u32 = 256;
 /// Grid cap of the grid-stride kernels: 132 SMs x 16 blocks of 256 threads fill an H200.
-const MAX_GRID: usize = 132 * 16;
+pub(super) const MAX_GRID: usize = 132 * 16;
 
-fn elementwise(n: usize) -> LaunchConfig {
+pub(super) fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
@@ -26,7 +26,7 @@ fn per_row(rows: usize, block: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
 
-fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
+pub(super) fn launch_err(kernel: &str) -> impl FnOnce(cudarc::driver::DriverError) -> anyhow::Error + '_ {
     move |e| anyhow!("launching {kernel}: {e}")
 }
 
@@ -53,7 +53,7 @@ fn opt_ptr_mut<'a, T>(s: &'a CudaStream, b: Option<&'a mut CudaSlice<T>>) -> (u6
     }
 }
 
-fn i32_of(v: usize, what: &str) -> Result<i32> {
+pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit the kernel's int"))
 }
 
