@@ -38,7 +38,18 @@ fn bench_step(c: &mut Criterion, name: &str, cfg: ModelConfig, b: usize) {
             let mut carry = Carry::fresh(&be, &model, b);
             let mut grads = model.zero_grads(&be);
             let st = train_step(&be, &model, &mut carry, &data, &vec![0; b], b, &mut grads);
-            opt.apply(&be, &mut model, &grads, &oc, oc.lr, oc.puzzle_emb_lr, &carry.data.puzzle_ids);
+            let ws = &carry.ws;
+            opt.apply(
+                &be,
+                &mut model,
+                &grads,
+                None,
+                &oc,
+                oc.lr,
+                oc.puzzle_emb_lr,
+                &ws.inputs.puzzle_ids,
+                &ws.act,
+            );
             st.lm_loss
         })
     });

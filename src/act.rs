@@ -1,12 +1,18 @@
 //! Adaptive computation time around the segment: the carry that persists across steps, the
 //! halting rule with exploration, the target-Q segment, the losses with the reference's
 //! normalization, and the gradient of (total loss / global batch size).
+//!
+//! A training step keeps the ACT state where the model runs (`Backend::ActState`): new data
+//! into halted rows, exploration, halting, target-Q, losses, gradients of the q logits and the
+//! metrics are backend ops, so a step on a GPU reads nothing back; the host reads the metrics
+//! every log interval ([`Backend::act_report`]). Evaluation keeps steps and halting on the host
+//! (its callers decide per row what runs next).
 
-use crate::backend::cpu::loss::{bce_with_logits, sigmoid};
-use crate::backend::{Backend, LmLossOut};
+use crate::backend::cpu::halting::{explore_row, explore_threshold};
+use crate::backend::cpu::loss::sigmoid;
+use crate::backend::{ActReport, Backend, LmLossOut};
 use crate::hrm::{Heads, Hrm, Workspace};
 use crate::model::ParamSet;
-use rand::Rng;
 
 /// A batch of puzzles as token ids (see the spec: 1 = blank, 2..10 = digits; labels 0 = PAD).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +35,8 @@ impl Batch {
 }
 
 /// The ACT carry: recurrent state, per-row step counts and halting flags, current puzzles.
+/// Evaluation keeps `steps`, `halted` and `data` on the host; training keeps them in the
+/// workspace's ACT state and inputs, and [`Carry::pull`] copies them here (checkpoints, tests).
 pub struct Carry<B: Backend> {
     pub z_h: B::Act,
     pub z_l: B::Act,
@@ -63,20 +71,42 @@ impl<B: Backend> Carry<B> {
         self.ws.logits()
     }
 
-    /// Copies the current puzzles to the backend and embeds them.
+    /// Copies the current puzzles (host) to the backend and embeds them.
     fn embed(&mut self, be: &B, model: &Hrm<B>) {
         be.write_i32(&self.data.inputs, &mut self.ws.inputs.tokens);
         be.write_i32(&self.data.puzzle_ids, &mut self.ws.inputs.puzzle_ids);
         model.embed(be, &mut self.ws);
     }
 
-    /// Step 1 of an ACT step: halted rows restart from H_init/L_init with the new batch's row;
-    /// the others keep their state and puzzle.
+    /// Copies the training state of the backend (steps, halting, current puzzles) to the host
+    /// fields.
+    pub fn pull(&mut self, be: &B) {
+        let rows = be.act_rows(&self.ws.act);
+        self.steps = rows.steps;
+        self.halted = rows.halted;
+        self.data.inputs = be.download_i32(&self.ws.inputs.tokens);
+        self.data.puzzle_ids = be.download_i32(&self.ws.inputs.puzzle_ids);
+        self.data.labels = Some(be.download_i32(&self.ws.labels));
+    }
+
+    /// Copies the host fields to the backend (a carry restored from a checkpoint).
+    pub fn push(&mut self, be: &B) {
+        be.act_set(&mut self.ws.act, &self.steps, &self.halted);
+        be.write_i32(&self.data.inputs, &mut self.ws.inputs.tokens);
+        be.write_i32(&self.data.puzzle_ids, &mut self.ws.inputs.puzzle_ids);
+        if let Some(l) = &self.data.labels {
+            be.write_i32(l, &mut self.ws.labels);
+        }
+    }
+
+    /// Step 1 of an evaluation ACT step (host bookkeeping): halted rows restart from
+    /// H_init/L_init with the new batch's row; the others keep their state and puzzle.
     pub fn take_new_data(&mut self, be: &B, model: &Hrm<B>, new: &Batch) {
         let n = model.cfg.seq_len;
         let halted = self.halted.clone();
-        model.reset(be, &mut self.z_h, true, &halted);
-        model.reset(be, &mut self.z_l, false, &halted);
+        be.act_set(&mut self.ws.act, &self.steps, &halted);
+        model.reset(be, &mut self.z_h, true, &self.ws.act);
+        model.reset(be, &mut self.z_l, false, &self.ws.act);
         for (b, _) in halted.iter().enumerate().filter(|(_, h)| **h) {
             self.steps[b] = 0;
             self.data.inputs[b * n..(b + 1) * n].copy_from_slice(&new.inputs[b * n..(b + 1) * n]);
@@ -101,7 +131,8 @@ pub struct EvalSegment {
 pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: &Batch) -> EvalSegment {
     carry.take_new_data(be, model, new);
     carry.embed(be, model);
-    let heads = model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, false);
+    model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, false);
+    let heads = carry.ws.heads(be);
     for (b, s) in carry.steps.iter_mut().enumerate() {
         *s += 1;
         carry.halted[b] = *s as usize >= model.cfg.halt_max_steps;
@@ -113,16 +144,13 @@ pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: 
     EvalSegment { heads, scored }
 }
 
-/// Halting exploration: per row, with probability `prob`, a minimum number of steps drawn
-/// uniformly from [2, halt_max_steps] (0 = none).
-pub fn draw_min_halt_steps(rng: &mut impl Rng, batch: usize, prob: f64, max_steps: usize) -> Vec<u32> {
-    (0..batch)
-        .map(|_| {
-            let explore = rng.gen_range(0.0..1.0) < prob;
-            let k = rng.gen_range(2..=max_steps.max(2)) as u32;
-            if explore { k } else { 0 }
-        })
-        .collect()
+/// The exploration minimums of a training step (the reference draws `(rand < prob) *
+/// randint(2, halt_max_steps + 1)` per row): a counter-based draw from the run's seed and the
+/// step, the same on every backend (`Backend::act_explore` draws it where the model runs).
+pub fn explore_min_halt(seed: u64, step: u64, batch: usize, prob: f64, max_steps: usize) -> Vec<u32> {
+    let key = crate::backend::cpu::halting::explore_key(seed, step);
+    let t = explore_threshold(prob);
+    (0..batch).map(|b| explore_row(key, b, t, max_steps) as u32).collect()
 }
 
 /// The halting rule of a training step: halt at the step limit or when q_halt > q_continue,
@@ -162,7 +190,8 @@ pub fn target_q_continue(
         .collect()
 }
 
-/// Losses and metrics of one training step (sums over rows, as the reference reports them).
+/// Losses and per-row results of one training step, read back from the backend (tests,
+/// validation against the reference, benches); the training loop reads only [`ActReport`]s.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StepStats {
     pub lm_loss: f64,
@@ -190,9 +219,74 @@ impl StepStats {
     }
 }
 
-/// One training step: take new data into halted rows, run the gradient-carrying segment,
-/// decide halting (exploration minimums given, one per row), run the target-Q segment, compute
-/// the losses and accumulate the gradient of (total loss / `global_batch`) into `grads`.
+/// Where a training step's exploration minimums come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Exploration<'a> {
+    /// Drawn by the backend from a key ([`crate::backend::cpu::halting::explore_key`]).
+    Seeded { key: u64, prob: f64 },
+    /// Given per row (validation against fixed draws).
+    Fixed(&'a [u32]),
+}
+
+/// One training step, entirely on the backend: halted rows take the new batch's rows, the
+/// gradient-carrying segment, the halting decision (with exploration), the LM loss, the
+/// target-Q segment, the Q losses, and the gradient of (total loss / `global_batch`)
+/// accumulated into `grads`. `step` (1-based) names the step in the non-finite guard. Nothing
+/// is read back to the host.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_device<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    carry: &mut Carry<B>,
+    new: &Batch,
+    explore: Exploration<'_>,
+    global_batch: usize,
+    grads: &mut ParamSet<B::F32>,
+    step: u32,
+) {
+    let cfg = &model.cfg;
+    let ws = &mut carry.ws;
+    let labels = new.labels.as_ref().expect("training needs labels");
+    be.write_i32(&new.inputs, &mut ws.new.tokens);
+    be.write_i32(&new.puzzle_ids, &mut ws.new.puzzle_ids);
+    be.write_i32(labels, &mut ws.new.labels);
+    model.reset(be, &mut carry.z_h, true, &ws.act);
+    model.reset(be, &mut carry.z_l, false, &ws.act);
+    be.act_take_new(
+        &mut ws.act,
+        &ws.new.tokens,
+        &mut ws.inputs.tokens,
+        &ws.new.puzzle_ids,
+        &mut ws.inputs.puzzle_ids,
+        &ws.new.labels,
+        &mut ws.labels,
+        cfg.seq_len,
+    );
+    match explore {
+        Exploration::Seeded { key, prob } => be.act_explore(&mut ws.act, key, prob, cfg.halt_max_steps),
+        Exploration::Fixed(min_halt) => be.act_set_min_halt(&mut ws.act, min_halt),
+    }
+    model.embed(be, ws);
+    model.segment(be, ws, &mut carry.z_h, &mut carry.z_l, true);
+    be.act_halt(&mut ws.act, cfg.halt_max_steps);
+
+    // The LM loss and its gradient (of lm / global_batch), before the target segment reuses
+    // the logits buffer.
+    let scale = 1.0 / global_batch as f64;
+    {
+        let v = ws.loss_views().expect("training buffers exist after a kept segment");
+        be.lm_loss_rows(v.logits, v.labels, cfg.vocab_size, cfg.seq_len, scale, v.dlogits, v.act);
+    }
+    // Target Q: one more segment from the new carry with the same data (no gradient).
+    model.target_segment(be, ws, &carry.z_h, &carry.z_l);
+    // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
+    be.act_q_loss(&mut ws.act, cfg.halt_max_steps, 0.5 * scale, step);
+    model.segment_bwd(be, ws, grads);
+}
+
+/// [`train_step_device`] with fixed exploration minimums, then the step's losses and per-row
+/// results read back (and the carry's host fields updated). Reads and resets the backend's
+/// metric accumulators.
 pub fn train_step<B: Backend>(
     be: &B,
     model: &Hrm<B>,
@@ -202,55 +296,22 @@ pub fn train_step<B: Backend>(
     global_batch: usize,
     grads: &mut ParamSet<B::F32>,
 ) -> StepStats {
-    let cfg = &model.cfg;
-    carry.take_new_data(be, model, new);
-    let batch = carry.steps.len();
-    let labels_host = carry.data.labels.as_ref().expect("training needs labels");
-    be.write_i32(labels_host, &mut carry.ws.labels);
-    carry.embed(be, model);
-    let heads = model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, true);
-    carry.steps.iter_mut().for_each(|s| *s += 1);
-    carry.halted = halting(&carry.steps, &heads.q_halt, &heads.q_continue, min_halt, cfg.halt_max_steps);
-
-    // The LM loss and its gradient (of lm / global_batch), before the target segment reuses
-    // the logits buffer.
-    let scale = 1.0 / global_batch as f64;
-    let lm = {
-        let (logits, labels, dlogits) =
-            carry.ws.loss_views().expect("training buffers exist after a kept segment");
-        be.lm_loss(logits, labels, cfg.vocab_size, cfg.seq_len, scale, Some(dlogits))
-    };
-
-    // Target Q: one more segment from the new carry with the same data (no gradient).
-    let next = model.target_segment(be, &mut carry.ws, &carry.z_h, &carry.z_l);
-    let target = target_q_continue(&carry.steps, &next.q_halt, &next.q_continue, cfg.halt_max_steps);
-
-    // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
-    let seq_correct: Vec<f32> = lm.exact.iter().map(|&e| e as u8 as f32).collect();
-    let mut dq_halt = vec![0.0; batch];
-    let mut dq_continue = vec![0.0; batch];
-    let q_halt_loss = bce_with_logits(&heads.q_halt, &seq_correct, 0.5 * scale, Some(&mut dq_halt));
-    let q_continue_loss = bce_with_logits(&heads.q_continue, &target, 0.5 * scale, Some(&mut dq_continue));
-    model.segment_bwd(be, &mut carry.ws, &dq_halt, &dq_continue, grads);
-
-    let mut st = StepStats {
-        lm_loss: lm.loss_per_row.iter().sum(),
-        q_halt_loss,
-        q_continue_loss,
-        q_halt: heads.q_halt.clone(),
-        q_continue: heads.q_continue.clone(),
-        target_q_continue: target,
-        halted: carry.halted.clone(),
-        ..Default::default()
-    };
-    for b in 0..batch {
-        if carry.halted[b] && lm.n_valid[b] > 0 {
-            st.count += 1;
-            st.exact_correct += lm.exact[b] as usize;
-            st.token_accuracy_sum += lm.n_correct[b] as f64 / lm.n_valid[b] as f64;
-            st.steps_sum += carry.steps[b] as u64;
-            st.q_halt_correct += ((heads.q_halt[b] >= 0.0) == lm.exact[b]) as usize;
-        }
+    train_step_device(be, model, carry, new, Exploration::Fixed(min_halt), global_batch, grads, 1);
+    let r: ActReport = be.act_report(&mut carry.ws.act);
+    let rows = be.act_rows(&carry.ws.act);
+    carry.pull(be);
+    StepStats {
+        lm_loss: r.lm_loss,
+        q_halt_loss: r.q_halt_loss,
+        q_continue_loss: r.q_continue_loss,
+        count: r.count as usize,
+        exact_correct: r.exact_correct as usize,
+        token_accuracy_sum: r.token_accuracy_sum,
+        steps_sum: r.steps_sum,
+        q_halt_correct: r.q_halt_correct as usize,
+        q_halt: rows.q_halt,
+        q_continue: rows.q_continue,
+        target_q_continue: rows.target_q_continue,
+        halted: rows.halted,
     }
-    st
 }

@@ -6,7 +6,7 @@
 //! `z_L = L(z_L, z_H + x)` and `z_H = H(z_H, z_L)`; logits = lm_head(z_H) without the prefix
 //! positions; (q_halt, q_continue) = q_head(z_H[:, 0]).
 
-use crate::backend::{Backend, EmbedDims};
+use crate::backend::{Backend, EmbedDims, QSlot};
 use crate::config::{ModelConfig, PosEncodings};
 use crate::model::{HostParams, LayerParams, ParamSet};
 
@@ -125,6 +125,10 @@ pub struct Workspace<B: Backend> {
     pub inputs: DeviceInputs<B>,
     /// the batch's labels [batch, seq_len]
     pub labels: B::I32,
+    /// the ACT state of the batch (step counts, halting, q logits, losses, metrics, guard)
+    pub act: B::ActState,
+    /// a new training batch, uploaded before the halted rows take it
+    pub new: NewBatch<B>,
     /// the input embedding of the current batch [rows, hidden]
     x: B::Act,
     /// the injection z_H + x [rows, hidden]
@@ -150,6 +154,12 @@ impl<B: Backend> Workspace<B> {
                 puzzle_ids: be.upload_i32(&vec![0; batch]),
             },
             labels: be.upload_i32(&vec![0; batch * cfg.seq_len]),
+            act: be.act_state(batch),
+            new: NewBatch {
+                tokens: be.upload_i32(&vec![0; batch * cfg.seq_len]),
+                puzzle_ids: be.upload_i32(&vec![0; batch]),
+                labels: be.upload_i32(&vec![0; batch * cfg.seq_len]),
+            },
             x: be.zeros(r * d),
             inj: be.zeros(r * d),
             scratch: LayerActs::new(be, &s),
@@ -192,15 +202,41 @@ impl<B: Backend> Workspace<B> {
     pub fn logits(&self) -> &B::Act {
         &self.logits
     }
-    /// (logits, labels, the logits' gradient buffer) for the training loss (`None` before a
-    /// training segment).
-    pub fn loss_views(&mut self) -> Option<(&B::Act, &B::I32, &mut B::Act)> {
+    /// Logits, labels, the logits' gradient buffer and the ACT state for the training loss
+    /// (`None` before a training segment).
+    pub fn loss_views(&mut self) -> Option<LossViews<'_, B>> {
         let t = self.train.as_mut()?;
-        Some((&self.logits, &self.labels, &mut t.dlogits))
+        Some(LossViews {
+            logits: &self.logits,
+            labels: &self.labels,
+            dlogits: &mut t.dlogits,
+            act: &mut self.act,
+        })
+    }
+    /// The last segment's q logits, read back to the host.
+    pub fn heads(&self, be: &B) -> Heads {
+        let (q_halt, q_continue) = be.act_q(&self.act, QSlot::Current);
+        Heads { q_halt, q_continue }
     }
 }
 
-/// Output heads of a segment (the logits stay in the workspace: [`Workspace::logits`]).
+/// What the training loss reads and writes (see [`Workspace::loss_views`]).
+pub struct LossViews<'a, B: Backend> {
+    pub logits: &'a B::Act,
+    pub labels: &'a B::I32,
+    pub dlogits: &'a mut B::Act,
+    pub act: &'a mut B::ActState,
+}
+
+/// A training batch on the backend before the halted rows take it.
+pub struct NewBatch<B: Backend> {
+    pub tokens: B::I32,
+    pub puzzle_ids: B::I32,
+    pub labels: B::I32,
+}
+
+/// The q logits of a segment on the host (the logits stay in the workspace:
+/// [`Workspace::logits`]).
 pub struct Heads {
     /// q_halt logits [batch]
     pub q_halt: Vec<f32>,
@@ -270,10 +306,10 @@ impl<B: Backend> Hrm<B> {
         );
     }
 
-    /// Carry rows (z_H or z_L) set to `init` where `mask`.
-    pub fn reset(&self, be: &B, z: &mut B::Act, init_h: bool, mask: &[bool]) {
+    /// Carry rows (z_H or z_L) set to `init` where halted in `st`.
+    pub fn reset(&self, be: &B, z: &mut B::Act, init_h: bool, st: &B::ActState) {
         let init = if init_h { &self.params.h_init } else { &self.params.l_init };
-        be.reset_rows(z, init, mask, self.cfg.hidden_size);
+        be.reset_rows(z, init, st, self.cfg.hidden_size);
     }
 
     /// One transformer block: input `a.h0` given separately; results in `a`.
@@ -380,15 +416,21 @@ impl<B: Backend> Hrm<B> {
 
     /// One ACT segment on the carry (`z_h`, `z_l` updated in place to the new, detached carry)
     /// from the embedding in `ws`. With `keep` the last L and H updates keep their activations
-    /// in `ws` for `segment_bwd`. The logits are left in `ws`.
-    pub fn segment(
+    /// in `ws` for `segment_bwd`. The logits are left in `ws`, the q logits in its ACT state
+    /// ([`Workspace::heads`] reads them back).
+    pub fn segment(&self, be: &B, ws: &mut Workspace<B>, z_h: &mut B::Act, z_l: &mut B::Act, keep: bool) {
+        self.segment_into(be, ws, z_h, z_l, keep, QSlot::Current)
+    }
+
+    fn segment_into(
         &self,
         be: &B,
         ws: &mut Workspace<B>,
         z_h: &mut B::Act,
         z_l: &mut B::Act,
         keep: bool,
-    ) -> Heads {
+        slot: QSlot,
+    ) {
         if keep {
             ws.ensure_train(be, &self.cfg);
         }
@@ -414,47 +456,39 @@ impl<B: Backend> Hrm<B> {
             self.module_grad(be, &s, &p.l_layers, z_l, inj, &mut t.l);
             self.module_grad(be, &s, &p.h_layers, z_h, z_l, &mut t.h);
         }
-        self.heads(be, ws, z_h)
+        self.heads(be, ws, z_h, slot)
     }
 
     /// The target-Q segment of a training step: one more no-grad segment from a copy of the new
-    /// carry, with the same input. Leaves the carry (and the saved activations) untouched.
-    pub fn target_segment(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act, z_l: &B::Act) -> Heads {
+    /// carry, with the same input, its q logits into the target slot of the ACT state. Leaves
+    /// the carry (and the saved activations) untouched.
+    pub fn target_segment(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act, z_l: &B::Act) {
         ws.ensure_train(be, &self.cfg);
         let t = ws.train.as_mut().expect("allocated above");
         let (mut zh, mut zl) = t.target.take().expect("the target buffers are home between segments");
         be.copy(z_h, &mut zh);
         be.copy(z_l, &mut zl);
-        let heads = self.segment(be, ws, &mut zh, &mut zl, false);
+        self.segment_into(be, ws, &mut zh, &mut zl, false, QSlot::Target);
         ws.train.as_mut().expect("allocated above").target = Some((zh, zl));
-        heads
     }
 
-    fn heads(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act) -> Heads {
+    fn heads(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act, slot: QSlot) {
         let s = ws.shape;
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
         be.gather_positions(z_h, &mut ws.cells, s.seq, pre, n, d);
         be.linear_fwd(&ws.cells, &self.params.lm_head, &mut ws.logits, s.batch * n, d, v);
         let p = &self.params;
-        let (q_halt, q_continue) = be.q_head_fwd(z_h, &p.q_head_weight, &p.q_head_bias, s.batch, s.seq, d);
-        Heads { q_halt, q_continue }
+        be.q_head_fwd(z_h, &p.q_head_weight, &p.q_head_bias, &mut ws.act, slot, s.batch, s.seq, d);
     }
 
     /// Backward of the last `segment(.., keep = true)` from the gradient of the logits (in
-    /// `ws`, see [`Workspace::loss_views`]) and of the q_halt / q_continue logits; parameter
-    /// gradients accumulate into `grads`.
-    pub fn segment_bwd(
-        &self,
-        be: &B,
-        ws: &mut Workspace<B>,
-        dq_halt: &[f32],
-        dq_continue: &[f32],
-        grads: &mut ParamSet<B::F32>,
-    ) {
+    /// `ws`, see [`Workspace::loss_views`]) and of the q logits (in the ACT state, from
+    /// `Backend::act_q_loss`); parameter gradients accumulate into `grads`.
+    pub fn segment_bwd(&self, be: &B, ws: &mut Workspace<B>, grads: &mut ParamSet<B::F32>) {
         let s = ws.shape;
         let (d, v, n, pre) = (s.hidden, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.puzzle_emb_len());
         let batch = s.batch;
-        let Workspace { cells, train, inputs, .. } = ws;
+        let Workspace { cells, train, inputs, act, .. } = ws;
         let t = train.as_mut().expect("segment_bwd needs a segment with keep = true");
         let z_h = &t.h.layers.last().expect("H has layers").out;
         // Heads: the gradient of z_H lands in g.dnext.
@@ -464,8 +498,7 @@ impl<B: Backend> Hrm<B> {
         be.linear_bwd_x(&t.dlogits, &self.params.lm_head, &mut t.dcells, batch * n, d, v, false);
         be.scatter_add_positions(&t.dcells, &mut t.g.dnext, s.seq, pre, n, d);
         be.q_head_bwd(
-            dq_halt,
-            dq_continue,
+            act,
             z_h,
             &self.params.q_head_weight,
             &mut grads.q_head_weight,

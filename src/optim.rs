@@ -1,7 +1,7 @@
 //! The optimizers over the whole parameter set: AdamATan2 for trainable tensors, SignSGD for
 //! the puzzle embedding rows present in the batch, and the reference learning-rate schedule.
 
-use crate::backend::{AdamHyper, Backend};
+use crate::backend::{AdamHyper, Backend, OptimRule, OptimStep};
 use crate::hrm::Hrm;
 use crate::model::{ParamSet, TensorKind, tensor_specs};
 use serde::{Deserialize, Serialize};
@@ -56,49 +56,59 @@ impl<B: Backend> Optimizer<B> {
         Optimizer { step: 0, m: model.zero_grads(be), v: model.zero_grads(be) }
     }
 
-    /// One step with the given learning rates. `puzzle_ids` are the ids of the batch rows
-    /// (their embedding rows are the ones SignSGD updates).
+    /// One step with the given learning rates over every tensor (one backend op: AdamATan2,
+    /// SignSGD on the embedding rows of `puzzle_ids`, the EMA when given, the bf16 shadows),
+    /// skipped when the non-finite guard in `guard` recorded a bad step.
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         be: &B,
         model: &mut Hrm<B>,
         grads: &ParamSet<B::F32>,
+        ema: Option<(&mut ParamSet<B::F32>, f64)>,
         cfg: &OptimConfig,
         lr: f64,
         puzzle_lr: f64,
-        puzzle_ids: &[i32],
+        puzzle_ids: &B::I32,
+        guard: &B::ActState,
     ) {
         self.step += 1;
-        let specs = tensor_specs(&model.cfg);
-        let hyper = AdamHyper {
-            lr: lr as f32,
-            beta1: cfg.beta1 as f32,
-            beta2: cfg.beta2 as f32,
-            weight_decay: cfg.weight_decay as f32,
+        let rules: Vec<OptimRule> = tensor_specs(&model.cfg)
+            .iter()
+            .map(|spec| match spec.kind {
+                TensorKind::Trainable => OptimRule::Adam,
+                TensorKind::SparseEmbedding => OptimRule::SignSgd { row_len: spec.shape[1] },
+                TensorKind::Buffer => OptimRule::Frozen,
+            })
+            .collect();
+        let h = OptimStep {
+            adam: AdamHyper {
+                lr: lr as f32,
+                beta1: cfg.beta1 as f32,
+                beta2: cfg.beta2 as f32,
+                weight_decay: cfg.weight_decay as f32,
+            },
+            step: self.step,
+            sign_lr: puzzle_lr as f32,
+            sign_weight_decay: cfg.puzzle_emb_weight_decay as f32,
+            ema_decay: ema.as_ref().map(|(_, d)| *d as f32),
         };
-        let mut touched = vec![false; model.cfg.num_puzzle_identifiers];
-        for &id in puzzle_ids {
-            touched[id as usize] = true;
-        }
-        let params = model.params.tensors_mut();
+        let mut params = model.params.tensors_mut();
         let grads = grads.tensors();
-        let ms = self.m.tensors_mut();
-        let vs = self.v.tensors_mut();
-        for ((((spec, p), g), m), v) in specs.iter().zip(params).zip(grads).zip(ms).zip(vs) {
-            match spec.kind {
-                TensorKind::Trainable => be.adam_atan2_step(p, g, m, v, self.step, &hyper),
-                TensorKind::SparseEmbedding => be.sign_sgd_step(
-                    p,
-                    g,
-                    &touched,
-                    spec.shape[1],
-                    puzzle_lr as f32,
-                    cfg.puzzle_emb_weight_decay as f32,
-                ),
-                TensorKind::Buffer => {}
-            }
-        }
+        let mut ms = self.m.tensors_mut();
+        let mut vs = self.v.tensors_mut();
+        let mut ema_tensors = ema.map(|(e, _)| e.tensors_mut());
+        be.optimizer_step(
+            &mut params,
+            &grads,
+            &mut ms,
+            &mut vs,
+            ema_tensors.as_deref_mut(),
+            &rules,
+            puzzle_ids,
+            &h,
+            guard,
+        );
     }
 }
 

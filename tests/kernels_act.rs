@@ -69,7 +69,9 @@ fn reset_rows_matches() {
             act::reset_rows(&dev, &mut zd, &id, &mdd, batch, SEQ, width).unwrap();
             let got = download(&dev, &zd);
             let mut want = z.clone();
-            Cpu.reset_rows(&mut want, &init, &mask, width);
+            let mut st = Cpu.act_state(batch);
+            Cpu.act_set(&mut st, &vec![0; batch], &mask);
+            Cpu.reset_rows(&mut want, &init, &st, width);
             assert_eq!(bits(&got), bits(&to_bf16(&want)), "reset_rows batch {batch} width {width}");
             let init_bf = bits(&to_bf16(&init));
             let z_bf = bits(&to_bf16(&z));

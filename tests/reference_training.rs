@@ -10,6 +10,7 @@
 mod common;
 use common::*;
 use hrm::act::{Carry, train_step};
+use hrm::backend::Backend;
 use hrm::backend::cpu::Cpu;
 use hrm::commands::load_batch;
 use hrm::hrm::Hrm;
@@ -51,7 +52,8 @@ fn check_adam_step(fixture: &str) {
         }
     });
     let mut opt = Optimizer::new(&be, &model);
-    opt.apply(&be, &mut model, &grads, &oc, oc.lr, oc.puzzle_emb_lr, &batch.puzzle_ids);
+    let no_bad_step = be.act_state(batch.len());
+    opt.apply(&be, &mut model, &grads, None, &oc, oc.lr, oc.puzzle_emb_lr, &batch.puzzle_ids, &no_bad_step);
     for (spec, p) in tensor_specs(&cfg).iter().zip(model.params.tensors()) {
         let e = rel_err(p, &want.f32(&spec.name, Some(&spec.shape)).unwrap());
         assert!(e < 1e-6, "{}: relative error {e:.3e}", spec.name);
@@ -114,8 +116,8 @@ fn check_three_steps(fixture: &str) {
         let plr = scheduled_lr(oc.puzzle_emb_lr, step, oc.lr_warmup_steps, total_steps, oc.lr_min_ratio);
         let ref_lr = want.f32(&format!("step{k}.lr"), Some(&[])).unwrap()[0] as f64;
         assert!((lr - ref_lr).abs() < 1e-9, "step {k}: lr {lr} vs {ref_lr}");
-        let ids_now = carry.data.puzzle_ids.clone();
-        opt.apply(&be, &mut model, &grads, &oc, lr, plr, &ids_now);
+        let ws = &carry.ws;
+        opt.apply(&be, &mut model, &grads, None, &oc, lr, plr, &ws.inputs.puzzle_ids, &ws.act);
     }
     assert!(saw_keep, "the fixture should exercise rows that keep their puzzle");
     for (spec, p) in tensor_specs(&cfg).iter().zip(model.params.tensors()) {

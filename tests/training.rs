@@ -1,7 +1,7 @@
 //! ACT training semantics and the training loop's guarantees: carry updates, exploration,
 //! target Q, bit-identical resume, crash-safe checkpoints, the NaN guard.
 
-use hrm::act::{Batch, Carry, draw_min_halt_steps, halting, target_q_continue};
+use hrm::act::{Batch, Carry, explore_min_halt, halting, target_q_continue};
 use hrm::backend::Backend;
 use hrm::backend::cpu::Cpu;
 use hrm::config::ModelConfig;
@@ -84,14 +84,28 @@ fn halted_rows_take_new_data_and_restart_while_others_keep_theirs() {
 
 #[test]
 fn exploration_minimums_respect_their_bounds_and_probability() {
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let v = draw_min_halt_steps(&mut rng, 20_000, 0.1, 16);
+    let v = explore_min_halt(0, 7, 20_000, 0.1, 16);
     let explored: Vec<u32> = v.iter().copied().filter(|&k| k != 0).collect();
     assert!(explored.iter().all(|&k| (2..=16).contains(&k)));
-    assert!(explored.contains(&2) && explored.contains(&16));
+    // Every value of [2, 16] appears, about equally often (~133 each of 2000).
+    for k in 2..=16 {
+        let c = explored.iter().filter(|&&e| e == k).count();
+        assert!((80..190).contains(&c), "{k} drawn {c} times");
+    }
     // 2000 expected, binomial std ~42.
     assert!((1800..2200).contains(&explored.len()), "{}", explored.len());
-    assert!(draw_min_halt_steps(&mut rng, 1000, 0.0, 16).iter().all(|&k| k == 0));
+    assert!(explore_min_halt(0, 7, 1000, 0.0, 16).iter().all(|&k| k == 0));
+    assert!(explore_min_halt(0, 7, 1000, 1.0, 16).iter().all(|&k| k >= 2));
+    // A function of (seed, step) only: the same draw again, a different one at another step
+    // or seed.
+    assert_eq!(explore_min_halt(3, 9, 500, 0.5, 16), explore_min_halt(3, 9, 500, 0.5, 16));
+    assert_ne!(explore_min_halt(3, 9, 500, 0.5, 16), explore_min_halt(3, 10, 500, 0.5, 16));
+    assert_ne!(explore_min_halt(3, 9, 500, 0.5, 16), explore_min_halt(4, 9, 500, 0.5, 16));
+    // The backend draws the same as the host function.
+    let mut st = Cpu.act_state(500);
+    let key = hrm::backend::cpu::halting::explore_key(3, 9);
+    Cpu.act_explore(&mut st, key, 0.5, 16);
+    assert_eq!(Cpu.act_rows(&st).min_halt, explore_min_halt(3, 9, 500, 0.5, 16));
     // A row with an exploration minimum does not halt before it, even when q says so.
     assert_eq!(halting(&[3, 3], &[5.0, 5.0], &[0.0, 0.0], &[4, 0], 16), vec![false, true]);
     // The step limit always halts... unless exploration demands more steps than the limit allows (never).
@@ -209,8 +223,9 @@ fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint
     let o = RunOptions { stop_after: None, ..o };
     let err = format!("{:#}", run(&be, &mut t, &src, &o).unwrap_err());
     assert!(err.contains("step 4") && err.contains("non-finite"), "{err}");
+    assert!(err.contains("after step 3"), "says which parameters are left: {err}");
     assert!(err.contains("step_00000003"), "names the last good checkpoint: {err}");
-    assert_eq!(t.step, 3, "no update was applied");
+    assert_eq!(t.step, 4, "step 4 ran, but its update was skipped");
     let after = t.model.to_host(&be);
     assert_eq!(after.l_layers, before.l_layers);
     let resumed = checkpoint::resume(&be, dir.path()).unwrap();

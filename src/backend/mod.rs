@@ -20,8 +20,44 @@ pub mod cuda;
 use anyhow::Result;
 
 pub use cpu::embed::EmbedDims;
+pub use cpu::halting::{ActReport, QSlot};
 pub use cpu::loss::LmLossOut;
 pub use cpu::optim::AdamHyper;
+
+/// Per-row ACT state read back from a backend (for checkpoints, tests and validation).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActRows {
+    pub steps: Vec<u32>,
+    pub halted: Vec<bool>,
+    pub min_halt: Vec<u32>,
+    /// the gradient-carrying segment's q logits
+    pub q_halt: Vec<f32>,
+    pub q_continue: Vec<f32>,
+    pub target_q_continue: Vec<f32>,
+}
+
+/// How the optimizer updates one tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimRule {
+    /// AdamATan2 with decoupled weight decay.
+    Adam,
+    /// SignSGD on the rows (of `row_len`) whose puzzle id is in the batch.
+    SignSgd { row_len: usize },
+    /// Not trained (buffers).
+    Frozen,
+}
+
+/// Scalars of one optimizer step over all tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimStep {
+    pub adam: AdamHyper,
+    /// 1-based AdamATan2 step
+    pub step: u32,
+    pub sign_lr: f32,
+    pub sign_weight_decay: f32,
+    /// `ema = decay * ema + (1 - decay) * p` after the update, when given
+    pub ema_decay: Option<f32>,
+}
 
 /// The ops the HRM needs, forward and backward paired. Shapes: activations are row-major
 /// `[rows, width]` with rows = batch * sequence; `w` is a PyTorch `[out, in]` weight.
@@ -31,6 +67,10 @@ pub trait Backend {
     type Param;
     type F32;
     type I32;
+    /// The ACT state of one batch: step counts, halting flags, exploration minimums, q logits
+    /// and their gradients, the step's LM loss per row, the window's metrics and the
+    /// non-finite guard (kept where the model runs, so a training step reads nothing back).
+    type ActState;
 
     fn name(&self) -> &'static str;
     /// Dense bf16 tensor-core peak of the device in FLOP/s, for MFU (`None`: not a GPU).
@@ -62,6 +102,9 @@ pub trait Backend {
     fn upload_i32(&self, host: &[i32]) -> Self::I32;
     /// Overwrites `buf` (of the same length) with `host`.
     fn write_i32(&self, host: &[i32], buf: &mut Self::I32);
+    fn download_i32(&self, buf: &Self::I32) -> Vec<i32>;
+    /// Sets every element to zero.
+    fn zero_f32(&self, buf: &mut Self::F32);
     /// No NaN or infinity in the buffer (the training NaN guard).
     fn all_finite(&self, buf: &Self::F32) -> bool;
     /// The index of the first buffer holding a NaN or infinity (one read-back for all).
@@ -76,8 +119,9 @@ pub trait Backend {
     fn add(&self, a: &Self::Act, b: &Self::Act, out: &mut Self::Act);
     /// `a += b`
     fn add_inplace(&self, a: &mut Self::Act, b: &Self::Act);
-    /// Rows `b` with `mask[b]` of `z` [batch, seq, width] become `init` [width] at every position.
-    fn reset_rows(&self, z: &mut Self::Act, init: &Self::Param, mask: &[bool], width: usize);
+    /// Rows `b` of `z` [batch, seq, width] that are halted in `st` become `init` [width] at
+    /// every position.
+    fn reset_rows(&self, z: &mut Self::Act, init: &Self::Param, st: &Self::ActState, width: usize);
     /// `dst[b, j] = src[b, start + j]` for j < n, rows of `width`; `src` is [batch, seq, width].
     fn gather_positions(
         &self,
@@ -133,22 +177,23 @@ pub trait Backend {
     );
 
     /// The Q head in f32 on position 0 of `z_h` [batch, seq, d]: per row `(q_halt, q_continue)
-    /// = w z_h[b, 0] + bias`, returned to the host (the halting decision needs them there).
+    /// = w z_h[b, 0] + bias`, into `slot` of the ACT state.
     fn q_head_fwd(
         &self,
         z_h: &Self::Act,
         w: &Self::Param,
         bias: &Self::Param,
+        st: &mut Self::ActState,
+        slot: QSlot,
         batch: usize,
         seq: usize,
         d: usize,
-    ) -> (Vec<f32>, Vec<f32>);
-    /// Backward of [`Backend::q_head_fwd`] from the host gradients of the two logits:
-    /// `dw += dq^T z_h[:, 0]`, `dbias += sum dq`, `dz_h[:, 0] += dq w`.
+    );
+    /// Backward of [`Backend::q_head_fwd`] from the q gradients in `st` (see
+    /// [`Backend::act_q_loss`]): `dw += dq^T z_h[:, 0]`, `dbias += sum dq`, `dz_h[:, 0] += dq w`.
     fn q_head_bwd(
         &self,
-        dq_halt: &[f32],
-        dq_continue: &[f32],
+        st: &Self::ActState,
         z_h: &Self::Act,
         w: &Self::Param,
         dw: &mut Self::F32,
@@ -157,6 +202,41 @@ pub trait Backend {
         seq: usize,
         d: usize,
     );
+
+    // ACT bookkeeping (reference: `cpu::halting`; kernels/halting.cu).
+    fn act_state(&self, batch: usize) -> Self::ActState;
+    /// Sets the step counts and halting flags (evaluation keeps them on the host).
+    fn act_set(&self, st: &mut Self::ActState, steps: &[u32], halted: &[bool]);
+    /// Reads the per-row state back.
+    fn act_rows(&self, st: &Self::ActState) -> ActRows;
+    /// Reads `slot`'s q logits back as (q_halt, q_continue).
+    fn act_q(&self, st: &Self::ActState, slot: QSlot) -> (Vec<f32>, Vec<f32>);
+    /// Reads the step's per-row LM loss results back (no argmax).
+    fn act_lm_rows(&self, st: &Self::ActState) -> LmLossOut;
+    /// Sets the exploration minimums explicitly (validation against fixed draws).
+    fn act_set_min_halt(&self, st: &mut Self::ActState, min_halt: &[u32]);
+    /// Draws the exploration minimums from `key` (see `cpu::halting::explore_row`).
+    fn act_explore(&self, st: &mut Self::ActState, key: u64, prob: f64, max_steps: usize);
+    /// Halted rows take the new batch's tokens, puzzle id and labels and restart their count.
+    fn act_take_new(
+        &self,
+        st: &mut Self::ActState,
+        new_tokens: &Self::I32,
+        tokens: &mut Self::I32,
+        new_ids: &Self::I32,
+        ids: &mut Self::I32,
+        new_labels: &Self::I32,
+        labels: &mut Self::I32,
+        seq_len: usize,
+    );
+    /// `steps += 1` and the halting rule (see `cpu::halting::halt`).
+    fn act_halt(&self, st: &mut Self::ActState, max_steps: usize);
+    /// Target-Q, Q losses, their gradients (`grad_scale` times d loss / d q) and the metrics.
+    fn act_q_loss(&self, st: &mut Self::ActState, max_steps: usize, grad_scale: f64, step: u32);
+    /// Records the first non-finite gradient tensor of `step` in the guard status.
+    fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32], step: u32);
+    /// Reads (and zeroes) the accumulated metrics, with the guard status.
+    fn act_report(&self, st: &mut Self::ActState) -> ActReport;
 
     // Transformer block pieces.
     fn add_rms_norm_fwd(
@@ -245,6 +325,18 @@ pub trait Backend {
         dlogits: Option<&mut Self::Act>,
     ) -> LmLossOut;
 
+    /// The training loss: as [`Backend::lm_loss`] with the per-row results kept in `st`.
+    fn lm_loss_rows(
+        &self,
+        logits: &Self::Act,
+        labels: &Self::I32,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: &mut Self::Act,
+        st: &mut Self::ActState,
+    );
+
     // Optimizers.
     fn adam_atan2_step(
         &self,
@@ -263,6 +355,21 @@ pub trait Backend {
         row_len: usize,
         lr: f32,
         weight_decay: f32,
+    );
+    /// One optimizer step over every tensor (AdamATan2, SignSGD on the rows of `puzzle_ids`,
+    /// EMA and the bf16 shadows), skipped entirely once the guard in `guard` recorded a bad
+    /// step. A device backend does it in one launch.
+    fn optimizer_step(
+        &self,
+        params: &mut [&mut Self::Param],
+        grads: &[&Self::F32],
+        m: &mut [&mut Self::F32],
+        v: &mut [&mut Self::F32],
+        ema: Option<&mut [&mut Self::F32]>,
+        rules: &[OptimRule],
+        puzzle_ids: &Self::I32,
+        h: &OptimStep,
+        guard: &Self::ActState,
     );
 }
 
@@ -287,7 +394,7 @@ pub enum DeviceChoice {
 /// What a [`DeviceChoice`] resolved to on this machine.
 pub enum Resolved {
     Cpu,
-    Cuda(cuda::Cuda),
+    Cuda(Box<cuda::Cuda>),
 }
 
 /// Opens the backend for `choice`: the CUDA device (or the emulation) is opened here, so a
@@ -296,7 +403,7 @@ pub fn resolve(choice: DeviceChoice) -> Result<Resolved> {
     use cuda::{CudaDevice, DeviceKind};
     let open = || -> Result<Resolved> {
         let dev = CudaDevice::shared().map_err(|e| anyhow::anyhow!("cannot open the CUDA device: {e}"))?;
-        Ok(Resolved::Cuda(cuda::Cuda::new(dev)))
+        Ok(Resolved::Cuda(Box::new(cuda::Cuda::new(dev))))
     };
     match choice {
         DeviceChoice::Cpu => Ok(Resolved::Cpu),
@@ -336,7 +443,7 @@ macro_rules! with_backend {
                 $body
             }
             $crate::backend::Resolved::Cuda(cuda_backend) => {
-                let $be = &cuda_backend;
+                let $be = &*cuda_backend;
                 $body
             }
         }

@@ -14,8 +14,6 @@ use crate::model::checkpoint::{NamedTensor, TensorFile, save_checkpoint, write_a
 use crate::model::{HostParams, tensor_specs};
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, anyhow, bail};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,8 +26,13 @@ struct TrainerMeta {
     step: u64,
     optimizer_step: u32,
     sampler: Sampler,
+    /// Written by versions whose exploration was a stateful stream; ignored (exploration is
+    /// now a counter-based draw from the seed and the step).
+    #[serde(default, skip_serializing)]
+    #[allow(dead_code)]
     explore_seed: u64,
-    /// ChaCha word position, as a decimal string (u128).
+    #[serde(default, skip_serializing)]
+    #[allow(dead_code)]
     explore_word_pos: String,
     config: TrainConfig,
 }
@@ -98,23 +101,25 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = vec![b, cfg.model.total_seq_len(), cfg.model.hidden_size];
     let c = &t.carry;
+    // Training keeps the ACT state and the current puzzles on the backend.
+    let rows = be.act_rows(&c.ws.act);
     tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), be.download_act(&c.z_h)));
     tensors.push(NamedTensor::f32("carry.z_L", zshape, be.download_act(&c.z_l)));
-    tensors.push(NamedTensor::i32("carry.steps", vec![b], c.steps.iter().map(|&s| s as i32).collect()));
-    tensors.push(NamedTensor::u8("carry.halted", vec![b], c.halted.iter().map(|&h| h as u8).collect()));
-    tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], c.data.inputs.clone()));
-    tensors.push(NamedTensor::i32("carry.puzzle_identifiers", vec![b], c.data.puzzle_ids.clone()));
+    tensors.push(NamedTensor::i32("carry.steps", vec![b], rows.steps.iter().map(|&s| s as i32).collect()));
+    tensors.push(NamedTensor::u8("carry.halted", vec![b], rows.halted.iter().map(|&h| h as u8).collect()));
+    tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], be.download_i32(&c.ws.inputs.tokens)));
     tensors.push(NamedTensor::i32(
-        "carry.labels",
-        vec![b, n],
-        c.data.labels.clone().unwrap_or(vec![0; b * n]),
+        "carry.puzzle_identifiers",
+        vec![b],
+        be.download_i32(&c.ws.inputs.puzzle_ids),
     ));
+    tensors.push(NamedTensor::i32("carry.labels", vec![b, n], be.download_i32(&c.ws.labels)));
     let meta = TrainerMeta {
         step: t.step,
         optimizer_step: t.opt.step,
         sampler: t.sampler.clone(),
-        explore_seed: super::explore_seed(cfg.seed),
-        explore_word_pos: t.explore_rng.get_word_pos().to_string(),
+        explore_seed: 0,
+        explore_word_pos: String::new(),
         config: cfg.clone(),
     };
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&meta)?)]);
@@ -197,11 +202,10 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
         puzzle_ids: f.i32("carry.puzzle_identifiers", Some(&[b]))?,
         labels: Some(f.i32("carry.labels", Some(&[b, n]))?),
     };
-    let mut explore_rng = ChaCha8Rng::seed_from_u64(meta.explore_seed);
-    let pos: u128 = meta.explore_word_pos.parse().map_err(|_| anyhow!("{}: bad RNG position", f.path()))?;
-    explore_rng.set_word_pos(pos);
+    carry.push(be);
     if meta.step == 0 && meta.optimizer_step != 0 {
         bail!("{}: inconsistent step counters", f.path());
     }
-    Ok(Trainer { cfg, model, opt, ema, carry, sampler: meta.sampler, explore_rng, step: meta.step })
+    let grads = model.zero_grads(be);
+    Ok(Trainer { cfg, model, opt, ema, carry, sampler: meta.sampler, step: meta.step, grads })
 }

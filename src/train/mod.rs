@@ -9,16 +9,15 @@ pub mod run;
 pub mod rundir;
 pub mod sampler;
 
-use crate::act::{Carry, StepStats, draw_min_halt_steps, train_step};
-use crate::backend::Backend;
+use crate::act::{Carry, Exploration, train_step_device};
+use crate::backend::cpu::halting::explore_key;
+use crate::backend::{ActReport, Backend};
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::model::{HostParams, ParamSet};
 use crate::optim::{OptimConfig, Optimizer, scheduled_lr};
 use anyhow::{Result, bail};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use sampler::{PuzzleSource, Sampler, mix};
+use sampler::{PuzzleSource, Sampler};
 use serde::{Deserialize, Serialize};
 
 /// Everything that defines a training run (saved as `config.json` beside the checkpoints).
@@ -61,7 +60,8 @@ impl TrainConfig {
     }
 }
 
-/// Training state: model, optimizer, EMA, ACT carry, data cursor, exploration RNG, step.
+/// Training state: model, optimizer, EMA, ACT carry, data cursor, step. (Exploration is a
+/// counter-based draw from the seed and the step, so it has no state to save.)
 pub struct Trainer<B: Backend> {
     pub cfg: TrainConfig,
     pub model: Hrm<B>,
@@ -69,13 +69,9 @@ pub struct Trainer<B: Backend> {
     pub ema: Option<ParamSet<B::F32>>,
     pub carry: Carry<B>,
     pub sampler: Sampler,
-    pub explore_rng: ChaCha8Rng,
     pub step: u64,
-}
-
-/// Seed of the exploration stream (kept apart from the data stream).
-fn explore_seed(seed: u64) -> u64 {
-    mix(seed ^ 0x6578_706c_6f72_6521)
+    /// the step's gradients (zeroed at the start of each step)
+    pub grads: ParamSet<B::F32>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -84,16 +80,8 @@ impl<B: Backend> Trainer<B> {
         let opt = Optimizer::new(be, &model);
         let ema = cfg.ema.map(|_| params.map(&cfg.model, |_, t| be.upload_f32(t)));
         let carry = Carry::fresh(be, &model, cfg.batch_size);
-        Trainer {
-            sampler: Sampler::new(cfg.seed),
-            explore_rng: ChaCha8Rng::seed_from_u64(explore_seed(cfg.seed)),
-            cfg,
-            model,
-            opt,
-            ema,
-            carry,
-            step: 0,
-        }
+        let grads = model.zero_grads(be);
+        Trainer { sampler: Sampler::new(cfg.seed), cfg, model, opt, ema, carry, step: 0, grads }
     }
 
     /// Learning rates of step `step` (1-based, as the reference increments before computing).
@@ -105,45 +93,64 @@ impl<B: Backend> Trainer<B> {
         )
     }
 
-    /// One training step. A non-finite loss or gradient stops with an error naming the step,
-    /// before any parameter changes.
-    pub fn train_step(&mut self, be: &B, data: &dyn PuzzleSource) -> Result<StepStats> {
+    /// One training step, enqueued on the backend without reading anything back. A
+    /// non-finite loss or gradient is recorded by the backend's guard, which skips that step's
+    /// update and every later one; [`Trainer::report`] turns it into an error naming the step.
+    pub fn train_step(&mut self, be: &B, data: &dyn PuzzleSource) -> Result<()> {
         let cfg = &self.cfg;
         let b = cfg.batch_size;
-        let batch = self.sampler.next_batch(data, b, cfg.model.seq_len);
-        let min_halt = draw_min_halt_steps(
-            &mut self.explore_rng,
-            b,
-            cfg.model.halt_exploration_prob,
-            cfg.model.halt_max_steps,
-        );
-        let mut grads = self.model.zero_grads(be);
-        let st = train_step(be, &self.model, &mut self.carry, &batch, &min_halt, b, &mut grads);
         let step = self.step + 1;
+        let step_u32 =
+            u32::try_from(step).map_err(|_| anyhow::anyhow!("step {step} exceeds the supported count"))?;
+        let batch = self.sampler.next_batch(data, b, cfg.model.seq_len);
+        for g in self.grads.tensors_mut() {
+            be.zero_f32(g);
+        }
+        let explore =
+            Exploration::Seeded { key: explore_key(cfg.seed, step), prob: cfg.model.halt_exploration_prob };
+        train_step_device(be, &self.model, &mut self.carry, &batch, explore, b, &mut self.grads, step_u32);
+        be.act_guard(&mut self.carry.ws.act, &self.grads.tensors(), step_u32);
+        let (lr, plr) = self.lrs(step);
+        let ema = self.ema.as_mut().zip(cfg.ema);
+        let ws = &self.carry.ws;
+        self.opt.apply(
+            be,
+            &mut self.model,
+            &self.grads,
+            ema,
+            &cfg.optim,
+            lr,
+            plr,
+            &ws.inputs.puzzle_ids,
+            &ws.act,
+        );
         be.check().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
-        if !st.total_loss().is_finite() {
+        self.step = step;
+        Ok(())
+    }
+
+    /// The sums of the losses and metrics since the last report (reading them synchronises
+    /// with the backend), or the error of a non-finite loss or gradient: that step's update and
+    /// all later ones were skipped, so the parameters are those after the step before it.
+    pub fn report(&mut self, be: &B) -> Result<ActReport> {
+        let r = be.act_report(&mut self.carry.ws.act);
+        be.check().map_err(|e| e.context(format!("step {}: {} backend", self.step, be.name())))?;
+        if let Some(bad) = r.bad_step {
+            let what = match r.bad_tensor {
+                Some(t) => {
+                    let specs = crate::model::tensor_specs(&self.cfg.model);
+                    format!("non-finite gradient in {}", specs.get(t).map_or("?", |s| s.name.as_str()))
+                }
+                None => "non-finite loss".to_string(),
+            };
+            let loss = if r.bad_loss && r.bad_tensor.is_some() { " (and loss)" } else { "" };
             bail!(
-                "step {step}: non-finite loss (lm {}, q_halt {}, q_continue {}); stopping before the update",
-                st.lm_loss,
-                st.q_halt_loss,
-                st.q_continue_loss
+                "step {bad}: {what}{loss}; its update and every later one were skipped, so the \
+                 parameters are those after step {}",
+                bad.saturating_sub(1)
             );
         }
-        let specs = crate::model::tensor_specs(&cfg.model);
-        if let Some(i) = be.first_non_finite(&grads.tensors()) {
-            bail!("step {step}: non-finite gradient in {}; stopping before the update", specs[i].name);
-        }
-        let (lr, plr) = self.lrs(step);
-        let ids = self.carry.data.puzzle_ids.clone();
-        self.opt.apply(be, &mut self.model, &grads, &cfg.optim, lr, plr, &ids);
-        if let (Some(ema), Some(decay)) = (self.ema.as_mut(), cfg.ema) {
-            for (e, p) in ema.tensors_mut().into_iter().zip(self.model.params.tensors()) {
-                be.ema_update(e, p, decay as f32);
-            }
-        }
-        be.check().map_err(|e| e.context(format!("step {step}: optimizer on the {} backend", be.name())))?;
-        self.step = step;
-        Ok(st)
+        Ok(r)
     }
 
     /// The weights to evaluate and export: the EMA when enabled, else the live parameters.

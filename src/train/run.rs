@@ -5,7 +5,7 @@
 use super::Trainer;
 use super::checkpoint::{complete_checkpoints, save};
 use super::sampler::PuzzleSource;
-use crate::backend::Backend;
+use crate::backend::{ActReport, Backend};
 use crate::hrm::Hrm;
 use crate::infer::eval::{EvalReport, Example, evaluate};
 use anyhow::{Context, Result};
@@ -31,17 +31,17 @@ pub struct RunSummary {
     pub last_eval: Vec<EvalReport>,
 }
 
-#[derive(Default)]
-struct Window {
-    steps: u64,
-    lm: f64,
-    qh: f64,
-    qc: f64,
-    count: usize,
-    exact: usize,
-    acc: f64,
-    halt_steps: u64,
-    q_ok: usize,
+/// Adds one report's sums into the window's.
+fn accumulate(w: &mut ActReport, r: &ActReport) {
+    w.steps += r.steps;
+    w.lm_loss += r.lm_loss;
+    w.q_halt_loss += r.q_halt_loss;
+    w.q_continue_loss += r.q_continue_loss;
+    w.count += r.count;
+    w.exact_correct += r.exact_correct;
+    w.token_accuracy_sum += r.token_accuracy_sum;
+    w.steps_sum += r.steps_sum;
+    w.q_halt_correct += r.q_halt_correct;
 }
 
 fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
@@ -88,42 +88,44 @@ pub fn run<B: Backend>(
     let flops_per_step = crate::hrm::flops::train_step(&t.cfg.model, t.cfg.batch_size);
     let peak = be.peak_flops();
     let start = Instant::now();
-    let mut window = Window::default();
+    let mut window = ActReport::default();
     let mut window_start = Instant::now();
+    let stop = |bar: &indicatif::ProgressBar, summary: &RunSummary, e: anyhow::Error| {
+        bar.abandon();
+        let keep = summary.last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string());
+        e.context(format!("training stopped; last good checkpoint: {keep}"))
+    };
     while t.step < end {
-        let st = match t.train_step(be, data) {
-            Ok(st) => st,
-            Err(e) => {
-                bar.abandon();
-                let keep =
-                    summary.last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string());
-                return Err(e.context(format!("training stopped; last good checkpoint: {keep}")));
-            }
-        };
+        // A step is only enqueued; the backend is read at log, eval and checkpoint boundaries.
+        if let Err(e) = t.train_step(be, data) {
+            return Err(stop(&bar, &summary, e));
+        }
         bar.set_position(t.step);
-        let w = &mut window;
-        w.steps += 1;
-        w.lm += st.lm_loss;
-        w.qh += st.q_halt_loss;
-        w.qc += st.q_continue_loss;
-        w.count += st.count;
-        w.exact += st.exact_correct;
-        w.acc += st.token_accuracy_sum;
-        w.halt_steps += st.steps_sum;
-        w.q_ok += st.q_halt_correct;
         let last = t.step == end;
-        if t.step.is_multiple_of(t.cfg.log_every.max(1)) || last {
+        let log_now = t.step.is_multiple_of(t.cfg.log_every.max(1)) || last;
+        let eval_now = !opts.eval_sets.is_empty()
+            && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps);
+        let save_now = t.step.is_multiple_of(t.cfg.checkpoint_every.max(1)) || last;
+        if log_now || eval_now || save_now {
+            match t.report(be) {
+                Ok(r) => accumulate(&mut window, &r),
+                Err(e) => return Err(stop(&bar, &summary, e)),
+            }
+        }
+        if log_now {
+            let w = &window;
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-            let per = |x: f64| x / (w.steps as f64 * t.cfg.batch_size as f64);
+            let per = |x: f64| x / (w.steps.max(1) as f64 * t.cfg.batch_size as f64);
             let cnt = w.count.max(1) as f64;
             let (lr, _) = t.lrs(t.step);
             let flops_per_s = w.steps as f64 * flops_per_step / secs;
             let mfu = peak.map(|p| flops_per_s / p);
             let mut line = json!({
                 "kind": "train", "step": t.step, "lr": lr,
-                "lm_loss": per(w.lm), "q_halt_loss": per(w.qh), "q_continue_loss": per(w.qc),
-                "accuracy": w.acc / cnt, "exact_accuracy": w.exact as f64 / cnt,
-                "q_halt_accuracy": w.q_ok as f64 / cnt, "mean_halt_steps": w.halt_steps as f64 / cnt,
+                "lm_loss": per(w.lm_loss), "q_halt_loss": per(w.q_halt_loss),
+                "q_continue_loss": per(w.q_continue_loss),
+                "accuracy": w.token_accuracy_sum / cnt, "exact_accuracy": w.exact_correct as f64 / cnt,
+                "q_halt_accuracy": w.q_halt_correct as f64 / cnt, "mean_halt_steps": w.steps_sum as f64 / cnt,
                 "count": w.count, "steps_per_s": w.steps as f64 / secs,
                 "tokens_per_s": w.steps as f64 * tokens_per_step / secs,
                 "elapsed_s": start.elapsed().as_secs_f64(),
@@ -136,20 +138,18 @@ pub fn run<B: Backend>(
             let mfu_text = mfu.map_or(String::new(), |m| format!(" MFU {:.1}%", 100.0 * m));
             bar.set_message(format!(
                 "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s{mfu_text}",
-                per(w.lm),
-                per(w.qh),
-                per(w.qc),
-                w.exact as f64 / cnt,
-                w.halt_steps as f64 / cnt,
+                per(w.lm_loss),
+                per(w.q_halt_loss),
+                per(w.q_continue_loss),
+                w.exact_correct as f64 / cnt,
+                w.steps_sum as f64 / cnt,
                 w.steps as f64 / secs,
                 w.steps as f64 * tokens_per_step / secs
             ));
-            window = Window::default();
+            window = ActReport::default();
             window_start = Instant::now();
         }
-        if !opts.eval_sets.is_empty()
-            && (t.step.is_multiple_of(t.cfg.eval_every.max(1)) || t.step == t.cfg.steps)
-        {
+        if eval_now {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
             let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size)?;
             for r in &reports {
@@ -164,7 +164,7 @@ pub fn run<B: Backend>(
             }
             summary.last_eval = reports;
         }
-        if t.step.is_multiple_of(t.cfg.checkpoint_every.max(1)) || last {
+        if save_now {
             summary.last_checkpoint = Some(save(be, t, &opts.run_dir)?);
         }
     }

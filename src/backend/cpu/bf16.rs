@@ -7,7 +7,10 @@
 //! the same reference, so a kernel is judged against what bf16 storage costs by itself.
 
 use super::Cpu;
-use crate::backend::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use super::halting::CpuActState;
+use crate::backend::{
+    ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot,
+};
 use anyhow::Result;
 use half::bf16;
 
@@ -32,6 +35,7 @@ impl Backend for CpuBf16 {
     type Param = Vec<f32>;
     type F32 = Vec<f32>;
     type I32 = Vec<i32>;
+    type ActState = CpuActState;
 
     fn name(&self) -> &'static str {
         "cpu-bf16"
@@ -75,6 +79,12 @@ impl Backend for CpuBf16 {
     fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
         host.to_vec()
     }
+    fn download_i32(&self, buf: &Vec<i32>) -> Vec<i32> {
+        buf.clone()
+    }
+    fn zero_f32(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
     fn write_i32(&self, host: &[i32], buf: &mut Vec<i32>) {
         buf.copy_from_slice(host);
     }
@@ -92,8 +102,8 @@ impl Backend for CpuBf16 {
         Cpu.add_inplace(a, b);
         round_bf16(a);
     }
-    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, mask: &[bool], width: usize) {
-        Cpu.reset_rows(z, &rounded(init), mask, width);
+    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, st: &CpuActState, width: usize) {
+        Cpu.reset_rows(z, &rounded(init), st, width);
     }
     fn gather_positions(
         &self,
@@ -151,16 +161,17 @@ impl Backend for CpuBf16 {
         z_h: &Vec<f32>,
         w: &Vec<f32>,
         bias: &Vec<f32>,
+        st: &mut CpuActState,
+        slot: QSlot,
         batch: usize,
         seq: usize,
         d: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
-        Cpu.q_head_fwd(z_h, w, bias, batch, seq, d)
+    ) {
+        Cpu.q_head_fwd(z_h, w, bias, st, slot, batch, seq, d)
     }
     fn q_head_bwd(
         &self,
-        dq_halt: &[f32],
-        dq_continue: &[f32],
+        st: &CpuActState,
         z_h: &Vec<f32>,
         w: &Vec<f32>,
         dw: &mut Vec<f32>,
@@ -169,8 +180,54 @@ impl Backend for CpuBf16 {
         seq: usize,
         d: usize,
     ) {
-        Cpu.q_head_bwd(dq_halt, dq_continue, z_h, w, dw, dbias, dz_h, seq, d);
+        Cpu.q_head_bwd(st, z_h, w, dw, dbias, dz_h, seq, d);
         round_bf16(dz_h);
+    }
+    fn act_state(&self, batch: usize) -> CpuActState {
+        Cpu.act_state(batch)
+    }
+    fn act_set(&self, st: &mut CpuActState, steps: &[u32], halted: &[bool]) {
+        Cpu.act_set(st, steps, halted)
+    }
+    fn act_rows(&self, st: &CpuActState) -> ActRows {
+        Cpu.act_rows(st)
+    }
+    fn act_q(&self, st: &CpuActState, slot: QSlot) -> (Vec<f32>, Vec<f32>) {
+        Cpu.act_q(st, slot)
+    }
+    fn act_lm_rows(&self, st: &CpuActState) -> LmLossOut {
+        Cpu.act_lm_rows(st)
+    }
+    fn act_set_min_halt(&self, st: &mut CpuActState, min_halt: &[u32]) {
+        Cpu.act_set_min_halt(st, min_halt)
+    }
+    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize) {
+        Cpu.act_explore(st, key, prob, max_steps)
+    }
+    fn act_take_new(
+        &self,
+        st: &mut CpuActState,
+        new_tokens: &Vec<i32>,
+        tokens: &mut Vec<i32>,
+        new_ids: &Vec<i32>,
+        ids: &mut Vec<i32>,
+        new_labels: &Vec<i32>,
+        labels: &mut Vec<i32>,
+        seq_len: usize,
+    ) {
+        Cpu.act_take_new(st, new_tokens, tokens, new_ids, ids, new_labels, labels, seq_len)
+    }
+    fn act_halt(&self, st: &mut CpuActState, max_steps: usize) {
+        Cpu.act_halt(st, max_steps)
+    }
+    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32) {
+        Cpu.act_q_loss(st, max_steps, grad_scale, step)
+    }
+    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>], step: u32) {
+        Cpu.act_guard(st, grads, step)
+    }
+    fn act_report(&self, st: &mut CpuActState) -> ActReport {
+        Cpu.act_report(st)
     }
     fn add_rms_norm_fwd(
         &self,
@@ -290,6 +347,19 @@ impl Backend for CpuBf16 {
         }
         out
     }
+    fn lm_loss_rows(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: &mut Vec<f32>,
+        st: &mut CpuActState,
+    ) {
+        Cpu.lm_loss_rows(logits, labels, vocab, seq, grad_scale, dlogits, st);
+        round_bf16(dlogits);
+    }
     fn adam_atan2_step(
         &self,
         p: &mut Vec<f32>,
@@ -311,5 +381,19 @@ impl Backend for CpuBf16 {
         wd: f32,
     ) {
         Cpu.sign_sgd_step(w, g, touched, row_len, lr, wd);
+    }
+    fn optimizer_step(
+        &self,
+        params: &mut [&mut Vec<f32>],
+        grads: &[&Vec<f32>],
+        m: &mut [&mut Vec<f32>],
+        v: &mut [&mut Vec<f32>],
+        ema: Option<&mut [&mut Vec<f32>]>,
+        rules: &[OptimRule],
+        puzzle_ids: &Vec<i32>,
+        h: &OptimStep,
+        guard: &CpuActState,
+    ) {
+        Cpu.optimizer_step(params, grads, m, v, ema, rules, puzzle_ids, h, guard)
     }
 }

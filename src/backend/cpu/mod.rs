@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod bf16;
 pub mod embed;
+pub mod halting;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -12,8 +13,9 @@ pub mod optim;
 pub mod rope;
 pub mod swiglu;
 
-use super::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use super::{ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot};
 use anyhow::Result;
+use halting::CpuActState;
 use rayon::prelude::*;
 
 /// The f32 CPU backend (threads from rayon's global pool).
@@ -25,6 +27,7 @@ impl Backend for Cpu {
     type Param = Vec<f32>;
     type F32 = Vec<f32>;
     type I32 = Vec<i32>;
+    type ActState = CpuActState;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -68,6 +71,12 @@ impl Backend for Cpu {
     fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
         host.to_vec()
     }
+    fn download_i32(&self, buf: &Vec<i32>) -> Vec<i32> {
+        buf.clone()
+    }
+    fn zero_f32(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
     fn write_i32(&self, host: &[i32], buf: &mut Vec<i32>) {
         buf.copy_from_slice(host);
     }
@@ -89,10 +98,11 @@ impl Backend for Cpu {
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
         embed::add_inplace(a, b);
     }
-    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, mask: &[bool], width: usize) {
+    fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, st: &CpuActState, width: usize) {
+        let mask = &st.halted;
         let per_row = z.len() / mask.len();
         assert_eq!(per_row * mask.len(), z.len());
-        for (row, _) in z.chunks_mut(per_row).zip(mask).filter(|(_, m)| **m) {
+        for (row, _) in z.chunks_mut(per_row).zip(mask).filter(|(_, m)| **m != 0) {
             row.chunks_mut(width).for_each(|p| p.copy_from_slice(init));
         }
     }
@@ -153,20 +163,24 @@ impl Backend for Cpu {
         z_h: &Vec<f32>,
         w: &Vec<f32>,
         bias: &Vec<f32>,
+        st: &mut CpuActState,
+        slot: QSlot,
         batch: usize,
         seq: usize,
         d: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
+    ) {
         let mut q_in = vec![0.0; batch * d];
         self.gather_positions(z_h, &mut q_in, seq, 0, 1, d);
-        let mut q = vec![0.0; batch * 2];
-        linear::linear_fwd(&q_in, w, &mut q, batch, d, 2);
-        (q.chunks(2).map(|r| r[0] + bias[0]).collect(), q.chunks(2).map(|r| r[1] + bias[1]).collect())
+        let q = st.q_slot(slot);
+        linear::linear_fwd(&q_in, w, q, batch, d, 2);
+        for r in q.chunks_mut(2) {
+            r[0] += bias[0];
+            r[1] += bias[1];
+        }
     }
     fn q_head_bwd(
         &self,
-        dq_halt: &[f32],
-        dq_continue: &[f32],
+        st: &CpuActState,
         z_h: &Vec<f32>,
         w: &Vec<f32>,
         dw: &mut Vec<f32>,
@@ -175,16 +189,74 @@ impl Backend for Cpu {
         seq: usize,
         d: usize,
     ) {
-        let batch = dq_halt.len();
-        let dq: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
+        let dq = &st.dq;
+        let batch = st.batch();
         let mut q_in = vec![0.0; batch * d];
         self.gather_positions(z_h, &mut q_in, seq, 0, 1, d);
-        linear::linear_bwd_w(&dq, &q_in, dw, batch, d, 2);
-        dbias[0] += dq_halt.iter().sum::<f32>();
-        dbias[1] += dq_continue.iter().sum::<f32>();
+        linear::linear_bwd_w(dq, &q_in, dw, batch, d, 2);
+        dbias[0] += dq.iter().step_by(2).sum::<f32>();
+        dbias[1] += dq.iter().skip(1).step_by(2).sum::<f32>();
         let mut dq_in = vec![0.0; batch * d];
-        linear::linear_bwd_x(&dq, w, &mut dq_in, batch, d, 2, false);
+        linear::linear_bwd_x(dq, w, &mut dq_in, batch, d, 2, false);
         self.scatter_add_positions(&dq_in, dz_h, seq, 0, 1, d);
+    }
+    fn act_state(&self, batch: usize) -> CpuActState {
+        CpuActState::new(batch)
+    }
+    fn act_set(&self, st: &mut CpuActState, steps: &[u32], halted: &[bool]) {
+        st.steps = steps.iter().map(|&s| s as i32).collect();
+        st.halted = halted.iter().map(|&h| h as u8).collect();
+    }
+    fn act_rows(&self, st: &CpuActState) -> ActRows {
+        ActRows {
+            steps: st.steps.iter().map(|&s| s as u32).collect(),
+            halted: st.halted.iter().map(|&h| h != 0).collect(),
+            min_halt: st.min_halt.iter().map(|&s| s as u32).collect(),
+            q_halt: st.q.iter().step_by(2).copied().collect(),
+            q_continue: st.q.iter().skip(1).step_by(2).copied().collect(),
+            target_q_continue: st.target.clone(),
+        }
+    }
+    fn act_q(&self, st: &CpuActState, slot: QSlot) -> (Vec<f32>, Vec<f32>) {
+        let q = if slot == QSlot::Current { &st.q } else { &st.q_next };
+        (q.iter().step_by(2).copied().collect(), q.iter().skip(1).step_by(2).copied().collect())
+    }
+    fn act_lm_rows(&self, st: &CpuActState) -> LmLossOut {
+        st.lm.clone()
+    }
+    fn act_set_min_halt(&self, st: &mut CpuActState, min_halt: &[u32]) {
+        st.min_halt = min_halt.iter().map(|&s| s as i32).collect();
+    }
+    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize) {
+        let threshold = halting::explore_threshold(prob);
+        for (b, m) in st.min_halt.iter_mut().enumerate() {
+            *m = halting::explore_row(key, b, threshold, max_steps);
+        }
+    }
+    fn act_take_new(
+        &self,
+        st: &mut CpuActState,
+        new_tokens: &Vec<i32>,
+        tokens: &mut Vec<i32>,
+        new_ids: &Vec<i32>,
+        ids: &mut Vec<i32>,
+        new_labels: &Vec<i32>,
+        labels: &mut Vec<i32>,
+        seq_len: usize,
+    ) {
+        halting::take_new(st, new_tokens, tokens, new_ids, ids, new_labels, labels, seq_len);
+    }
+    fn act_halt(&self, st: &mut CpuActState, max_steps: usize) {
+        halting::halt(st, max_steps);
+    }
+    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32) {
+        halting::q_loss(st, max_steps, grad_scale, step);
+    }
+    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>], step: u32) {
+        halting::guard(st, grads, step);
+    }
+    fn act_report(&self, st: &mut CpuActState) -> ActReport {
+        halting::report(st)
     }
     fn add_rms_norm_fwd(
         &self,
@@ -307,6 +379,20 @@ impl Backend for Cpu {
     ) -> LmLossOut {
         loss::stablemax_ce(logits, labels, vocab, seq, grad_scale, dlogits.map(|d| &mut d[..]))
     }
+    fn lm_loss_rows(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: &mut Vec<f32>,
+        st: &mut CpuActState,
+    ) {
+        let mut out = loss::stablemax_ce(logits, labels, vocab, seq, grad_scale, Some(&mut dlogits[..]));
+        out.argmax = Vec::new();
+        st.lm = out;
+    }
     fn adam_atan2_step(
         &self,
         p: &mut Vec<f32>,
@@ -328,5 +414,46 @@ impl Backend for Cpu {
         wd: f32,
     ) {
         optim::sign_sgd_step(w, g, touched, row_len, lr, wd);
+    }
+    fn optimizer_step(
+        &self,
+        params: &mut [&mut Vec<f32>],
+        grads: &[&Vec<f32>],
+        m: &mut [&mut Vec<f32>],
+        v: &mut [&mut Vec<f32>],
+        ema: Option<&mut [&mut Vec<f32>]>,
+        rules: &[OptimRule],
+        puzzle_ids: &Vec<i32>,
+        h: &OptimStep,
+        guard: &CpuActState,
+    ) {
+        if guard.status[0] != halting::NONE {
+            return; // a bad step was recorded: no update from then on
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            match *rule {
+                OptimRule::Adam => optim::adam_atan2_step(params[i], grads[i], m[i], v[i], h.step, &h.adam),
+                OptimRule::SignSgd { row_len } => {
+                    let mut touched = vec![false; params[i].len() / row_len];
+                    for &id in puzzle_ids {
+                        touched[id as usize] = true;
+                    }
+                    optim::sign_sgd_step(
+                        params[i],
+                        grads[i],
+                        &touched,
+                        row_len,
+                        h.sign_lr,
+                        h.sign_weight_decay,
+                    );
+                }
+                OptimRule::Frozen => {}
+            }
+        }
+        if let (Some(ema), Some(decay)) = (ema, h.ema_decay) {
+            for (e, p) in ema.iter_mut().zip(params.iter()) {
+                self.ema_update(e, p, decay);
+            }
+        }
     }
 }

@@ -2,12 +2,15 @@
 //! cuBLASLt GEMMs. Activations and the carry are bf16; parameters are f32 masters with a bf16
 //! shadow that the GEMMs read and the optimizer rewrites after each update; gradients,
 //! optimizer moments, EMA and per-row statistics are f32. Everything is enqueued on the
-//! device's one stream; the host reads back only what the model code needs on the host (the
-//! q logits for the halting decision, the loss terms and flags).
+//! device's one stream. A training step reads nothing back: the ACT state (halting, exploration,
+//! target-Q, losses, metrics, the non-finite guard) lives on the device (`halting.rs`), the
+//! optimizer is one multi-tensor launch, and the host reads the metrics every log interval;
+//! evaluation reads the q logits and answers back per segment (its callers decide per row).
 //!
 //! Errors are sticky, as CUDA's are: the first failing op is recorded (with its name), every
 //! later op is skipped, and [`Backend::check`] returns the error.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
@@ -15,8 +18,11 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use super::device::{CudaDevice, DeviceKind};
+use super::halting::{self, CudaActState, OptTensor, OptimTables};
 use super::{act, attention, kernels};
-use crate::backend::{AdamHyper, Backend, EmbedDims, LmLossOut};
+use crate::backend::{
+    ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot,
+};
 
 /// A parameter tensor on the device: the f32 master and its bf16 copy for the GEMMs.
 pub struct CudaParam {
@@ -33,15 +39,31 @@ pub struct Cuda {
     error: Mutex<Option<anyhow::Error>>,
     /// Per-row scratch of the attention backward, kept for the last shape.
     attention_scratch: Mutex<Option<(ScratchShape, attention::AttentionScratch)>>,
+    /// The multi-tensor optimizer's device table (rebuilt only when a tensor moves).
+    optim_tables: Mutex<OptimTables>,
+    /// Device-to-host reads so far (each one waits for the stream).
+    host_reads: AtomicU64,
 }
 
 impl Cuda {
     pub fn new(dev: Arc<CudaDevice>) -> Self {
-        Cuda { dev, error: Mutex::new(None), attention_scratch: Mutex::new(None) }
+        Cuda {
+            dev,
+            error: Mutex::new(None),
+            attention_scratch: Mutex::new(None),
+            optim_tables: Mutex::new(OptimTables { table: None, touched: None }),
+            host_reads: AtomicU64::new(0),
+        }
     }
 
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.dev
+    }
+
+    /// How many device-to-host reads the backend made (each one synchronises with the
+    /// stream): a training step must make none.
+    pub fn host_reads(&self) -> u64 {
+        self.host_reads.load(Ordering::Relaxed)
     }
 
     fn failed(&self) -> bool {
@@ -102,6 +124,7 @@ impl Cuda {
         if self.failed() {
             return vec![T::default(); n];
         }
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match self.dev.stream.clone_dtoh(buf) {
             Ok(mut v) => {
                 v.truncate(n);
@@ -129,6 +152,7 @@ impl Backend for Cuda {
     type Param = CudaParam;
     type F32 = CudaSlice<f32>;
     type I32 = CudaSlice<i32>;
+    type ActState = CudaActState;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -194,6 +218,12 @@ impl Backend for Cuda {
     fn upload_i32(&self, host: &[i32]) -> CudaSlice<i32> {
         self.upload(host)
     }
+    fn download_i32(&self, buf: &CudaSlice<i32>) -> Vec<i32> {
+        self.download("i32 buffer", buf, buf.len())
+    }
+    fn zero_f32(&self, buf: &mut CudaSlice<f32>) {
+        self.op("zero", |d| d.stream.memset_zeros(buf).map_err(|e| anyhow!("{e}")));
+    }
     fn write_i32(&self, host: &[i32], buf: &mut CudaSlice<i32>) {
         self.op("upload", |d| {
             anyhow::ensure!(host.len() == buf.len(), "writing {} values into {}", host.len(), buf.len());
@@ -204,6 +234,7 @@ impl Backend for Cuda {
         if self.failed() {
             return true; // the recorded error is reported by `check`
         }
+        self.host_reads.fetch_add(1, Ordering::Relaxed);
         match act::all_finite(&self.dev, buf) {
             Ok(f) => f,
             Err(e) => {
@@ -232,15 +263,11 @@ impl Backend for Cuda {
     fn add_inplace(&self, a: &mut CudaSlice<bf16>, b: &CudaSlice<bf16>) {
         self.op("add_inplace", |d| kernels::add_inplace(d, a, b, b.len()));
     }
-    fn reset_rows(&self, z: &mut CudaSlice<bf16>, init: &CudaParam, mask: &[bool], width: usize) {
-        if !mask.iter().any(|&m| m) {
-            return;
-        }
-        let m = self.mask(mask);
+    fn reset_rows(&self, z: &mut CudaSlice<bf16>, init: &CudaParam, st: &CudaActState, width: usize) {
         self.op("reset_rows", |d| {
-            let batch = mask.len();
-            let seq = z.len() / (batch * width);
-            act::reset_rows(d, z, &init.master, &m, batch, seq, width)
+            let batch = st.batch;
+            let seq = z.len() / (batch * width).max(1);
+            act::reset_rows(d, z, &init.master, &st.halted, batch, seq, width)
         });
     }
     fn gather_positions(
@@ -315,21 +342,21 @@ impl Backend for Cuda {
         z_h: &CudaSlice<bf16>,
         w: &CudaParam,
         bias: &CudaParam,
+        st: &mut CudaActState,
+        slot: QSlot,
         batch: usize,
         seq: usize,
         d: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let mut q = self.alloc_zeros::<f32>(batch * 2);
-        self.op("q_head_fwd", |dev| {
-            act::q_head_fwd(dev, z_h, &w.master, &bias.master, &mut q, batch, seq, d)
-        });
-        let q = self.download("q logits", &q, batch * 2);
-        (q.chunks(2).map(|r| r[0]).collect(), q.chunks(2).map(|r| r[1]).collect())
+    ) {
+        let q = match slot {
+            QSlot::Current => &mut st.q,
+            QSlot::Target => &mut st.q_next,
+        };
+        self.op("q_head_fwd", |dev| act::q_head_fwd(dev, z_h, &w.master, &bias.master, q, batch, seq, d));
     }
     fn q_head_bwd(
         &self,
-        dq_halt: &[f32],
-        dq_continue: &[f32],
+        st: &CudaActState,
         z_h: &CudaSlice<bf16>,
         w: &CudaParam,
         dw: &mut CudaSlice<f32>,
@@ -338,14 +365,104 @@ impl Backend for Cuda {
         seq: usize,
         d: usize,
     ) {
-        let batch = dq_halt.len();
-        let dq: Vec<f32> = dq_halt.iter().zip(dq_continue).flat_map(|(a, b)| [*a, *b]).collect();
-        let dq = self.upload(&dq);
         self.op("q_head_bwd", |dev| {
-            act::q_head_bwd(dev, &dq, z_h, &w.master, dw, dbias, dz_h, batch, seq, d)
+            act::q_head_bwd(dev, &st.dq, z_h, &w.master, dw, dbias, dz_h, st.batch, seq, d)
         });
     }
-
+    fn act_state(&self, batch: usize) -> CudaActState {
+        match CudaActState::new(&self.dev, batch) {
+            Ok(s) => s,
+            Err(e) => panic!("{e:#} on {}", self.dev.name),
+        }
+    }
+    fn act_set(&self, st: &mut CudaActState, steps: &[u32], halted: &[bool]) {
+        self.op("act_set", |d| {
+            anyhow::ensure!(steps.len() == st.batch && halted.len() == st.batch, "act_set: batch mismatch");
+            let steps: Vec<i32> = steps.iter().map(|&s| s as i32).collect();
+            let halted: Vec<u8> = halted.iter().map(|&h| h as u8).collect();
+            d.stream.memcpy_htod(&steps, &mut st.steps).map_err(|e| anyhow!("{e}"))?;
+            d.stream.memcpy_htod(&halted, &mut st.halted).map_err(|e| anyhow!("{e}"))
+        });
+    }
+    fn act_rows(&self, st: &CudaActState) -> ActRows {
+        let b = st.batch;
+        let q = self.download("q logits", &st.q, 2 * b);
+        ActRows {
+            steps: self.download("steps", &st.steps, b).iter().map(|&s| s as u32).collect(),
+            halted: self.download("halted", &st.halted, b).iter().map(|&h| h != 0).collect(),
+            min_halt: self.download("min_halt", &st.min_halt, b).iter().map(|&s| s as u32).collect(),
+            q_halt: q.iter().step_by(2).copied().collect(),
+            q_continue: q.iter().skip(1).step_by(2).copied().collect(),
+            target_q_continue: self.download("target", &st.target, b),
+        }
+    }
+    fn act_q(&self, st: &CudaActState, slot: QSlot) -> (Vec<f32>, Vec<f32>) {
+        let buf = if slot == QSlot::Current { &st.q } else { &st.q_next };
+        let q = self.download("q logits", buf, 2 * st.batch);
+        (q.iter().step_by(2).copied().collect(), q.iter().skip(1).step_by(2).copied().collect())
+    }
+    fn act_lm_rows(&self, st: &CudaActState) -> LmLossOut {
+        let rows = st.batch;
+        let Some(lm) = st.lm.as_ref() else {
+            self.fail(anyhow!("reading the LM loss rows before any training loss"));
+            return LmLossOut {
+                loss_per_row: vec![0.0; rows],
+                exact: vec![false; rows],
+                n_correct: vec![0; rows],
+                n_valid: vec![0; rows],
+                argmax: Vec::new(),
+            };
+        };
+        LmLossOut {
+            loss_per_row: self.download("loss", &lm.loss_per_row, rows),
+            exact: self.download("exact flags", &lm.exact, rows).iter().map(|&e| e != 0).collect(),
+            n_correct: self.download("correct counts", &lm.n_correct, rows),
+            n_valid: self.download("valid counts", &lm.n_valid, rows),
+            argmax: Vec::new(),
+        }
+    }
+    fn act_set_min_halt(&self, st: &mut CudaActState, min_halt: &[u32]) {
+        self.op("act_set_min_halt", |d| {
+            anyhow::ensure!(min_halt.len() == st.batch, "act_set_min_halt: batch mismatch");
+            let v: Vec<i32> = min_halt.iter().map(|&s| s as i32).collect();
+            d.stream.memcpy_htod(&v, &mut st.min_halt).map_err(|e| anyhow!("{e}"))
+        });
+    }
+    fn act_explore(&self, st: &mut CudaActState, key: u64, prob: f64, max_steps: usize) {
+        self.op("act_explore", |d| halting::explore(d, st, key, prob, max_steps));
+    }
+    fn act_take_new(
+        &self,
+        st: &mut CudaActState,
+        new_tokens: &CudaSlice<i32>,
+        tokens: &mut CudaSlice<i32>,
+        new_ids: &CudaSlice<i32>,
+        ids: &mut CudaSlice<i32>,
+        new_labels: &CudaSlice<i32>,
+        labels: &mut CudaSlice<i32>,
+        seq_len: usize,
+    ) {
+        self.op("act_take_new", |d| {
+            halting::take_new(d, st, new_tokens, tokens, new_ids, ids, new_labels, labels, seq_len)
+        });
+    }
+    fn act_halt(&self, st: &mut CudaActState, max_steps: usize) {
+        self.op("act_halt", |d| halting::halt(d, st, max_steps));
+    }
+    fn act_q_loss(&self, st: &mut CudaActState, max_steps: usize, grad_scale: f64, step: u32) {
+        self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, grad_scale, step));
+    }
+    fn act_guard(&self, st: &mut CudaActState, grads: &[&CudaSlice<f32>], step: u32) {
+        self.op("act_guard", |d| halting::guard(d, st, grads, step));
+    }
+    fn act_report(&self, st: &mut CudaActState) -> ActReport {
+        let m = self.download("metrics", &st.metrics, crate::backend::cpu::halting::METRICS);
+        let status = self.download("guard status", &st.status, 4);
+        self.op("act_report", |d| d.stream.memset_zeros(&mut st.metrics).map_err(|e| anyhow!("{e}")));
+        let mut raw = [0.0; crate::backend::cpu::halting::METRICS];
+        raw.copy_from_slice(&m);
+        ActReport::from_raw(&raw, &[status[0], status[1], status[2], status[3]])
+    }
     fn add_rms_norm_fwd(
         &self,
         x: &CudaSlice<bf16>,
@@ -515,6 +632,25 @@ impl Backend for Cuda {
         }
     }
 
+    fn lm_loss_rows(
+        &self,
+        logits: &CudaSlice<bf16>,
+        labels: &CudaSlice<i32>,
+        vocab: usize,
+        seq: usize,
+        grad_scale: f64,
+        dlogits: &mut CudaSlice<bf16>,
+        st: &mut CudaActState,
+    ) {
+        let rows = st.batch;
+        self.op("lm_loss", |d| {
+            if st.lm.is_none() {
+                st.lm = Some(kernels::LmLossBuffers::new(d, rows, seq)?);
+            }
+            let out = st.lm.as_mut().expect("made above");
+            kernels::stablemax_ce(d, logits, labels, rows, seq, vocab, grad_scale, Some(dlogits), out)
+        });
+    }
     fn adam_atan2_step(
         &self,
         p: &mut CudaParam,
@@ -543,6 +679,45 @@ impl Backend for Cuda {
             // The shadow follows the master (the puzzle embedding is read in f32, but keep
             // both copies equal so no reader ever sees a stale one).
             act::to_bf16(d, &w.master, &mut w.shadow)
+        });
+    }
+    fn optimizer_step(
+        &self,
+        params: &mut [&mut CudaParam],
+        grads: &[&CudaSlice<f32>],
+        m: &mut [&mut CudaSlice<f32>],
+        v: &mut [&mut CudaSlice<f32>],
+        ema: Option<&mut [&mut CudaSlice<f32>]>,
+        rules: &[OptimRule],
+        puzzle_ids: &CudaSlice<i32>,
+        h: &OptimStep,
+        guard: &CudaActState,
+    ) {
+        self.op("optimizer_step", |d| {
+            let n = params.len();
+            anyhow::ensure!(
+                grads.len() == n && m.len() == n && v.len() == n && rules.len() == n,
+                "optimizer_step: {n} parameters but {} gradients, {} rules",
+                grads.len(),
+                rules.len()
+            );
+            let ema: Option<&[&mut CudaSlice<f32>]> = ema.map(|e| &*e);
+            if let Some(e) = ema {
+                anyhow::ensure!(e.len() == n, "optimizer_step: {} EMA tensors for {n} parameters", e.len());
+            }
+            let tensors: Vec<OptTensor<'_>> = (0..n)
+                .map(|i| OptTensor {
+                    master: &params[i].master,
+                    shadow: &params[i].shadow,
+                    grad: grads[i],
+                    m: &*m[i],
+                    v: &*v[i],
+                    ema: ema.map(|e| &*e[i]),
+                    rule: rules[i],
+                })
+                .collect();
+            let mut tables = self.optim_tables.lock().unwrap();
+            halting::optimizer_step(d, &mut tables, &tensors, puzzle_ids, h, &guard.status)
         });
     }
 }

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod backend;
 pub mod device;
 pub mod gemm;
+pub mod halting;
 pub mod kernels;
 pub mod module;
 
