@@ -245,6 +245,15 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
   return emu::mem_free(p) ? ok() : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+// Page-locked host memory: plain host memory here (copies complete at issue time anyway).
+CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
+  *p = std::malloc(bytes ? bytes : 1);
+  return *p ? ok() : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuMemFreeHost(void* p) {
+  std::free(p);
+  return ok();
+}
 CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
   *free_b = size_t(16) << 30;
   *total = size_t(16) << 30;

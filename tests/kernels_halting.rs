@@ -284,3 +284,27 @@ fn multi_tensor_optimizer_matches_the_cpu_and_respects_the_guard() {
     let bp: Vec<Vec<f32>> = bp.iter().map(|p| gpu.download_param(p)).collect();
     assert_eq!((bp, bm, be_), (p0, m0, e0));
 }
+
+/// Host writes go through a ring of page-locked slots per length: more writes than slots, of
+/// different lengths interleaved, each land in their own buffer with their own values.
+#[test]
+fn staged_host_writes_land_intact() {
+    let Some(gpu) = cuda("kernels_halting") else {
+        return;
+    };
+    let lens = [81usize, 3, 81, 1, 81 * 5];
+    let mut bufs = Vec::new();
+    let mut want = Vec::new();
+    for k in 0..13 {
+        let n = lens[k % lens.len()];
+        let v: Vec<i32> = (0..n).map(|i| (k * 1000 + i) as i32).collect();
+        let mut b = gpu.upload_i32(&vec![-1; n]);
+        gpu.write_i32(&v, &mut b);
+        bufs.push(b);
+        want.push(v);
+    }
+    gpu.check().unwrap();
+    for (k, (b, w)) in bufs.iter().zip(&want).enumerate() {
+        assert_eq!(&gpu.download_i32(b), w, "write {k}");
+    }
+}

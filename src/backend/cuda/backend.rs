@@ -43,6 +43,47 @@ pub struct Cuda {
     optim_tables: Mutex<OptimTables>,
     /// Device-to-host reads so far (each one waits for the stream).
     host_reads: AtomicU64,
+    /// Page-locked buffers the host writes go through, so they are asynchronous.
+    staging: Mutex<Staging>,
+}
+
+/// Page-locked host memory for host-to-device writes: a write copies the data into the next
+/// slot of its length and enqueues the copy from there, so the host does not wait for the
+/// stream, except to reuse a slot whose copy (`SLOTS` writes of that length ago) has not run
+/// yet. Without page-locked memory (allocation refused) a write falls back to a plain copy.
+struct Staging {
+    rings: std::collections::HashMap<usize, (Vec<cudarc::driver::PinnedHostSlice<i32>>, usize)>,
+}
+
+impl Staging {
+    const SLOTS: usize = 4;
+
+    fn new() -> Self {
+        Staging { rings: std::collections::HashMap::new() }
+    }
+
+    fn upload(&mut self, d: &CudaDevice, host: &[i32], buf: &mut CudaSlice<i32>) -> Result<()> {
+        let n = host.len();
+        let (ring, next) = self.rings.entry(n).or_insert_with(|| (Vec::new(), 0));
+        if ring.len() < Self::SLOTS {
+            // SAFETY: a new slot is filled below before any copy reads it.
+            match unsafe { d.ctx.alloc_pinned::<i32>(n) } {
+                Ok(s) => ring.push(s),
+                Err(_) if ring.is_empty() => {
+                    return d.stream.memcpy_htod(host, buf).map_err(|e| anyhow!("{e}"));
+                }
+                Err(_) => {}
+            }
+        }
+        let i = *next % ring.len();
+        *next = i + 1;
+        let slot = &mut ring[i];
+        // Waits for this slot's previous copy (if still queued), then fills it.
+        let p = slot.as_mut_ptr().map_err(|e| anyhow!("{e}"))?;
+        // SAFETY: `p` points to n i32 of page-locked memory that no queued copy reads any more.
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), p, n) };
+        d.stream.memcpy_htod(&*slot, buf).map_err(|e| anyhow!("{e}"))
+    }
 }
 
 impl Cuda {
@@ -53,6 +94,7 @@ impl Cuda {
             attention_scratch: Mutex::new(None),
             optim_tables: Mutex::new(OptimTables { table: None, touched: None }),
             host_reads: AtomicU64::new(0),
+            staging: Mutex::new(Staging::new()),
         }
     }
 
@@ -227,7 +269,7 @@ impl Backend for Cuda {
     fn write_i32(&self, host: &[i32], buf: &mut CudaSlice<i32>) {
         self.op("upload", |d| {
             anyhow::ensure!(host.len() == buf.len(), "writing {} values into {}", host.len(), buf.len());
-            d.stream.memcpy_htod(host, buf).map_err(|e| anyhow!("{e}"))
+            self.staging.lock().unwrap().upload(d, host, buf)
         });
     }
     fn all_finite(&self, buf: &CudaSlice<f32>) -> bool {
