@@ -343,9 +343,15 @@ CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction) {
 CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute, int) { return ok(); }
 CUresult cuFuncSetCacheConfig(CUfunction, CUfunc_cache) { return ok(); }
 
+// Kernel launches issued by the host so far (a test and `hrm bench` read it to count the
+// launches of a training step; a GPU gives the same count, as the same code issues them).
+static unsigned long long g_launches = 0;
+unsigned long long hrm_emu_launch_count() { return g_launches; }
+
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
                         CUstream, void** params, void** extra) {
+  ++g_launches;
   if (extra != nullptr) {
     fprintf(stderr, "hrm-emu: cuLaunchKernel with `extra` is not emulated\n");
     return CUDA_ERROR_NOT_SUPPORTED;

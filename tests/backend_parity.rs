@@ -341,4 +341,29 @@ fn training_steps_read_nothing_back_until_the_report() {
     assert_eq!(r.steps, 4);
     assert!(r.lm_loss.is_finite() && r.lm_loss > 0.0);
     assert!(gpu.host_reads() > reads);
+
+    // Launches (counted by the emulation): the same every step, and the optimizer over all
+    // tensors is one launch plus one marking the batch's puzzle rows.
+    if let Some(c0) = hrm::backend::cuda::device::emulated_launch_counts() {
+        t.train_step(&gpu, &data).unwrap();
+        let c1 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
+        t.train_step(&gpu, &data).unwrap();
+        let c2 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
+        assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (c2.0 - c1.0, c2.1 - c1.1), "launches per step");
+        eprintln!("per step: {} kernel launches, {} matmuls", c2.0 - c1.0, c2.1 - c1.1);
+        let ws = &t.carry.ws;
+        t.opt.apply(
+            &gpu,
+            &mut t.model,
+            &t.grads,
+            None,
+            &t.cfg.optim,
+            1e-3,
+            1e-3,
+            &ws.inputs.puzzle_ids,
+            &ws.act,
+        );
+        let c3 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
+        assert_eq!((c3.0 - c2.0, c3.1 - c2.1), (2, 0), "the optimizer's launches");
+    }
 }

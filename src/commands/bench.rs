@@ -64,6 +64,9 @@ pub struct BenchReport {
     pub infer_puzzles_per_s: f64,
     pub infer_tflops: f64,
     pub device_memory_bytes: Option<u64>,
+    /// (kernel launches, cuBLASLt matmuls) per training step, counted on the emulation
+    /// (the same code issues the same launches on a GPU)
+    pub launches_per_step: Option<(u64, u64)>,
 }
 
 fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
@@ -87,13 +90,18 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
     for _ in 0..a.warmup {
         t.train_step(be, &data)?;
     }
-    be.check()?;
+    t.report(be)?; // waits for the warm-up steps
+    let launches0 = crate::backend::cuda::device::emulated_launch_counts();
     let start = Instant::now();
     for _ in 0..a.steps {
         t.train_step(be, &data)?;
     }
-    be.check()?;
+    t.report(be)?; // a step is only enqueued: wait for the last one
     let step_s = start.elapsed().as_secs_f64() / a.steps.max(1) as f64;
+    // The emulation counts launches; the same code issues the same ones on a GPU.
+    let launches_per_step = launches0
+        .zip(crate::backend::cuda::device::emulated_launch_counts())
+        .map(|((k0, m0), (k1, m1))| ((k1 - k0) / a.steps as u64, (m1 - m0) / a.steps as u64));
     let step_flop = flops::train_step(cfg, a.batch_size);
 
     let segments = cfg.halt_max_steps;
@@ -138,6 +146,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
         infer_puzzles_per_s: puzzles_per_s,
         infer_tflops,
         device_memory_bytes: be.device_memory_used(),
+        launches_per_step,
     })
 }
 
@@ -170,6 +179,9 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
             "inference: {:.1} puzzles/s ({} segments, batch {}), {:.2} TFLOP/s",
             r.infer_puzzles_per_s, r.infer_segments, r.infer_batch_size, r.infer_tflops
         );
+    }
+    if let Some((k, m)) = r.launches_per_step {
+        println!("launches per training step: {k} kernels + {m} cuBLASLt matmuls (counted on the emulation)");
     }
     if let Some(m) = r.device_memory_bytes {
         println!("device memory in use: {:.2} GiB", m as f64 / (1u64 << 30) as f64);

@@ -53,19 +53,38 @@ fn env_on(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
 }
 
+/// The loaded stand-in libraries (libcuda, libcublasLt), kept for the life of the process.
+static EMULATION_LIBS: OnceLock<Vec<libloading::Library>> = OnceLock::new();
+
 #[cfg(hrm_emu)]
 fn load_emulation() -> std::result::Result<(), String> {
     // Loading the stand-ins by full path first makes cudarc's later dlopen("libcuda.so") and
     // dlopen("libcublasLt.so") return them (the loader matches already loaded SONAMEs).
     let dir = std::path::Path::new(env!("HRM_EMU_DIR"));
+    let mut libs = Vec::new();
     for lib in ["libcuda.so", "libcublasLt.so"] {
         let path = dir.join(lib);
         // SAFETY: our own stand-in libraries; their initialisers only register kernels.
         let l = unsafe { libloading::Library::new(&path) }
             .map_err(|e| format!("cannot load the CPU emulation {}: {e}", path.display()))?;
-        std::mem::forget(l); // stays loaded for the life of the process
+        libs.push(l);
     }
+    let _ = EMULATION_LIBS.set(libs);
     Ok(())
+}
+
+/// (kernel launches, cuBLASLt matmuls) the host issued so far, when running on the emulation
+/// (`None` on a GPU). The same code issues the same launches on a GPU, so differences of these
+/// counts measure launches per step.
+pub fn emulated_launch_counts() -> Option<(u64, u64)> {
+    let libs = EMULATION_LIBS.get()?;
+    type Count = unsafe extern "C" fn() -> u64;
+    // SAFETY: both symbols are `unsigned long long f(void)` in emu/driver.cpp, emu/cublaslt.cpp.
+    unsafe {
+        let launches: libloading::Symbol<Count> = libs[0].get(b"hrm_emu_launch_count\0").ok()?;
+        let matmuls: libloading::Symbol<Count> = libs[1].get(b"hrm_emu_matmul_count\0").ok()?;
+        Some((launches(), matmuls()))
+    }
 }
 
 #[cfg(not(hrm_emu))]
