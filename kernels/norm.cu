@@ -18,6 +18,76 @@ static __device__ __forceinline__ int norm_row() {
   return (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
 }
 
+// Register path, NV vectors of 8 per lane (NV = ceil(d / 256); templated so that d = 512 keeps
+// only 2 x 8 values per input in registers).
+template <int NV>
+static __device__ __forceinline__ float norm_fwd_regs(const bf16* __restrict__ xr,
+                                                      const bf16* __restrict__ rr,
+                                                      bf16* __restrict__ yr, int d, float eps,
+                                                      int lane) {
+  const int nv = d >> 3;
+  float s[NV][8];
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int v = lane + 32 * i;
+    if (v < nv) {
+      float a[8], b[8];
+      load_bf16x8(xr + 8 * v, a);
+      load_bf16x8(rr + 8 * v, b);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        s[i][e] = a[e] + b[e];
+        ss += s[i][e] * s[i][e];
+      }
+    }
+  }
+  ss = warp_sum(ss);
+  const float rstd = rsqrtf(ss / (float)d + eps);
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int v = lane + 32 * i;
+    if (v < nv) {
+      float o[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = s[i][e] * rstd;
+      store_bf16x8(yr + 8 * v, o);
+    }
+  }
+  return rstd;
+}
+
+template <int NV>
+static __device__ __forceinline__ void norm_bwd_regs(const bf16* __restrict__ dyr,
+                                                     const bf16* __restrict__ yr,
+                                                     bf16* __restrict__ dxr, float rs, int d,
+                                                     int lane) {
+  const int nv = d >> 3;
+  float g[NV][8], o[NV][8];
+  float dot = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int v = lane + 32 * i;
+    if (v < nv) {
+      load_bf16x8(dyr + 8 * v, g[i]);
+      load_bf16x8(yr + 8 * v, o[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dot += g[i][e] * o[i][e];
+    }
+  }
+  dot = warp_sum(dot) / (float)d;
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const int v = lane + 32 * i;
+    if (v < nv) {
+      float out[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) out[e] = rs * (g[i][e] - o[i][e] * dot);
+      store_bf16x8(dxr + 8 * v, out);
+    }
+  }
+}
+
 extern "C" __global__ void __launch_bounds__(256)
     add_rms_norm_fwd_bf16(const bf16* __restrict__ x, const bf16* __restrict__ r,
                           bf16* __restrict__ y, float* __restrict__ rstd_out, int rows, int d,
@@ -31,34 +101,11 @@ extern "C" __global__ void __launch_bounds__(256)
   bf16* yr = y + base;
   float rstd;
   if ((d & 7) == 0 && d <= NORM_MAX_VEC * 256 && aligned16(xr) && aligned16(rr) && aligned16(yr)) {
-    const int nv = d >> 3;
-    float s[NORM_MAX_VEC][8];
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NORM_MAX_VEC; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nv) {
-        float a[8], b[8];
-        load_bf16x8(xr + 8 * v, a);
-        load_bf16x8(rr + 8 * v, b);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          s[i][e] = a[e] + b[e];
-          ss += s[i][e] * s[i][e];
-        }
-      }
-    }
-    ss = warp_sum(ss);
-    rstd = rsqrtf(ss / (float)d + eps);
-#pragma unroll
-    for (int i = 0; i < NORM_MAX_VEC; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nv) {
-        float o[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[e] = s[i][e] * rstd;
-        store_bf16x8(yr + 8 * v, o);
-      }
+    switch ((d + 255) >> 8) {
+      case 1: rstd = norm_fwd_regs<1>(xr, rr, yr, d, eps, lane); break;
+      case 2: rstd = norm_fwd_regs<2>(xr, rr, yr, d, eps, lane); break;
+      case 3: rstd = norm_fwd_regs<3>(xr, rr, yr, d, eps, lane); break;
+      default: rstd = norm_fwd_regs<4>(xr, rr, yr, d, eps, lane); break;
     }
   } else {
     float ss = 0.0f;
@@ -87,29 +134,11 @@ extern "C" __global__ void __launch_bounds__(256)
   const float rs = rstd[row];
   if ((d & 7) == 0 && d <= NORM_MAX_VEC * 256 && aligned16(dyr) && aligned16(yr) &&
       aligned16(dxr)) {
-    const int nv = d >> 3;
-    float g[NORM_MAX_VEC][8], o[NORM_MAX_VEC][8];
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NORM_MAX_VEC; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nv) {
-        load_bf16x8(dyr + 8 * v, g[i]);
-        load_bf16x8(yr + 8 * v, o[i]);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dot += g[i][e] * o[i][e];
-      }
-    }
-    dot = warp_sum(dot) / (float)d;
-#pragma unroll
-    for (int i = 0; i < NORM_MAX_VEC; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nv) {
-        float out[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = rs * (g[i][e] - o[i][e] * dot);
-        store_bf16x8(dxr + 8 * v, out);
-      }
+    switch ((d + 255) >> 8) {
+      case 1: norm_bwd_regs<1>(dyr, yr, dxr, rs, d, lane); break;
+      case 2: norm_bwd_regs<2>(dyr, yr, dxr, rs, d, lane); break;
+      case 3: norm_bwd_regs<3>(dyr, yr, dxr, rs, d, lane); break;
+      default: norm_bwd_regs<4>(dyr, yr, dxr, rs, d, lane); break;
     }
   } else {
     float dot = 0.0f;
