@@ -7,6 +7,10 @@
 // are summed in f32: the operand and accumulator precision of cuBLASLt (the summation order
 // differs, so results agree to f32 rounding of the sum, not bit for bit). Anything else returns
 // CUBLAS_STATUS_NOT_SUPPORTED so a test cannot silently pass on an unemulated path.
+//
+// On a capturing stream (CUDA graph capture in the libcuda stand-in) a matmul is checked now and
+// recorded as a graph node (descriptors and host scalars copied, as cuBLASLt does); the
+// operands are read when the graph is replayed.
 #include <cuda_bf16.h>
 #include <dlfcn.h>
 
@@ -44,6 +48,18 @@ struct Pref {};
 struct Handle {};
 
 int (*g_range_ok)(uint64_t, size_t) = nullptr;
+using CaptureHost = int (*)(void*, int (*)(void*), void*, void (*)(void*));
+CaptureHost g_capture = nullptr;
+// Records fn(data) on `stream` when it is capturing (1), 0 when it is not, -1 on an invalidated
+// capture.
+int capture_host(void* stream, int (*fn)(void*), void* data, void (*free_fn)(void*)) {
+  if (!g_capture) {
+    void* h = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
+    if (h) g_capture = reinterpret_cast<CaptureHost>(dlsym(h, "hrm_emu_capture_host"));
+    if (!g_capture) return 0;  // driver stand-in not loaded: nothing can capture
+  }
+  return g_capture(stream, fn, data, free_fn);
+}
 bool range_ok(const void* p, size_t n) {
   if (!g_range_ok) {
     void* h = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
@@ -165,18 +181,26 @@ int cublasLtMatmulAlgoGetHeuristic(Handle*, Desc* d, Layout* a, Layout* b, Layou
   return OK;
 }
 
-// Matmuls issued so far (see hrm_emu_launch_count in driver.cpp).
-static unsigned long long g_matmuls = 0;
-unsigned long long hrm_emu_matmul_count() { return g_matmuls; }
+}  // extern "C"
 
-int cublasLtMatmul(Handle*, Desc* d, const float* alpha, const void* A, Layout* la, const void* B,
-                   Layout* lb, const float* beta, const void* C, Layout* lc, void* D, Layout* ld,
-                   const void*, void*, size_t, void*) {
-  ++g_matmuls;
+namespace {
+// Everything one matmul needs, by value (a captured node outlives the caller's descriptors).
+struct Matmul {
+  Desc d;
+  Layout la, lb, lc, ld;
+  float alpha, beta;
+  const void* A;
+  const void* B;
+  const void* C;
+  void* D;
+};
+
+int check_matmul(const Matmul& mm) {
+  const Desc* d = &mm.d;
+  const Layout *la = &mm.la, *lb = &mm.lb, *lc = &mm.lc, *ld = &mm.ld;
   if (d->compute != COMPUTE_32F || d->scale != R_32F || la->type != R_16BF ||
       lb->type != R_16BF || lc->type != ld->type || d->epilogue != 1 || d->pointer_mode != 0)
     return NOT_SUPPORTED;
-  // op(A): m x k, op(B): k x n, C/D: m x n (column-major).
   uint64_t m = ld->rows, n = ld->cols;
   uint64_t k = d->transa ? la->rows : la->cols;
   uint64_t am = d->transa ? la->cols : la->rows;
@@ -188,12 +212,23 @@ int cublasLtMatmul(Handle*, Desc* d, const float* alpha, const void* A, Layout* 
     return INVALID_VALUE;
   int batch = ld->batch;
   if (la->batch != batch || lb->batch != batch || lc->batch != batch) return INVALID_VALUE;
-  float al = *alpha, be = *beta;
+  return OK;
+}
+
+int run_matmul(const Matmul& mm) {
+  if (int rc = check_matmul(mm)) return rc;
+  const Desc* d = &mm.d;
+  const Layout *la = &mm.la, *lb = &mm.lb, *lc = &mm.lc, *ld = &mm.ld;
+  // op(A): m x k, op(B): k x n, C/D: m x n (column-major).
+  uint64_t m = ld->rows, n = ld->cols;
+  uint64_t k = d->transa ? la->rows : la->cols;
+  int batch = ld->batch;
+  float al = mm.alpha, be = mm.beta;
   for (int bi = 0; bi < batch; ++bi) {
-    const char* a = static_cast<const char*>(A) + bi * la->stride * 2;
-    const char* b = static_cast<const char*>(B) + bi * lb->stride * 2;
-    const char* c = static_cast<const char*>(C) + bi * lc->stride * elem(lc->type);
-    char* dd = static_cast<char*>(D) + bi * ld->stride * elem(ld->type);
+    const char* a = static_cast<const char*>(mm.A) + bi * la->stride * 2;
+    const char* b = static_cast<const char*>(mm.B) + bi * lb->stride * 2;
+    const char* c = static_cast<const char*>(mm.C) + bi * lc->stride * elem(lc->type);
+    char* dd = static_cast<char*>(mm.D) + bi * ld->stride * elem(ld->type);
     if (!range_ok(a, span(*la) * 2) || !range_ok(b, span(*lb) * 2) ||
         (be != 0.0f && !range_ok(c, span(*lc) * elem(lc->type))) ||
         !range_ok(dd, span(*ld) * elem(ld->type))) {
@@ -221,6 +256,35 @@ int cublasLtMatmul(Handle*, Desc* d, const float* alpha, const void* A, Layout* 
     }
   }
   return OK;
+}
+int run_matmul_node(void* p) { return run_matmul(*static_cast<const Matmul*>(p)); }
+void free_matmul_node(void* p) { delete static_cast<Matmul*>(p); }
+}  // namespace
+
+extern "C" {
+// Matmuls the host issued outside a capture so far (see hrm_emu_launch_count in driver.cpp).
+static unsigned long long g_matmuls = 0;
+unsigned long long hrm_emu_matmul_count() { return g_matmuls; }
+
+int cublasLtMatmul(Handle*, Desc* d, const float* alpha, const void* A, Layout* la, const void* B,
+                   Layout* lb, const float* beta, const void* C, Layout* lc, void* D, Layout* ld,
+                   const void*, void*, size_t, void* stream) {
+  auto* mm = new Matmul{*d, *la, *lb, *lc, *ld, *alpha, *beta, A, B, C, D};
+  if (int rc = check_matmul(*mm)) {
+    delete mm;
+    return rc;
+  }
+  int captured = capture_host(stream, run_matmul_node, mm, free_matmul_node);
+  if (captured == 1) return OK;  // the graph node owns mm now
+  if (captured < 0) {
+    delete mm;
+    fprintf(stderr, "hrm-emu: cublasLtMatmul on an invalidated stream capture\n");
+    return INVALID_VALUE;
+  }
+  ++g_matmuls;
+  int rc = run_matmul(*mm);
+  delete mm;
+  return rc;
 }
 
 }  // extern "C"

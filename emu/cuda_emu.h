@@ -3,8 +3,8 @@
 //
 // It provides the subset of the CUDA device dialect the kernels use: threadIdx/blockIdx/
 // blockDim/gridDim, __syncthreads, warp shuffles (__shfl_xor_sync, __shfl_down_sync,
-// __shfl_sync), static __shared__ (one copy per OS thread: the blocks of one launch run one
-// after another on one OS thread), dynamic shared memory (HRM_DYN_SHARED), atomics, device math
+// __shfl_sync), static __shared__ (one copy per process, re-poisoned before every block; launches
+// are serialised), dynamic shared memory (HRM_DYN_SHARED), atomics, device math
 // shims, and bf16 through the toolkit's own cuda_bf16.h (its host code paths).
 //
 // Each CUDA thread of a block is a fiber (emu/runtime.cpp). A fiber runs until it reaches a
@@ -36,7 +36,9 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
-#define __shared__ static thread_local
+// Static shared memory: one copy per process in the section `hrm_emu_smem`, which the runtime
+// re-poisons (signaling NaN) before every block and guards with its launch lock.
+#define __shared__ static __attribute__((section("hrm_emu_smem"), aligned(16)))
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 

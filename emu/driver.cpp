@@ -8,15 +8,30 @@
 // returns (streams and events only order nothing; event timestamps are host time); device
 // pointers are host addresses of checked allocations (emu/runtime.cpp); modules are the real
 // PTX/cubin images from nvcc, and cuModuleGetFunction checks that the image contains the kernel
-// before returning the host-compiled version registered under that name. Stream capture (CUDA
-// graphs) is not emulated and reports CUDA_ERROR_NOT_SUPPORTED.
+// before returning the host-compiled version registered under that name.
+//
+// Launch limits as on the GPU: the block size must not exceed the kernel's
+// `__launch_bounds__` (read from the loaded image: `.maxntid` in PTX, EIATTR_MAX_THREADS in the
+// cubin's .nv.info section), and dynamic shared memory above 48 KiB needs the function's
+// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES opt-in.
+//
+// Stream capture (CUDA graphs): cuStreamBeginCapture on a stream records, instead of running,
+// the kernel launches, device-to-device copies and memsets issued on it, and the cuBLASLt
+// matmuls (through hrm_emu_capture_host); cuStreamEndCapture returns them as a graph,
+// cuGraphInstantiate freezes it and cuGraphLaunch replays the nodes in order (kernel arguments
+// as captured; the memory they point to is read at replay). Synchronising, allocating or freeing
+// while a capture is active, and host<->device copies on a capturing stream, are refused and
+// invalidate the capture, as on the GPU (pageable host memory cannot be captured).
 #include <cuda.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime.h"
@@ -29,7 +44,54 @@ struct Module {
 };
 struct Func {
   const emu::KernelEntry* kernel;
+  int max_threads;    // from __launch_bounds__ in the image; 1024 when it sets none
+  int max_dyn_smem;   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (48 KiB until opted in)
 };
+constexpr int kDefaultDynSmem = 48 * 1024;
+constexpr int kMaxDynSmemOptin = 227 * 1024;
+
+// One recorded operation of a captured stream.
+struct Node {
+  enum Kind { Kernel, CopyDtoD, Memset8, Host } kind;
+  const emu::KernelEntry* kernel = nullptr;
+  emu::LaunchDims dims{};
+  void* packed = nullptr;
+  CUdeviceptr dst = 0, src = 0;
+  size_t bytes = 0;
+  unsigned char value = 0;
+  int (*host_fn)(void*) = nullptr;
+  void* host_data = nullptr;
+  void (*host_free)(void*) = nullptr;
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  ~Node() {
+    if (kernel && packed) kernel->unpack_free(packed);
+    if (host_free && host_data) host_free(host_data);
+  }
+};
+using NodeList = std::vector<std::shared_ptr<const Node>>;
+struct Graph {
+  NodeList nodes;
+};
+struct GraphExec {
+  NodeList nodes;  // shares the (immutable) nodes with the graph it came from
+};
+struct Stream {
+  int token;
+  bool capturing = false;
+  bool invalidated = false;
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  std::thread::id owner;  // thread that began the capture
+  std::unique_ptr<Graph> graph;
+};
+// Captures in progress in GLOBAL mode (any thread) and in this thread (GLOBAL or THREAD_LOCAL):
+// while either is non-zero, "unsafe" calls (allocation, free, synchronisation) are refused.
+std::atomic<int> g_global_captures{0};
+std::atomic<int> g_any_captures{0};
+thread_local int t_local_captures = 0;
+std::mutex g_capture_mu;
+std::vector<Stream*> g_capturing;  // streams capturing now
 struct Event {
   std::chrono::steady_clock::time_point t;
   bool recorded = false;
@@ -70,11 +132,130 @@ bool image_has_kernel(const Module& m, const char* name) {
   return m.image.find(needle) != std::string::npos;
 }
 
+// Threads per block allowed by the kernel's __launch_bounds__ in the loaded image (0: none).
+int image_max_threads(const Module& m, const char* name) {
+  if (m.is_ptx) {
+    std::string needle = std::string(".entry ") + name;
+    size_t pos = m.image.find(needle + "(");
+    if (pos == std::string::npos) return 0;
+    size_t body = m.image.find('{', pos);
+    size_t bound = m.image.find(".maxntid", pos);
+    size_t req = m.image.find(".reqntid", pos);
+    size_t at = bound < req ? bound : req;
+    if (at == std::string::npos || at > body) return 0;
+    unsigned x = 1, y = 1, z = 1;
+    if (sscanf(m.image.c_str() + at + 8, " %u , %u , %u", &x, &y, &z) < 1) return 0;
+    return static_cast<int>(x * y * z);
+  }
+  // cubin: section .nv.info.<name>, attribute EIATTR_MAX_THREADS (0x05, 3 x u32).
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(m.image.data());
+  uint64_t shoff;
+  uint16_t shentsize, shnum, shstrndx;
+  std::memcpy(&shoff, p + 0x28, 8);
+  std::memcpy(&shentsize, p + 0x3A, 2);
+  std::memcpy(&shnum, p + 0x3C, 2);
+  std::memcpy(&shstrndx, p + 0x3E, 2);
+  auto sec = [&](int i, uint32_t* nm, uint64_t* off, uint64_t* size) {
+    const unsigned char* h = p + shoff + uint64_t(i) * shentsize;
+    std::memcpy(nm, h, 4);
+    std::memcpy(off, h + 0x18, 8);
+    std::memcpy(size, h + 0x20, 8);
+  };
+  uint32_t nm;
+  uint64_t stroff, strsize;
+  sec(shstrndx, &nm, &stroff, &strsize);
+  std::string want = std::string(".nv.info.") + name;
+  for (int i = 0; i < shnum; ++i) {
+    uint64_t off, size;
+    sec(i, &nm, &off, &size);
+    if (nm >= strsize || want != reinterpret_cast<const char*>(p + stroff + nm)) continue;
+    for (uint64_t j = 0; j + 4 <= size;) {
+      unsigned fmt = p[off + j], attr = p[off + j + 1];
+      uint16_t len = 0;
+      if (fmt == 4) std::memcpy(&len, p + off + j + 2, 2);
+      if (fmt == 4 && attr == 0x05 && len == 12) {
+        uint32_t xyz[3];
+        std::memcpy(xyz, p + off + j + 4, 12);
+        return static_cast<int>(xyz[0] * xyz[1] * xyz[2]);
+      }
+      j += fmt == 4 ? 4 + len : 4;
+    }
+    return 0;
+  }
+  return 0;
+}
+
 bool valid_ptr(CUdeviceptr p, size_t n) { return n == 0 || emu::mem_range_ok(p, n); }
 
 CUresult bad_range(const char* what, CUdeviceptr p, size_t n) {
-  fprintf(stderr, "hrm-emu: %s: [0x%llx, +%zu) is not inside one live device allocation\n", what,
-          static_cast<unsigned long long>(p), n);
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s: [0x%llx, +%zu) is not inside one live device allocation", what,
+           static_cast<unsigned long long>(p), n);
+  return static_cast<CUresult>(emu::set_error(CUDA_ERROR_INVALID_VALUE, buf));
+}
+
+// The legacy (0x1) and per-thread (0x2) default stream handles and null are no Stream objects.
+Stream* as_stream(CUstream s) {
+  return reinterpret_cast<uintptr_t>(s) < 4096 ? nullptr : reinterpret_cast<Stream*>(s);
+}
+Stream* capturing(CUstream s) {
+  Stream* st = as_stream(s);
+  return st && st->capturing ? st : nullptr;
+}
+// Marks every capture that an unsafe call in this thread breaks as invalidated.
+CUresult refuse_during_capture(const char* what) {
+  std::lock_guard<std::mutex> g(g_capture_mu);
+  for (Stream* st : g_capturing) {
+    if (st->mode == CU_STREAM_CAPTURE_MODE_GLOBAL ||
+        (st->mode == CU_STREAM_CAPTURE_MODE_THREAD_LOCAL && st->owner == std::this_thread::get_id()))
+      st->invalidated = true;
+  }
+  return static_cast<CUresult>(emu::set_error(
+      CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+      std::string(what) + " is not allowed while a stream capture is active (the capture is "
+                          "invalidated)"));
+}
+bool unsafe_call_blocked() { return g_global_captures.load() > 0 || t_local_captures > 0; }
+CUresult record(Stream* st, std::shared_ptr<const Node> n) {
+  if (st->invalidated) {
+    return static_cast<CUresult>(emu::set_error(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+                                                "the stream capture was invalidated earlier"));
+  }
+  st->graph->nodes.push_back(std::move(n));
+  return CUDA_SUCCESS;
+}
+CUresult refuse_host_copy(Stream* st, const char* what) {
+  st->invalidated = true;
+  return static_cast<CUresult>(emu::set_error(
+      CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+      std::string(what) + " on a capturing stream is not emulated (host memory cannot be "
+                          "captured; upload before capturing); the capture is invalidated"));
+}
+
+CUresult run_node(const Node& n) {
+  switch (n.kind) {
+    case Node::Kernel:
+      return static_cast<CUresult>(emu::launch_packed(n.kernel, n.dims, n.packed));
+    case Node::CopyDtoD:
+      if (!valid_ptr(n.dst, n.bytes)) return bad_range("graph memcpy node (dst)", n.dst, n.bytes);
+      if (!valid_ptr(n.src, n.bytes)) return bad_range("graph memcpy node (src)", n.src, n.bytes);
+      if (n.bytes)
+        std::memmove(reinterpret_cast<void*>(n.dst), reinterpret_cast<const void*>(n.src), n.bytes);
+      return CUDA_SUCCESS;
+    case Node::Memset8:
+      if (!valid_ptr(n.dst, n.bytes)) return bad_range("graph memset node", n.dst, n.bytes);
+      std::memset(reinterpret_cast<void*>(n.dst), n.value, n.bytes);
+      return CUDA_SUCCESS;
+    case Node::Host: {
+      int rc = n.host_fn(n.host_data);
+      if (rc != 0) {
+        return static_cast<CUresult>(emu::set_error(
+            CUDA_ERROR_LAUNCH_FAILED,
+            "a captured cuBLASLt matmul failed at graph replay (status " + std::to_string(rc) + ")"));
+      }
+      return CUDA_SUCCESS;
+    }
+  }
   return CUDA_ERROR_INVALID_VALUE;
 }
 }  // namespace
@@ -87,6 +268,24 @@ __attribute__((visibility("default"))) int hrm_emu_mem_range_ok(uint64_t p, size
 }
 __attribute__((visibility("default"))) size_t hrm_emu_live_allocations() {
   return emu::mem_live_allocations();
+}
+// Used by the cuBLASLt stand-in: when `stream` is capturing, records `fn(data)` as a graph node
+// (the node owns `data` and releases it with `free_fn`) and returns 1; returns 0 when the stream
+// is not capturing (the caller runs the operation now and keeps `data`); -1 when the capture was
+// invalidated (the node is not recorded, `data` stays the caller's).
+__attribute__((visibility("default"))) int hrm_emu_capture_host(CUstream stream, int (*fn)(void*),
+                                                                 void* data,
+                                                                 void (*free_fn)(void*)) {
+  Stream* st = capturing(stream);
+  if (!st) return 0;
+  if (st->invalidated) return -1;
+  auto n = std::make_shared<Node>();
+  n->kind = Node::Host;
+  n->host_fn = fn;
+  n->host_data = data;
+  n->host_free = free_fn;
+  st->graph->nodes.push_back(std::move(n));
+  return 1;
 }
 
 CUresult cuInit(unsigned int) {
@@ -170,7 +369,10 @@ CUresult cuCtxGetDevice(CUdevice* d) {
   *d = 0;
   return ok();
 }
-CUresult cuCtxSynchronize(void) { return ok(); }
+CUresult cuCtxSynchronize(void) {
+  if (unsafe_call_blocked() || g_any_captures.load() > 0) return refuse_during_capture("cuCtxSynchronize");
+  return ok();
+}
 CUresult cuCtxGetLimit(size_t* v, CUlimit) {
   *v = 0;
   return ok();
@@ -184,27 +386,131 @@ CUresult cuCtxGetStreamPriorityRange(int* lo, int* hi) {
 CUresult cuCtxSetFlags(unsigned int) { return ok(); }
 
 CUresult cuStreamCreate(CUstream* s, unsigned int) {
-  *s = reinterpret_cast<CUstream>(new int(++g_stream_token));
+  *s = reinterpret_cast<CUstream>(new Stream{++g_stream_token});
   return ok();
 }
 CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int, int) {
-  *s = reinterpret_cast<CUstream>(new int(++g_stream_token));
+  *s = reinterpret_cast<CUstream>(new Stream{++g_stream_token});
   return ok();
 }
 CUresult cuStreamDestroy_v2(CUstream s) {
-  delete reinterpret_cast<int*>(s);
+  Stream* st = as_stream(s);
+  if (st && st->capturing) {
+    return static_cast<CUresult>(
+        emu::set_error(CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "cuStreamDestroy on a capturing stream"));
+  }
+  delete st;
   return ok();
 }
-CUresult cuStreamSynchronize(CUstream) { return ok(); }
-CUresult cuStreamQuery(CUstream) { return ok(); }
+CUresult cuStreamSynchronize(CUstream s) {
+  if (Stream* st = capturing(s)) {
+    st->invalidated = true;
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+        "cuStreamSynchronize on a capturing stream (the capture is invalidated)"));
+  }
+  if (unsafe_call_blocked()) return refuse_during_capture("cuStreamSynchronize");
+  return ok();
+}
+CUresult cuStreamQuery(CUstream s) {
+  if (capturing(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  return ok();
+}
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned int) { return ok(); }
-CUresult cuStreamIsCapturing(CUstream, CUstreamCaptureStatus* st) {
-  *st = CU_STREAM_CAPTURE_STATUS_NONE;
+CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* out) {
+  Stream* st = capturing(s);
+  *out = !st ? CU_STREAM_CAPTURE_STATUS_NONE
+             : (st->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
+                                : CU_STREAM_CAPTURE_STATUS_ACTIVE);
   return ok();
 }
-CUresult cuStreamBeginCapture_v2(CUstream, CUstreamCaptureMode) {
-  fprintf(stderr, "hrm-emu: stream capture (CUDA graphs) is not emulated\n");
-  return CUDA_ERROR_NOT_SUPPORTED;
+CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
+  Stream* st = as_stream(s);
+  if (!st) {
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "stream capture on the legacy default stream"));
+  }
+  if (st->capturing) {
+    return static_cast<CUresult>(
+        emu::set_error(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: the stream is already capturing"));
+  }
+  st->capturing = true;
+  st->invalidated = false;
+  st->mode = mode;
+  st->owner = std::this_thread::get_id();
+  st->graph = std::make_unique<Graph>();
+  g_any_captures++;
+  if (mode == CU_STREAM_CAPTURE_MODE_GLOBAL) g_global_captures++;
+  if (mode != CU_STREAM_CAPTURE_MODE_RELAXED) t_local_captures++;
+  std::lock_guard<std::mutex> g(g_capture_mu);
+  g_capturing.push_back(st);
+  return ok();
+}
+CUresult cuStreamEndCapture(CUstream s, CUgraph* out) {
+  *out = nullptr;
+  Stream* st = capturing(s);
+  if (!st) {
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture on a stream that is not capturing"));
+  }
+  st->capturing = false;
+  g_any_captures--;
+  if (st->mode == CU_STREAM_CAPTURE_MODE_GLOBAL) g_global_captures--;
+  if (st->mode != CU_STREAM_CAPTURE_MODE_RELAXED) t_local_captures--;
+  {
+    std::lock_guard<std::mutex> g(g_capture_mu);
+    for (size_t i = 0; i < g_capturing.size(); ++i) {
+      if (g_capturing[i] == st) {
+        g_capturing.erase(g_capturing.begin() + static_cast<long>(i));
+        break;
+      }
+    }
+  }
+  std::unique_ptr<Graph> graph = std::move(st->graph);
+  if (st->invalidated) {
+    st->invalidated = false;
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+        "cuStreamEndCapture: the capture was invalidated by an operation not allowed during "
+        "capture"));
+  }
+  *out = reinterpret_cast<CUgraph>(graph.release());
+  return ok();
+}
+CUresult cuGraphInstantiateWithFlags(CUgraphExec* out, CUgraph g, unsigned long long) {
+  if (!g) return CUDA_ERROR_INVALID_VALUE;
+  auto* e = new GraphExec{reinterpret_cast<Graph*>(g)->nodes};
+  *out = reinterpret_cast<CUgraphExec>(e);
+  return ok();
+}
+CUresult cuGraphUpload(CUgraphExec, CUstream) { return ok(); }
+// Launches the host issued outside a capture so far (kernels and graph launches): a test and
+// `hrm bench` read it to count the launches of a training step; a GPU gets the same count, as
+// the same code issues them.
+static unsigned long long g_launches = 0;
+unsigned long long hrm_emu_launch_count() { return g_launches; }
+
+CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+  if (!e) return CUDA_ERROR_INVALID_VALUE;
+  if (capturing(s)) {
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_NOT_SUPPORTED, "cuGraphLaunch on a capturing stream is not emulated"));
+  }
+  emu::clear_error();
+  ++g_launches;
+  for (const auto& n : reinterpret_cast<GraphExec*>(e)->nodes) {
+    CUresult rc = run_node(*n);
+    if (rc != CUDA_SUCCESS) return rc;
+  }
+  return ok();
+}
+CUresult cuGraphExecDestroy(CUgraphExec e) {
+  delete reinterpret_cast<GraphExec*>(e);
+  return ok();
+}
+CUresult cuGraphDestroy(CUgraph g) {
+  delete reinterpret_cast<Graph*>(g);
+  return ok();
 }
 
 CUresult cuEventCreate(CUevent* e, unsigned int) {
@@ -236,15 +542,23 @@ CUresult hrm_emu_event_elapsed_v1(float* ms, CUevent a, CUevent b) {
 }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+  if (unsafe_call_blocked()) return refuse_during_capture("cuMemAlloc");
   *p = emu::mem_alloc(bytes);
   return *p ? ok() : CUDA_ERROR_OUT_OF_MEMORY;
 }
-CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream) { return cuMemAlloc_v2(p, bytes); }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
+  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemAllocAsync (allocation node)");
+  return cuMemAlloc_v2(p, bytes);
+}
 CUresult cuMemFree_v2(CUdeviceptr p) {
   if (p == 0) return ok();
+  if (unsafe_call_blocked()) return refuse_during_capture("cuMemFree");
   return emu::mem_free(p) ? ok() : CUDA_ERROR_INVALID_VALUE;
 }
-CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return cuMemFree_v2(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
+  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemFreeAsync (free node)");
+  return cuMemFree_v2(p);
+}
 // Page-locked host memory: plain host memory here (copies complete at issue time anyway).
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
   *p = std::malloc(bytes ? bytes : 1);
@@ -264,7 +578,16 @@ CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
   std::memset(reinterpret_cast<void*>(p), v, n);
   return ok();
 }
-CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream) {
+CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
+  if (Stream* st = capturing(s)) {
+    if (!valid_ptr(p, n)) return bad_range("cuMemsetD8Async (captured)", p, n);
+    auto node = std::make_shared<Node>();
+    node->kind = Node::Memset8;
+    node->dst = p;
+    node->bytes = n;
+    node->value = v;
+    return record(st, std::move(node));
+  }
   return cuMemsetD8_v2(p, v, n);
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
@@ -272,7 +595,8 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
   if (n) std::memcpy(reinterpret_cast<void*>(dst), src, n);
   return ok();
 }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream) {
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
+  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemcpyHtoDAsync");
   return cuMemcpyHtoD_v2(dst, src, n);
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
@@ -280,7 +604,8 @@ CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
   if (n) std::memcpy(dst, reinterpret_cast<const void*>(src), n);
   return ok();
 }
-CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream) {
+CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) {
+  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemcpyDtoHAsync");
   return cuMemcpyDtoH_v2(dst, src, n);
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
@@ -289,7 +614,17 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
   if (n) std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
   return ok();
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) {
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+  if (Stream* st = capturing(s)) {
+    if (!valid_ptr(dst, n)) return bad_range("cuMemcpyDtoDAsync (captured, dst)", dst, n);
+    if (!valid_ptr(src, n)) return bad_range("cuMemcpyDtoDAsync (captured, src)", src, n);
+    auto node = std::make_shared<Node>();
+    node->kind = Node::CopyDtoD;
+    node->dst = dst;
+    node->src = src;
+    node->bytes = n;
+    return record(st, std::move(node));
+  }
   return cuMemcpyDtoD_v2(dst, src, n);
 }
 
@@ -331,33 +666,72 @@ CUresult cuModuleGetFunction(CUfunction* out, CUmodule mod, const char* name) {
             name);
     return CUDA_ERROR_NOT_FOUND;
   }
-  auto* f = new Func{k};
+  int bound = image_max_threads(*m, name);
+  auto* f = new Func{k, bound > 0 ? bound : 1024, kDefaultDynSmem};
   m->funcs.push_back(f);
   *out = reinterpret_cast<CUfunction>(f);
   return ok();
 }
-CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction) {
-  *v = a == CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK ? 1024 : 0;
+CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction f) {
+  auto* fn = reinterpret_cast<Func*>(f);
+  switch (a) {
+    case CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = fn->max_threads; break;
+    case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: *v = fn->max_dyn_smem; break;
+    default: *v = 0; break;
+  }
   return ok();
 }
-CUresult cuFuncSetAttribute(CUfunction, CUfunction_attribute, int) { return ok(); }
+CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) {
+  auto* fn = reinterpret_cast<Func*>(f);
+  if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
+    if (v < 0 || v > kMaxDynSmemOptin) {
+      return static_cast<CUresult>(emu::set_error(
+          CUDA_ERROR_INVALID_VALUE, std::string("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, ") +
+                                        std::to_string(v) + ") for " + fn->kernel->name +
+                                        ": above the 227 KiB per block of sm_90"));
+    }
+    fn->max_dyn_smem = v;
+  }
+  return ok();
+}
 CUresult cuFuncSetCacheConfig(CUfunction, CUfunc_cache) { return ok(); }
-
-// Kernel launches issued by the host so far (a test and `hrm bench` read it to count the
-// launches of a training step; a GPU gives the same count, as the same code issues them).
-static unsigned long long g_launches = 0;
-unsigned long long hrm_emu_launch_count() { return g_launches; }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
-                        CUstream, void** params, void** extra) {
-  ++g_launches;
+                        CUstream stream, void** params, void** extra) {
   if (extra != nullptr) {
     fprintf(stderr, "hrm-emu: cuLaunchKernel with `extra` is not emulated\n");
     return CUDA_ERROR_NOT_SUPPORTED;
   }
   auto* fn = reinterpret_cast<Func*>(f);
+  emu::clear_error();
   emu::LaunchDims d{{gx, gy, gz}, {bx, by, bz}, smem};
+  uint64_t threads = uint64_t(bx) * by * bz;
+  if (threads > static_cast<uint64_t>(fn->max_threads)) {
+    char buf[256];
+    snprintf(buf, sizeof buf,
+             "kernel %s launched with %llu threads per block, above its __launch_bounds__ (%d)",
+             fn->kernel->name, static_cast<unsigned long long>(threads), fn->max_threads);
+    return static_cast<CUresult>(emu::set_error(CUDA_ERROR_INVALID_VALUE, buf));
+  }
+  if (smem > static_cast<unsigned>(fn->max_dyn_smem)) {
+    char buf[320];
+    snprintf(buf, sizeof buf,
+             "kernel %s launched with %u bytes of dynamic shared memory, above its limit of %d "
+             "(above 48 KiB needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))",
+             fn->kernel->name, smem, fn->max_dyn_smem);
+    return static_cast<CUresult>(emu::set_error(CUDA_ERROR_INVALID_VALUE, buf));
+  }
+  if (Stream* st = capturing(stream)) {
+    if (int rc = emu::check_launch_dims(fn->kernel, d)) return static_cast<CUresult>(rc);
+    auto node = std::make_shared<Node>();
+    node->kind = Node::Kernel;
+    node->kernel = fn->kernel;
+    node->dims = d;
+    node->packed = fn->kernel->pack(params);
+    return record(st, std::move(node));
+  }
+  ++g_launches;
   return static_cast<CUresult>(emu::launch(fn->kernel, d, params));
 }
 
@@ -370,6 +744,10 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
     case CUDA_ERROR_ILLEGAL_ADDRESS: *s = "CUDA_ERROR_ILLEGAL_ADDRESS"; break;
     case CUDA_ERROR_LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
     case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
+    case CUDA_ERROR_ILLEGAL_STATE: *s = "CUDA_ERROR_ILLEGAL_STATE"; break;
+    case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED"; break;
+    case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: *s = "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"; break;
+    case CUDA_ERROR_STREAM_CAPTURE_UNMATCHED: *s = "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED"; break;
     default: *s = "CUDA_ERROR (emulation)"; break;
   }
   return ok();
@@ -379,8 +757,7 @@ CUresult cuGetErrorString(CUresult e, const char** s) {
   const char* name;
   cuGetErrorName(e, &name);
   msg = name;
-  if ((e == CUDA_ERROR_ILLEGAL_ADDRESS || e == CUDA_ERROR_LAUNCH_FAILED) &&
-      !emu::last_error().empty()) {
+  if (e != CUDA_SUCCESS && !emu::last_error().empty()) {
     msg += ": " + emu::last_error();
   }
   *s = msg.c_str();

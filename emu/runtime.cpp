@@ -163,6 +163,39 @@ size_t mem_live_allocations() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Shared memory poisoning
+//
+// Static `__shared__` variables of the host-compiled kernels live in the section
+// `hrm_emu_smem` (see cuda_emu.h); dynamic shared memory is a per-launch buffer. Both are
+// filled with the red-zone pattern (a signaling NaN as f32 and bf16) before EVERY block, so a
+// block that reads shared memory it did not write itself (in this block) gets NaN instead of a
+// value an earlier block left behind. The section is one copy per process, so launches are
+// serialised by g_launch_mu (GEMMs and copies still run concurrently).
+extern "C" {
+extern char __start_hrm_emu_smem[] __attribute__((weak, visibility("hidden")));
+extern char __stop_hrm_emu_smem[] __attribute__((weak, visibility("hidden")));
+}
+namespace {
+std::mutex g_launch_mu;
+void poison(char* from, char* to) {
+  // same pattern as the red zones: 0xA5 at even, 0x7F at odd addresses
+  if (from >= to) return;
+  uintptr_t a = reinterpret_cast<uintptr_t>(from);
+  if (a & 1) *from++ = static_cast<char>(0x7F);
+  size_t n = static_cast<size_t>(to - from);
+  uint64_t pat = 0x7FA57FA57FA57FA5ull;
+  size_t words = n / 8;
+  for (size_t i = 0; i < words; ++i) std::memcpy(from + 8 * i, &pat, 8);
+  for (size_t i = words * 8; i < n; ++i) from[i] = static_cast<char>((i & 1) ? 0x7F : 0xA5);
+}
+}  // namespace
+
+size_t static_smem_bytes() {
+  if (!__start_hrm_emu_smem || !__stop_hrm_emu_smem) return 0;
+  return static_cast<size_t>(__stop_hrm_emu_smem - __start_hrm_emu_smem);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fibers
 #if defined(__x86_64__)
 extern "C" void emu_switch(void** save_sp, void* to_sp);
@@ -361,6 +394,11 @@ bool run_block(const LaunchDims& d, U3 bidx, uint64_t seed) {
       std::swap(t_s.order[i], t_s.order[j]);
     }
   }
+  if (__start_hrm_emu_smem && __stop_hrm_emu_smem) poison(__start_hrm_emu_smem, __stop_hrm_emu_smem);
+  if (d.dyn_smem_bytes) {
+    char* dyn = static_cast<char*>(t_s.dyn_smem);
+    poison(dyn, dyn + d.dyn_smem_bytes);
+  }
   t_s.live = nt;
   t_s.bar_count = 0;
   t_s.bar_gen = 0;
@@ -530,21 +568,40 @@ uint64_t shfl_bits(unsigned mask, uint64_t bits, int arg, int mode, int width) {
 // Launch
 const std::string& last_error() { return t_last_error; }
 
-int launch(const KernelEntry* k, const LaunchDims& d, void** params) {
+int set_error(int code, const std::string& what) {
+  t_last_error = what;
+  fprintf(stderr, "hrm-emu: %s\n", what.c_str());
+  return code;
+}
+void clear_error() { t_last_error.clear(); }
+
+int check_launch_dims(const KernelEntry* k, const LaunchDims& d) {
   constexpr int CUDA_ERROR_INVALID_VALUE = 1;
-  constexpr int CUDA_ERROR_ILLEGAL_ADDRESS = 700;
-  constexpr int CUDA_ERROR_LAUNCH_FAILED = 719;
-  t_last_error.clear();
   uint64_t nt = uint64_t(d.block.x) * d.block.y * d.block.z;
   if (nt == 0 || nt > kMaxThreads || d.grid.x == 0 || d.grid.y == 0 || d.grid.z == 0 ||
       d.grid.y > 65535 || d.grid.z > 65535 || d.block.z > 64 || d.dyn_smem_bytes > 227 * 1024) {
-    t_last_error = std::string("invalid launch configuration for ") + k->name;
-    fprintf(stderr, "hrm-emu: %s\n", t_last_error.c_str());
-    return CUDA_ERROR_INVALID_VALUE;
+    return set_error(CUDA_ERROR_INVALID_VALUE,
+                     std::string("invalid launch configuration for ") + k->name);
   }
+  return 0;
+}
+
+int launch(const KernelEntry* k, const LaunchDims& d, void** params) {
+  t_last_error.clear();
+  if (int rc = check_launch_dims(k, d)) return rc;
+  void* packed = k->pack(params);
+  int rc = launch_packed(k, d, packed);
+  k->unpack_free(packed);
+  return rc;
+}
+
+int launch_packed(const KernelEntry* k, const LaunchDims& d, const void* packed) {
+  constexpr int CUDA_ERROR_ILLEGAL_ADDRESS = 700;
+  constexpr int CUDA_ERROR_LAUNCH_FAILED = 719;
+  t_last_error.clear();
+  if (int rc = check_launch_dims(k, d)) return rc;
   install_fault_handler();
   ensure_stacks();
-  void* packed = k->pack(params);
   uint64_t ptrs[64];
   int nptr = 0;
   k->pointer_args(packed, ptrs, &nptr);
@@ -553,13 +610,11 @@ int launch(const KernelEntry* k, const LaunchDims& d, void** params) {
       char buf[256];
       snprintf(buf, sizeof buf, "kernel %s: pointer argument %d (0x%llx) is not in a live device "
                "allocation", k->name, i, static_cast<unsigned long long>(ptrs[i]));
-      t_last_error = buf;
-      fprintf(stderr, "hrm-emu: %s\n", buf);
-      k->unpack_free(packed);
-      return CUDA_ERROR_ILLEGAL_ADDRESS;
+      return set_error(CUDA_ERROR_ILLEGAL_ADDRESS, buf);
     }
   }
-  std::vector<uint64_t> smem((d.dyn_smem_bytes + 7) / 8 + 1, ~0ull);  // poisoned (NaN)
+  std::lock_guard<std::mutex> serial(g_launch_mu);
+  std::vector<uint64_t> smem((d.dyn_smem_bytes + 7) / 8 + 1, ~0ull);  // poisoned per block
   t_s.kernel = k;
   t_s.args = packed;
   t_s.dyn_smem = smem.data();
@@ -587,7 +642,6 @@ int launch(const KernelEntry* k, const LaunchDims& d, void** params) {
     if (ptrs[i] != 0 && !mem_guards_ok(ptrs[i], &msg)) rc = CUDA_ERROR_ILLEGAL_ADDRESS;
   }
   if (!msg.empty()) t_last_error += std::string("kernel ") + k->name + ": " + msg;
-  k->unpack_free(packed);
   if (rc != 0) fprintf(stderr, "hrm-emu: %s\n", t_last_error.c_str());
   return rc;
 }

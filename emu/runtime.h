@@ -33,7 +33,18 @@ struct LaunchDims {
 // Runs a whole launch now, block after block. Returns 0 (CUDA_SUCCESS) or a CUresult code;
 // the reason is printed to stderr and kept in last_error().
 int launch(const KernelEntry* k, const LaunchDims& dims, void** params);
+// The same with arguments already copied out by k->pack (a captured graph node); `packed`
+// stays owned by the caller.
+int launch_packed(const KernelEntry* k, const LaunchDims& dims, const void* packed);
+// Checks grid/block/dynamic-shared-memory limits of a launch (0 or a CUresult code, with
+// last_error() set).
+int check_launch_dims(const KernelEntry* k, const LaunchDims& dims);
 const std::string& last_error();
+// Sets last_error() (and prints it) for a failure found by the driver; returns `code`.
+int set_error(int code, const std::string& what);
+void clear_error();
+// Bytes of static shared memory (all kernels together) re-poisoned before every block.
+size_t static_smem_bytes();
 
 void install_fault_handler();
 

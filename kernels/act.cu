@@ -44,13 +44,26 @@ static __device__ __forceinline__ unsigned nonfinite(float x) {
   return (__float_as_int(x) & 0x7f800000) == 0x7f800000 ? 1u : 0u;
 }
 
+// 16-byte vectors of 8 bf16 when all three buffers are aligned, then the < 8 tail elements.
 extern "C" __global__ void __launch_bounds__(256)
     add_bf16(const bf16* __restrict__ a, const bf16* __restrict__ b, bf16* __restrict__ out,
              long long n) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {
-    out[i] = f2bf(bf2f(a[i]) + bf2f(b[i]));
+  const long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  long long done = 0;
+  if (aligned16(a) && aligned16(b) && aligned16(out)) {
+    const long long nv = n >> 3;
+    for (long long v = tid; v < nv; v += stride) {
+      float x[8], y[8];
+      load_bf16x8(a + 8 * v, x);
+      load_bf16x8(b + 8 * v, y);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] += y[e];
+      store_bf16x8(out + 8 * v, x);
+    }
+    done = nv << 3;
   }
+  for (long long i = done + tid; i < n; i += stride) out[i] = f2bf(bf2f(a[i]) + bf2f(b[i]));
 }
 EMU_REGISTER(add_bf16)
 
@@ -59,11 +72,12 @@ extern "C" __global__ void __launch_bounds__(256)
                     const unsigned char* __restrict__ mask, int batch, int seq, int width) {
   const int b = blockIdx.y;
   if (b >= batch || !mask[b]) return;
-  const long long per_row = (long long)seq * width;
-  bf16* row = z + b * per_row;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < per_row;
-       i += (long long)gridDim.x * blockDim.x) {
-    row[i] = f2bf(init[i % width]);
+  // one sequence's state: seq * width < 2^32 elements, so 32-bit index math (no 64-bit %)
+  const unsigned per_row = (unsigned)seq * (unsigned)width;
+  bf16* row = z + (size_t)b * per_row;
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < per_row;
+       i += gridDim.x * blockDim.x) {
+    row[i] = f2bf(init[i % (unsigned)width]);
   }
 }
 EMU_REGISTER(reset_rows_bf16)

@@ -85,3 +85,32 @@ extern "C" __global__ void selftest_divergent_barrier(float* y) {
   }
 }
 EMU_REGISTER(selftest_divergent_barrier)
+
+// BROKEN: only block 0 fills the static shared buffer; every block reads it. On a GPU the other
+// blocks read whatever their SM's shared memory held; the emulation re-poisons static shared
+// memory before every block, so they read NaN.
+extern "C" __global__ void selftest_smem_stale(const float* x, float* y) {
+  __shared__ float s[64];
+  const int t = threadIdx.x;
+  if (blockIdx.x == 0) s[t] = x[t];
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + t] = s[t];
+}
+EMU_REGISTER(selftest_smem_stale)
+
+// Correct twin: every block fills its own buffer.
+extern "C" __global__ void selftest_smem_own(const float* x, float* y) {
+  __shared__ float s[64];
+  const int t = threadIdx.x;
+  s[t] = x[t];
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + t] = s[blockDim.x - 1 - t];
+}
+EMU_REGISTER(selftest_smem_own)
+
+// Declares at most 64 threads per block: a launch with more must fail.
+extern "C" __global__ void __launch_bounds__(64) selftest_bounded64(const float* x, float* y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = x[i] + 1.0f;
+}
+EMU_REGISTER(selftest_bounded64)

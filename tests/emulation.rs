@@ -214,3 +214,252 @@ fn events_time_a_launch_and_streams_are_independent() {
     s2.synchronize().unwrap();
     assert_eq!(s2.clone_dtoh(&z).unwrap(), vec![3.0f32; 5]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Launch limits, shared-memory poisoning and CUDA graphs (capture and replay).
+
+use cudarc::driver::sys::{
+    CUfunction_attribute_enum as FuncAttr, CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use hrm::backend::cuda::gemm::Gemm;
+
+/// A freshly loaded copy of a selftest kernel (function attributes start at their defaults).
+fn fresh_selftest_fn(dev: &CudaDevice, kernel: &str, cubin: bool) -> cudarc::driver::CudaFunction {
+    let m = MODULES.iter().find(|m| m.name == "selftest").expect("selftest module");
+    let image = if cubin { Ptx::from_binary(m.cubin_sm90a.to_vec()) } else { Ptx::from_src(m.ptx) };
+    dev.ctx.load_module(image).unwrap().load_function(kernel).unwrap()
+}
+
+#[test]
+fn static_shared_memory_is_poisoned_for_every_block() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let (blocks, block) = (3usize, 64usize);
+    let x: Vec<f32> = (0..block).map(|i| i as f32 + 0.5).collect();
+    let xd = upload(&dev, &x);
+    let run = |kernel: &'static str| -> Vec<f32> {
+        let mut y = poisoned_f32(&dev, blocks * block);
+        let f = dev.func("selftest", kernel).unwrap();
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xd).arg(&mut y);
+        // SAFETY: (const float*, float*); x holds blockDim.x values, y one per thread.
+        unsafe { b.launch(cfg(blocks as u32, block as u32, 0)) }.unwrap();
+        download(&dev, &y)
+    };
+    // correct: every block fills its own shared buffer
+    let own = run("selftest_smem_own");
+    for (i, v) in own.iter().enumerate() {
+        assert_eq!(*v, x[block - 1 - i % block], "element {i}");
+    }
+    if !emulated(&dev, "smem_stale") {
+        return;
+    }
+    // planted bug: blocks 1.. read shared memory only block 0 wrote
+    let stale = run("selftest_smem_stale");
+    assert_eq!(&stale[..block], &x[..], "block 0 wrote its own buffer");
+    assert!(
+        stale[block..].iter().all(|v| v.is_nan()),
+        "a block read shared memory an earlier block left behind and it went unnoticed: {:?}",
+        &stale[block..block + 4]
+    );
+}
+
+#[test]
+fn dynamic_shared_memory_above_48k_needs_opt_in() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let block = 128u32;
+    let x: Vec<f32> = (0..block).map(|i| i as f32).collect();
+    let xd = upload(&dev, &x);
+    let want: Vec<f32> = x.iter().rev().copied().collect();
+    for cubin in [true, false] {
+        let f = fresh_selftest_fn(&dev, "selftest_reverse_dyn", cubin);
+        let run = |smem: u32| -> anyhow::Result<Vec<f32>> {
+            let mut y = poisoned_f32(&dev, block as usize);
+            let mut b = dev.stream.launch_builder(&f);
+            let sync = 1i32;
+            b.arg(&xd).arg(&mut y).arg(&sync);
+            // SAFETY: (const float*, float*, int); smem >= one float per thread.
+            unsafe { b.launch(cfg(1, block, smem)) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+            dev.sync()?;
+            Ok(download(&dev, &y))
+        };
+        assert_eq!(run(48 * 1024).unwrap(), want, "48 KiB needs no opt-in");
+        let err = run(64 * 1024).expect_err("64 KiB of dynamic shared memory without opt-in ran");
+        if dev.kind == DeviceKind::Emulation {
+            assert!(format!("{err}").contains("MAX_DYNAMIC_SHARED_SIZE_BYTES"), "{err}");
+        }
+        f.set_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 64 * 1024).unwrap();
+        assert_eq!(run(64 * 1024).unwrap(), want, "64 KiB after opting in");
+        assert!(run(96 * 1024).is_err(), "96 KiB above the opted-in 64 KiB ran");
+        assert!(
+            f.set_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 300 * 1024).is_err(),
+            "an opt-in above the 227 KiB of sm_90 was accepted"
+        );
+    }
+}
+
+#[test]
+fn launch_bounds_are_enforced() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let n = 256usize;
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let xd = upload(&dev, &x);
+    for cubin in [true, false] {
+        let f = fresh_selftest_fn(&dev, "selftest_bounded64", cubin);
+        assert_eq!(f.get_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK).unwrap(), 64);
+        let run = |block: u32| -> anyhow::Result<Vec<f32>> {
+            let mut y = poisoned_f32(&dev, n);
+            let mut b = dev.stream.launch_builder(&f);
+            let ni = n as i32;
+            b.arg(&xd).arg(&mut y).arg(&ni);
+            // SAFETY: (const float*, float*, int).
+            unsafe { b.launch(cfg(n as u32 / block, block, 0)) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+            dev.sync()?;
+            Ok(download(&dev, &y))
+        };
+        let want: Vec<f32> = x.iter().map(|v| v + 1.0).collect();
+        assert_eq!(run(64).unwrap(), want);
+        assert_eq!(run(32).unwrap(), want);
+        let err = run(128).expect_err("a launch above __launch_bounds__(64) ran");
+        if dev.kind == DeviceKind::Emulation {
+            assert!(format!("{err}").contains("__launch_bounds__"), "{err}");
+        }
+    }
+    // every model kernel states its bound, and the loaded image reports it
+    for r in RESOURCES.iter().filter(|r| r.file != "selftest") {
+        let f = dev.func(MODULES.iter().find(|m| m.name == r.file).unwrap().name, r.kernel).unwrap();
+        let bound = f.get_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK).unwrap();
+        assert!(bound > 0 && bound <= 1024, "{}: max threads {bound}", r.kernel);
+    }
+}
+
+fn capture_mode() -> CUstreamCaptureMode {
+    // THREAD_LOCAL: tests of this binary allocate in parallel threads; GLOBAL would refuse that.
+    CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+}
+
+#[test]
+fn graph_capture_replays_kernels_copies_memsets_and_gemms_in_order() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    // its own stream: other tests of this binary use the device's stream concurrently
+    let s = dev.new_stream().unwrap();
+    let n = 256usize;
+    let (m, k, nn) = (8usize, 16usize, 8usize);
+    let mut r = rng(11);
+    let x1 = randn(&mut r, n, 1.0);
+    let mut x = s.clone_htod(&x1).unwrap();
+    let mut y = s.clone_htod(&vec![f32::NAN; n]).unwrap();
+    let mut z = s.clone_htod(&vec![f32::NAN; n]).unwrap();
+    let mut w = s.clone_htod(&vec![f32::NAN; n]).unwrap();
+    let mut u = s.clone_htod(&vec![f32::NAN; n]).unwrap();
+    let a1 = round_bf16(&randn(&mut r, m * k, 1.0));
+    let b = round_bf16(&randn(&mut r, k * nn, 1.0));
+    let mut ad = s.clone_htod(&to_bf16(&a1)).unwrap();
+    let bd = s.clone_htod(&to_bf16(&b)).unwrap();
+    let mut cd = s.clone_htod(&vec![f32::NAN; m * nn]).unwrap();
+    let gemm = Gemm::new(s.clone()).unwrap();
+    gemm.matmul(m, nn, k, &ad, false, &bd, false, &mut cd, 1.0, 0.0).unwrap(); // plan outside
+    s.memcpy_htod(&vec![f32::NAN; m * nn], &mut cd).unwrap();
+    s.synchronize().unwrap();
+
+    let scale = dev.func("selftest", "selftest_scale").unwrap();
+    let plus1 = dev.func("selftest", "selftest_bounded64").unwrap();
+    let ni = n as i32;
+    s.begin_capture(capture_mode()).unwrap();
+    {
+        let mut l = s.launch_builder(&scale);
+        l.arg(&x).arg(&mut y).arg(&ni);
+        // SAFETY: (const float*, float*, int), n elements each.
+        unsafe { l.launch(cfg(1, 256, 0)) }.unwrap(); // y = 2x
+    }
+    s.memcpy_dtod(&y, &mut z).unwrap(); // z = 2x
+    {
+        let mut l = s.launch_builder(&plus1);
+        l.arg(&z).arg(&mut u).arg(&ni);
+        // SAFETY: as above; 64 threads per block (its bound).
+        unsafe { l.launch(cfg(4, 64, 0)) }.unwrap(); // u = 2x + 1
+    }
+    s.memset_zeros(&mut w).unwrap();
+    gemm.matmul(m, nn, k, &ad, false, &bd, false, &mut cd, 1.0, 0.0).unwrap();
+    let graph = s.end_capture(CUgraphInstantiate_flags(0)).unwrap().expect("a graph");
+    // capture recorded and ran nothing
+    assert!(s.clone_dtoh(&y).unwrap().iter().all(|v| v.is_nan()), "a captured launch ran at capture");
+    assert!(s.clone_dtoh(&cd).unwrap().iter().all(|v| v.is_nan()), "a captured GEMM ran at capture");
+
+    let check = |xs: &[f32], a: &[f32], y: &CudaSlice<f32>, w: &CudaSlice<f32>| {
+        let yv = s.clone_dtoh(y).unwrap();
+        let zv = s.clone_dtoh(&z).unwrap();
+        let uv = s.clone_dtoh(&u).unwrap();
+        let wv = s.clone_dtoh(w).unwrap();
+        for i in 0..n {
+            assert_eq!(yv[i], 2.0 * xs[i], "y[{i}]");
+            assert_eq!(zv[i], 2.0 * xs[i], "z[{i}]");
+            assert_eq!(uv[i], 2.0 * xs[i] + 1.0, "u[{i}]");
+            assert_eq!(wv[i], 0.0, "w[{i}]");
+        }
+        let cv = s.clone_dtoh(&cd).unwrap();
+        let mut want = vec![0.0f32; m * nn];
+        for i in 0..m {
+            for j in 0..nn {
+                want[i * nn + j] = (0..k).map(|p| a[i * k + p] * b[p * nn + j]).sum();
+            }
+        }
+        // bf16 operands are exact in f32; k = 16 products summed in f32: ~1e-6 relative.
+        assert_close("captured gemm", &cv, &want, 1e-5, 1e-3);
+    };
+    graph.launch().unwrap();
+    s.synchronize().unwrap();
+    check(&x1, &a1, &y, &w);
+    // new inputs, same graph: the replay reads them
+    let x2 = randn(&mut r, n, 3.0);
+    let a2 = round_bf16(&randn(&mut r, m * k, 2.0));
+    s.memcpy_htod(&x2, &mut x).unwrap();
+    s.memcpy_htod(&to_bf16(&a2), &mut ad).unwrap();
+    s.memcpy_htod(&vec![f32::NAN; n], &mut y).unwrap();
+    s.memcpy_htod(&vec![f32::NAN; n], &mut w).unwrap();
+    graph.launch().unwrap();
+    graph.launch().unwrap(); // idempotent graph: twice gives the same
+    s.synchronize().unwrap();
+    check(&x2, &a2, &y, &w);
+    drop(graph);
+}
+
+#[test]
+fn capture_refuses_synchronisation_and_host_copies() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let s = dev.new_stream().unwrap();
+    let x = s.clone_htod(&[1.0f32; 64]).unwrap();
+    let mut y = s.clone_htod(&[f32::NAN; 64]).unwrap();
+    s.synchronize().unwrap();
+    // synchronising a capturing stream fails and invalidates the capture
+    s.begin_capture(capture_mode()).unwrap();
+    s.memcpy_dtod(&x, &mut y).unwrap();
+    assert!(s.synchronize().is_err(), "cuStreamSynchronize during capture was accepted");
+    assert!(s.end_capture(CUgraphInstantiate_flags(0)).is_err(), "an invalidated capture ended well");
+    assert!(s.clone_dtoh(&y).unwrap().iter().all(|v| v.is_nan()), "the captured copy ran");
+    if !emulated(&dev, "capture_host_copies") {
+        return;
+    }
+    // host-to-device copies cannot be captured (pageable host memory)
+    s.begin_capture(capture_mode()).unwrap();
+    let err = s.memcpy_htod(&[2.0f32; 64], &mut y).expect_err("a host copy was captured");
+    assert!(format!("{err}").contains("capturing stream"), "{err}");
+    assert!(s.end_capture(CUgraphInstantiate_flags(0)).is_err());
+    // allocation during a (non-relaxed) capture in this thread is refused
+    s.begin_capture(capture_mode()).unwrap();
+    let err = s.alloc_zeros::<f32>(16).expect_err("an allocation during capture was accepted");
+    assert!(format!("{err}").contains("stream capture"), "{err}");
+    assert!(s.end_capture(CUgraphInstantiate_flags(0)).is_err());
+    // the stream works normally afterwards
+    s.memcpy_dtod(&x, &mut y).unwrap();
+    assert_eq!(s.clone_dtoh(&y).unwrap(), vec![1.0f32; 64]);
+}

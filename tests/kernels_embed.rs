@@ -84,12 +84,27 @@ fn embed_odd_sizes_and_positions() {
 }
 
 #[test]
+fn embed_bwd_tiles_and_large_vocab() {
+    // Sudoku width (hidden 512) with positions and enough batch rows for several tiles per
+    // position: the shared-memory pre-reduction and its flush
+    let dims =
+        EmbedDims { batch: 40, seq_len: 81, prefix_len: 1, hidden: 512, puzzle_emb_ndim: 512, scale: 22.6 };
+    check(dims, 11, 3, true, 35);
+    // vocab x hidden above the 48 KiB of shared memory: per-element global atomics
+    let dims = EmbedDims { batch: 6, seq_len: 9, prefix_len: 1, hidden: 64, puzzle_emb_ndim: 64, scale: 1.5 };
+    check(dims, 200, 1, true, 36);
+    // hidden a multiple of 4, not of 8: scalar columns
+    let dims = EmbedDims { batch: 5, seq_len: 6, prefix_len: 1, hidden: 20, puzzle_emb_ndim: 12, scale: 1.0 };
+    check(dims, 7, 2, false, 37);
+}
+
+#[test]
 fn add_inplace_matches() {
     let Some(dev) = device("kernels_embed") else {
         return;
     };
     let mut r = rng(34);
-    for n in [1usize, 1000, 4099] {
+    for n in [1usize, 7, 8, 1000, 4099, 82 * 512 + 3] {
         let a = round_bf16(&randn(&mut r, n, 1.0));
         let b = round_bf16(&randn(&mut r, n, 1.0));
         let mut ad = upload(&dev, &to_bf16(&a));

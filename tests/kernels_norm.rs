@@ -67,3 +67,52 @@ fn norm_output_is_poison_free_for_zero_rows() {
     kernels::add_rms_norm_fwd(&dev, &x, &x, &mut y, &mut rstd, 0, 4, 1e-5).unwrap();
     assert!(from_bf16(&download(&dev, &y)).iter().all(|v| v.is_nan()));
 }
+
+#[test]
+fn norm_vector_width_edges() {
+    // the register path takes d % 8 == 0 and d <= 1024; everything else the scalar path
+    check(9, 1024, 5); // largest register-path row (4 vectors of 8 per lane)
+    check(3, 1030, 6); // above 1024 and not a multiple of 8
+    check(2, 2048, 7); // above 1024, a multiple of 8
+    check(11, 8, 8); // one vector per row, most lanes idle
+    check(10, 516, 9); // a multiple of 4, not of 8
+}
+
+#[test]
+fn norm_unaligned_rows_take_the_scalar_path() {
+    // views starting one element (2 bytes) into their buffers: no 16-byte vector access allowed
+    let Some(dev) = device("kernels_norm") else {
+        return;
+    };
+    let (rows, d) = (6usize, 512usize);
+    let mut r = rng(10);
+    let x = round_bf16(&randn(&mut r, rows * d + 1, 1.0));
+    let res = round_bf16(&randn(&mut r, rows * d + 1, 0.5));
+    let (xd, rd) = (upload(&dev, &to_bf16(&x)), upload(&dev, &to_bf16(&res)));
+    let mut yd = poisoned_bf16(&dev, rows * d + 1);
+    let mut rstd_d = poisoned_f32(&dev, rows);
+    {
+        let (xv, rv) = (xd.slice(1..), rd.slice(1..));
+        let mut yv = yd.slice_mut(1..);
+        kernels::add_rms_norm_fwd(&dev, &xv, &rv, &mut yv, &mut rstd_d, rows, d, 1e-5).unwrap();
+    }
+    let (mut y, mut rstd) = (vec![0.0; rows * d], vec![0.0; rows]);
+    norm::add_rms_norm_fwd(&x[1..], &res[1..], &mut y, &mut rstd, d, 1e-5);
+    let y_got = from_bf16(&download(&dev, &yd));
+    assert!(y_got[0].is_nan(), "the element before the view was written");
+    assert_close("y (unaligned)", &y_got[1..], &y, 2.0 * BF16_EPS, 0.0);
+    assert_close("rstd (unaligned)", &download(&dev, &rstd_d), &rstd, 1e-6, 0.0);
+    let dy = round_bf16(&randn(&mut r, rows * d + 1, 1.0));
+    let dyd = upload(&dev, &to_bf16(&dy));
+    let mut dxd = poisoned_bf16(&dev, rows * d + 1);
+    {
+        let (dyv, yv) = (dyd.slice(1..), yd.slice(1..));
+        let mut dxv = dxd.slice_mut(1..);
+        kernels::rms_norm_bwd(&dev, &dyv, &yv, &rstd_d, &mut dxv, rows, d).unwrap();
+    }
+    let mut dx = vec![0.0; rows * d];
+    norm::rms_norm_bwd(&dy[1..], &y_got[1..], &download(&dev, &rstd_d), &mut dx, d);
+    let dx_got = from_bf16(&download(&dev, &dxd));
+    assert!(dx_got[0].is_nan());
+    assert_close("dx (unaligned)", &dx_got[1..], &dx, 2.0 * BF16_EPS, 1.0);
+}

@@ -38,6 +38,38 @@ fn swiglu_sizes() {
     check_swiglu(8, 1536, 11); // the Sudoku model's inter
     check_swiglu(1, 3, 12); // batch 1, tiny
     check_swiglu(13, 77, 13); // odd sizes
+    check_swiglu(82, 1536, 14); // one Sudoku sequence (S = 82 rows), vector path
+    check_swiglu(7, 8, 15); // one vector per row
+    check_swiglu(5, 20, 16); // a multiple of 4, not of 8: scalar path
+}
+
+#[test]
+fn swiglu_unaligned_rows_take_the_scalar_path() {
+    // every buffer a view one element (2 bytes) into its allocation
+    let Some(dev) = device("kernels_swiglu") else {
+        return;
+    };
+    let (rows, inter) = (4usize, 64usize);
+    let mut r = rng(17);
+    let gu = round_bf16(&randn(&mut r, rows * 2 * inter + 1, 2.0));
+    let gud = upload(&dev, &to_bf16(&gu));
+    let mut outd = poisoned_bf16(&dev, rows * inter + 1);
+    kernels::swiglu_fwd(&dev, &gud.slice(1..), &mut outd.slice_mut(1..), rows, inter).unwrap();
+    let mut out = vec![0.0; rows * inter];
+    swiglu::swiglu_fwd(&gu[1..], &mut out, inter);
+    let got = from_bf16(&download(&dev, &outd));
+    assert!(got[0].is_nan(), "the element before the view was written");
+    assert_close("swiglu out (unaligned)", &got[1..], &out, 2.0 * BF16_EPS, 0.01);
+    let dout = round_bf16(&randn(&mut r, rows * inter + 1, 1.0));
+    let doutd = upload(&dev, &to_bf16(&dout));
+    let mut dgud = poisoned_bf16(&dev, rows * 2 * inter + 1);
+    kernels::swiglu_bwd(&dev, &doutd.slice(1..), &gud.slice(1..), &mut dgud.slice_mut(1..), rows, inter)
+        .unwrap();
+    let mut dgu = vec![0.0; rows * 2 * inter];
+    swiglu::swiglu_bwd(&dout[1..], &gu[1..], &mut dgu, inter);
+    let got = from_bf16(&download(&dev, &dgud));
+    assert!(got[0].is_nan());
+    assert_close("swiglu dgate_up (unaligned)", &got[1..], &dgu, 2.0 * BF16_EPS, 0.01);
 }
 
 fn check_rope(batch: usize, seq: usize, heads: usize, head_dim: usize, seed: u64) {
@@ -76,4 +108,6 @@ fn rope_sizes() {
     check_rope(2, 82, 8, 64, 21); // Sudoku: S = 82, 8 heads of 64
     check_rope(1, 5, 1, 2, 22); // batch 1, smallest head
     check_rope(3, 7, 3, 10, 23); // odd sizes
+    check_rope(2, 9, 3, 16, 24); // half = 8: one vector of 8 pairs per head half
+    check_rope(1, 4, 2, 24, 25); // half = 12: scalar path
 }

@@ -22,6 +22,37 @@ pub(super) fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Element-wise launch for kernels whose fast path handles 8 elements per thread (16-byte
+/// vectors of bf16) when `lanes_of_8` holds, one element per thread otherwise.
+fn elementwise_vec8(n: usize, lanes_of_8: bool) -> LaunchConfig {
+    elementwise(if lanes_of_8 { n.div_ceil(8) } else { n })
+}
+
+/// One warp per row, 8 rows per 256-thread block.
+fn warp_per_row(rows: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil((BLOCK / 32) as usize).max(1) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Shared memory limit of the pre-reducing embedding backward (EMBED_SMEM_MAX in embed.cu).
+const EMBED_SMEM_MAX: usize = 49152;
+
+/// Tiles of the embedding backward: `sb` positions x `bb` batch rows per block, about two
+/// blocks per SM of an H200, and the dynamic shared memory the kernel then uses (0 when the
+/// tables do not fit: the kernel falls back to global atomics, by the same rule).
+fn embed_bwd_shape(s_len: usize, batch: usize, hidden: usize, vocab: usize, pos: bool) -> LaunchConfig {
+    let sb = s_len.clamp(1, 4);
+    let gx = s_len.div_ceil(sb).max(1);
+    let gy_target = 264usize.div_ceil(gx).clamp(1, batch.max(1));
+    let bb = batch.div_ceil(gy_target).max(1);
+    let gy = batch.div_ceil(bb).max(1);
+    // the kernel derives sb and bb from the grid again: ceil(S / gx), ceil(batch / gy)
+    let sb_k = s_len.div_ceil(gx);
+    let bytes = (vocab + if pos { sb_k } else { 0 }) * hidden * 4;
+    let smem = if bytes <= EMBED_SMEM_MAX { bytes as u32 } else { 0 };
+    LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: smem }
+}
+
 fn per_row(rows: usize, block: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
 }
@@ -84,7 +115,7 @@ pub fn add_rms_norm_fwd(
     let mut b = s.launch_builder(&f);
     b.arg(&px).arg(&pr).arg(&py).arg(&ps).arg(&rows_i).arg(&d_i).arg(&eps);
     // SAFETY: argument types and order match the kernel; sizes checked above.
-    unsafe { b.launch(per_row(rows, 256)) }.map_err(launch_err("add_rms_norm_fwd_bf16"))?;
+    unsafe { b.launch(warp_per_row(rows)) }.map_err(launch_err("add_rms_norm_fwd_bf16"))?;
     Ok(())
 }
 
@@ -113,7 +144,7 @@ pub fn rms_norm_bwd(
     let mut b = s.launch_builder(&f);
     b.arg(&pdy).arg(&py).arg(&ps).arg(&pdx).arg(&rows_i).arg(&d_i);
     // SAFETY: as above.
-    unsafe { b.launch(per_row(rows, 256)) }.map_err(launch_err("rms_norm_bwd_bf16"))?;
+    unsafe { b.launch(warp_per_row(rows)) }.map_err(launch_err("rms_norm_bwd_bf16"))?;
     Ok(())
 }
 
@@ -133,8 +164,9 @@ pub fn swiglu_fwd(
     let (rows_l, inter_i) = (rows as i64, i32_of(inter, "inter")?);
     let mut b = s.launch_builder(&f);
     b.arg(&pg).arg(&po).arg(&rows_l).arg(&inter_i);
+    let shape = elementwise_vec8(rows * inter, inter.is_multiple_of(8));
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(rows * inter)) }.map_err(launch_err("swiglu_fwd_bf16"))?;
+    unsafe { b.launch(shape) }.map_err(launch_err("swiglu_fwd_bf16"))?;
     Ok(())
 }
 
@@ -157,8 +189,9 @@ pub fn swiglu_bwd(
     let (rows_l, inter_i) = (rows as i64, i32_of(inter, "inter")?);
     let mut b = s.launch_builder(&f);
     b.arg(&pd).arg(&pg).arg(&pdg).arg(&rows_l).arg(&inter_i);
+    let shape = elementwise_vec8(rows * inter, inter.is_multiple_of(8));
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(rows * inter)) }.map_err(launch_err("swiglu_bwd_bf16"))?;
+    unsafe { b.launch(shape) }.map_err(launch_err("swiglu_bwd_bf16"))?;
     Ok(())
 }
 
@@ -187,8 +220,9 @@ fn rope(
         (i32_of(seq, "seq")?, i32_of(heads, "heads")?, i32_of(head_dim, "head_dim")?);
     let mut b = s.launch_builder(&f);
     b.arg(&pq).arg(&pc).arg(&ps).arg(&tokens_l).arg(&seq_i).arg(&heads_i).arg(&hd_i);
+    let shape = elementwise_vec8(tokens * heads * head_dim, (head_dim / 2).is_multiple_of(8));
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(tokens * heads * head_dim)) }.map_err(launch_err(kernel))?;
+    unsafe { b.launch(shape) }.map_err(launch_err(kernel))?;
     Ok(())
 }
 
@@ -265,7 +299,7 @@ pub fn embed_fwd(
     }
     b.arg(&vocab).arg(&n_puzzles).arg(&dims.scale);
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }.map_err(launch_err("embed_fwd_bf16"))?;
+    unsafe { b.launch(warp_per_row(dims.batch * s_len)) }.map_err(launch_err("embed_fwd_bf16"))?;
     Ok(())
 }
 
@@ -292,6 +326,7 @@ pub fn embed_bwd(
     let n_puzzles = i32_of(dpuzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
     let f = dev.func("embed", "embed_bwd_bf16")?;
     let s = &dev.stream;
+    let shape = embed_bwd_shape(s_len, dims.batch, h, vocab as usize, dpos_w.is_some());
     let (ppos, _g0) = opt_ptr_mut(s, dpos_w);
     let (pdx, _g1) = dx.device_ptr(s);
     let (pt, _g2) = tokens.device_ptr(s);
@@ -312,7 +347,7 @@ pub fn embed_bwd(
     }
     b.arg(&vocab).arg(&n_puzzles).arg(&dims.scale);
     // SAFETY: as above.
-    unsafe { b.launch(elementwise(dims.batch * s_len * h)) }.map_err(launch_err("embed_bwd_bf16"))?;
+    unsafe { b.launch(shape) }.map_err(launch_err("embed_bwd_bf16"))?;
     Ok(())
 }
 
@@ -332,7 +367,7 @@ pub fn add_inplace(
     let mut lb = s.launch_builder(&f);
     lb.arg(&pa).arg(&pb).arg(&n_l);
     // SAFETY: as above.
-    unsafe { lb.launch(elementwise(n)) }.map_err(launch_err("add_inplace_bf16"))?;
+    unsafe { lb.launch(elementwise_vec8(n, true)) }.map_err(launch_err("add_inplace_bf16"))?;
     Ok(())
 }
 
