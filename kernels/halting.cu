@@ -17,6 +17,8 @@
 //                       q_halt agreement over the halted rows with a label) added to the
 //                       window's accumulators; a non-finite loss sets the guard status.
 //                       One block: block_sum in a fixed order, so the sums are deterministic.
+// The step number comes from device memory (`step_now`, written before the step), so a recorded
+// graph of the step replays with the current number.
 // Guard status (int[4]): [first bad step (INT_MAX: none), 1 if that step's loss was non-finite,
 // first tensor index with a non-finite gradient in that step (INT_MAX: none), unused]. The
 // optimizer kernels skip their update once status[0] != INT_MAX, so a bad step changes nothing.
@@ -92,10 +94,12 @@ extern "C" __global__ void __launch_bounds__(256)
                    const int* __restrict__ steps, const unsigned char* __restrict__ halted,
                    const double* __restrict__ loss_per_row, const unsigned int* __restrict__ n_correct,
                    const unsigned int* __restrict__ n_valid, const unsigned char* __restrict__ exact,
-                   int batch, int max_steps, double grad_scale, int step, float* __restrict__ dq,
+                   int batch, int max_steps, double grad_scale, const int* __restrict__ step_now,
+                   float* __restrict__ dq,
                    float* __restrict__ target, double* __restrict__ metrics,
                    int* __restrict__ status) {
   __shared__ double scratch[32];
+  const int step = *step_now;
   double lm = 0.0, qh = 0.0, qc = 0.0, count = 0.0, ex = 0.0, acc = 0.0, hs = 0.0, qok = 0.0;
   for (int b = threadIdx.x; b < batch; b += blockDim.x) {
     const bool last = steps[b] >= max_steps;
@@ -150,8 +154,9 @@ EMU_REGISTER(act_q_loss_f32)
 // bad tensor of step `step` unless an earlier step is already recorded.
 extern "C" __global__ void __launch_bounds__(256)
     act_guard_f32(const unsigned long long* __restrict__ table, const int* __restrict__ chunk_tensor,
-                  const long long* __restrict__ chunk_start, int chunk_elems, int step,
-                  int* __restrict__ status) {
+                  const long long* __restrict__ chunk_start, int chunk_elems,
+                  const int* __restrict__ step_now, int* __restrict__ status) {
+  const int step = *step_now;
   if (status[0] < step) return;
   const int c = blockIdx.x;
   const int t = chunk_tensor[c];

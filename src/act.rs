@@ -228,28 +228,42 @@ pub enum Exploration<'a> {
     Fixed(&'a [u32]),
 }
 
-/// One training step, entirely on the backend: halted rows take the new batch's rows, the
-/// gradient-carrying segment, the halting decision (with exploration), the LM loss, the
-/// target-Q segment, the Q losses, and the gradient of (total loss / `global_batch`)
-/// accumulated into `grads`. `step` (1-based) names the step in the non-finite guard. Nothing
-/// is read back to the host.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step_device<B: Backend>(
+/// The part of a training step that changes from step to step, enqueued before the rest: the
+/// new batch (uploaded, not yet taken), the exploration minimums and the step number.
+pub fn train_step_inputs<B: Backend>(
     be: &B,
     model: &Hrm<B>,
     carry: &mut Carry<B>,
     new: &Batch,
     explore: Exploration<'_>,
-    global_batch: usize,
-    grads: &mut ParamSet<B::F32>,
     step: u32,
 ) {
-    let cfg = &model.cfg;
     let ws = &mut carry.ws;
     let labels = new.labels.as_ref().expect("training needs labels");
     be.write_i32(&new.inputs, &mut ws.new.tokens);
     be.write_i32(&new.puzzle_ids, &mut ws.new.puzzle_ids);
     be.write_i32(labels, &mut ws.new.labels);
+    match explore {
+        Exploration::Seeded { key, prob } => be.act_explore(&mut ws.act, key, prob, model.cfg.halt_max_steps),
+        Exploration::Fixed(min_halt) => be.act_set_min_halt(&mut ws.act, min_halt),
+    }
+    be.act_set_step(&mut ws.act, step);
+}
+
+/// The rest of a training step, the same ops with the same arguments every step (so a backend
+/// may record it once as a graph and replay it): halted rows take the uploaded batch and
+/// restart, the gradient-carrying segment, the halting decision, the LM loss, the target-Q
+/// segment, the Q losses, and the gradient of (total loss / `global_batch`) accumulated into
+/// `grads`. Nothing is read back to the host.
+pub fn train_step_ops<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    carry: &mut Carry<B>,
+    global_batch: usize,
+    grads: &mut ParamSet<B::F32>,
+) {
+    let cfg = &model.cfg;
+    let ws = &mut carry.ws;
     model.reset(be, &mut carry.z_h, true, &ws.act);
     model.reset(be, &mut carry.z_l, false, &ws.act);
     be.act_take_new(
@@ -262,10 +276,6 @@ pub fn train_step_device<B: Backend>(
         &mut ws.labels,
         cfg.seq_len,
     );
-    match explore {
-        Exploration::Seeded { key, prob } => be.act_explore(&mut ws.act, key, prob, cfg.halt_max_steps),
-        Exploration::Fixed(min_halt) => be.act_set_min_halt(&mut ws.act, min_halt),
-    }
     model.embed(be, ws);
     model.segment(be, ws, &mut carry.z_h, &mut carry.z_l, true);
     be.act_halt(&mut ws.act, cfg.halt_max_steps);
@@ -280,8 +290,33 @@ pub fn train_step_device<B: Backend>(
     // Target Q: one more segment from the new carry with the same data (no gradient).
     model.target_segment(be, ws, &carry.z_h, &carry.z_l);
     // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
-    be.act_q_loss(&mut ws.act, cfg.halt_max_steps, 0.5 * scale, step);
+    be.act_q_loss(&mut ws.act, cfg.halt_max_steps, 0.5 * scale);
     model.segment_bwd(be, ws, grads);
+}
+
+/// One training step, entirely on the backend ([`train_step_inputs`] then [`train_step_ops`]);
+/// `step` (1-based) names the step in the non-finite guard.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_device<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    carry: &mut Carry<B>,
+    new: &Batch,
+    explore: Exploration<'_>,
+    global_batch: usize,
+    grads: &mut ParamSet<B::F32>,
+    step: u32,
+) {
+    train_step_inputs(be, model, carry, new, explore, step);
+    train_step_ops(be, model, carry, global_batch, grads);
+}
+
+/// Identities of the buffers a training step trades places with (the carry and the
+/// workspace's ping-pong buffers): a recorded step is valid for the arrangement it began with.
+pub fn step_buffer_ids<B: Backend>(be: &B, carry: &Carry<B>) -> Vec<u64> {
+    let mut ids = vec![be.act_id(&carry.z_h), be.act_id(&carry.z_l)];
+    ids.extend(carry.ws.swap_ids(be));
+    ids
 }
 
 /// [`train_step_device`] with fixed exploration minimums, then the step's losses and per-row

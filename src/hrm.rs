@@ -213,6 +213,14 @@ impl<B: Backend> Workspace<B> {
             act: &mut self.act,
         })
     }
+    /// Identities of the buffers the no-grad updates and the target segment trade places with.
+    pub fn swap_ids(&self, be: &B) -> Vec<u64> {
+        let mut ids = vec![be.act_id(&self.scratch.out)];
+        if let Some((a, b)) = self.train.as_ref().and_then(|t| t.target.as_ref()) {
+            ids.extend([be.act_id(a), be.act_id(b)]);
+        }
+        ids
+    }
     /// The last segment's q logits, read back to the host.
     pub fn heads(&self, be: &B) -> Heads {
         let (q_halt, q_continue) = be.act_q(&self.act, QSlot::Current);
@@ -362,7 +370,8 @@ impl<B: Backend> Hrm<B> {
     }
 
     /// `z = layers(z + injection)` without keeping activations (the no-grad updates). Each
-    /// block writes `scratch.out`, which then trades places with `z` (no copy).
+    /// block writes `scratch.out`, which then trades places with `z` (no copy; an even number
+    /// of trades, or one copy at the end, leaves `z` in its own buffer).
     fn module_nograd(
         &self,
         be: &B,
@@ -373,9 +382,16 @@ impl<B: Backend> Hrm<B> {
         scratch: &mut LayerActs<B>,
     ) {
         be.add_inplace(z, injection);
-        for w in layers {
+        for (k, w) in layers.iter().enumerate() {
             self.block_fwd(be, s, w, z, scratch);
-            std::mem::swap(z, &mut scratch.out);
+            if k + 1 == layers.len() && layers.len() % 2 == 1 {
+                // An odd count copies the last output back, so `z` ends in the buffer it began
+                // in: the buffers' roles are the same after every update (a recorded step
+                // replays with the arrangement it was recorded with).
+                be.copy(&scratch.out, z);
+            } else {
+                std::mem::swap(z, &mut scratch.out);
+            }
         }
     }
 

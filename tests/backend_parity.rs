@@ -29,6 +29,18 @@ use hrm::train::{TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// The tests of this file share the device's one stream: the tests that record graphs or count
+/// launches hold it alone, the others together.
+static STREAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    STREAM.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    STREAM.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cuda(test: &str) -> Option<Cuda> {
     CudaDevice::for_tests(test).map(Cuda::new)
 }
@@ -132,11 +144,13 @@ fn check_forward(segments: usize, layer_scale: f32) {
 
 #[test]
 fn forward_one_segment_matches_cpu() {
+    let _stream = shared();
     check_forward(1, 1.0);
 }
 
 #[test]
 fn forward_sixteen_segments_matches_cpu() {
+    let _stream = shared();
     // With the reference initialization the untrained recurrence is chaotic: after 16 segments
     // any two roundings (bf16 on the CPU included) end in different states. Smaller block
     // weights make the map contract, so the 16-segment comparison stays meaningful.
@@ -157,6 +171,7 @@ fn f32_of(t: &TensorData) -> Vec<f32> {
 
 #[test]
 fn gradient_of_one_step_matches_cpu() {
+    let _stream = shared();
     let Some(gpu) = cuda("backend_parity grad") else {
         return;
     };
@@ -223,6 +238,7 @@ fn train_curve<B: Backend>(be: &B, cfg: &TrainConfig, p: &HostParams, steps: usi
 
 #[test]
 fn twenty_training_steps_match_cpu() {
+    let _stream = shared();
     let Some(gpu) = cuda("backend_parity train") else {
         return;
     };
@@ -298,6 +314,7 @@ fn first_non_finite_on<B: Backend>(be: &B) {
 
 #[test]
 fn the_nan_guard_names_the_first_bad_buffer_on_both_backends() {
+    let _stream = shared();
     first_non_finite_on(&Cpu);
     if let Some(gpu) = cuda("backend_parity nan guard") {
         first_non_finite_on(&gpu);
@@ -310,6 +327,7 @@ fn the_nan_guard_names_the_first_bad_buffer_on_both_backends() {
 /// with one report.
 #[test]
 fn training_steps_read_nothing_back_until_the_report() {
+    let _stream = alone();
     let Some(gpu) = cuda("backend_parity host reads") else {
         return;
     };
@@ -350,6 +368,8 @@ fn training_steps_read_nothing_back_until_the_report() {
         t.train_step(&gpu, &data).unwrap();
         let c2 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
         assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (c2.0 - c1.0, c2.1 - c1.1), "launches per step");
+        // Recorded: the step is one graph launch, the exploration draw and the optimizer's two.
+        assert_eq!((c2.0 - c1.0, c2.1 - c1.1), (4, 0), "a recorded step's launches");
         eprintln!("per step: {} kernel launches, {} matmuls", c2.0 - c1.0, c2.1 - c1.1);
         let ws = &t.carry.ws;
         t.opt.apply(
@@ -366,4 +386,55 @@ fn training_steps_read_nothing_back_until_the_report() {
         let c3 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
         assert_eq!((c3.0 - c2.0, c3.1 - c2.1), (2, 0), "the optimizer's launches");
     }
+}
+
+/// A training step recorded as a graph and replayed computes exactly what the same ops
+/// issued one by one compute: parameters, metrics and ACT state bit-identical over steps that
+/// cycle through the arrangements of the ping-pong buffers (and a step that halts rows).
+#[test]
+fn recorded_training_steps_equal_direct_ones() {
+    let _stream = alone();
+    let Some(gpu) = cuda("backend_parity graphs") else {
+        return;
+    };
+    let model = ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 2,
+        L_layers: 1,
+        puzzle_emb_ndim: 32,
+        num_puzzle_identifiers: 3,
+        halt_max_steps: 3,
+        halt_exploration_prob: 0.3,
+        ..ModelConfig::sudoku()
+    };
+    let mut cfg = TrainConfig::new(model.clone());
+    cfg.batch_size = 4;
+    cfg.steps = 10;
+    cfg.ema = Some(0.9);
+    cfg.optim.lr = 1e-3;
+    let data = train_data();
+    let p = params(&model, 8);
+    let run = |graphs: bool| {
+        let mut t = Trainer::new(&gpu, cfg.clone(), &p);
+        t.graphs = graphs;
+        let mut reports = Vec::new();
+        for _ in 0..7 {
+            t.train_step(&gpu, &data).unwrap();
+            reports.push(t.report(&gpu).unwrap());
+        }
+        let rows = gpu.act_rows(&t.carry.ws.act);
+        let bits: Vec<u32> =
+            t.model.to_host(&gpu).tensors().into_iter().flatten().map(|x| x.to_bits()).collect();
+        let z: Vec<u32> = gpu.download_act(&t.carry.z_h).iter().map(|x| x.to_bits()).collect();
+        assert_eq!(t.graphs, graphs, "the recorded run kept replaying its graph");
+        (reports, rows, bits, z)
+    };
+    let direct = run(false);
+    let recorded = run(true);
+    assert!(direct.0.iter().any(|r| r.count > 0), "some rows halted");
+    assert_eq!(recorded.0, direct.0, "metrics");
+    assert_eq!(recorded.1, direct.1, "ACT state");
+    assert_eq!(recorded.3, direct.3, "carry");
+    assert!(recorded.2 == direct.2, "parameters differ");
 }

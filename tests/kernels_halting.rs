@@ -114,7 +114,8 @@ fn q_loss_and_metrics_match_the_cpu() {
         Cpu.lm_loss_rows(&logits, &labels, vocab, seq, 1.0, &mut dl, &mut want);
         want.q = q.clone();
         want.q_next = q_next.clone();
-        Cpu.act_q_loss(&mut want, max_steps, scale, 1);
+        Cpu.act_set_step(&mut want, 1);
+        Cpu.act_q_loss(&mut want, max_steps, scale);
 
         let s = &gpu.device().stream;
         let mut got = gpu.act_state(batch);
@@ -127,7 +128,8 @@ fn q_loss_and_metrics_match_the_cpu() {
         got.q_next = s.clone_htod(&q_next).unwrap();
         got.dq = poisoned_f32(gpu.device(), 2 * batch);
         got.target = poisoned_f32(gpu.device(), batch);
-        gpu.act_q_loss(&mut got, max_steps, scale, 1);
+        gpu.act_set_step(&mut got, 1);
+        gpu.act_q_loss(&mut got, max_steps, scale);
         gpu.check().unwrap();
 
         let (g, w) = (gpu.act_rows(&got), Cpu.act_rows(&want));
@@ -166,10 +168,12 @@ fn the_guard_records_the_first_bad_step_and_tensor() {
     let mut st_gpu = gpu.act_state(2);
     let run = |host: &[Vec<f32>], st_cpu: &mut _, st_gpu: &mut _, step: u32| {
         let refs: Vec<&Vec<f32>> = host.iter().collect();
-        Cpu.act_guard(st_cpu, &refs, step);
+        Cpu.act_set_step(st_cpu, step);
+        Cpu.act_guard(st_cpu, &refs);
         let dev: Vec<_> = host.iter().map(|h| gpu.upload_f32(h)).collect();
         let refs: Vec<_> = dev.iter().collect();
-        gpu.act_guard(st_gpu, &refs, step);
+        gpu.act_set_step(st_gpu, step);
+        gpu.act_guard(st_gpu, &refs);
         gpu.check().unwrap();
         (Cpu.act_report(st_cpu), gpu.act_report(st_gpu))
     };

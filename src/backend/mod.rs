@@ -83,6 +83,17 @@ pub trait Backend {
     }
     /// The first error any op met since the backend was made (then every op is skipped).
     fn check(&self) -> Result<()>;
+    /// An identity of an activation buffer (on a device, its address): recorded graphs are
+    /// keyed by the buffers the carry holds, which the no-grad updates trade places with.
+    fn act_id(&self, _a: &Self::Act) -> u64 {
+        0
+    }
+    /// Runs `ops`, a sequence of ops that is the same every time it runs with the same `key`
+    /// (same buffers, shapes and scalars), as a recorded graph: the first call for a key
+    /// records it, then it is replayed with one launch. A backend without graphs runs the ops.
+    fn replay_or_record(&self, _key: &[u64], ops: &mut dyn FnMut()) {
+        ops()
+    }
 
     // Memory.
     /// Activations of `n` elements, zero.
@@ -231,10 +242,13 @@ pub trait Backend {
     );
     /// `steps += 1` and the halting rule (see `cpu::halting::halt`).
     fn act_halt(&self, st: &mut Self::ActState, max_steps: usize);
+    /// Sets the (1-based) number of the step about to run, read by the loss and the guard
+    /// where the model runs (so a recorded graph of the step replays with the current number).
+    fn act_set_step(&self, st: &mut Self::ActState, step: u32);
     /// Target-Q, Q losses, their gradients (`grad_scale` times d loss / d q) and the metrics.
-    fn act_q_loss(&self, st: &mut Self::ActState, max_steps: usize, grad_scale: f64, step: u32);
-    /// Records the first non-finite gradient tensor of `step` in the guard status.
-    fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32], step: u32);
+    fn act_q_loss(&self, st: &mut Self::ActState, max_steps: usize, grad_scale: f64);
+    /// Records the first non-finite gradient tensor of the current step in the guard status.
+    fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32]);
     /// Reads (and zeroes) the accumulated metrics, with the guard status.
     fn act_report(&self, st: &mut Self::ActState) -> ActReport;
 

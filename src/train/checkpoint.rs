@@ -207,5 +207,16 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
         bail!("{}: inconsistent step counters", f.path());
     }
     let grads = model.zero_grads(be);
-    Ok(Trainer { cfg, model, opt, ema, carry, sampler: meta.sampler, step: meta.step, grads })
+    Ok(Trainer {
+        cfg,
+        model,
+        opt,
+        ema,
+        carry,
+        sampler: meta.sampler,
+        step: meta.step,
+        grads,
+        graphs: super::graphs_enabled(),
+        warm: false,
+    })
 }

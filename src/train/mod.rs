@@ -9,7 +9,7 @@ pub mod run;
 pub mod rundir;
 pub mod sampler;
 
-use crate::act::{Carry, Exploration, train_step_device};
+use crate::act::{Carry, Exploration, step_buffer_ids, train_step_inputs, train_step_ops};
 use crate::backend::cpu::halting::explore_key;
 use crate::backend::{ActReport, Backend};
 use crate::config::ModelConfig;
@@ -72,6 +72,16 @@ pub struct Trainer<B: Backend> {
     pub step: u64,
     /// the step's gradients (zeroed at the start of each step)
     pub grads: ParamSet<B::F32>,
+    /// Record the step as a graph and replay it where the backend can (CUDA); off with
+    /// `HRM_CUDA_GRAPHS=0`.
+    pub graphs: bool,
+    /// A step ran in this process (so every buffer of the step exists).
+    warm: bool,
+}
+
+/// Whether training steps use recorded graphs (`HRM_CUDA_GRAPHS=0` turns them off).
+pub fn graphs_enabled() -> bool {
+    std::env::var("HRM_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
 impl<B: Backend> Trainer<B> {
@@ -81,7 +91,18 @@ impl<B: Backend> Trainer<B> {
         let ema = cfg.ema.map(|_| params.map(&cfg.model, |_, t| be.upload_f32(t)));
         let carry = Carry::fresh(be, &model, cfg.batch_size);
         let grads = model.zero_grads(be);
-        Trainer { sampler: Sampler::new(cfg.seed), cfg, model, opt, ema, carry, step: 0, grads }
+        Trainer {
+            sampler: Sampler::new(cfg.seed),
+            cfg,
+            model,
+            opt,
+            ema,
+            carry,
+            step: 0,
+            grads,
+            graphs: graphs_enabled(),
+            warm: false,
+        }
     }
 
     /// Learning rates of step `step` (1-based, as the reference increments before computing).
@@ -103,13 +124,32 @@ impl<B: Backend> Trainer<B> {
         let step_u32 =
             u32::try_from(step).map_err(|_| anyhow::anyhow!("step {step} exceeds the supported count"))?;
         let batch = self.sampler.next_batch(data, b, cfg.model.seq_len);
-        for g in self.grads.tensors_mut() {
-            be.zero_f32(g);
-        }
         let explore =
             Exploration::Seeded { key: explore_key(cfg.seed, step), prob: cfg.model.halt_exploration_prob };
-        train_step_device(be, &self.model, &mut self.carry, &batch, explore, b, &mut self.grads, step_u32);
-        be.act_guard(&mut self.carry.ws.act, &self.grads.tensors(), step_u32);
+        train_step_inputs(be, &self.model, &mut self.carry, &batch, explore, step_u32);
+        // The rest is the same every step: after the first step made every buffer, a device
+        // backend records it once per arrangement of the ping-pong buffers and replays it.
+        let record = self.graphs && self.warm;
+        let key = if record { step_buffer_ids(be, &self.carry) } else { Vec::new() };
+        let (model, carry, grads) = (&self.model, &mut self.carry, &mut self.grads);
+        let mut ops = || {
+            for g in grads.tensors_mut() {
+                be.zero_f32(g);
+            }
+            train_step_ops(be, model, carry, b, grads);
+            be.act_guard(&mut carry.ws.act, &grads.tensors());
+        };
+        if record {
+            be.replay_or_record(&key, &mut ops);
+            // A replay does not move the host's buffer handles; a step that traded buffers
+            // for good could not be replayed, so it runs directly from then on.
+            if step_buffer_ids(be, &self.carry) != key {
+                self.graphs = false;
+            }
+        } else {
+            ops();
+        }
+        self.warm = true;
         let (lr, plr) = self.lrs(step);
         let ema = self.ema.as_mut().zip(cfg.ema);
         let ws = &self.carry.ws;

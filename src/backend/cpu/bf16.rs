@@ -220,11 +220,14 @@ impl Backend for CpuBf16 {
     fn act_halt(&self, st: &mut CpuActState, max_steps: usize) {
         Cpu.act_halt(st, max_steps)
     }
-    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32) {
-        Cpu.act_q_loss(st, max_steps, grad_scale, step)
+    fn act_set_step(&self, st: &mut CpuActState, step: u32) {
+        Cpu.act_set_step(st, step)
     }
-    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>], step: u32) {
-        Cpu.act_guard(st, grads, step)
+    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64) {
+        Cpu.act_q_loss(st, max_steps, grad_scale)
+    }
+    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
+        Cpu.act_guard(st, grads)
     }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         Cpu.act_report(st)

@@ -33,6 +33,8 @@ pub struct CpuActState {
     pub metrics: [f64; METRICS],
     /// [first bad step, loss bad, first bad tensor, unused]
     pub status: [i32; 4],
+    /// the number of the step running (see `Backend::act_set_step`)
+    pub step_now: i32,
 }
 
 impl CpuActState {
@@ -54,6 +56,7 @@ impl CpuActState {
             },
             metrics: [0.0; METRICS],
             status: [NONE, 0, NONE, 0],
+            step_now: 0,
         }
     }
     pub fn batch(&self) -> usize {
@@ -182,8 +185,9 @@ pub fn halt(st: &mut CpuActState, max_steps: usize) {
 }
 
 /// Target-Q, the Q losses, their gradients (`grad_scale` times d loss / d q) and the step's
-/// metrics added to the accumulators; a non-finite total loss marks `step` bad.
-pub fn q_loss(st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32) {
+/// metrics added to the accumulators; a non-finite total loss marks the current step bad.
+pub fn q_loss(st: &mut CpuActState, max_steps: usize, grad_scale: f64) {
+    let step = st.step_now;
     let batch = st.batch();
     let (mut qh_logits, mut qc_logits) = (vec![0.0f32; batch], vec![0.0f32; batch]);
     let mut exact = vec![0.0f32; batch];
@@ -215,16 +219,16 @@ pub fn q_loss(st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32
         m[7] += st.steps[b] as f64;
         m[8] += ((st.q[2 * b] >= 0.0) == st.lm.exact[b]) as u8 as f64;
     }
-    if !(lm + 0.5 * (qh + qc)).is_finite() && st.status[0] >= step as i32 {
-        st.status[0] = step as i32;
+    if !(lm + 0.5 * (qh + qc)).is_finite() && st.status[0] >= step {
+        st.status[0] = step;
         st.status[1] = 1;
     }
 }
 
-/// Records the first tensor of `grads` with a NaN or infinity at `step`, unless an earlier step
-/// is already recorded.
-pub fn guard(st: &mut CpuActState, grads: &[&Vec<f32>], step: u32) {
-    let step = step as i32;
+/// Records the first tensor of `grads` with a NaN or infinity at the current step, unless an
+/// earlier step is already recorded.
+pub fn guard(st: &mut CpuActState, grads: &[&Vec<f32>]) {
+    let step = st.step_now;
     if st.status[0] < step {
         return;
     }

@@ -249,11 +249,14 @@ impl Backend for Cpu {
     fn act_halt(&self, st: &mut CpuActState, max_steps: usize) {
         halting::halt(st, max_steps);
     }
-    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64, step: u32) {
-        halting::q_loss(st, max_steps, grad_scale, step);
+    fn act_set_step(&self, st: &mut CpuActState, step: u32) {
+        st.step_now = step as i32;
     }
-    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>], step: u32) {
-        halting::guard(st, grads, step);
+    fn act_q_loss(&self, st: &mut CpuActState, max_steps: usize, grad_scale: f64) {
+        halting::q_loss(st, max_steps, grad_scale);
+    }
+    fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
+        halting::guard(st, grads);
     }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         halting::report(st)

@@ -45,7 +45,13 @@ pub struct Cuda {
     host_reads: AtomicU64,
     /// Page-locked buffers the host writes go through, so they are asynchronous.
     staging: Mutex<Staging>,
+    /// Recorded graphs by key (see `Backend::replay_or_record`).
+    graphs: Mutex<std::collections::HashMap<Vec<u64>, cudarc::driver::CudaGraph>>,
 }
+
+/// At most this many recorded graphs (the arrangements of a step's ping-pong buffers cycle
+/// with a short period; beyond this the ops run directly).
+const MAX_GRAPHS: usize = 16;
 
 /// Page-locked host memory for host-to-device writes: a write copies the data into the next
 /// slot of its length and enqueues the copy from there, so the host does not wait for the
@@ -95,6 +101,7 @@ impl Cuda {
             optim_tables: Mutex::new(OptimTables { table: None, touched: None }),
             host_reads: AtomicU64::new(0),
             staging: Mutex::new(Staging::new()),
+            graphs: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -212,6 +219,47 @@ impl Backend for Cuda {
         self.dev.ctx.bind_to_thread().ok()?;
         let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
         Some((total - free) as u64)
+    }
+
+    fn act_id(&self, a: &CudaSlice<bf16>) -> u64 {
+        let (p, _g) = cudarc::driver::DevicePtr::device_ptr(a, &self.dev.stream);
+        p
+    }
+    fn replay_or_record(&self, key: &[u64], ops: &mut dyn FnMut()) {
+        if self.failed() {
+            return;
+        }
+        let known = self.graphs.lock().unwrap().contains_key(key);
+        if !known {
+            if self.graphs.lock().unwrap().len() >= MAX_GRAPHS {
+                ops();
+                return;
+            }
+            let s = &self.dev.stream;
+            if let Err(e) =
+                s.begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            {
+                self.fail(anyhow!("beginning a graph capture: {e}"));
+                return;
+            }
+            ops();
+            // End the capture even after a failed op, so the stream is usable again.
+            let graph = s.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+            if self.failed() {
+                return;
+            }
+            match graph {
+                Ok(Some(g)) => {
+                    self.graphs.lock().unwrap().insert(key.to_vec(), g);
+                }
+                Ok(None) => return self.fail(anyhow!("the graph capture recorded nothing")),
+                Err(e) => return self.fail(anyhow!("ending a graph capture: {e}")),
+            }
+        }
+        let graphs = self.graphs.lock().unwrap();
+        if let Err(e) = graphs[key].launch() {
+            self.fail(anyhow!("launching a recorded graph: {e}"));
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -491,11 +539,17 @@ impl Backend for Cuda {
     fn act_halt(&self, st: &mut CudaActState, max_steps: usize) {
         self.op("act_halt", |d| halting::halt(d, st, max_steps));
     }
-    fn act_q_loss(&self, st: &mut CudaActState, max_steps: usize, grad_scale: f64, step: u32) {
-        self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, grad_scale, step));
+    fn act_set_step(&self, st: &mut CudaActState, step: u32) {
+        self.op("act_set_step", |d| {
+            let v = i32::try_from(step).map_err(|_| anyhow!("step {step} does not fit the kernels' int"))?;
+            self.staging.lock().unwrap().upload(d, &[v], &mut st.step_now)
+        });
     }
-    fn act_guard(&self, st: &mut CudaActState, grads: &[&CudaSlice<f32>], step: u32) {
-        self.op("act_guard", |d| halting::guard(d, st, grads, step));
+    fn act_q_loss(&self, st: &mut CudaActState, max_steps: usize, grad_scale: f64) {
+        self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, grad_scale));
+    }
+    fn act_guard(&self, st: &mut CudaActState, grads: &[&CudaSlice<f32>]) {
+        self.op("act_guard", |d| halting::guard(d, st, grads));
     }
     fn act_report(&self, st: &mut CudaActState) -> ActReport {
         let m = self.download("metrics", &st.metrics, crate::backend::cpu::halting::METRICS);

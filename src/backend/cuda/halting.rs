@@ -92,6 +92,8 @@ pub struct CudaActState {
     pub lm: Option<LmLossBuffers>,
     pub metrics: CudaSlice<f64>,
     pub status: CudaSlice<i32>,
+    /// the number of the step running (written before the step, read by the loss and guard)
+    pub step_now: CudaSlice<i32>,
     pub guard_table: Option<TensorTable>,
 }
 
@@ -112,6 +114,7 @@ impl CudaActState {
             lm: None,
             metrics: s.alloc_zeros::<f64>(METRICS).map_err(e)?,
             status: s.clone_htod(&[NONE, 0, NONE, 0]).map_err(e)?,
+            step_now: s.alloc_zeros::<i32>(1).map_err(e)?,
             guard_table: None,
         })
     }
@@ -192,13 +195,7 @@ pub fn halt(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize) -> Result
     Ok(())
 }
 
-pub fn q_loss(
-    dev: &CudaDevice,
-    st: &mut CudaActState,
-    max_steps: usize,
-    grad_scale: f64,
-    step: u32,
-) -> Result<()> {
+pub fn q_loss(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize, grad_scale: f64) -> Result<()> {
     let lm = st.lm.as_ref().ok_or_else(|| anyhow!("act_q_loss before the step's LM loss"))?;
     let f = dev.func("halting", "act_q_loss_f32")?;
     let s = &dev.stream;
@@ -214,8 +211,8 @@ pub fn q_loss(
     let (pt, _g9) = st.target.device_ptr_mut(s);
     let (pm, _g10) = st.metrics.device_ptr_mut(s);
     let (pst, _g11) = st.status.device_ptr_mut(s);
+    let (step_i, _g12) = st.step_now.device_ptr(s);
     let (bi, mi) = (i32_of(st.batch, "batch")?, i32_of(max_steps, "halt_max_steps")?);
-    let step_i = i32::try_from(step).map_err(|_| anyhow!("step {step} does not fit the kernel's int"))?;
     let mut lb = s.launch_builder(&f);
     lb.arg(&pq).arg(&pn).arg(&ps).arg(&ph).arg(&pl).arg(&pc).arg(&pv).arg(&pe);
     lb.arg(&bi).arg(&mi).arg(&grad_scale).arg(&step_i).arg(&pd).arg(&pt).arg(&pm).arg(&pst);
@@ -224,8 +221,8 @@ pub fn q_loss(
     Ok(())
 }
 
-/// Records the first tensor of `grads` holding a NaN or infinity at `step`.
-pub fn guard(dev: &CudaDevice, st: &mut CudaActState, grads: &[&CudaSlice<f32>], step: u32) -> Result<()> {
+/// Records the first tensor of `grads` holding a NaN or infinity at the current step.
+pub fn guard(dev: &CudaDevice, st: &mut CudaActState, grads: &[&CudaSlice<f32>]) -> Result<()> {
     let mut entries = Vec::with_capacity(2 * grads.len());
     for g in grads {
         entries.push(addr(dev, g));
@@ -243,8 +240,8 @@ pub fn guard(dev: &CudaDevice, st: &mut CudaActState, grads: &[&CudaSlice<f32>],
     let (pc, _g1) = t.chunk_tensor.device_ptr(s);
     let (ps, _g2) = t.chunk_start.device_ptr(s);
     let (pst, _g3) = st.status.device_ptr_mut(s);
+    let (step_i, _g4) = st.step_now.device_ptr(s);
     let chunk = CHUNK as i32;
-    let step_i = i32::try_from(step).map_err(|_| anyhow!("step {step} does not fit the kernel's int"))?;
     let mut lb = s.launch_builder(&f);
     lb.arg(&pe).arg(&pc).arg(&ps).arg(&chunk).arg(&step_i).arg(&pst);
     let cfg =
