@@ -179,9 +179,10 @@ fn main() {
         kernels::sign_sgd_step(dev, &mut w, &gw, &touched, pz_len, 1e-4, 0.1).unwrap()
     });
 
-    // Attention (fused; products as f32 FMAs): napkin bytes as in kernels/attention.cu (the
-    // backward reads qkv and dout once per kernel). 10.6 GFLOP forward, 37 GFLOP backward make
-    // both compute bound, so the fraction of the copy ceiling is low.
+    // Attention (fused; head dim 64 takes the tensor-core kernels, mma.sync bf16): napkin bytes
+    // as in kernels/attention.cu (the backward reads qkv and dout once per kernel). 14.5 GFLOP
+    // forward and 51 GFLOP backward (padded to 96 x 96) are ~25 us and ~85 us of mma.sync, so
+    // both should sit near the copy ceiling (forward ~60-70 us, backward ~0.2 ms expected).
     let mut att_out: CudaSlice<bf16> = zeros(dev, n_act);
     let mut att_lse: CudaSlice<f32> = zeros(dev, batch * heads * s_len);
     let att_dout: CudaSlice<bf16> = zeros(dev, n_act);

@@ -18,7 +18,7 @@ mod kernel_common;
 use half::bf16;
 use hrm::backend::cpu::attention as cpu;
 use hrm::backend::cuda::CudaDevice;
-use hrm::backend::cuda::attention::{AttentionScratch, attention_bwd, attention_fwd};
+use hrm::backend::cuda::attention::{AttentionScratch, attention_bwd, attention_fwd, uses_tensor_cores};
 use kernel_common::*;
 
 const FLOOR: f32 = 1e-5;
@@ -282,6 +282,44 @@ fn attention_backward_is_deterministic() {
         runs.push(download(&dev, &dqkv).iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
     }
     assert_eq!(runs[0], runs[1], "two backward runs differ");
+}
+
+/// The tensor-core kernels (head dims 16, 32, 64, 128; 64 rows per block, keys and queries
+/// padded to multiples of 16 in shared memory and masked) at shapes that exercise the padding:
+/// a partial 16-row warp tile (17, 82, 100, 130, 200), a block whose last warps have no rows
+/// (17, 82, 130), several key/query tiles in shared memory (hd 64: forward tile 160, backward
+/// 96 rows, so 130 and 256 take two/three; hd 128: 80 and 16 rows), several row blocks per head
+/// (130, 200, 256), and more (batch, head) pairs than one grid row.
+#[test]
+fn attention_tensor_core_padding_shapes() {
+    for (i, sh) in [
+        Shape { batch: 2, seq: 17, heads: 2, hd: 64 },
+        Shape { batch: 1, seq: 130, heads: 2, hd: 64 },
+        Shape { batch: 5, seq: 82, heads: 3, hd: 32 },
+        Shape { batch: 1, seq: 200, heads: 1, hd: 32 },
+        Shape { batch: 1, seq: 256, heads: 2, hd: 16 },
+        Shape { batch: 1, seq: 100, heads: 1, hd: 128 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(uses_tensor_cores(sh.hd), "hd {} should take the tensor-core kernels", sh.hd);
+        check(sh, 20 + i as u64, 1.0);
+    }
+}
+
+/// Head dims without tensor-core kernels (multiples of 8, not in {16, 32, 64, 128}) keep the
+/// f32 kernels.
+#[test]
+fn attention_f32_fallback_head_dims() {
+    for (i, sh) in
+        [Shape { batch: 2, seq: 82, heads: 2, hd: 48 }, Shape { batch: 1, seq: 40, heads: 3, hd: 8 }]
+            .into_iter()
+            .enumerate()
+    {
+        assert!(!uses_tensor_cores(sh.hd));
+        check(sh, 30 + i as u64, 1.0);
+    }
 }
 
 /// The bound is not vacuous: the same comparison rejects the kernel's own results with one

@@ -1,6 +1,8 @@
 //! Launchers of the fused attention kernels (`kernels/attention.cu`): non-causal multi-head
 //! attention on fused qkv rows, the same layout and math as `backend::cpu::attention`.
 //! bf16 activations, f32 log-sum-exp; the backward is two deterministic kernels (dQ, then dK/dV).
+//! Head dims 16, 32, 64 and 128 run the tensor-core kernels (`attention_*_tc{hd}`: mma.sync
+//! bf16 with f32 accumulation, 64 rows per block); the other multiples of 8 the f32 kernels.
 
 use anyhow::{Result, anyhow, ensure};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -18,6 +20,38 @@ const THREADS: u32 = 128;
 const ROWS_PER_PASS: usize = 16;
 /// At most this many passes per block: longer sequences are split over more blocks.
 const MAX_PASSES: usize = 4;
+
+/// Tensor-core kernels (`kernels/attention.cu`, `TC_KERNELS`) per head dim: forward, dQ, dK/dV.
+const TC_KERNELS: [(usize, [&str; 3]); 4] = [
+    (16, ["attention_fwd_tc16", "attention_bwd_dq_tc16", "attention_bwd_dkdv_tc16"]),
+    (32, ["attention_fwd_tc32", "attention_bwd_dq_tc32", "attention_bwd_dkdv_tc32"]),
+    (64, ["attention_fwd_tc64", "attention_bwd_dq_tc64", "attention_bwd_dkdv_tc64"]),
+    (128, ["attention_fwd_tc128", "attention_bwd_dq_tc128", "attention_bwd_dkdv_tc128"]),
+];
+/// Rows (queries, or keys in dK/dV) per block of the tensor-core kernels.
+const TC_ROWS: usize = 64;
+
+/// True when `head_dim` runs the tensor-core kernels (else the f32 kernels).
+pub fn uses_tensor_cores(head_dim: usize) -> bool {
+    TC_KERNELS.iter().any(|(hd, _)| *hd == head_dim)
+}
+
+/// The tensor-core kernels and launch (grid (row blocks, heads, batch), 128 threads) if
+/// `head_dim` has them.
+fn tc_launch(
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Option<([&'static str; 3], LaunchConfig)> {
+    let names = TC_KERNELS.iter().find(|(hd, _)| *hd == head_dim)?.1;
+    let cfg = LaunchConfig {
+        grid_dim: (seq.div_ceil(TC_ROWS) as u32, heads as u32, batch as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Some((names, cfg))
+}
 
 /// Device scratch of [`attention_bwd`]: `D_i = sum_c dO_ic O_ic` per (batch, head, row).
 pub struct AttentionScratch {
@@ -91,13 +125,23 @@ pub fn attention_fwd(
     if batch == 0 {
         return Ok(());
     }
-    let f = dev.func("attention", "attention_fwd_bf16")?;
     let s = &dev.stream;
     let (pq, _g1) = qkv.device_ptr(s);
     let (po, _g2) = out.device_ptr_mut(s);
     let (pl, _g3) = lse.device_ptr_mut(s);
     ensure_aligned(pq, "qkv")?;
     let (seq_i, heads_i, hd_i) = (seq as i32, heads as i32, head_dim as i32);
+    if let Some((names, tc)) = tc_launch(batch, seq, heads, head_dim) {
+        ensure_aligned(po, "out")?; // written as bf16 pairs
+        let name = names[0];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i);
+        // SAFETY: argument types and order match the kernel; sizes and shape checked above.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        return Ok(());
+    }
+    let f = dev.func("attention", "attention_fwd_bf16")?;
     let mut b = s.launch_builder(&f);
     b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i).arg(&hd_i).arg(&chunk);
     // SAFETY: argument types and order match the kernel; sizes and shape checked above.
@@ -142,8 +186,6 @@ pub fn attention_bwd(
     if batch == 0 {
         return Ok(());
     }
-    let f_dq = dev.func("attention", "attention_bwd_dq_bf16")?;
-    let f_dkdv = dev.func("attention", "attention_bwd_dkdv_bf16")?;
     let s = &dev.stream;
     let (pq, _g1) = qkv.device_ptr(s);
     let (po, _g2) = out.device_ptr(s);
@@ -154,6 +196,26 @@ pub fn attention_bwd(
     ensure_aligned(pq, "qkv")?;
     ensure_aligned(pdo, "dout")?;
     let (seq_i, heads_i, hd_i) = (seq as i32, heads as i32, head_dim as i32);
+    if let Some((names, tc)) = tc_launch(batch, seq, heads, head_dim) {
+        ensure_aligned(pdq, "dqkv")?; // written as bf16 pairs
+        let name = names[1];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&po).arg(&pl).arg(&pdo).arg(&pdq).arg(&pd).arg(&seq_i).arg(&heads_i);
+        // SAFETY: argument types and order match the kernel; it writes the q columns of dqkv
+        // and all of delta.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        let name = names[2];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&pl).arg(&pdo).arg(&pd).arg(&pdq).arg(&seq_i).arg(&heads_i);
+        // SAFETY: as above; runs after the dQ kernel on the same stream (reads its delta) and
+        // writes the k and v columns of dqkv.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        return Ok(());
+    }
+    let f_dq = dev.func("attention", "attention_bwd_dq_bf16")?;
+    let f_dkdv = dev.func("attention", "attention_bwd_dkdv_bf16")?;
     let mut b = s.launch_builder(&f_dq);
     b.arg(&pq).arg(&po).arg(&pl).arg(&pdo).arg(&pdq).arg(&pd);
     b.arg(&seq_i).arg(&heads_i).arg(&hd_i).arg(&chunk);
