@@ -422,9 +422,12 @@ EMU_REGISTER(attention_bwd_dkdv_bf16)
 // dQ 30,976/46,336/46,336/43,776 B, dK/dV 32,768/48,128/48,128/45,568 B. All within the 48 KiB
 // of a launch without opt-in.
 // Registers (ptxas -v, sm_90a, no spills; OUT_DIR/ptxas-report.txt, tests/kernels_build.rs):
-// forward 72/96/116/162, dQ 96/114/128/124, dK/dV 80/114/181/224. Occupancy at HD 64: forward
+// forward 72/96/127/163, dQ 96/114/127/127, dK/dV 80/113/177/224. Occupancy at HD 64: forward
 // and dQ 4 blocks (16 warps) per SM (registers and shared memory both allow 4), dK/dV 2 blocks
 // (8 warps; registers).
+// RoPE inside (optional cos/sin tables, attention(rope(qkv)) with qkv unmodified): q and k rows
+// are rotated while staged (rounded to bf16 like the rope kernel's output), dq and dk rotated
+// back in registers before the store; costs nothing measurable beyond the f32 table reads (L2).
 // Napkin cost at the Sudoku shape (batch 768, seq 82, 8 heads of 64: 6,144 (batch, head) pairs,
 // 2 blocks each, 82 rows padded to 96 on both sides):
 //   forward: useful 4 S^2 hd = 10.6 GFLOP, executed 4 x 96 x 96 x 64 x 6144 = 14.5 GFLOP (~25 us
@@ -464,6 +467,62 @@ static __device__ __forceinline__ void tc_stage(const bf16* __restrict__ g, size
     bf162 v = att_zero2();
     if (r0 + r < r_end) v = *reinterpret_cast<const bf162*>(g + (size_t)(r0 + r) * ld + c);
     *reinterpret_cast<bf162*>(dst + r * (HD + 8) + c) = v;
+  }
+}
+
+// tc_stage with RoPE (rotate-half, as kernels/rope.cu) applied to each row on the way: row r0 + r
+// sits at position r0 + r; cos_t/sin_t f32 [seq, HD]. The rotated values are rounded to bf16,
+// the same values the separate rope kernel would have written. cos_t == nullptr: plain copy.
+template <int HD>
+static __device__ __forceinline__ void tc_stage_rope(const bf16* __restrict__ g, size_t ld, int r0,
+                                                     int rows, int r_end, bf16* __restrict__ dst,
+                                                     const float* __restrict__ cos_t,
+                                                     const float* __restrict__ sin_t) {
+  if (cos_t == nullptr) {
+    tc_stage<HD>(g, ld, r0, rows, r_end, dst);
+    return;
+  }
+  constexpr int HALF = HD / 2;
+  for (int idx = threadIdx.x; idx < rows * HALF; idx += blockDim.x) {
+    const int r = idx / HALF, k = idx - r * HALF, pos = r0 + r;
+    float y1 = 0.0f, y2 = 0.0f;
+    if (pos < r_end) {
+      const bf16* x = g + (size_t)pos * ld;
+      const float* c = cos_t + (size_t)pos * HD;
+      const float* sn = sin_t + (size_t)pos * HD;
+      const float a = bf2f(x[k]), b = bf2f(x[k + HALF]);
+      y1 = a * c[k] - b * sn[k];
+      y2 = b * c[k + HALF] + a * sn[k + HALF];
+    }
+    dst[r * (HD + 8) + k] = f2bf(y1);
+    dst[r * (HD + 8) + k + HALF] = f2bf(y2);
+  }
+}
+
+// Gradient through RoPE, in registers: acc holds d(rotated row) for this warp's rows r0 + g and
+// r0 + g + 8 in accumulator layout (column c and its partner c + HD/2 sit in the same lane, in
+// n-tiles dn and dn + HD/16); overwritten by d(row before rotation):
+//   dx1 = dy1 cos1 + dy2 sin2,  dx2 = dy2 cos2 - dy1 sin1.  Rows at or past seq are left alone.
+template <int HD>
+static __device__ __forceinline__ void tc_unrope(float (&acc)[HD / 8][4], int r0, int seq,
+                                                 const float* __restrict__ cos_t,
+                                                 const float* __restrict__ sin_t) {
+  const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = r0 + gr + 8 * h;
+    if (row >= seq) continue;
+    const float* c = cos_t + (size_t)row * HD;
+    const float* sn = sin_t + (size_t)row * HD;
+#pragma unroll
+    for (int dn = 0; dn < HD / 16; ++dn)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int k = dn * 8 + 2 * t + e;
+        const float dy1 = acc[dn][2 * h + e], dy2 = acc[dn + HD / 16][2 * h + e];
+        acc[dn][2 * h + e] = dy1 * c[k] + dy2 * sn[k + HD / 2];
+        acc[dn + HD / 16][2 * h + e] = dy2 * c[k + HD / 2] - dy1 * sn[k];
+      }
   }
 }
 
@@ -586,7 +645,9 @@ static __device__ __forceinline__ float tc_quad_sum(float v) {
 
 template <int HD>
 static __device__ __forceinline__ void tc_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ out,
-                                              float* __restrict__ lse, int seq, int heads) {
+                                              float* __restrict__ lse, int seq, int heads,
+                                              const float* __restrict__ cos_t,
+                                              const float* __restrict__ sin_t) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::FWD_TILE, NCH = C::NCH, NP = NCH / 16;
   alignas(16) __shared__ bf16 kv_s[2 * TILE * LDS];
@@ -607,7 +668,7 @@ static __device__ __forceinline__ void tc_fwd(const bf16* __restrict__ qkv, bf16
 
   // q rows through the tile buffer into registers (A fragments, HD / 16 k-steps)
   unsigned qf[HD / 16][4];
-  tc_stage<HD>(qg, ld, q0, TC_ROWS, seq, kv_s);
+  tc_stage_rope<HD>(qg, ld, q0, TC_ROWS, seq, kv_s, cos_t, sin_t);
   __syncthreads();
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) tc_frag_a<HD>(kv_s, 16 * warp, 16 * kk, qf[kk]);
@@ -618,7 +679,7 @@ static __device__ __forceinline__ void tc_fwd(const bf16* __restrict__ qkv, bf16
   for (int j0 = 0; j0 < seq; j0 += TILE) {
     const int nk = att_min(TILE, seq - j0), nk16 = (nk + 15) & ~15;
     __syncthreads();  // q fragments read / previous tile done
-    tc_stage<HD>(kg, ld, j0, nk16, seq, k_s);
+    tc_stage_rope<HD>(kg, ld, j0, nk16, seq, k_s, cos_t, sin_t);
     tc_stage<HD>(vg, ld, j0, nk16, seq, v_s);
     __syncthreads();
     if (!active) continue;
@@ -709,7 +770,9 @@ static __device__ __forceinline__ void tc_bwd_dq(const bf16* __restrict__ qkv,
                                                  const float* __restrict__ lse,
                                                  const bf16* __restrict__ dout,
                                                  bf16* __restrict__ dqkv,
-                                                 float* __restrict__ delta, int seq, int heads) {
+                                                 float* __restrict__ delta, int seq, int heads,
+                                                 const float* __restrict__ cos_t,
+                                                 const float* __restrict__ sin_t) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::BWD_TILE, NCH = C::NCH, NP = NCH / 16;
   alignas(16) __shared__ bf16 own_s[2 * C::OWN];       // q rows, dO rows
@@ -730,7 +793,7 @@ static __device__ __forceinline__ void tc_bwd_dq(const bf16* __restrict__ qkv,
   bf16* k_s = kv_s;
   bf16* v_s = kv_s + TILE * LDS;
 
-  tc_stage<HD>(base + h * HD, ld, q0, TC_ROWS, seq, q_s);
+  tc_stage_rope<HD>(base + h * HD, ld, q0, TC_ROWS, seq, q_s, cos_t, sin_t);
   tc_stage<HD>(dout + (size_t)b * seq * d + h * HD, d, q0, TC_ROWS, seq, do_s);
   __syncthreads();
   float ls[2] = {0.0f, 0.0f}, dd[2] = {0.0f, 0.0f};
@@ -749,7 +812,7 @@ static __device__ __forceinline__ void tc_bwd_dq(const bf16* __restrict__ qkv,
   for (int j0 = 0; j0 < seq; j0 += TILE) {
     const int nk = att_min(TILE, seq - j0), nk16 = (nk + 15) & ~15;
     __syncthreads();
-    tc_stage<HD>(base + d + h * HD, ld, j0, nk16, seq, k_s);
+    tc_stage_rope<HD>(base + d + h * HD, ld, j0, nk16, seq, k_s, cos_t, sin_t);
     tc_stage<HD>(base + 2 * d + h * HD, ld, j0, nk16, seq, v_s);
     __syncthreads();
     if (!active) continue;
@@ -770,6 +833,7 @@ static __device__ __forceinline__ void tc_bwd_dq(const bf16* __restrict__ qkv,
   }
   if (!active) return;
   const float scale = 1.0f / sqrtf((float)HD);
+  if (cos_t != nullptr) tc_unrope<HD>(acc, r0, seq, cos_t, sin_t);
   tc_store<HD>(dqkv + (size_t)b * seq * ld + h * HD, ld, r0, seq, scale, scale, acc);
 }
 
@@ -778,7 +842,9 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
                                                    const float* __restrict__ lse,
                                                    const bf16* __restrict__ dout,
                                                    const float* __restrict__ delta,
-                                                   bf16* __restrict__ dqkv, int seq, int heads) {
+                                                   bf16* __restrict__ dqkv, int seq, int heads,
+                                                   const float* __restrict__ cos_t,
+                                                   const float* __restrict__ sin_t) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::BWD_TILE, NCH = C::NCH_KV, NP = NCH / 16;
   alignas(16) __shared__ bf16 own_s[2 * C::OWN];     // k rows, v rows
@@ -800,7 +866,7 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
   bf16* q_s = qd_s;
   bf16* do_s = qd_s + TILE * LDS;
 
-  tc_stage<HD>(base + d + h * HD, ld, k0, TC_ROWS, seq, k_s);
+  tc_stage_rope<HD>(base + d + h * HD, ld, k0, TC_ROWS, seq, k_s, cos_t, sin_t);
   tc_stage<HD>(base + 2 * d + h * HD, ld, k0, TC_ROWS, seq, v_s);
   float dk[HD / 8][4], dv[HD / 8][4];
   tc_zero<HD>(dk);
@@ -808,7 +874,7 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
   for (int i0 = 0; i0 < seq; i0 += TILE) {
     const int ni = att_min(TILE, seq - i0), ni16 = (ni + 15) & ~15;
     __syncthreads();
-    tc_stage<HD>(base + h * HD, ld, i0, ni16, seq, q_s);
+    tc_stage_rope<HD>(base + h * HD, ld, i0, ni16, seq, q_s, cos_t, sin_t);
     tc_stage<HD>(dog, d, i0, ni16, seq, do_s);
     for (int i = threadIdx.x; i < ni16; i += blockDim.x) {
       lse_s[i] = i < ni ? lse[stat + i0 + i] * TC_LOG2E : 0.0f;
@@ -837,30 +903,34 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
   if (!active) return;
   const float scale = 1.0f / sqrtf((float)HD);
   bf16* dkg = dqkv + (size_t)b * seq * ld + d + h * HD;
+  if (cos_t != nullptr) tc_unrope<HD>(dk, r0, seq, cos_t, sin_t);
   tc_store<HD>(dkg, ld, r0, seq, scale, scale, dk);
   tc_store<HD>(dkg + d, ld, r0, seq, 1.0f, 1.0f, dv);
 }
 
-#define TC_KERNELS(HD)                                                                         \
-  extern "C" __global__ void __launch_bounds__(128)                                          \
-      attention_fwd_tc##HD(const bf16* __restrict__ qkv, bf16* __restrict__ out,               \
-                           float* __restrict__ lse, int seq, int heads) {                      \
-    tc_fwd<HD>(qkv, out, lse, seq, heads);                                                     \
-  }                                                                                            \
-  EMU_REGISTER(attention_fwd_tc##HD)                                                           \
-  extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc##HD(                   \
-      const bf16* __restrict__ qkv, const bf16* __restrict__ out, const float* __restrict__ lse, \
-      const bf16* __restrict__ dout, bf16* __restrict__ dqkv, float* __restrict__ delta,       \
-      int seq, int heads) {                                                                    \
-    tc_bwd_dq<HD>(qkv, out, lse, dout, dqkv, delta, seq, heads);                               \
-  }                                                                                            \
-  EMU_REGISTER(attention_bwd_dq_tc##HD)                                                        \
-  extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc##HD(                 \
-      const bf16* __restrict__ qkv, const float* __restrict__ lse,                             \
-      const bf16* __restrict__ dout, const float* __restrict__ delta, bf16* __restrict__ dqkv, \
-      int seq, int heads) {                                                                    \
-    tc_bwd_dkdv<HD>(qkv, lse, dout, delta, dqkv, seq, heads);                                  \
-  }                                                                                            \
+// cos_t/sin_t: RoPE tables f32 [seq, HD] for attention(rope(qkv)) (q and k rotated as they are
+// staged, dq and dk rotated back before they are stored; qkv is not modified), or nullptr for
+// plain attention.
+#define TC_KERNELS(HD)                                                                          \
+  extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc##HD(                       \
+      const bf16* __restrict__ qkv, bf16* __restrict__ out, float* __restrict__ lse, int seq,   \
+      int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {            \
+    tc_fwd<HD>(qkv, out, lse, seq, heads, cos_t, sin_t);                                        \
+  }                                                                                             \
+  EMU_REGISTER(attention_fwd_tc##HD)                                                            \
+  extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc##HD(                    \
+      const bf16* __restrict__ qkv, const bf16* __restrict__ out, const float* __restrict__ lse,  \
+      const bf16* __restrict__ dout, bf16* __restrict__ dqkv, float* __restrict__ delta,        \
+      int seq, int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {   \
+    tc_bwd_dq<HD>(qkv, out, lse, dout, dqkv, delta, seq, heads, cos_t, sin_t);                  \
+  }                                                                                             \
+  EMU_REGISTER(attention_bwd_dq_tc##HD)                                                         \
+  extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc##HD(                  \
+      const bf16* __restrict__ qkv, const float* __restrict__ lse,                              \
+      const bf16* __restrict__ dout, const float* __restrict__ delta, bf16* __restrict__ dqkv,  \
+      int seq, int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {   \
+    tc_bwd_dkdv<HD>(qkv, lse, dout, delta, dqkv, seq, heads, cos_t, sin_t);                     \
+  }                                                                                             \
   EMU_REGISTER(attention_bwd_dkdv_tc##HD)
 
 TC_KERNELS(16)

@@ -112,6 +112,22 @@ pub fn attention_fwd(
     heads: usize,
     head_dim: usize,
 ) -> Result<()> {
+    fwd(dev, qkv, (0, 0), out, lse, batch, seq, heads, head_dim)
+}
+
+/// [`attention_fwd`] with `rope = (cos, sin)` device pointers of the RoPE tables, or (0, 0).
+#[allow(clippy::too_many_arguments)]
+fn fwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    rope: (u64, u64),
+    out: &mut impl DevicePtrMut<bf16>,
+    lse: &mut impl DevicePtrMut<f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
     let (cfg, chunk) = launch_shape(batch, seq, heads, head_dim)?;
     let (t, d) = (batch * seq, heads * head_dim);
     ensure!(qkv.len() >= t * 3 * d, "attention_fwd: qkv has {} < {} elements", qkv.len(), t * 3 * d);
@@ -136,11 +152,12 @@ pub fn attention_fwd(
         let name = names[0];
         let f = dev.func("attention", name)?;
         let mut b = s.launch_builder(&f);
-        b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i);
+        b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i).arg(&rope.0).arg(&rope.1);
         // SAFETY: argument types and order match the kernel; sizes and shape checked above.
         unsafe { b.launch(tc) }.map_err(launch_err(name))?;
         return Ok(());
     }
+    ensure!(rope == (0, 0), "attention: fused RoPE needs a tensor-core head dim, not {head_dim}");
     let f = dev.func("attention", "attention_fwd_bf16")?;
     let mut b = s.launch_builder(&f);
     b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i).arg(&hd_i).arg(&chunk);
@@ -156,6 +173,25 @@ pub fn attention_fwd(
 pub fn attention_bwd(
     dev: &CudaDevice,
     qkv: &impl DevicePtr<bf16>,
+    out: &impl DevicePtr<bf16>,
+    lse: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<bf16>,
+    dqkv: &mut impl DevicePtrMut<bf16>,
+    scratch: &mut AttentionScratch,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    bwd(dev, qkv, (0, 0), out, lse, dout, dqkv, scratch, batch, seq, heads, head_dim)
+}
+
+/// [`attention_bwd`] with `rope = (cos, sin)` device pointers of the RoPE tables, or (0, 0).
+#[allow(clippy::too_many_arguments)]
+fn bwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    rope: (u64, u64),
     out: &impl DevicePtr<bf16>,
     lse: &impl DevicePtr<f32>,
     dout: &impl DevicePtr<bf16>,
@@ -202,6 +238,7 @@ pub fn attention_bwd(
         let f = dev.func("attention", name)?;
         let mut b = s.launch_builder(&f);
         b.arg(&pq).arg(&po).arg(&pl).arg(&pdo).arg(&pdq).arg(&pd).arg(&seq_i).arg(&heads_i);
+        b.arg(&rope.0).arg(&rope.1);
         // SAFETY: argument types and order match the kernel; it writes the q columns of dqkv
         // and all of delta.
         unsafe { b.launch(tc) }.map_err(launch_err(name))?;
@@ -209,11 +246,13 @@ pub fn attention_bwd(
         let f = dev.func("attention", name)?;
         let mut b = s.launch_builder(&f);
         b.arg(&pq).arg(&pl).arg(&pdo).arg(&pd).arg(&pdq).arg(&seq_i).arg(&heads_i);
+        b.arg(&rope.0).arg(&rope.1);
         // SAFETY: as above; runs after the dQ kernel on the same stream (reads its delta) and
         // writes the k and v columns of dqkv.
         unsafe { b.launch(tc) }.map_err(launch_err(name))?;
         return Ok(());
     }
+    ensure!(rope == (0, 0), "attention: fused RoPE needs a tensor-core head dim, not {head_dim}");
     let f_dq = dev.func("attention", "attention_bwd_dq_bf16")?;
     let f_dkdv = dev.func("attention", "attention_bwd_dkdv_bf16")?;
     let mut b = s.launch_builder(&f_dq);
@@ -228,4 +267,65 @@ pub fn attention_bwd(
     // writes the k and v columns of dqkv.
     unsafe { b.launch(cfg) }.map_err(launch_err("attention_bwd_dkdv_bf16"))?;
     Ok(())
+}
+
+/// Checks the RoPE tables (f32 `[seq, head_dim]`) of the fused ops.
+fn rope_tables_ok(cos: usize, sin: usize, seq: usize, head_dim: usize) -> Result<()> {
+    ensure!(
+        uses_tensor_cores(head_dim),
+        "attention with fused RoPE: head_dim {head_dim} has no tensor-core kernel (16, 32, 64, 128); \
+         use rope + attention"
+    );
+    ensure!(
+        cos >= seq * head_dim && sin >= seq * head_dim,
+        "attention with fused RoPE: tables have {cos}/{sin} < {} elements",
+        seq * head_dim
+    );
+    Ok(())
+}
+
+/// `attention_fwd(rope(qkv))` in one pass: q and k rotated (rotate-half RoPE with the f32
+/// tables `cos`, `sin` `[seq, head_dim]`, as `kernels::rope_fwd`) while they are staged;
+/// `qkv` (before RoPE) is not modified. Tensor-core head dims only (see [`uses_tensor_cores`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_fwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<bf16>,
+    lse: &mut impl DevicePtrMut<f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    rope_tables_ok(cos.len(), sin.len(), seq, head_dim)?;
+    let (pc, _g1) = cos.device_ptr(&dev.stream);
+    let (ps, _g2) = sin.device_ptr(&dev.stream);
+    fwd(dev, qkv, (pc, ps), out, lse, batch, seq, heads, head_dim)
+}
+
+/// Gradient of [`attention_rope_fwd`] with respect to `qkv` before RoPE (dq and dk rotated
+/// back, as `kernels::rope_bwd` after [`attention_bwd`]); `qkv` is the un-rotated input.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_bwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
+    out: &impl DevicePtr<bf16>,
+    lse: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<bf16>,
+    dqkv: &mut impl DevicePtrMut<bf16>,
+    scratch: &mut AttentionScratch,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    rope_tables_ok(cos.len(), sin.len(), seq, head_dim)?;
+    let (pc, _g1) = cos.device_ptr(&dev.stream);
+    let (ps, _g2) = sin.device_ptr(&dev.stream);
+    bwd(dev, qkv, (pc, ps), out, lse, dout, dqkv, scratch, batch, seq, heads, head_dim)
 }
