@@ -208,6 +208,41 @@ fn main() {
         )
         .unwrap()
     });
+    // RoPE inside attention (same bytes as above; the rope tables come from L2): compare with
+    // rope_fwd + attention_fwd, rope_bwd + attention_bwd.
+    run("attention_rope_fwd (fused)", n_qkv * 2.0 + nb * 2.0 + n_stat * 4.0, &mut || {
+        attention::attention_rope_fwd(
+            dev,
+            &qkv,
+            &cos,
+            &sin,
+            &mut att_out,
+            &mut att_lse,
+            batch,
+            s_len,
+            heads,
+            hd,
+        )
+        .unwrap()
+    });
+    run("attention_rope_bwd (fused)", n_qkv * 6.0 + nb * 6.0 + n_stat * 16.0, &mut || {
+        attention::attention_rope_bwd(
+            dev,
+            &qkv,
+            &cos,
+            &sin,
+            &att_out,
+            &att_lse,
+            &att_dout,
+            &mut dqkv,
+            &mut att_scratch,
+            batch,
+            s_len,
+            heads,
+            hd,
+        )
+        .unwrap()
+    });
 
     // GEMM: qkv projection y[rows, 1536] = x[rows, 512] W^T
     let gemm = dev.gemm().unwrap();
