@@ -203,9 +203,10 @@ fn main() {
         kernels::sign_sgd_step(dev, &mut w, &gw, &touched, pz_len, 1e-4, 0.1).unwrap()
     });
 
-    // Attention (fused; products as f32 FMAs): napkin bytes as in kernels/attention.cu (the
-    // backward reads qkv and dout once per kernel). 10.6 GFLOP forward, 37 GFLOP backward make
-    // both compute bound, so the fraction of the copy ceiling is low.
+    // Attention (fused; head dim 64 takes the tensor-core kernels, mma.sync bf16): napkin bytes
+    // as in kernels/attention.cu (the backward reads qkv and dout once per kernel). 14.5 GFLOP
+    // forward and 51 GFLOP backward (padded to 96 x 96) are ~25 us and ~85 us of mma.sync, so
+    // both should sit near the copy ceiling (forward ~60-70 us, backward ~0.2 ms expected).
     let mut att_out: CudaSlice<bf16> = zeros(dev, n_act);
     let mut att_lse: CudaSlice<f32> = zeros(dev, batch * heads * s_len);
     let att_dout: CudaSlice<bf16> = zeros(dev, n_act);
@@ -219,6 +220,41 @@ fn main() {
         attention::attention_bwd(
             dev,
             &qkv,
+            &att_out,
+            &att_lse,
+            &att_dout,
+            &mut dqkv,
+            &mut att_scratch,
+            batch,
+            s_len,
+            heads,
+            hd,
+        )
+        .unwrap()
+    });
+    // RoPE inside attention (same bytes as above; the rope tables come from L2): compare with
+    // rope_fwd + attention_fwd, rope_bwd + attention_bwd.
+    run("attention_rope_fwd (fused)", n_qkv * 2.0 + nb * 2.0 + n_stat * 4.0, &mut || {
+        attention::attention_rope_fwd(
+            dev,
+            &qkv,
+            &cos,
+            &sin,
+            &mut att_out,
+            &mut att_lse,
+            batch,
+            s_len,
+            heads,
+            hd,
+        )
+        .unwrap()
+    });
+    run("attention_rope_bwd (fused)", n_qkv * 6.0 + nb * 6.0 + n_stat * 16.0, &mut || {
+        attention::attention_rope_bwd(
+            dev,
+            &qkv,
+            &cos,
+            &sin,
             &att_out,
             &att_lse,
             &att_dout,

@@ -247,3 +247,17 @@ template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core warp collectives (emu/runtime.cpp, last section): host versions of
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 and ldmatrix.sync.aligned.m8n8.{x1,x2,x4}
+// {.trans}.shared.b16 with the PTX fragment layouts. Kernels use them through the wrappers of
+// kernels/common.cuh (mma_bf16_16816, ldsm_*), never directly. All 32 lanes must take part.
+namespace emu {
+void mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const float* c);
+void ldmatrix_m8n8_b16(uint32_t* r, int num, int trans, const void* row_addr);
+// Test-only: plants a fragment-layout bug in the collectives for the rest of the current launch
+// (1: mma reads A with lanes 0 and 5 swapped; 2: ldmatrix returns lanes 1 and 2 swapped), so a
+// self-test can show that its comparison catches a wrong layout.
+void plant_tensor_core_fault(int mode);
+}  // namespace emu

@@ -647,3 +647,135 @@ int launch_packed(const KernelEntry* k, const LaunchDims& d, const void* packed)
 }
 
 }  // namespace emu
+
+// =============================================================================================
+// Tensor-core warp collectives: mma.sync.m16n8k16 (bf16 in, f32 accumulate) and ldmatrix.m8n8
+// (.b16, x1/x2/x4, optional .trans), with the fragment layouts of the PTX ISA ("Matrix Fragments
+// for mma.m16n8k16 with floating point type", "Warp-level matrix load instruction: ldmatrix").
+// Both are warp-collective: all 32 lanes must be live and at the same call site (a lane that has
+// exited, a partial warp or lanes at different instructions fail the launch). Each lane deposits
+// its operands, the warp meets at a barrier, every lane computes its own result from all 32
+// deposits (ldmatrix reads shared memory here, at one point of the warp's program order), and
+// the warp meets again before any lane goes on.
+namespace emu {
+namespace {
+constexpr int kXBytes = 64;
+thread_local unsigned char t_xbuf[32][32][kXBytes];  // [warp][lane][deposit]
+thread_local int t_fault_mode = 0;                   // planted layout bug (test-only)
+thread_local uint64_t t_fault_launch = ~0ull;        // ... valid for this launch only
+
+Warp& full_warp(const char* what) {
+  Warp& w = t_s.warps[t_s.cur->warp];
+  if (w.live != 32 || w.live_mask != 0xffffffffu) {
+    fail(std::string(what) +
+         ": warp-collective instruction without all 32 lanes (a lane has exited or the warp "
+         "is partial)");
+    yield_to_scheduler();
+  }
+  return w;
+}
+
+int fault_mode() { return t_fault_launch == t_s.launches ? t_fault_mode : 0; }
+
+float bf16_bits_to_f32(uint32_t h) {
+  uint32_t u = (h & 0xffffu) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+}  // namespace
+
+void plant_tensor_core_fault(int mode) {
+  t_fault_mode = mode;
+  t_fault_launch = t_s.launches;
+}
+
+void mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  char* site = static_cast<char*>(__builtin_return_address(0));
+  Warp& w = full_warp("mma.sync.m16n8k16");
+  const int lane = t_s.cur->lane, wi = t_s.cur->warp;
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  std::memcpy(t_xbuf[wi][lane], mine, sizeof mine);
+  warp_barrier(w, site);
+  const int fault = fault_mode();
+  // Lane holding an element; mode 1 plants a layout bug: lanes 0 and 5 of A swapped.
+  auto a_lane = [&](int l) { return fault == 1 && (l == 0 || l == 5) ? 5 - l : l; };
+  auto reg = [&](int l, int r) {
+    uint32_t v;
+    std::memcpy(&v, t_xbuf[wi][l] + 4 * r, 4);
+    return v;
+  };
+  // A (16 x 16, row): a_i of lane (g, t) is row g + 8 [i = 2,3,6,7], column 2t + (i & 1) + 8
+  // [i >= 4]; register i / 2 holds a_{2r} (low half) and a_{2r+1} (high half).
+  auto A = [&](int row, int col) {
+    const int l = a_lane((row & 7) * 4 + ((col & 7) >> 1));
+    const int r = 2 * (col >> 3) + (row >> 3);
+    return bf16_bits_to_f32(reg(l, r) >> (16 * (col & 1)));
+  };
+  // B (16 x 8, col): b_i of lane (g, t) is row 2t + (i & 1) + 8 [i >= 2], column g.
+  auto B = [&](int k, int n) {
+    const int l = n * 4 + ((k & 7) >> 1);
+    return bf16_bits_to_f32(reg(l, 4 + (k >> 3)) >> (16 * (k & 1)));
+  };
+  // C/D (16 x 8): c_i of lane (g, t) is row g + 8 [i >= 2], column 2t + (i & 1).
+  const int g = lane >> 2, t = lane & 3;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+    out[i] = acc;
+  }
+  warp_barrier(w, site + 1);  // second phase: no lane overwrites its deposit before all read
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+void ldmatrix_m8n8_b16(uint32_t* r, int num, int trans, const void* addr) {
+  char* site = static_cast<char*>(__builtin_return_address(0));
+  Warp& w = full_warp("ldmatrix.m8n8");
+  const int lane = t_s.cur->lane, wi = t_s.cur->warp;
+  if (num != 1 && num != 2 && num != 4) {
+    fail("ldmatrix: .num must be x1, x2 or x4");
+    yield_to_scheduler();
+  }
+  if (lane < 8 * num && (reinterpret_cast<uintptr_t>(addr) & 15) != 0) {
+    fail("ldmatrix: row address not 16-byte aligned");
+    yield_to_scheduler();
+  }
+  std::memcpy(t_xbuf[wi][lane], &addr, sizeof addr);
+  warp_barrier(w, site);
+  auto row_ptr = [&](int l) {
+    const uint16_t* p;
+    std::memcpy(&p, t_xbuf[wi][l], sizeof p);
+    return p;
+  };
+  // Matrix m's row j starts at the address of lane 8m + j. Without .trans lane (g, t) gets row g,
+  // columns 2t and 2t + 1; with .trans it gets column g, rows 2t and 2t + 1 (low, high half).
+  const int g = lane >> 2, t = lane & 3;
+  uint32_t out[4] = {0, 0, 0, 0};
+  for (int m = 0; m < num; ++m) {
+    uint32_t lo, hi;
+    if (!trans) {
+      const uint16_t* p = row_ptr(8 * m + g);
+      lo = p[2 * t];
+      hi = p[2 * t + 1];
+    } else {
+      lo = row_ptr(8 * m + 2 * t)[g];
+      hi = row_ptr(8 * m + 2 * t + 1)[g];
+    }
+    out[m] = lo | (hi << 16);
+  }
+  warp_barrier(w, site + 1);
+  // Mode 2 plants a layout bug: the results of lanes 1 and 2 swapped.
+  if (fault_mode() == 2 && (lane == 1 || lane == 2)) {
+    std::memcpy(t_xbuf[wi][lane], out, sizeof out);
+    warp_barrier(w, site + 2);
+    std::memcpy(out, t_xbuf[wi][3 - lane], sizeof out);
+    warp_barrier(w, site + 3);
+  } else if (fault_mode() == 2) {
+    warp_barrier(w, site + 2);
+    warp_barrier(w, site + 3);
+  }
+  for (int m = 0; m < num; ++m) r[m] = out[m];
+}
+}  // namespace emu

@@ -40,7 +40,8 @@ impl Shape {
 
 /// What one block keeps for its backward (also used as scratch for no-grad blocks).
 pub struct LayerActs<B: Backend> {
-    /// q, k (roped) and v [rows, 3*hidden]
+    /// q, k and v [rows, 3*hidden] (q and k rotated by RoPE, unless the backend fuses RoPE into
+    /// attention)
     qkv: B::Act,
     /// attention output before o_proj [rows, hidden]
     attn: B::Act,
@@ -324,10 +325,26 @@ impl<B: Backend> Hrm<B> {
     fn block_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Param>, input: &B::Act, a: &mut LayerActs<B>) {
         let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
         be.linear_fwd(input, &w.qkv, &mut a.qkv, r, d, 3 * d);
-        if self.rope {
-            be.rope_fwd(&mut a.qkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+        if self.rope && be.fuses_rope_attention(s.head_dim) {
+            // q and k rotated inside attention; `qkv` stays un-rotated
+            let (c, sn) = (&self.cos, &self.sin);
+            be.attention_rope_fwd(
+                &a.qkv,
+                c,
+                sn,
+                &mut a.attn,
+                &mut a.lse,
+                s.batch,
+                s.seq,
+                s.heads,
+                s.head_dim,
+            );
+        } else {
+            if self.rope {
+                be.rope_fwd(&mut a.qkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+            }
+            be.attention_fwd(&a.qkv, &mut a.attn, &mut a.lse, s.batch, s.seq, s.heads, s.head_dim);
         }
-        be.attention_fwd(&a.qkv, &mut a.attn, &mut a.lse, s.batch, s.seq, s.heads, s.head_dim);
         be.linear_fwd(&a.attn, &w.o, &mut a.proj, r, d, d);
         be.add_rms_norm_fwd(input, &a.proj, &mut a.h1, &mut a.rstd1, d, eps);
         be.linear_fwd(&a.h1, &w.gate_up, &mut a.gate_up, r, d, 2 * s.inter);
@@ -360,9 +377,25 @@ impl<B: Backend> Hrm<B> {
         be.rms_norm_bwd(&g.dh1, &a.h1, &a.rstd1, &mut g.ds1, d);
         be.linear_bwd_x(&g.ds1, &w.o, &mut g.dattn, r, d, d, false);
         be.linear_bwd_w(&g.ds1, &a.attn, &mut gw.o, r, d, d);
-        be.attention_bwd(&a.qkv, &a.attn, &a.lse, &g.dattn, &mut g.dqkv, s.batch, s.seq, s.heads, s.head_dim);
-        if self.rope {
-            be.rope_bwd(&mut g.dqkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+        if self.rope && be.fuses_rope_attention(s.head_dim) {
+            let (c, sn) = (&self.cos, &self.sin);
+            let (b, sq, h, hd) = (s.batch, s.seq, s.heads, s.head_dim);
+            be.attention_rope_bwd(&a.qkv, c, sn, &a.attn, &a.lse, &g.dattn, &mut g.dqkv, b, sq, h, hd);
+        } else {
+            be.attention_bwd(
+                &a.qkv,
+                &a.attn,
+                &a.lse,
+                &g.dattn,
+                &mut g.dqkv,
+                s.batch,
+                s.seq,
+                s.heads,
+                s.head_dim,
+            );
+            if self.rope {
+                be.rope_bwd(&mut g.dqkv, &self.cos, &self.sin, s.seq, s.heads, s.head_dim);
+            }
         }
         be.copy(&g.ds1, &mut g.dnext);
         be.linear_bwd_x(&g.dqkv, &w.qkv, &mut g.dnext, r, d, 3 * d, true);

@@ -18,7 +18,7 @@ mod kernel_common;
 use half::bf16;
 use hrm::backend::cpu::attention as cpu;
 use hrm::backend::cuda::CudaDevice;
-use hrm::backend::cuda::attention::{AttentionScratch, attention_bwd, attention_fwd};
+use hrm::backend::cuda::attention::{AttentionScratch, attention_bwd, attention_fwd, uses_tensor_cores};
 use kernel_common::*;
 
 const FLOOR: f32 = 1e-5;
@@ -284,6 +284,44 @@ fn attention_backward_is_deterministic() {
     assert_eq!(runs[0], runs[1], "two backward runs differ");
 }
 
+/// The tensor-core kernels (head dims 16, 32, 64, 128; 64 rows per block, keys and queries
+/// padded to multiples of 16 in shared memory and masked) at shapes that exercise the padding:
+/// a partial 16-row warp tile (17, 82, 100, 130, 200), a block whose last warps have no rows
+/// (17, 82, 130), several key/query tiles in shared memory (hd 64: forward tile 160, backward
+/// 96 rows, so 130 and 256 take two/three; hd 128: 80 and 16 rows), several row blocks per head
+/// (130, 200, 256), and more (batch, head) pairs than one grid row.
+#[test]
+fn attention_tensor_core_padding_shapes() {
+    for (i, sh) in [
+        Shape { batch: 2, seq: 17, heads: 2, hd: 64 },
+        Shape { batch: 1, seq: 130, heads: 2, hd: 64 },
+        Shape { batch: 5, seq: 82, heads: 3, hd: 32 },
+        Shape { batch: 1, seq: 200, heads: 1, hd: 32 },
+        Shape { batch: 1, seq: 256, heads: 2, hd: 16 },
+        Shape { batch: 1, seq: 100, heads: 1, hd: 128 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(uses_tensor_cores(sh.hd), "hd {} should take the tensor-core kernels", sh.hd);
+        check(sh, 20 + i as u64, 1.0);
+    }
+}
+
+/// Head dims without tensor-core kernels (multiples of 8, not in {16, 32, 64, 128}) keep the
+/// f32 kernels.
+#[test]
+fn attention_f32_fallback_head_dims() {
+    for (i, sh) in
+        [Shape { batch: 2, seq: 82, heads: 2, hd: 48 }, Shape { batch: 1, seq: 40, heads: 3, hd: 8 }]
+            .into_iter()
+            .enumerate()
+    {
+        assert!(!uses_tensor_cores(sh.hd));
+        check(sh, 30 + i as u64, 1.0);
+    }
+}
+
 /// The bound is not vacuous: the same comparison rejects the kernel's own results with one
 /// element moved by 10% of the tensor's RMS (the bound, 2x the naive bf16 error, is ~4-7% of
 /// the RMS at these shapes), or set to NaN.
@@ -354,4 +392,140 @@ fn attention_unsupported_shapes_are_errors() {
     assert!(
         attention_bwd(&dev, &view, &x, &l, &x, &mut dqkv, &mut scratch, 1, sh.seq, sh.heads, sh.hd).is_err()
     );
+}
+
+/// Largest |got - want| / (3 * 2^-8 * (|want| + rms(want))), NaN counting as infinite: the
+/// fused RoPE attention against the composed ops. Both see the same bf16-rounded rotated q and k
+/// (the fused kernels round the rotation to bf16 exactly as the rope kernel stores it), so the
+/// forward agrees to the last bit up to FMA contraction; dq and dk differ by the composed
+/// version's extra bf16 rounding before rope_bwd (its rotation mixes two rounded values): a few
+/// bf16 units of the magnitude, hence 3 * 2^-8 relative to |want| plus the tensor's RMS.
+fn rope_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    let scale = rms(want);
+    got.iter()
+        .zip(want)
+        .map(
+            |(&g, &w)| {
+                if g.is_finite() { (g - w).abs() / (3.0 / 256.0 * (w.abs() + scale)) } else { f32::INFINITY }
+            },
+        )
+        .fold(0.0, f32::max)
+}
+
+/// `attention_rope_fwd/bwd` (RoPE inside the tensor-core kernels) against the composed
+/// `rope_fwd` + `attention_fwd` and `attention_bwd` + `rope_bwd`, which stay the reference.
+#[test]
+fn attention_fused_rope_matches_composed_ops() {
+    use hrm::backend::cpu::rope::rope_tables;
+    use hrm::backend::cuda::attention::{attention_rope_bwd, attention_rope_fwd};
+    use hrm::backend::cuda::kernels::{rope_bwd, rope_fwd};
+    let Some(dev) = device("kernels_attention") else {
+        return;
+    };
+    for (i, sh) in [
+        Shape { batch: 2, seq: 82, heads: 2, hd: 64 },
+        Shape { batch: 1, seq: 17, heads: 3, hd: 32 },
+        Shape { batch: 1, seq: 130, heads: 1, hd: 128 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (t, d) = (sh.tokens(), sh.d());
+        let mut r = rng(40 + i as u64);
+        let qkv = to_bf16(&randn(&mut r, t * 3 * d, 1.0));
+        let dout = to_bf16(&randn(&mut r, t * d, 1.0));
+        let (cos, sin) = rope_tables(sh.seq, sh.hd, 10000.0);
+        let (cos_d, sin_d) = (upload(&dev, &cos), upload(&dev, &sin));
+        let (qkv_d, dout_d) = (upload(&dev, &qkv), upload(&dev, &dout));
+        let n_stat = sh.batch * sh.heads * sh.seq;
+        let mut scratch = AttentionScratch::new(&dev, sh.batch, sh.heads, sh.seq).unwrap();
+
+        // composed
+        let mut roped = upload(&dev, &qkv);
+        rope_fwd(&dev, &mut roped, &cos_d, &sin_d, t, sh.seq, sh.heads, sh.hd).unwrap();
+        let (mut out_c, mut lse_c) = (poisoned_bf16(&dev, t * d), poisoned_f32(&dev, n_stat));
+        attention_fwd(&dev, &roped, &mut out_c, &mut lse_c, sh.batch, sh.seq, sh.heads, sh.hd).unwrap();
+        let mut dqkv_c = poisoned_bf16(&dev, t * 3 * d);
+        attention_bwd(
+            &dev,
+            &roped,
+            &out_c,
+            &lse_c,
+            &dout_d,
+            &mut dqkv_c,
+            &mut scratch,
+            sh.batch,
+            sh.seq,
+            sh.heads,
+            sh.hd,
+        )
+        .unwrap();
+        let unrotated = split_qkv(&from_bf16(&download(&dev, &dqkv_c)), d);
+        rope_bwd(&dev, &mut dqkv_c, &cos_d, &sin_d, t, sh.seq, sh.heads, sh.hd).unwrap();
+
+        // fused (the backward from the composed forward's out and lse: the same function)
+        let (mut out_f, mut lse_f) = (poisoned_bf16(&dev, t * d), poisoned_f32(&dev, n_stat));
+        attention_rope_fwd(
+            &dev, &qkv_d, &cos_d, &sin_d, &mut out_f, &mut lse_f, sh.batch, sh.seq, sh.heads, sh.hd,
+        )
+        .unwrap();
+        let mut dqkv_f = poisoned_bf16(&dev, t * 3 * d);
+        attention_rope_bwd(
+            &dev,
+            &qkv_d,
+            &cos_d,
+            &sin_d,
+            &out_c,
+            &lse_c,
+            &dout_d,
+            &mut dqkv_f,
+            &mut scratch,
+            sh.batch,
+            sh.seq,
+            sh.heads,
+            sh.hd,
+        )
+        .unwrap();
+        assert_eq!(download(&dev, &qkv_d), qkv, "{sh:?}: the fused op modified qkv");
+
+        let out_c = from_bf16(&download(&dev, &out_c));
+        let out_f = from_bf16(&download(&dev, &out_f));
+        let (lse_c, lse_f) = (download(&dev, &lse_c), download(&dev, &lse_f));
+        let lse_err = lse_f
+            .iter()
+            .zip(&lse_c)
+            .map(
+                |(&f, &c)| {
+                    if f.is_finite() { (f - c).abs() / (1e-5 * (1.0 + c.abs())) } else { f32::INFINITY }
+                },
+            )
+            .fold(0.0, f32::max);
+        assert!(lse_err <= 1.0, "{sh:?}: lse error {lse_err} x 1e-5 (1 + |lse|)");
+        let e_out = rope_rel_err(&out_f, &out_c);
+        assert!(e_out <= 1.0, "{sh:?}: fused out error {e_out} x the bound");
+        let (gf, gc) = (from_bf16(&download(&dev, &dqkv_f)), from_bf16(&download(&dev, &dqkv_c)));
+        let (gf, gc) = (split_qkv(&gf, d), split_qkv(&gc, d));
+        for (k, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let e = rope_rel_err(&gf[k], &gc[k]);
+            assert!(e <= 1.0, "{sh:?}: fused {name} error {e} x the bound");
+        }
+        // ... and to the backward rotation: dq, dk not rotated back fail it
+        for k in 0..2 {
+            let e = rope_rel_err(&gf[k], &unrotated[k]);
+            assert!(e > 3.0, "{sh:?}: gradient {k} without rope_bwd passed the check ({e})");
+        }
+        // the comparison is sensitive to RoPE: plain attention (no rotation) fails it
+        let (mut out_p, mut lse_p) = (poisoned_bf16(&dev, t * d), poisoned_f32(&dev, n_stat));
+        attention_fwd(&dev, &qkv_d, &mut out_p, &mut lse_p, sh.batch, sh.seq, sh.heads, sh.hd).unwrap();
+        let e_plain = rope_rel_err(&from_bf16(&download(&dev, &out_p)), &out_c);
+        assert!(e_plain > 3.0, "{sh:?}: attention without RoPE passed the fused-RoPE check ({e_plain})");
+        eprintln!(
+            "{sh:?}: fused RoPE out {e_out:.3}, lse {lse_err:.3}; without RoPE {e_plain:.1} x the bound"
+        );
+    }
+    // head dims without tensor-core kernels refuse the fused op (the backend composes instead)
+    let qkv = upload(&dev, &vec![bf16::ZERO; 16 * 3 * 48]);
+    let (cos, sin) = (upload(&dev, &vec![1.0f32; 16 * 48]), upload(&dev, &vec![0.0f32; 16 * 48]));
+    let (mut out, mut lse) = (poisoned_bf16(&dev, 16 * 48), poisoned_f32(&dev, 16));
+    assert!(attention_rope_fwd(&dev, &qkv, &cos, &sin, &mut out, &mut lse, 1, 16, 1, 48).is_err());
 }

@@ -306,6 +306,47 @@ pub trait Backend {
         head_dim: usize,
     );
 
+    // Fused RoPE + attention (additive). attention(rope(qkv)) with `qkv` BEFORE RoPE, left
+    // unmodified; the backward takes the same un-rotated `qkv` and returns the gradient with
+    // respect to it. The defaults compose the ops above (rope on a copy, attention, rope_bwd)
+    // and stay the reference; a backend may override them with one fused pass.
+    /// Whether [`Backend::attention_rope_fwd`] / `_bwd` run as one fused pass for this head
+    /// size (the model then keeps q and k un-rotated); otherwise the model rotates in place and
+    /// calls attention (the composed defaults would copy qkv each call).
+    fn fuses_rope_attention(&self, _head_dim: usize) -> bool {
+        false
+    }
+    fn attention_rope_fwd(
+        &self,
+        qkv: &Self::Act,
+        cos: &Self::F32,
+        sin: &Self::F32,
+        out: &mut Self::Act,
+        lse: &mut Self::F32,
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+    ) {
+        attention_rope_fwd_composed(self, qkv, cos, sin, out, lse, batch, seq, heads, head_dim);
+    }
+    fn attention_rope_bwd(
+        &self,
+        qkv: &Self::Act,
+        cos: &Self::F32,
+        sin: &Self::F32,
+        out: &Self::Act,
+        lse: &Self::F32,
+        dout: &Self::Act,
+        dqkv: &mut Self::Act,
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+    ) {
+        attention_rope_bwd_composed(self, qkv, cos, sin, out, lse, dout, dqkv, batch, seq, heads, head_dim);
+    }
+
     // Embedding.
     fn embed_fwd(
         &self,
@@ -462,4 +503,48 @@ macro_rules! with_backend {
             }
         }
     }};
+}
+
+/// The composed [`Backend::attention_rope_fwd`]: RoPE on a copy of `qkv`, then attention.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_fwd_composed<B: Backend + ?Sized>(
+    be: &B,
+    qkv: &B::Act,
+    cos: &B::F32,
+    sin: &B::F32,
+    out: &mut B::Act,
+    lse: &mut B::F32,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) {
+    let mut roped = be.zeros(be.act_len(qkv));
+    be.copy(qkv, &mut roped);
+    be.rope_fwd(&mut roped, cos, sin, seq, heads, head_dim);
+    be.attention_fwd(&roped, out, lse, batch, seq, heads, head_dim);
+}
+
+/// The composed [`Backend::attention_rope_bwd`]: attention backward on the rotated copy of
+/// `qkv`, then RoPE backward on dq and dk.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_bwd_composed<B: Backend + ?Sized>(
+    be: &B,
+    qkv: &B::Act,
+    cos: &B::F32,
+    sin: &B::F32,
+    out: &B::Act,
+    lse: &B::F32,
+    dout: &B::Act,
+    dqkv: &mut B::Act,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) {
+    let mut roped = be.zeros(be.act_len(qkv));
+    be.copy(qkv, &mut roped);
+    be.rope_fwd(&mut roped, cos, sin, seq, heads, head_dim);
+    be.attention_bwd(&roped, out, lse, dout, dqkv, batch, seq, heads, head_dim);
+    be.rope_bwd(dqkv, cos, sin, seq, heads, head_dim);
 }

@@ -1,6 +1,8 @@
 //! Launchers of the fused attention kernels (`kernels/attention.cu`): non-causal multi-head
 //! attention on fused qkv rows, the same layout and math as `backend::cpu::attention`.
 //! bf16 activations, f32 log-sum-exp; the backward is two deterministic kernels (dQ, then dK/dV).
+//! Head dims 16, 32, 64 and 128 run the tensor-core kernels (`attention_*_tc{hd}`: mma.sync
+//! bf16 with f32 accumulation, 64 rows per block); the other multiples of 8 the f32 kernels.
 
 use anyhow::{Result, anyhow, ensure};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
@@ -18,6 +20,38 @@ const THREADS: u32 = 128;
 const ROWS_PER_PASS: usize = 16;
 /// At most this many passes per block: longer sequences are split over more blocks.
 const MAX_PASSES: usize = 4;
+
+/// Tensor-core kernels (`kernels/attention.cu`, `TC_KERNELS`) per head dim: forward, dQ, dK/dV.
+const TC_KERNELS: [(usize, [&str; 3]); 4] = [
+    (16, ["attention_fwd_tc16", "attention_bwd_dq_tc16", "attention_bwd_dkdv_tc16"]),
+    (32, ["attention_fwd_tc32", "attention_bwd_dq_tc32", "attention_bwd_dkdv_tc32"]),
+    (64, ["attention_fwd_tc64", "attention_bwd_dq_tc64", "attention_bwd_dkdv_tc64"]),
+    (128, ["attention_fwd_tc128", "attention_bwd_dq_tc128", "attention_bwd_dkdv_tc128"]),
+];
+/// Rows (queries, or keys in dK/dV) per block of the tensor-core kernels.
+const TC_ROWS: usize = 64;
+
+/// True when `head_dim` runs the tensor-core kernels (else the f32 kernels).
+pub fn uses_tensor_cores(head_dim: usize) -> bool {
+    TC_KERNELS.iter().any(|(hd, _)| *hd == head_dim)
+}
+
+/// The tensor-core kernels and launch (grid (row blocks, heads, batch), 128 threads) if
+/// `head_dim` has them.
+fn tc_launch(
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Option<([&'static str; 3], LaunchConfig)> {
+    let names = TC_KERNELS.iter().find(|(hd, _)| *hd == head_dim)?.1;
+    let cfg = LaunchConfig {
+        grid_dim: (seq.div_ceil(TC_ROWS) as u32, heads as u32, batch as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Some((names, cfg))
+}
 
 /// Device scratch of [`attention_bwd`]: `D_i = sum_c dO_ic O_ic` per (batch, head, row).
 pub struct AttentionScratch {
@@ -78,6 +112,22 @@ pub fn attention_fwd(
     heads: usize,
     head_dim: usize,
 ) -> Result<()> {
+    fwd(dev, qkv, (0, 0), out, lse, batch, seq, heads, head_dim)
+}
+
+/// [`attention_fwd`] with `rope = (cos, sin)` device pointers of the RoPE tables, or (0, 0).
+#[allow(clippy::too_many_arguments)]
+fn fwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    rope: (u64, u64),
+    out: &mut impl DevicePtrMut<bf16>,
+    lse: &mut impl DevicePtrMut<f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
     let (cfg, chunk) = launch_shape(batch, seq, heads, head_dim)?;
     let (t, d) = (batch * seq, heads * head_dim);
     ensure!(qkv.len() >= t * 3 * d, "attention_fwd: qkv has {} < {} elements", qkv.len(), t * 3 * d);
@@ -91,13 +141,24 @@ pub fn attention_fwd(
     if batch == 0 {
         return Ok(());
     }
-    let f = dev.func("attention", "attention_fwd_bf16")?;
     let s = &dev.stream;
     let (pq, _g1) = qkv.device_ptr(s);
     let (po, _g2) = out.device_ptr_mut(s);
     let (pl, _g3) = lse.device_ptr_mut(s);
     ensure_aligned(pq, "qkv")?;
     let (seq_i, heads_i, hd_i) = (seq as i32, heads as i32, head_dim as i32);
+    if let Some((names, tc)) = tc_launch(batch, seq, heads, head_dim) {
+        ensure_aligned(po, "out")?; // written as bf16 pairs
+        let name = names[0];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i).arg(&rope.0).arg(&rope.1);
+        // SAFETY: argument types and order match the kernel; sizes and shape checked above.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        return Ok(());
+    }
+    ensure!(rope == (0, 0), "attention: fused RoPE needs a tensor-core head dim, not {head_dim}");
+    let f = dev.func("attention", "attention_fwd_bf16")?;
     let mut b = s.launch_builder(&f);
     b.arg(&pq).arg(&po).arg(&pl).arg(&seq_i).arg(&heads_i).arg(&hd_i).arg(&chunk);
     // SAFETY: argument types and order match the kernel; sizes and shape checked above.
@@ -112,6 +173,25 @@ pub fn attention_fwd(
 pub fn attention_bwd(
     dev: &CudaDevice,
     qkv: &impl DevicePtr<bf16>,
+    out: &impl DevicePtr<bf16>,
+    lse: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<bf16>,
+    dqkv: &mut impl DevicePtrMut<bf16>,
+    scratch: &mut AttentionScratch,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    bwd(dev, qkv, (0, 0), out, lse, dout, dqkv, scratch, batch, seq, heads, head_dim)
+}
+
+/// [`attention_bwd`] with `rope = (cos, sin)` device pointers of the RoPE tables, or (0, 0).
+#[allow(clippy::too_many_arguments)]
+fn bwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    rope: (u64, u64),
     out: &impl DevicePtr<bf16>,
     lse: &impl DevicePtr<f32>,
     dout: &impl DevicePtr<bf16>,
@@ -142,8 +222,6 @@ pub fn attention_bwd(
     if batch == 0 {
         return Ok(());
     }
-    let f_dq = dev.func("attention", "attention_bwd_dq_bf16")?;
-    let f_dkdv = dev.func("attention", "attention_bwd_dkdv_bf16")?;
     let s = &dev.stream;
     let (pq, _g1) = qkv.device_ptr(s);
     let (po, _g2) = out.device_ptr(s);
@@ -154,6 +232,29 @@ pub fn attention_bwd(
     ensure_aligned(pq, "qkv")?;
     ensure_aligned(pdo, "dout")?;
     let (seq_i, heads_i, hd_i) = (seq as i32, heads as i32, head_dim as i32);
+    if let Some((names, tc)) = tc_launch(batch, seq, heads, head_dim) {
+        ensure_aligned(pdq, "dqkv")?; // written as bf16 pairs
+        let name = names[1];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&po).arg(&pl).arg(&pdo).arg(&pdq).arg(&pd).arg(&seq_i).arg(&heads_i);
+        b.arg(&rope.0).arg(&rope.1);
+        // SAFETY: argument types and order match the kernel; it writes the q columns of dqkv
+        // and all of delta.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        let name = names[2];
+        let f = dev.func("attention", name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&pq).arg(&pl).arg(&pdo).arg(&pd).arg(&pdq).arg(&seq_i).arg(&heads_i);
+        b.arg(&rope.0).arg(&rope.1);
+        // SAFETY: as above; runs after the dQ kernel on the same stream (reads its delta) and
+        // writes the k and v columns of dqkv.
+        unsafe { b.launch(tc) }.map_err(launch_err(name))?;
+        return Ok(());
+    }
+    ensure!(rope == (0, 0), "attention: fused RoPE needs a tensor-core head dim, not {head_dim}");
+    let f_dq = dev.func("attention", "attention_bwd_dq_bf16")?;
+    let f_dkdv = dev.func("attention", "attention_bwd_dkdv_bf16")?;
     let mut b = s.launch_builder(&f_dq);
     b.arg(&pq).arg(&po).arg(&pl).arg(&pdo).arg(&pdq).arg(&pd);
     b.arg(&seq_i).arg(&heads_i).arg(&hd_i).arg(&chunk);
@@ -166,4 +267,65 @@ pub fn attention_bwd(
     // writes the k and v columns of dqkv.
     unsafe { b.launch(cfg) }.map_err(launch_err("attention_bwd_dkdv_bf16"))?;
     Ok(())
+}
+
+/// Checks the RoPE tables (f32 `[seq, head_dim]`) of the fused ops.
+fn rope_tables_ok(cos: usize, sin: usize, seq: usize, head_dim: usize) -> Result<()> {
+    ensure!(
+        uses_tensor_cores(head_dim),
+        "attention with fused RoPE: head_dim {head_dim} has no tensor-core kernel (16, 32, 64, 128); \
+         use rope + attention"
+    );
+    ensure!(
+        cos >= seq * head_dim && sin >= seq * head_dim,
+        "attention with fused RoPE: tables have {cos}/{sin} < {} elements",
+        seq * head_dim
+    );
+    Ok(())
+}
+
+/// `attention_fwd(rope(qkv))` in one pass: q and k rotated (rotate-half RoPE with the f32
+/// tables `cos`, `sin` `[seq, head_dim]`, as `kernels::rope_fwd`) while they are staged;
+/// `qkv` (before RoPE) is not modified. Tensor-core head dims only (see [`uses_tensor_cores`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_fwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<bf16>,
+    lse: &mut impl DevicePtrMut<f32>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    rope_tables_ok(cos.len(), sin.len(), seq, head_dim)?;
+    let (pc, _g1) = cos.device_ptr(&dev.stream);
+    let (ps, _g2) = sin.device_ptr(&dev.stream);
+    fwd(dev, qkv, (pc, ps), out, lse, batch, seq, heads, head_dim)
+}
+
+/// Gradient of [`attention_rope_fwd`] with respect to `qkv` before RoPE (dq and dk rotated
+/// back, as `kernels::rope_bwd` after [`attention_bwd`]); `qkv` is the un-rotated input.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rope_bwd(
+    dev: &CudaDevice,
+    qkv: &impl DevicePtr<bf16>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
+    out: &impl DevicePtr<bf16>,
+    lse: &impl DevicePtr<f32>,
+    dout: &impl DevicePtr<bf16>,
+    dqkv: &mut impl DevicePtrMut<bf16>,
+    scratch: &mut AttentionScratch,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    rope_tables_ok(cos.len(), sin.len(), seq, head_dim)?;
+    let (pc, _g1) = cos.device_ptr(&dev.stream);
+    let (ps, _g2) = sin.device_ptr(&dev.stream);
+    bwd(dev, qkv, (pc, ps), out, lse, dout, dqkv, scratch, batch, seq, heads, head_dim)
 }

@@ -650,6 +650,58 @@ impl Backend for Cuda {
         });
     }
 
+    // Fused RoPE + attention: one pass on the tensor-core head dims, else the composed ops.
+    fn fuses_rope_attention(&self, head_dim: usize) -> bool {
+        attention::uses_tensor_cores(head_dim)
+    }
+    fn attention_rope_fwd(
+        &self,
+        qkv: &CudaSlice<bf16>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        if !attention::uses_tensor_cores(hd) {
+            return crate::backend::attention_rope_fwd_composed(self, qkv, cos, sin, out, lse, b, s, h, hd);
+        }
+        self.op("attention_rope_fwd", |d| {
+            attention::attention_rope_fwd(d, qkv, cos, sin, out, lse, b, s, h, hd)
+        });
+    }
+    fn attention_rope_bwd(
+        &self,
+        qkv: &CudaSlice<bf16>,
+        cos: &CudaSlice<f32>,
+        sin: &CudaSlice<f32>,
+        out: &CudaSlice<bf16>,
+        lse: &CudaSlice<f32>,
+        dout: &CudaSlice<bf16>,
+        dqkv: &mut CudaSlice<bf16>,
+        b: usize,
+        s: usize,
+        h: usize,
+        hd: usize,
+    ) {
+        if !attention::uses_tensor_cores(hd) {
+            return crate::backend::attention_rope_bwd_composed(
+                self, qkv, cos, sin, out, lse, dout, dqkv, b, s, h, hd,
+            );
+        }
+        self.op("attention_rope_bwd", |d| {
+            let mut cache = self.attention_scratch.lock().unwrap();
+            if cache.as_ref().is_none_or(|(shape, _)| *shape != (b, h, s)) {
+                *cache = Some(((b, h, s), attention::AttentionScratch::new(d, b, h, s)?));
+            }
+            let scratch = &mut cache.as_mut().expect("just set").1;
+            attention::attention_rope_bwd(d, qkv, cos, sin, out, lse, dout, dqkv, scratch, b, s, h, hd)
+        });
+    }
+
     fn embed_fwd(
         &self,
         tokens: &CudaSlice<i32>,
