@@ -10,6 +10,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod simd;
 pub mod swiglu;
 
 use super::{AdamHyper, Backend, EmbedDims, LmLossOut};
