@@ -79,7 +79,11 @@ pub fn exp(x: f32) -> f32 {
     const HI: f32 = 88.722_84;
     const LO: f32 = -104.0;
     let xc = x.clamp(LO, HI);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    // t = 1.5 * 2^23 + n exactly, so n is also the difference of the bit patterns (an integer
+    // subtraction that vectorises, where `as i32` on a float does not).
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -89,7 +93,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 5.000_000_1e-1;
     let y = p * (r * r) + r + 1.0;
     // n in [-150, 128]: 2^n = 2^h * 2^(n-h) with both halves normal floats.
-    let n = n as i32;
+    let n = ni;
     let h = n >> 1;
     let s1 = f32::from_bits(((h + 127) << 23) as u32);
     let s2 = f32::from_bits(((n - h + 127) << 23) as u32);
