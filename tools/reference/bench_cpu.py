@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Time one full HRM training step of the PyTorch reference on CPU (eager, float32).
+"""Time the HRM PyTorch reference on CPU (float32), eager and torch.compile:
 
-One step = pretrain.train_batch: ACT forward segment (no-grad prefix + 1-step grad) + loss
-+ the target-Q segment + backward + SignSGD and AdamATan2 steps.
+- one full training step = pretrain.train_batch: ACT forward segment (no-grad prefix + 1-step
+  grad) + loss + the target-Q segment + backward + SignSGD and AdamATan2 steps;
+- inference as the official evaluate() runs it: eval mode, no grad, a fresh carry, then ACT
+  segments until every row halts (halt_max_steps = 16 for the Sudoku config), in puzzles/s.
 
-    tools/reference/.venv/bin/python tools/reference/bench_cpu.py
+    tools/reference/.venv/bin/python tools/reference/bench_cpu.py [--modes eager compile]
+        [--configs tiny full_sudoku] [--no-infer] [--no-train]
+
+The ours-side figures: `cargo bench --bench cpu_step` and `cargo bench --bench cpu_infer`.
 """
 import argparse
 import statistics
@@ -23,13 +28,16 @@ CONFIGS = {
 }
 
 
-def bench(name, cfg, B, n_steps, warmup=2):
+def bench(name, cfg, B, n_steps, mode, warmup=2):
     torch.manual_seed(0)
     model = ref.build_model(cfg, B)
     n_params = sum(p.numel() for p in model.parameters())
     tcfg = ref.TrainConfig(lr=1e-4, lr_warmup_steps=0, lr_min_ratio=1.0, weight_decay=1.0, beta1=0.9, beta2=0.95,
                            puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1)
     optims, lrs = ref.make_optimizers(model, tcfg)
+    if mode == "compile":
+        model = torch.compile(model)
+        warmup = max(warmup, 3)  # compilation happens in the first steps
     model.train()
     ts = ref.TrainState(model=model, optimizers=optims, optimizer_lrs=lrs, carry=None, step=0, total_steps=10 ** 9)
     rng = np.random.default_rng(0)
@@ -46,21 +54,61 @@ def bench(name, cfg, B, n_steps, warmup=2):
         if i >= warmup:
             times.append(dt)
             cpu.append(dc)
-    print(f"{name}: B={B} params={n_params} steps={n_steps} wall median {statistics.median(times):.1f} ms "
+    print(f"train {name} ({mode}): B={B} params={n_params} steps={n_steps} wall median {statistics.median(times):.1f} ms "
           f"(min {min(times):.1f}, max {max(times):.1f}); process CPU median {statistics.median(cpu):.1f} ms; "
           f"loadavg {open('/proc/loadavg').read().split()[0]}", flush=True)
     return statistics.median(times)
 
 
+def bench_infer(name, cfg, B, n_batches, mode, warmup=1):
+    """Puzzles/s of evaluation: every batch runs until all rows halt (halt_max_steps segments)."""
+    torch.manual_seed(0)
+    model = ref.build_model(cfg, B)
+    if mode == "compile":
+        model = torch.compile(model)
+        warmup = max(warmup, 2)
+    model.eval()
+    rng = np.random.default_rng(0)
+    inp, lab = ref.make_sudoku_batch(rng, B)
+    batch = ref.to_model_batch(inp, lab, np.zeros(B, dtype=np.int32))
+    times, segs = [], 0
+    for i in range(warmup + n_batches):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            carry = model.initial_carry(batch)
+            segs = 0
+            while True:
+                carry, _, metrics, _, all_finish = model(carry=carry, batch=batch, return_keys=[])
+                segs += 1
+                if all_finish:
+                    break
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"inference {name} ({mode}): B={B} segments={segs} batches={n_batches} wall median {med * 1e3:.1f} ms "
+          f"per batch (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}) = {B / med:.3f} puzzles/s; "
+          f"loadavg {open('/proc/loadavg').read().split()[0]}", flush=True)
+    return B / med
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
+    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--no-infer", action="store_true", help="skip the Sudoku-config inference figure")
+    ap.add_argument("--infer-batches", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}", flush=True)
-    for name in args.configs:
-        cfg, B, n = CONFIGS[name]
-        bench(name, cfg, B, n)
+    for mode in args.modes:
+        if not args.no_train:
+            for name in args.configs:
+                cfg, B, n = CONFIGS[name]
+                bench(name, cfg, B, n, mode)
+        if not args.no_infer:
+            cfg, _, _ = CONFIGS["full_sudoku"]
+            bench_infer("full_sudoku", cfg, 8, args.infer_batches, mode)
 
 
 if __name__ == "__main__":

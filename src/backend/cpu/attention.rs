@@ -4,6 +4,7 @@
 //! gathered contiguous Q, K, V tiles. Cost per (batch, head): 4*S^2*hd FLOPs forward
 //! (QK^T and PV), 10*S^2*hd backward (QK^T again, dP, dV, dQ, dK).
 
+use super::simd::{exp, multiversion};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -59,18 +60,57 @@ fn gather(qkv_b: &[f32], row: usize, off: usize, hd: usize, tile: &mut [f32]) {
     }
 }
 
-/// softmax of each row of `s` [seq, seq] in place (already scaled); returns log-sum-exp.
-fn softmax_rows(s: &mut [f32], seq: usize, lse: &mut [f32]) {
-    for (row, l) in s.chunks_mut(seq).zip(lse.iter_mut()) {
-        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0.0f32;
-        for v in row.iter_mut() {
-            *v = (*v - m).exp();
-            sum += *v;
+/// Lanes of the partial maxima and sums in the row reductions (so they vectorise).
+const LANES: usize = 16;
+
+multiversion! {
+    /// softmax of each row of `s` [seq, seq] in place (already scaled); returns log-sum-exp.
+    fn softmax_rows(s: &mut [f32], seq: usize, lse: &mut [f32]) {
+        for (row, l) in s.chunks_mut(seq).zip(lse.iter_mut()) {
+            let mut mx = [f32::NEG_INFINITY; LANES];
+            let mut chunks = row.chunks_exact(LANES);
+            for c in &mut chunks {
+                for (m, &v) in mx.iter_mut().zip(c) {
+                    *m = m.max(v);
+                }
+            }
+            let m = chunks.remainder().iter().fold(mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), |a, &b| a.max(b));
+            let mut acc = [0.0f32; LANES];
+            let mut chunks = row.chunks_exact_mut(LANES);
+            for c in &mut chunks {
+                for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+                    *v = exp(*v - m);
+                    *a += *v;
+                }
+            }
+            let mut sum = 0.0f32;
+            for v in chunks.into_remainder() {
+                *v = exp(*v - m);
+                sum += *v;
+            }
+            let sum = acc.iter().sum::<f32>() + sum;
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
+            *l = m + sum.ln();
         }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-        *l = m + sum.ln();
+    }
+}
+
+multiversion! {
+    /// `p = exp(p - lse[row])` per row of `seq` (the probabilities again, from the saved lse).
+    fn exp_minus_lse(p: &mut [f32], seq: usize, lse: &[f32]) {
+        for (row, &l) in p.chunks_mut(seq).zip(lse) {
+            row.iter_mut().for_each(|v| *v = exp(*v - l));
+        }
+    }
+}
+
+multiversion! {
+    /// `dS = P * (dP - delta[row]) * scale`, in place in `dp`.
+    fn softmax_grad_rows(dp: &mut [f32], p: &[f32], delta: &[f32], seq: usize, scale: f32) {
+        for ((dp_row, p_row), &dl) in dp.chunks_mut(seq).zip(p.chunks(seq)).zip(delta) {
+            dp_row.iter_mut().zip(p_row).for_each(|(g, &pv)| *g = pv * (*g - dl) * scale);
+        }
     }
 }
 
@@ -171,9 +211,7 @@ pub fn attention_bwd(
                     (1, 3 * d),
                     scale,
                 );
-                for (row, &l) in p.chunks_mut(seq).zip(&lse_b[h * seq..(h + 1) * seq]) {
-                    row.iter_mut().for_each(|v| *v = (*v - l).exp());
-                }
+                exp_minus_lse(&mut p, seq, &lse_b[h * seq..(h + 1) * seq]);
                 // dV = P^T dO
                 small_gemm(seq, hd, seq, &mut tile, false, &p, (1, seq), &d_o, (hd, 1), 1.0);
                 for (t, src) in tile.chunks(hd).enumerate() {
@@ -181,9 +219,7 @@ pub fn attention_bwd(
                 }
                 // dP = dO V^T; dS = P * (dP - delta) * scale (kept in dp)
                 small_gemm(seq, seq, hd, &mut dp, false, &d_o, (hd, 1), &qkv_b[vo..], (1, 3 * d), 1.0);
-                for ((dp_row, p_row), &dl) in dp.chunks_mut(seq).zip(p.chunks(seq)).zip(&delta) {
-                    dp_row.iter_mut().zip(p_row).for_each(|(g, &pv)| *g = pv * (*g - dl) * scale);
-                }
+                softmax_grad_rows(&mut dp, &p, &delta, seq, scale);
                 // dQ = dS K
                 small_gemm(seq, hd, seq, &mut tile, false, &dp, (seq, 1), &qkv_b[ko..], (3 * d, 1), 1.0);
                 for (t, src) in tile.chunks(hd).enumerate() {

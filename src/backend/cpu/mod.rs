@@ -11,6 +11,7 @@ pub mod loss;
 pub mod norm;
 pub mod optim;
 pub mod rope;
+pub mod simd;
 pub mod swiglu;
 
 use super::{ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot};

@@ -1,6 +1,7 @@
 //! AdamATan2 (no epsilon; `atan2` replaces the division) and the SignSGD update of the sparse
 //! puzzle embedding, both with decoupled weight decay, as the reference packages compute them.
 
+use super::simd::{atan2_nonneg_x, multiversion};
 use rayon::prelude::*;
 
 /// Hyper-parameters of one AdamATan2 step.
@@ -26,19 +27,33 @@ pub fn adam_atan2_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s
     let step_size = h.lr;
     let decay = (1.0 - lr * wd) as f32;
     let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
-    let lerp = |v0: f32, v1: f32, t: f32| t.mul_add(v1, (-t).mul_add(v0, v0));
-    p.par_chunks_mut(4096)
-        .zip(g.par_chunks(4096))
-        .zip(m.par_chunks_mut(4096).zip(v.par_chunks_mut(4096)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                p[i] *= decay;
-                m[i] = lerp(m[i], gi, w1);
-                v[i] = lerp(v[i], gi * gi, w2);
-                p[i] -= step_size * (bc1_recip * m[i]).atan2(v[i].sqrt() / bc2_sqrt);
-            }
-        });
+    p.par_chunks_mut(1 << 14)
+        .zip(g.par_chunks(1 << 14))
+        .zip(m.par_chunks_mut(1 << 14).zip(v.par_chunks_mut(1 << 14)))
+        .for_each(|((p, g), (m, v))| adam_chunk(p, g, m, v, [decay, w1, w2, bc1_recip, bc2_sqrt, step_size]));
+}
+
+#[inline(always)]
+fn lerp(v0: f32, v1: f32, t: f32) -> f32 {
+    t.mul_add(v1, (-t).mul_add(v0, v0))
+}
+
+multiversion! {
+    /// The AdamATan2 update of one chunk; `k` = [decay, w1, w2, bc1_recip, bc2_sqrt, step_size].
+    fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 6]) {
+        let [decay, w1, w2, bc1_recip, bc2_sqrt, step_size] = k;
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i];
+            let pi = p[i] * decay;
+            let mi = lerp(m[i], gi, w1);
+            let vi = lerp(v[i], gi * gi, w2);
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi - step_size * atan2_nonneg_x(bc1_recip * mi, vi.sqrt() / bc2_sqrt);
+        }
+    }
 }
 
 /// SignSGD with decoupled decay on the rows that appeared in the batch:
