@@ -14,6 +14,7 @@
 //! error, out of memory) and skips later work, and [`Backend::check`] reports it; the model
 //! code calls it at step boundaries, as CUDA's own sticky errors work.
 
+pub mod collective;
 pub mod cpu;
 pub mod cuda;
 
@@ -264,6 +265,27 @@ pub trait Backend {
         lr: f32,
         weight_decay: f32,
     );
+
+    // Data-parallel training (src/train/distributed.rs).
+    /// Runs `op` over `bufs` across the ranks of `group`, in place, the same list of buffers on
+    /// every rank. A backend without collectives supports world size 1 only.
+    fn collective_f32(
+        &self,
+        group: &collective::ProcessGroup,
+        op: collective::Collective,
+        bufs: &mut [&mut Self::F32],
+    ) -> Result<()> {
+        let _ = (op, bufs);
+        if group.world == 1 {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the {} backend has no collectives: data-parallel training (world size {}) runs on \
+             the CUDA backend through NCCL (--device cuda, or emu for the CPU emulation)",
+            self.name(),
+            group.world
+        )
+    }
 }
 
 /// Where the model runs (`--device`).

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 pub mod metrics;
 pub mod run;
 pub mod rundir;
@@ -71,6 +72,8 @@ pub struct Trainer<B: Backend> {
     pub sampler: Sampler,
     pub explore_rng: ChaCha8Rng,
     pub step: u64,
+    /// This process's rank of a data-parallel run (`None`: a single process).
+    pub dist: Option<std::sync::Arc<distributed::Dist>>,
 }
 
 /// Seed of the exploration stream (kept apart from the data stream).
@@ -93,6 +96,7 @@ impl<B: Backend> Trainer<B> {
             ema,
             carry,
             step: 0,
+            dist: None,
         }
     }
 
@@ -117,10 +121,22 @@ impl<B: Backend> Trainer<B> {
             cfg.model.halt_exploration_prob,
             cfg.model.halt_max_steps,
         );
+        // Data parallel: this rank's rows of the global batch (the step still divides by b).
+        let (batch, min_halt) = distributed::shard(self.dist.as_deref(), batch, min_halt);
         let mut grads = self.model.zero_grads(be);
-        let st = train_step(be, &self.model, &mut self.carry, &batch, &min_halt, b, &mut grads);
+        let mut st = train_step(be, &self.model, &mut self.carry, &batch, &min_halt, b, &mut grads);
         let step = self.step + 1;
         be.check().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
+        // Data parallel: gradients summed over the ranks, loss terms and the puzzle ids of the
+        // sparse embedding update combined (a no-op for a single process).
+        let ids = distributed::reduce_step(
+            self.dist.as_deref(),
+            be,
+            &mut grads,
+            &mut st,
+            &self.carry.data.puzzle_ids,
+        )
+        .map_err(|e| e.context(format!("step {step}")))?;
         if !st.total_loss().is_finite() {
             bail!(
                 "step {step}: non-finite loss (lm {}, q_halt {}, q_continue {}); stopping before the update",
@@ -134,7 +150,6 @@ impl<B: Backend> Trainer<B> {
             bail!("step {step}: non-finite gradient in {}; stopping before the update", specs[i].name);
         }
         let (lr, plr) = self.lrs(step);
-        let ids = self.carry.data.puzzle_ids.clone();
         self.opt.apply(be, &mut self.model, &grads, &cfg.optim, lr, plr, &ids);
         if let (Some(ema), Some(decay)) = (self.ema.as_mut(), cfg.ema) {
             for (e, p) in ema.tensors_mut().into_iter().zip(self.model.params.tensors()) {

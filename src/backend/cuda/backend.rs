@@ -545,4 +545,15 @@ impl Backend for Cuda {
             act::to_bf16(d, &w.master, &mut w.shadow)
         });
     }
+
+    // Data-parallel training: NCCL (src/backend/cuda/nccl.rs).
+    fn collective_f32(
+        &self,
+        group: &crate::backend::collective::ProcessGroup,
+        op: crate::backend::collective::Collective,
+        bufs: &mut [&mut CudaSlice<f32>],
+    ) -> Result<()> {
+        self.check()?;
+        super::nccl::collective(&self.dev, group, op, bufs)
+    }
 }

@@ -12,6 +12,7 @@ pub mod device;
 pub mod gemm;
 pub mod kernels;
 pub mod module;
+pub mod nccl;
 
 pub use backend::{Cuda, CudaParam};
 pub use device::{CudaDevice, DeviceKind};
