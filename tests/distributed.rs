@@ -109,6 +109,28 @@ fn nccl_worker() {
     d.collective(&be, "gather", Collective::AllGather, &mut [&mut g]).unwrap();
     let want: Vec<f32> = (0..w).flat_map(vector).collect();
     assert_eq!(bits(&be.download_f32(&g)), bits(&want), "rank {r}: all-gather");
+    // The training step's hook: gradients summed, loss terms and counters summed in rank order,
+    // the puzzle ids of every rank's rows returned (the rows SignSGD updates), rank by rank.
+    let cfg = hrm::config::ModelConfig::tiny();
+    let mut grads =
+        hrm::model::ParamSet::from_specs(&cfg, |s| be.upload_f32(&vec![r as f32 + 0.5; s.numel()]));
+    let mut st = hrm::act::StepStats {
+        lm_loss: 0.1 * (r + 1) as f64,
+        count: r + 1,
+        steps_sum: 10 * r as u64,
+        ..Default::default()
+    };
+    let ids = hrm::train::distributed::reduce_step(Some(&d), &be, &mut grads, &mut st, &[r as i32 * 10, 1])
+        .unwrap();
+    let want_ids: Vec<i32> = (0..w).flat_map(|q| [q as i32 * 10, 1]).collect();
+    assert_eq!(ids, want_ids, "rank {r}: puzzle ids of all ranks, in rank order");
+    let want_g: f32 = (0..w).map(|q| q as f32 + 0.5).sum();
+    for g in grads.tensors() {
+        assert!(be.download_f32(g).iter().all(|x| *x == want_g), "rank {r}: summed gradient");
+    }
+    let want_lm = (0..w).fold(0.0, |a, q| a + 0.1 * (q + 1) as f64);
+    assert_eq!(st.lm_loss.to_bits(), want_lm.to_bits(), "rank {r}: summed lm loss");
+    assert_eq!((st.count, st.steps_sum), ((1..=w).sum(), (0..w as u64).map(|q| 10 * q).sum()));
     d.finish();
     println!("rank {r}: all collectives exact");
 }
