@@ -168,8 +168,9 @@ pub fn gpu_unavailable_reason() -> Option<String> {
 }
 
 impl CudaDevice {
-    /// Opens the device of the selected kind (GPU 0, or the one set by [`use_ordinal`]) and loads every kernel module. `Ok(None)` when there
-    /// is no device (the reason is in [`select`]).
+    /// Opens the device of the selected kind (GPU 0, or the one set by [`use_ordinal`]) and
+    /// loads every kernel module. `Ok(None)` when there is no device (the reason is in
+    /// [`select`]).
     pub fn new() -> Result<Option<Self>> {
         let kind = match select() {
             Ok(k) => k,
