@@ -421,7 +421,7 @@ thread_local std::vector<std::pair<ncclComm_t, Pending>> t_queue;
 }  // namespace
 
 struct ncclComm {
-  int fd = -1;
+  std::atomic<int> fd{-1};
   int rank = 0;
   int nranks = 0;
   uint64_t seq = 0;
@@ -658,7 +658,7 @@ __attribute__((visibility("default"))) ncclResult_t ncclCommDestroy(ncclComm_t c
 // communicator object is not freed here (the blocked call may still be using it).
 __attribute__((visibility("default"))) ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (!comm) return ncclSuccess;
-  comm->error = "aborted";
+  // Only atomics and the socket are touched here: the blocked call may be writing the error.
   comm->aborted = true;
   int fd = comm->fd;
   if (fd >= 0) shutdown(fd, SHUT_RDWR);
