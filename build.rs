@@ -7,8 +7,9 @@
 //!    and is written to `OUT_DIR/ptxas-report.txt`.
 //! 2. The CPU emulation (design: a stand-in driver, see emu/driver.cpp): the same `.cu` files
 //!    compiled for the host by the C++ compiler (found by the `cc` crate) under
-//!    `emu/cuda_emu.h`, linked with the emulation runtime into `OUT_DIR/emu/libcuda.so`, and the
-//!    cuBLASLt stand-in into `OUT_DIR/emu/libcublasLt.so`.
+//!    `emu/cuda_emu.h`, linked with the emulation runtime into `OUT_DIR/emu/libcuda.so`, the
+//!    cuBLASLt stand-in into `OUT_DIR/emu/libcublasLt.so`, and the NCCL stand-in (data-parallel
+//!    training across processes) into `OUT_DIR/emu/libnccl.so.2`.
 //!
 //! Without nvcc: a warning, and the crate builds without kernels (`cfg(hrm_kernels)` unset; the
 //! CPU backend works, kernel tests skip). `HRM_REQUIRE_NVCC=1` (CI) turns that into an error.
@@ -264,7 +265,7 @@ fn build_emulation(
         let stem = s.file_stem().unwrap().to_string_lossy();
         jobs.push((s.clone(), dir.join(format!("k_{stem}.o")), true));
     }
-    for f in ["runtime.cpp", "driver.cpp", "cublaslt.cpp"] {
+    for f in ["runtime.cpp", "driver.cpp", "cublaslt.cpp", "nccl.cpp"] {
         jobs.push((emu.join(f), dir.join(f.replace(".cpp", ".o")), false));
     }
     let errors: Vec<String> = std::thread::scope(|s| {
@@ -297,23 +298,38 @@ fn build_emulation(
     if !errors.is_empty() {
         return Err(errors.join("\n"));
     }
-    let link = |objs: &[PathBuf], soname: &str| -> Result<(), String> {
+    let link = |objs: &[PathBuf], soname: &str, file: &str, extra: &[&str]| -> Result<(), String> {
         let mut c = compiler.to_command();
         c.arg("-shared")
             .arg(format!("-Wl,-soname,{soname}"))
             .arg("-o")
-            .arg(dir.join(soname))
+            .arg(dir.join(file))
             .args(objs)
-            .arg("-ldl");
+            .args(extra)
+            .arg("-ldl")
+            .arg("-lpthread");
         let o = c.output().map_err(|e| e.to_string())?;
         if !o.status.success() {
             return Err(String::from_utf8_lossy(&o.stderr).to_string());
         }
         Ok(())
     };
-    let driver_objs: Vec<PathBuf> =
-        jobs.iter().filter(|(s, _, _)| !s.ends_with("cublaslt.cpp")).map(|(_, o, _)| o.clone()).collect();
-    link(&driver_objs, "libcuda.so")?;
-    link(&[dir.join("cublaslt.o")], "libcublasLt.so")?;
+    let driver_objs: Vec<PathBuf> = jobs
+        .iter()
+        .filter(|(s, _, _)| !s.ends_with("cublaslt.cpp") && !s.ends_with("nccl.cpp"))
+        .map(|(_, o, _)| o.clone())
+        .collect();
+    link(&driver_objs, "libcuda.so", "libcuda.so", &[])?;
+    link(&[dir.join("cublaslt.o")], "libcublasLt.so", "libcublasLt.so", &[])?;
+    // The NCCL stand-in (emu/nccl.cpp): named like the wheel's libnccl.so.2, with the SONAME
+    // that cudarc's loader asks for first, and linked to the stand-in driver (whose allocation
+    // table checks the buffers).
+    let dir_s = dir.display().to_string();
+    link(
+        &[dir.join("nccl.o")],
+        "libnccl.so",
+        "libnccl.so.2",
+        &["-L", &dir_s, "-l:libcuda.so", "-Wl,-rpath,$ORIGIN"],
+    )?;
     Ok(dir)
 }

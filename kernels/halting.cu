@@ -4,7 +4,8 @@
 //   act_take_new_i32:   rows with halted[b] take the new batch's tokens, labels and puzzle id and
 //                       restart their step count (grid over batch * seq_len).
 //   act_explore_i32:    min_halt[b] = (u1 < prob) ? 2 + floor(u2 * (max(max_steps, 2) - 1)) : 0
-//                       with u1, u2 from a counter-based hash of (key, b): key mixes the seed and
+//                       with u1, u2 from a counter-based hash of (key, first_row + b: the row of
+//                       the global batch, for data-parallel ranks): key mixes the seed and
 //                       the step on the host, so the draw is the same on every backend and a
 //                       resumed run draws what the uninterrupted one drew. Integer math only.
 //   act_halt_i32:       steps[b] += 1; halted[b] = steps >= max_steps, or (max_steps > 1)
@@ -55,12 +56,13 @@ extern "C" __global__ void __launch_bounds__(256)
 EMU_REGISTER(act_take_new_i32)
 
 extern "C" __global__ void __launch_bounds__(256)
-    act_explore_i32(int* __restrict__ min_halt, int batch, unsigned long long key,
+    act_explore_i32(int* __restrict__ min_halt, int batch, int first_row, unsigned long long key,
                     unsigned long long threshold, int max_steps) {
   const int b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
-  const unsigned long long h1 = act_mix64(key ^ act_mix64(2ull * b));
-  const unsigned long long h2 = act_mix64(key ^ act_mix64(2ull * b + 1ull));
+  const unsigned long long g = (unsigned long long)(first_row + b);  // row of the global batch
+  const unsigned long long h1 = act_mix64(key ^ act_mix64(2ull * g));
+  const unsigned long long h2 = act_mix64(key ^ act_mix64(2ull * g + 1ull));
   const unsigned long long span = (unsigned long long)((max_steps > 2 ? max_steps : 2) - 1);
   const int k = 2 + (int)(((h2 >> 32) * span) >> 32);
   min_halt[b] = (h1 >> 11) < threshold ? k : 0;

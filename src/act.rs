@@ -222,8 +222,9 @@ impl StepStats {
 /// Where a training step's exploration minimums come from.
 #[derive(Clone, Copy, Debug)]
 pub enum Exploration<'a> {
-    /// Drawn by the backend from a key ([`crate::backend::cpu::halting::explore_key`]).
-    Seeded { key: u64, prob: f64 },
+    /// Drawn by the backend from a key ([`crate::backend::cpu::halting::explore_key`]); row b
+    /// of this batch draws as row `first_row + b` of the global batch (data-parallel ranks).
+    Seeded { key: u64, prob: f64, first_row: usize },
     /// Given per row (validation against fixed draws).
     Fixed(&'a [u32]),
 }
@@ -244,7 +245,9 @@ pub fn train_step_inputs<B: Backend>(
     be.write_i32(&new.puzzle_ids, &mut ws.new.puzzle_ids);
     be.write_i32(labels, &mut ws.new.labels);
     match explore {
-        Exploration::Seeded { key, prob } => be.act_explore(&mut ws.act, key, prob, model.cfg.halt_max_steps),
+        Exploration::Seeded { key, prob, first_row } => {
+            be.act_explore(&mut ws.act, key, prob, model.cfg.halt_max_steps, first_row)
+        }
         Exploration::Fixed(min_halt) => be.act_set_min_halt(&mut ws.act, min_halt),
     }
     be.act_set_step(&mut ws.act, step);

@@ -55,7 +55,7 @@ fn take_new_explore_and_halt_match_the_cpu_exactly() {
         let (mut wt, mut wi, mut wl) = (cur_t.clone(), cur_i.clone(), cur_l.clone());
         Cpu.act_take_new(&mut want, &new_t, &mut wt, &new_i, &mut wi, &new_l, &mut wl, seq);
         let key = explore_key(9, batch as u64);
-        Cpu.act_explore(&mut want, key, 0.4, max_steps);
+        Cpu.act_explore(&mut want, key, 0.4, max_steps, 3);
         want.q = q.clone();
         Cpu.act_halt(&mut want, max_steps);
 
@@ -65,7 +65,7 @@ fn take_new_explore_and_halt_match_the_cpu_exactly() {
             (upload_i32(&gpu, &cur_t), upload_i32(&gpu, &cur_i), upload_i32(&gpu, &cur_l));
         let (nt, ni, nl) = (upload_i32(&gpu, &new_t), upload_i32(&gpu, &new_i), upload_i32(&gpu, &new_l));
         gpu.act_take_new(&mut got, &nt, &mut gt, &ni, &mut gi, &nl, &mut gl, seq);
-        gpu.act_explore(&mut got, key, 0.4, max_steps);
+        gpu.act_explore(&mut got, key, 0.4, max_steps, 3);
         got.q = gpu.device().stream.clone_htod(&q).unwrap();
         gpu.act_halt(&mut got, max_steps);
         gpu.check().unwrap();

@@ -104,8 +104,12 @@ fn exploration_minimums_respect_their_bounds_and_probability() {
     // The backend draws the same as the host function.
     let mut st = Cpu.act_state(500);
     let key = hrm::backend::cpu::halting::explore_key(3, 9);
-    Cpu.act_explore(&mut st, key, 0.5, 16);
+    Cpu.act_explore(&mut st, key, 0.5, 16, 0);
     assert_eq!(Cpu.act_rows(&st).min_halt, explore_min_halt(3, 9, 500, 0.5, 16));
+    // A data-parallel rank holding rows 100.. of the global batch draws those rows' values.
+    let mut part = Cpu.act_state(400);
+    Cpu.act_explore(&mut part, key, 0.5, 16, 100);
+    assert_eq!(Cpu.act_rows(&part).min_halt, explore_min_halt(3, 9, 500, 0.5, 16)[100..]);
     // A row with an exploration minimum does not halt before it, even when q says so.
     assert_eq!(halting(&[3, 3], &[5.0, 5.0], &[0.0, 0.0], &[4, 0], 16), vec![false, true]);
     // The step limit always halts... unless exploration demands more steps than the limit allows (never).

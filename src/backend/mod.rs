@@ -14,6 +14,7 @@
 //! error, out of memory) and skips later work, and [`Backend::check`] reports it; the model
 //! code calls it at step boundaries, as CUDA's own sticky errors work.
 
+pub mod collective;
 pub mod cpu;
 pub mod cuda;
 
@@ -226,8 +227,9 @@ pub trait Backend {
     fn act_lm_rows(&self, st: &Self::ActState) -> LmLossOut;
     /// Sets the exploration minimums explicitly (validation against fixed draws).
     fn act_set_min_halt(&self, st: &mut Self::ActState, min_halt: &[u32]);
-    /// Draws the exploration minimums from `key` (see `cpu::halting::explore_row`).
-    fn act_explore(&self, st: &mut Self::ActState, key: u64, prob: f64, max_steps: usize);
+    /// Draws the exploration minimums from `key` (see `cpu::halting::explore_row`), row b as
+    /// row `first_row + b` of the global batch.
+    fn act_explore(&self, st: &mut Self::ActState, key: u64, prob: f64, max_steps: usize, first_row: usize);
     /// Halted rows take the new batch's tokens, puzzle id and labels and restart their count.
     fn act_take_new(
         &self,
@@ -426,6 +428,27 @@ pub trait Backend {
         h: &OptimStep,
         guard: &Self::ActState,
     );
+
+    // Data-parallel training (src/train/distributed.rs).
+    /// Runs `op` over `bufs` across the ranks of `group`, in place, the same list of buffers on
+    /// every rank. A backend without collectives supports world size 1 only.
+    fn collective_f32(
+        &self,
+        group: &collective::ProcessGroup,
+        op: collective::Collective,
+        bufs: &mut [&mut Self::F32],
+    ) -> Result<()> {
+        let _ = (op, bufs);
+        if group.world == 1 {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the {} backend has no collectives: data-parallel training (world size {}) runs on \
+             the CUDA backend through NCCL (--device cuda, or emu for the CPU emulation)",
+            self.name(),
+            group.world
+        )
+    }
 }
 
 /// Where the model runs (`--device`).

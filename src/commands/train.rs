@@ -14,6 +14,7 @@ use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set;
 use crate::train::checkpoint::complete_checkpoints;
 use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
+use crate::train::distributed::{self, Dist, DistEnv};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint};
 use crate::train::sampler::PuzzleSource;
@@ -21,6 +22,7 @@ use crate::train::{TrainConfig, Trainer};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -104,6 +106,71 @@ pub struct TrainArgs {
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Data-parallel training on N local GPUs: starts N ranks (one process per GPU, NCCL);
+    /// see docs/DISTRIBUTED.md. The torchrun variables (RANK, WORLD_SIZE, ...) set by a
+    /// scheduler start one rank without it.
+    #[arg(long, value_parser = crate::commands::args::positive_usize)]
+    pub nproc: Option<usize>,
+    /// With --nproc: the rendezvous port on 127.0.0.1 (default: a free one).
+    #[arg(long, requires = "nproc")]
+    pub master_port: Option<u16>,
+}
+
+/// Data parallel: `Some(env)` for a rank (started by `--nproc` or a scheduler), after checking
+/// that the arguments fit; `Ok(None)` for a single process. `--nproc N` without the rank
+/// variables launches the ranks here and returns their outcome as `Err` / `Ok(Some)`.
+fn distributed_setup(a: &TrainArgs) -> Result<std::result::Result<Option<DistEnv>, RunSummary>> {
+    let env = DistEnv::from_env()?;
+    match (&env, a.nproc) {
+        (None, Some(n)) if n > 1 => {
+            if a.device == DeviceChoice::Cpu {
+                bail!(
+                    "--nproc {n}: data-parallel training runs on the CUDA backend through NCCL (--device cuda, or emu for the CPU emulation)"
+                );
+            }
+            distributed::launch(n, a.master_port)?;
+            return Ok(Err(RunSummary::default()));
+        }
+        (Some(e), Some(n)) if n != e.world => {
+            bail!("--nproc {n} but WORLD_SIZE={}: they must agree", e.world)
+        }
+        _ => {}
+    }
+    if let Some(e) = &env {
+        if a.device == DeviceChoice::Cpu {
+            bail!(
+                "rank {} of {}: data-parallel training runs on the CUDA backend through NCCL \
+                 (--device cuda, or emu for the CPU emulation)",
+                e.rank,
+                e.world
+            );
+        }
+        crate::backend::cuda::device::use_ordinal(e.local_rank);
+    }
+    Ok(Ok(env))
+}
+
+/// Joins the data-parallel run (rendezvous, NCCL id from rank 0).
+fn connect(env: &DistEnv) -> Result<Arc<Dist>> {
+    Ok(Arc::new(Dist::connect(env, crate::backend::cuda::nccl::unique_id)?))
+}
+
+/// Runs the training loop; tells the other ranks how it ended.
+fn run_ranked<B: Backend>(
+    be: &B,
+    t: &mut Trainer<B>,
+    data: &dyn PuzzleSource,
+    opts: &RunOptions,
+    dist: Option<&Arc<Dist>>,
+) -> Result<RunSummary> {
+    let r = run(be, t, data, opts);
+    if let Some(d) = dist {
+        match &r {
+            Ok(_) => d.finish(),
+            Err(e) => d.fail(&format!("{e:#}")),
+        }
+    }
+    r
 }
 
 /// Paths a run reads, saved as `run.json` so `--resume` needs no repetition.
@@ -128,27 +195,41 @@ fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Ex
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
+    let env = match distributed_setup(a)? {
+        Ok(env) => env,
+        Err(launched) => return Ok(launched),
+    };
+    let main = env.as_ref().is_none_or(|e| e.rank == 0);
+    let shard = env.as_ref().map_or((0, 1), |e| (e.rank, e.world));
     if let Some(dir) = &a.resume {
         if !dir.join("run.json").exists() {
             bail!("--resume {}: not a run directory (no run.json)", dir.display());
         }
-        let _lock = RunLock::acquire(dir)?;
+        let _lock = if main { Some(RunLock::acquire(dir)?) } else { None };
         let inputs: RunInputs = read_json(&dir.join("run.json"))?;
         let data_path = train_split(&a.data.clone().unwrap_or(inputs.data))?;
         let eval = if a.eval.is_empty() { inputs.eval } else { a.eval.clone() };
         let data = Dataset::load(&data_path)?;
         let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
         return crate::with_backend!(a.device, |be| {
-            let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some())?;
+            let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some(), shard)?;
             if let Some(s) = a.steps {
                 t.cfg.steps = s;
             }
-            if a.resume_from.is_some() {
+            let dist = env.as_ref().map(connect).transpose()?;
+            if let Some(d) = &dist {
+                distributed::attach(be, &mut t, d.clone())?;
+            }
+            if a.resume_from.is_some() && main {
                 for p in discard_checkpoints_after(dir, t.step)? {
                     eprintln!("set aside {} (past the checkpoint resumed from)", p.display());
                 }
             }
-            let fixed = crate::train::metrics::repair(&dir.join("metrics.jsonl"), t.step)?;
+            let fixed = if main {
+                crate::train::metrics::repair(&dir.join("metrics.jsonl"), t.step)?
+            } else {
+                Default::default()
+            };
             if fixed.torn_line || fixed.dropped > 0 {
                 eprintln!(
                     "metrics.jsonl: cut {} and {} records past step {}",
@@ -171,7 +252,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
                 stop_after: a.stop_after,
                 progress: true,
             };
-            run(be, &mut t, &data, &opts)
+            run_ranked(be, &mut t, &data, &opts, dist.as_ref())
         });
     }
     let (Some(data_path), Some(out)) = (&a.data, &a.out) else {
@@ -212,10 +293,15 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         Some(p) => load_checkpoint(p, Some(&model))?.1,
         None => HostParams::init(&model, &mut crate::rng::seeded(a.seed)),
     };
-    let _lock = RunLock::acquire(out)?;
-    prepare_new_run(out, a.overwrite, Some("hrm train --resume"))?;
-    let inputs = RunInputs { data: data_path.clone(), eval: a.eval.clone() };
-    write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&inputs)?.as_bytes())?;
+    let _lock = if main {
+        let lock = RunLock::acquire(out)?;
+        prepare_new_run(out, a.overwrite, Some("hrm train --resume"))?;
+        let inputs = RunInputs { data: data_path.clone(), eval: a.eval.clone() };
+        write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&inputs)?.as_bytes())?;
+        Some(lock)
+    } else {
+        None
+    };
     eprintln!(
         "training {} trainable parameters on {} groups ({} examples), {} steps of batch {}",
         params.num_trainable(&model),
@@ -228,8 +314,16 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     crate::with_backend!(a.device, |be| {
         eprintln!("device: {}", be.name());
         check_device(be, &model, Purpose::Train { batch: cfg.batch_size, ema: cfg.ema.is_some() })?;
-        let mut t = Trainer::new(be, cfg, &params);
-        run(be, &mut t, &data, &opts)
+        let dist = env.as_ref().map(connect).transpose()?;
+        let mut t = match &dist {
+            Some(d) => {
+                let mut t = distributed::new_trainer(be, cfg, &params, d.world());
+                distributed::attach(be, &mut t, d.clone())?;
+                t
+            }
+            None => Trainer::new(be, cfg, &params),
+        };
+        run_ranked(be, &mut t, &data, &opts, dist.as_ref())
     })
 }
 

@@ -8,7 +8,6 @@ use crate::config::ModelConfig;
 use crate::model::checkpoint::{CONFIG_KEY, TensorFile};
 use crate::sudoku::dataset::{DATA_FILE, MANIFEST_FILE};
 use crate::train::Trainer;
-use crate::train::checkpoint::resume;
 use crate::train::rundir::previous_checkpoint;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
@@ -93,12 +92,26 @@ pub fn train_split(path: &Path) -> Result<PathBuf> {
 
 /// Restore the trainer from `ckpt`. When it cannot be read (truncated, corrupt, NaN/Inf), the
 /// error says so and names the previous complete checkpoint and how to resume from it.
-pub fn resume_trainer<B: Backend>(be: &B, run: &Path, ckpt: &Path, explicit: bool) -> Result<Trainer<B>> {
+/// `shard` = (rank, world size) of a data-parallel run, (0, 1) for a single process.
+pub fn resume_trainer<B: Backend>(
+    be: &B,
+    run: &Path,
+    ckpt: &Path,
+    explicit: bool,
+    shard: (usize, usize),
+) -> Result<Trainer<B>> {
     let check_model = |t: Trainer<B>| -> Result<Trainer<B>> {
         crate::model::checkpoint::load_checkpoint(&ckpt.join("model.safetensors"), Some(&t.cfg.model))?;
         Ok(t)
     };
-    resume(be, ckpt).and_then(check_model).map_err(|e| {
+    let r = crate::train::checkpoint::resume_shard(be, ckpt, shard.0, shard.1);
+    // Another world size is a usage error, not damage: say only that.
+    if let Err(e) = &r
+        && format!("{e}").contains("world size")
+    {
+        return r;
+    }
+    r.and_then(check_model).map_err(|e| {
         let what = format!("checkpoint {} is corrupt or truncated", ckpt.display());
         let hint = match previous_checkpoint(run, ckpt) {
             Some(p) => format!(

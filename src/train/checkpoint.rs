@@ -35,6 +35,42 @@ struct TrainerMeta {
     #[allow(dead_code)]
     explore_word_pos: String,
     config: TrainConfig,
+    /// Ranks of the data-parallel run that wrote it (1: a single process).
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The ACT carry of the whole global batch on the host (a data-parallel run gathers its
+/// ranks' rows into one before rank 0 writes the checkpoint).
+pub struct HostCarry {
+    pub z_h: Vec<f32>,
+    pub z_l: Vec<f32>,
+    pub steps: Vec<u32>,
+    pub halted: Vec<bool>,
+    pub data: Batch,
+}
+
+impl HostCarry {
+    /// A training carry as the backend holds it (steps, halting and the current puzzles live
+    /// in the workspace there, not in the carry's host fields).
+    pub fn of<B: Backend>(be: &B, c: &Carry<B>) -> Self {
+        let rows = be.act_rows(&c.ws.act);
+        HostCarry {
+            z_h: be.download_act(&c.z_h),
+            z_l: be.download_act(&c.z_l),
+            steps: rows.steps,
+            halted: rows.halted,
+            data: Batch {
+                inputs: be.download_i32(&c.ws.inputs.tokens),
+                puzzle_ids: be.download_i32(&c.ws.inputs.puzzle_ids),
+                labels: Some(be.download_i32(&c.ws.labels)),
+            },
+        }
+    }
 }
 
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
@@ -72,6 +108,17 @@ fn host_of<B: Backend>(be: &B, cfg: &TrainConfig, set: &crate::model::ParamSet<B
 /// Write a checkpoint of `t` into `run`, then drop complete checkpoints beyond the newest
 /// `keep_checkpoints`. Returns the checkpoint directory.
 pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
+    save_with(be, t, run, &HostCarry::of(be, &t.carry), 1)
+}
+
+/// [`save`] with the carry of all `world_size` ranks given (rows of the global batch).
+pub fn save_with<B: Backend>(
+    be: &B,
+    t: &Trainer<B>,
+    run: &Path,
+    c: &HostCarry,
+    world_size: usize,
+) -> Result<PathBuf> {
     let cfg = &t.cfg;
     let dir = checkpoints_dir(run);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -100,20 +147,14 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
     }
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = vec![b, cfg.model.total_seq_len(), cfg.model.hidden_size];
-    let c = &t.carry;
-    // Training keeps the ACT state and the current puzzles on the backend.
-    let rows = be.act_rows(&c.ws.act);
-    tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), be.download_act(&c.z_h)));
-    tensors.push(NamedTensor::f32("carry.z_L", zshape, be.download_act(&c.z_l)));
-    tensors.push(NamedTensor::i32("carry.steps", vec![b], rows.steps.iter().map(|&s| s as i32).collect()));
-    tensors.push(NamedTensor::u8("carry.halted", vec![b], rows.halted.iter().map(|&h| h as u8).collect()));
-    tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], be.download_i32(&c.ws.inputs.tokens)));
-    tensors.push(NamedTensor::i32(
-        "carry.puzzle_identifiers",
-        vec![b],
-        be.download_i32(&c.ws.inputs.puzzle_ids),
-    ));
-    tensors.push(NamedTensor::i32("carry.labels", vec![b, n], be.download_i32(&c.ws.labels)));
+    tensors.push(NamedTensor::f32("carry.z_H", zshape.clone(), c.z_h.clone()));
+    tensors.push(NamedTensor::f32("carry.z_L", zshape, c.z_l.clone()));
+    tensors.push(NamedTensor::i32("carry.steps", vec![b], c.steps.iter().map(|&s| s as i32).collect()));
+    tensors.push(NamedTensor::u8("carry.halted", vec![b], c.halted.iter().map(|&h| h as u8).collect()));
+    tensors.push(NamedTensor::i32("carry.inputs", vec![b, n], c.data.inputs.clone()));
+    tensors.push(NamedTensor::i32("carry.puzzle_identifiers", vec![b], c.data.puzzle_ids.clone()));
+    let labels = c.data.labels.clone().unwrap_or(vec![0; b * n]);
+    tensors.push(NamedTensor::i32("carry.labels", vec![b, n], labels));
     let meta = TrainerMeta {
         step: t.step,
         optimizer_step: t.opt.step,
@@ -121,6 +162,7 @@ pub fn save<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<PathBuf> {
         explore_seed: 0,
         explore_word_pos: String::new(),
         config: cfg.clone(),
+        world_size,
     };
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&meta)?)]);
     write_tensors(&tmp.join("state.safetensors"), &tensors, Some(metadata))?;
@@ -154,6 +196,12 @@ fn finite(f: &TensorFile, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32
 /// Restore a trainer from the newest complete checkpoint of `run` (or from a checkpoint
 /// directory given directly).
 pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
+    resume_shard(be, run_or_ckpt, 0, 1)
+}
+
+/// [`resume`] for rank `rank` of a data-parallel run of `world` ranks: the carry holds this
+/// rank's rows of the global batch. A checkpoint written with another world size is refused.
+pub fn resume_shard<B: Backend>(be: &B, run_or_ckpt: &Path, rank: usize, world: usize) -> Result<Trainer<B>> {
     let dir = if run_or_ckpt.join(MARKER).exists() {
         run_or_ckpt.to_path_buf()
     } else {
@@ -169,6 +217,16 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     .with_context(|| format!("{}: trainer metadata", f.path()))?;
     let cfg = meta.config;
     cfg.model.validate()?;
+    if meta.world_size != world {
+        bail!(
+            "{}: written by a run of world size {} (data-parallel ranks) but this run has world \
+             size {world}; resume with the same number of ranks (`--nproc {}`): another world size \
+             would change the reduction order, so the resumed run would not continue bit for bit",
+            dir.display(),
+            meta.world_size,
+            meta.world_size
+        );
+    }
     let specs = tensor_specs(&cfg.model);
     let load_set = |prefix: &str| -> Result<HostParams> {
         let mut tensors = Vec::with_capacity(specs.len());
@@ -192,15 +250,22 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
     };
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = [b, cfg.model.total_seq_len(), cfg.model.hidden_size];
-    let mut carry = Carry::fresh(be, &model, b);
-    carry.z_h = be.upload_act(&finite(&f, "carry.z_H", Some(&zshape))?);
-    carry.z_l = be.upload_act(&finite(&f, "carry.z_L", Some(&zshape))?);
-    carry.steps = f.i32("carry.steps", Some(&[b]))?.into_iter().map(|s| s as u32).collect();
-    carry.halted = f.i32("carry.halted", Some(&[b]))?.into_iter().map(|h| h != 0).collect();
+    // This rank's rows [lo, hi) of the global batch (all of them for a single process).
+    if !b.is_multiple_of(world) {
+        bail!("{}: global batch {b} does not split over {world} ranks", dir.display());
+    }
+    let (lo, hi) = (rank * b / world, (rank + 1) * b / world);
+    let rows = |v: Vec<i32>, width: usize| v[lo * width..hi * width].to_vec();
+    let zrow = cfg.model.total_seq_len() * cfg.model.hidden_size;
+    let mut carry = Carry::fresh(be, &model, hi - lo);
+    carry.z_h = be.upload_act(&finite(&f, "carry.z_H", Some(&zshape))?[lo * zrow..hi * zrow]);
+    carry.z_l = be.upload_act(&finite(&f, "carry.z_L", Some(&zshape))?[lo * zrow..hi * zrow]);
+    carry.steps = rows(f.i32("carry.steps", Some(&[b]))?, 1).into_iter().map(|s| s as u32).collect();
+    carry.halted = rows(f.i32("carry.halted", Some(&[b]))?, 1).into_iter().map(|h| h != 0).collect();
     carry.data = Batch {
-        inputs: f.i32("carry.inputs", Some(&[b, n]))?,
-        puzzle_ids: f.i32("carry.puzzle_identifiers", Some(&[b]))?,
-        labels: Some(f.i32("carry.labels", Some(&[b, n]))?),
+        inputs: rows(f.i32("carry.inputs", Some(&[b, n]))?, n),
+        puzzle_ids: rows(f.i32("carry.puzzle_identifiers", Some(&[b]))?, 1),
+        labels: Some(rows(f.i32("carry.labels", Some(&[b, n]))?, n)),
     };
     carry.push(be);
     if meta.step == 0 && meta.optimizer_step != 0 {
@@ -218,5 +283,6 @@ pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
         grads,
         graphs: super::graphs_enabled(),
         warm: false,
+        dist: None,
     })
 }

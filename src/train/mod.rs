@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 pub mod metrics;
 pub mod run;
 pub mod rundir;
@@ -77,6 +78,8 @@ pub struct Trainer<B: Backend> {
     pub graphs: bool,
     /// A step ran in this process (so every buffer of the step exists).
     warm: bool,
+    /// This process's rank of a data-parallel run (`None`: a single process).
+    pub dist: Option<std::sync::Arc<distributed::Dist>>,
 }
 
 /// Whether training steps use recorded graphs (`HRM_CUDA_GRAPHS=0` turns them off).
@@ -102,6 +105,7 @@ impl<B: Backend> Trainer<B> {
             grads,
             graphs: graphs_enabled(),
             warm: false,
+            dist: None,
         }
     }
 
@@ -124,12 +128,19 @@ impl<B: Backend> Trainer<B> {
         let step_u32 =
             u32::try_from(step).map_err(|_| anyhow::anyhow!("step {step} exceeds the supported count"))?;
         let batch = self.sampler.next_batch(data, b, cfg.model.seq_len);
-        let explore =
-            Exploration::Seeded { key: explore_key(cfg.seed, step), prob: cfg.model.halt_exploration_prob };
+        // Data parallel: this rank's rows of the global batch (the step still divides by b).
+        let dist = self.dist.clone();
+        let (batch, first_row) = distributed::shard(dist.as_deref(), batch);
+        let explore = Exploration::Seeded {
+            key: explore_key(cfg.seed, step),
+            prob: cfg.model.halt_exploration_prob,
+            first_row,
+        };
         train_step_inputs(be, &self.model, &mut self.carry, &batch, explore, step_u32);
         // The rest is the same every step: after the first step made every buffer, a device
-        // backend records it once per arrangement of the ping-pong buffers and replays it.
-        let record = self.graphs && self.warm;
+        // backend records it once per arrangement of the ping-pong buffers and replays it (not
+        // in a data-parallel run, whose collectives run between the backward and the guard).
+        let record = self.graphs && self.warm && dist.is_none();
         let key = if record { step_buffer_ids(be, &self.carry) } else { Vec::new() };
         let (model, carry, grads) = (&self.model, &mut self.carry, &mut self.grads);
         let mut ops = || {
@@ -137,7 +148,9 @@ impl<B: Backend> Trainer<B> {
                 be.zero_f32(g);
             }
             train_step_ops(be, model, carry, b, grads);
-            be.act_guard(&mut carry.ws.act, &grads.tensors());
+            if dist.is_none() {
+                be.act_guard(&mut carry.ws.act, &grads.tensors());
+            }
         };
         if record {
             be.replay_or_record(&key, &mut ops);
@@ -150,20 +163,23 @@ impl<B: Backend> Trainer<B> {
             ops();
         }
         self.warm = true;
+        // Data parallel: gradients summed over the ranks (then guarded, so every rank skips
+        // alike), and the sparse embedding update takes every rank's puzzle rows.
+        let all_ids = if dist.is_some() {
+            let d = dist.as_deref();
+            distributed::reduce_grads(d, be, &mut self.grads)
+                .map_err(|e| e.context(format!("step {step}")))?;
+            be.act_guard(&mut self.carry.ws.act, &self.grads.tensors());
+            distributed::union_puzzle_ids(d, be, &self.carry.ws.inputs.puzzle_ids)
+                .map_err(|e| e.context(format!("step {step}")))?
+        } else {
+            None
+        };
         let (lr, plr) = self.lrs(step);
         let ema = self.ema.as_mut().zip(cfg.ema);
         let ws = &self.carry.ws;
-        self.opt.apply(
-            be,
-            &mut self.model,
-            &self.grads,
-            ema,
-            &cfg.optim,
-            lr,
-            plr,
-            &ws.inputs.puzzle_ids,
-            &ws.act,
-        );
+        let ids = all_ids.as_ref().unwrap_or(&ws.inputs.puzzle_ids);
+        self.opt.apply(be, &mut self.model, &self.grads, ema, &cfg.optim, lr, plr, ids, &ws.act);
         be.check().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
         self.step = step;
         Ok(())
@@ -175,6 +191,8 @@ impl<B: Backend> Trainer<B> {
     pub fn report(&mut self, be: &B) -> Result<ActReport> {
         let r = be.act_report(&mut self.carry.ws.act);
         be.check().map_err(|e| e.context(format!("step {}: {} backend", self.step, be.name())))?;
+        // Data parallel: the sums over every rank (each rank reports the same).
+        let r = distributed::reduce_report(self.dist.as_deref(), be, r)?;
         if let Some(bad) = r.bad_step {
             let what = match r.bad_tensor {
                 Some(t) => {

@@ -3,7 +3,8 @@
 //! good checkpoint.
 
 use super::Trainer;
-use super::checkpoint::{complete_checkpoints, save};
+use super::checkpoint::complete_checkpoints;
+use super::distributed;
 use super::sampler::PuzzleSource;
 use crate::backend::{ActReport, Backend};
 use crate::hrm::Hrm;
@@ -63,12 +64,16 @@ pub fn run<B: Backend>(
     data: &dyn PuzzleSource,
     opts: &RunOptions,
 ) -> Result<RunSummary> {
+    // Data parallel: rank 0 alone writes the run's files (the others only train).
+    let main = distributed::is_main(t);
     std::fs::create_dir_all(&opts.run_dir).with_context(|| format!("creating {}", opts.run_dir.display()))?;
     let cfg_path = opts.run_dir.join("config.json");
-    crate::model::checkpoint::write_atomic(&cfg_path, serde_json::to_string_pretty(&t.cfg)?.as_bytes())?;
+    if main {
+        crate::model::checkpoint::write_atomic(&cfg_path, serde_json::to_string_pretty(&t.cfg)?.as_bytes())?;
+    }
     let metrics = opts.run_dir.join("metrics.jsonl");
     let end = opts.stop_after.map_or(t.cfg.steps, |s| s.min(t.cfg.steps));
-    let bar = if opts.progress {
+    let bar = if opts.progress && main {
         indicatif::ProgressBar::new(t.cfg.steps)
     } else {
         indicatif::ProgressBar::hidden()
@@ -134,7 +139,9 @@ pub fn run<B: Backend>(
             if let Some(m) = mfu {
                 line["mfu"] = json!(m);
             }
-            append_jsonl(&metrics, &line)?;
+            if main {
+                append_jsonl(&metrics, &line)?;
+            }
             let mfu_text = mfu.map_or(String::new(), |m| format!(" MFU {:.1}%", 100.0 * m));
             bar.set_message(format!(
                 "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s{mfu_text}",
@@ -149,7 +156,7 @@ pub fn run<B: Backend>(
             window = ActReport::default();
             window_start = Instant::now();
         }
-        if eval_now {
+        if main && eval_now {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
             let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size)?;
             for r in &reports {
@@ -164,8 +171,9 @@ pub fn run<B: Backend>(
             }
             summary.last_eval = reports;
         }
-        if save_now {
-            summary.last_checkpoint = Some(save(be, t, &opts.run_dir)?);
+        // Data parallel: every rank takes part (its carry rows), rank 0 writes.
+        if save_now && let Some(p) = distributed::checkpoint(be, t, &opts.run_dir)? {
+            summary.last_checkpoint = Some(p);
         }
     }
     bar.finish();

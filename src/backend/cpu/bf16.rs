@@ -201,8 +201,8 @@ impl Backend for CpuBf16 {
     fn act_set_min_halt(&self, st: &mut CpuActState, min_halt: &[u32]) {
         Cpu.act_set_min_halt(st, min_halt)
     }
-    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize) {
-        Cpu.act_explore(st, key, prob, max_steps)
+    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize, first_row: usize) {
+        Cpu.act_explore(st, key, prob, max_steps, first_row)
     }
     fn act_take_new(
         &self,

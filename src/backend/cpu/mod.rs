@@ -228,10 +228,10 @@ impl Backend for Cpu {
     fn act_set_min_halt(&self, st: &mut CpuActState, min_halt: &[u32]) {
         st.min_halt = min_halt.iter().map(|&s| s as i32).collect();
     }
-    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize) {
+    fn act_explore(&self, st: &mut CpuActState, key: u64, prob: f64, max_steps: usize, first_row: usize) {
         let threshold = halting::explore_threshold(prob);
         for (b, m) in st.min_halt.iter_mut().enumerate() {
-            *m = halting::explore_row(key, b, threshold, max_steps);
+            *m = halting::explore_row(key, first_row + b, threshold, max_steps);
         }
     }
     fn act_take_new(

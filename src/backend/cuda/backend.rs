@@ -518,8 +518,8 @@ impl Backend for Cuda {
             d.stream.memcpy_htod(&v, &mut st.min_halt).map_err(|e| anyhow!("{e}"))
         });
     }
-    fn act_explore(&self, st: &mut CudaActState, key: u64, prob: f64, max_steps: usize) {
-        self.op("act_explore", |d| halting::explore(d, st, key, prob, max_steps));
+    fn act_explore(&self, st: &mut CudaActState, key: u64, prob: f64, max_steps: usize, first_row: usize) {
+        self.op("act_explore", |d| halting::explore(d, st, key, prob, max_steps, first_row));
     }
     fn act_take_new(
         &self,
@@ -867,5 +867,16 @@ impl Backend for Cuda {
             let mut tables = self.optim_tables.lock().unwrap();
             halting::optimizer_step(d, &mut tables, &tensors, puzzle_ids, h, &guard.status)
         });
+    }
+
+    // Data-parallel training: NCCL (src/backend/cuda/nccl.rs).
+    fn collective_f32(
+        &self,
+        group: &crate::backend::collective::ProcessGroup,
+        op: crate::backend::collective::Collective,
+        bufs: &mut [&mut CudaSlice<f32>],
+    ) -> Result<()> {
+        self.check()?;
+        super::nccl::collective(&self.dev, group, op, bufs)
     }
 }

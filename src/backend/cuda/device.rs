@@ -92,6 +92,14 @@ fn load_emulation() -> std::result::Result<(), String> {
     Err("the CPU emulation was not built (no nvcc/C++ compiler at build time)".into())
 }
 
+static ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Opens GPU `ordinal` instead of GPU 0 (a data-parallel rank's `LOCAL_RANK`). Must come before
+/// the device is first opened.
+pub fn use_ordinal(ordinal: usize) {
+    ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
+}
+
 static FORCE_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Asks for the CPU emulation even where a GPU exists (`--device emu`). Must come before the
@@ -179,14 +187,18 @@ pub fn gpu_unavailable_reason() -> Option<String> {
 }
 
 impl CudaDevice {
-    /// Opens device 0 of the selected kind and loads every kernel module. `Ok(None)` when there
-    /// is no device (the reason is in [`select`]).
+    /// Opens the device of the selected kind (GPU 0, or the one set by [`use_ordinal`]) and
+    /// loads every kernel module. `Ok(None)` when there is no device (the reason is in
+    /// [`select`]).
     pub fn new() -> Result<Option<Self>> {
         let kind = match select() {
             Ok(k) => k,
             Err(_) => return Ok(None),
         };
-        let ctx = CudaContext::new(0).map_err(|e| anyhow!("CudaContext::new(0): {e:?}"))?;
+        // The emulation has one device; a data-parallel rank uses the GPU of its local rank.
+        let ordinal =
+            if kind == DeviceKind::Gpu { ORDINAL.load(std::sync::atomic::Ordering::SeqCst) } else { 0 };
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CudaContext::new({ordinal}): {e:?}"))?;
         // One stream and no cross-stream sharing: cudarc's per-buffer event tracking (an event
         // record per argument per launch) is pure overhead here.
         // SAFETY: every buffer of this context is used on its one stream only.

@@ -161,7 +161,14 @@ pub fn take_new(
     Ok(())
 }
 
-pub fn explore(dev: &CudaDevice, st: &mut CudaActState, key: u64, prob: f64, max_steps: usize) -> Result<()> {
+pub fn explore(
+    dev: &CudaDevice,
+    st: &mut CudaActState,
+    key: u64,
+    prob: f64,
+    max_steps: usize,
+    first_row: usize,
+) -> Result<()> {
     if st.batch == 0 {
         return Ok(());
     }
@@ -170,8 +177,9 @@ pub fn explore(dev: &CudaDevice, st: &mut CudaActState, key: u64, prob: f64, max
     let (pm, _g) = st.min_halt.device_ptr_mut(s);
     let (bi, mi) = (i32_of(st.batch, "batch")?, i32_of(max_steps, "halt_max_steps")?);
     let threshold = explore_threshold(prob);
+    let first = i32_of(first_row + st.batch, "first row + batch").map(|_| first_row as i32)?;
     let mut lb = s.launch_builder(&f);
-    lb.arg(&pm).arg(&bi).arg(&key).arg(&threshold).arg(&mi);
+    lb.arg(&pm).arg(&bi).arg(&first).arg(&key).arg(&threshold).arg(&mi);
     // SAFETY: as above.
     unsafe { lb.launch(rows_launch(st.batch)) }.map_err(launch_err("act_explore_i32"))?;
     Ok(())

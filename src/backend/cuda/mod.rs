@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod halting;
 pub mod kernels;
 pub mod module;
+pub mod nccl;
 
 pub use backend::{Cuda, CudaParam};
 pub use device::{CudaDevice, DeviceKind};

@@ -1,0 +1,552 @@
+//! Data-parallel training under the CPU emulation (the stand-in libnccl of `emu/nccl.cpp`):
+//! the stand-in's collectives across processes (and a planted bug that must fail), 2 ranks x
+//! batch B/2 against 1 rank x batch B (and a planted missing reduction that must fail), run to
+//! run bit for bit, stop and resume, and the failure paths (a rank
+//! killed mid-run, a wrong port, a mismatched world size at the rendezvous and on resume).
+//! Every run goes through the binary (`hrm train --nproc N --device emu`), as CI runs it.
+
+use hrm::backend::Backend;
+use hrm::backend::collective::Collective;
+use hrm::backend::cuda::nccl::{NcclComm, comm_of};
+use hrm::backend::cuda::{Cuda, CudaDevice};
+use hrm::model::checkpoint::TensorFile;
+use hrm::train::distributed::{Dist, DistEnv};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn hrm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hrm"))
+}
+
+fn emulation_available() -> bool {
+    CudaDevice::for_tests("distributed").is_some()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn output(c: &mut Command) -> (bool, String) {
+    let o = c.output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+// ---- The stand-in's collectives, rank by rank (each rank is this test binary re-run). ----
+
+/// Rank r's test vector: element 0 makes the order of a 3-way f32 sum visible
+/// ((2^24 + 1) + 1 = 2^24 but (1 + 1) + 2^24 = 2^24 + 2).
+fn vector(r: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..7).map(|i| (r as f32 + 1.0) * (i as f32 + 0.25) - 3.0 * r as f32).collect();
+    v[0] = if r == 0 { 16_777_216.0 } else { 1.0 };
+    v
+}
+
+fn rank_order_sum(world: usize) -> Vec<f32> {
+    let mut acc = vector(0);
+    for r in 1..world {
+        for (a, x) in acc.iter_mut().zip(vector(r)) {
+            *a += x;
+        }
+    }
+    acc
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn nccl_worker() {
+    if std::env::var("HRM_NCCL_TEST_WORKER").is_err() {
+        return; // only runs as a rank started by the tests below
+    }
+    let env = DistEnv::from_env().unwrap().expect("RANK and WORLD_SIZE");
+    let dev = CudaDevice::for_tests("nccl_worker").expect("the emulation");
+    let be = Cuda::new(dev.clone());
+    let d = Dist::connect(&env, hrm::backend::cuda::nccl::unique_id).unwrap();
+    let (r, w) = (env.rank, env.world);
+    let expect = rank_order_sum(w);
+
+    // In-place sum of one buffer.
+    let mut a = be.upload_f32(&vector(r));
+    d.collective(&be, "sum", Collective::Sum, &mut [&mut a]).unwrap();
+    assert_eq!(bits(&be.download_f32(&a)), bits(&expect), "rank {r}: in-place all-reduce");
+
+    // Out of place, straight through the communicator; the source stays as it was.
+    let comm = comm_of(&dev, &d.group).unwrap();
+    let comm = comm.as_any().downcast_ref::<NcclComm>().unwrap();
+    let src = be.upload_f32(&vector(r));
+    let mut dst = be.upload_f32(&[f32::NAN; 7]);
+    comm.all_reduce_sum_into(&src, &mut dst).unwrap();
+    assert_eq!(bits(&be.download_f32(&dst)), bits(&expect), "rank {r}: out-of-place all-reduce");
+    assert_eq!(bits(&be.download_f32(&src)), bits(&vector(r)), "rank {r}: source changed");
+
+    // Two buffers of different lengths: the flat all-reduce of the backend, and a group call.
+    let v = vector(r);
+    let (mut x, mut y) = (be.upload_f32(&v[..3]), be.upload_f32(&v[3..]));
+    d.collective(&be, "flat sum", Collective::Sum, &mut [&mut x, &mut y]).unwrap();
+    let mut got = be.download_f32(&x);
+    got.extend(be.download_f32(&y));
+    assert_eq!(bits(&got), bits(&expect), "rank {r}: flat all-reduce of two buffers");
+    let (mut x, mut y) = (be.upload_f32(&v[..3]), be.upload_f32(&v[3..]));
+    comm.all_reduce_sum_group(&mut [&mut x, &mut y]).unwrap();
+    let mut got = be.download_f32(&x);
+    got.extend(be.download_f32(&y));
+    assert_eq!(bits(&got), bits(&expect), "rank {r}: grouped all-reduce");
+
+    // Broadcast from the last rank, all-gather in rank order.
+    let root = w - 1;
+    let mut b = be.upload_f32(&vector(r));
+    d.collective(&be, "broadcast", Collective::Broadcast { root }, &mut [&mut b]).unwrap();
+    assert_eq!(bits(&be.download_f32(&b)), bits(&vector(root)), "rank {r}: broadcast");
+    let mut host = vec![f32::NAN; 7 * w];
+    host[r * 7..(r + 1) * 7].copy_from_slice(&vector(r));
+    let mut g = be.upload_f32(&host);
+    d.collective(&be, "gather", Collective::AllGather, &mut [&mut g]).unwrap();
+    let want: Vec<f32> = (0..w).flat_map(vector).collect();
+    assert_eq!(bits(&be.download_f32(&g)), bits(&want), "rank {r}: all-gather");
+    // The training step's hooks: gradients summed, the puzzle ids of every rank's rows gathered
+    // (the rows SignSGD updates), the window's metrics summed in rank order, rank by rank.
+    let cfg = hrm::config::ModelConfig::tiny();
+    let mut grads =
+        hrm::model::ParamSet::from_specs(&cfg, |s| be.upload_f32(&vec![r as f32 + 0.5; s.numel()]));
+    hrm::train::distributed::reduce_grads(Some(&d), &be, &mut grads).unwrap();
+    let want_g: f32 = (0..w).map(|q| q as f32 + 0.5).sum();
+    for g in grads.tensors() {
+        assert!(be.download_f32(g).iter().all(|x| *x == want_g), "rank {r}: summed gradient");
+    }
+    let local = be.upload_i32(&[r as i32 * 10, 1]);
+    let ids = hrm::train::distributed::union_puzzle_ids(Some(&d), &be, &local).unwrap().unwrap();
+    let want_ids: Vec<i32> = (0..w).flat_map(|q| [q as i32 * 10, 1]).collect();
+    assert_eq!(be.download_i32(&ids), want_ids, "rank {r}: puzzle ids of all ranks, in rank order");
+    let mine = hrm::backend::ActReport {
+        steps: 2,
+        lm_loss: 0.1 * (r + 1) as f64,
+        count: r as u64 + 1,
+        steps_sum: 10 * r as u64,
+        bad_step: (r == 1).then_some(7),
+        bad_tensor: (r == 1).then_some(3),
+        ..Default::default()
+    };
+    let all = hrm::train::distributed::reduce_report(Some(&d), &be, mine).unwrap();
+    let want_lm = (0..w).fold(0.0, |a, q| a + 0.1 * (q + 1) as f64);
+    assert_eq!(all.lm_loss.to_bits(), want_lm.to_bits(), "rank {r}: summed lm loss");
+    assert_eq!(
+        (all.steps, all.count, all.steps_sum),
+        (2, (1..=w as u64).sum(), (0..w as u64).map(|q| 10 * q).sum())
+    );
+    assert_eq!((all.bad_step, all.bad_tensor), (Some(7), Some(3)), "rank {r}: rank 1's bad step reaches all");
+    d.finish();
+    println!("rank {r}: all collectives exact");
+}
+
+/// Runs `world` ranks of `nccl_worker`; returns (all succeeded, their output).
+fn run_workers(world: usize, plant: Option<&str>) -> (bool, String) {
+    let port = free_port().to_string();
+    let mut children = Vec::new();
+    for r in 0..world {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["nccl_worker", "--exact", "--nocapture", "--test-threads", "1"])
+            .env("HRM_NCCL_TEST_WORKER", "1")
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("HRM_DIST_TIMEOUT_S", "60")
+            .env("HRM_NCCL_EMU_TIMEOUT_S", "60")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = plant {
+            c.env("HRM_NCCL_EMU_PLANT", p);
+        }
+        children.push(c.spawn().unwrap());
+    }
+    let mut all_ok = true;
+    let mut text = String::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        all_ok &= o.status.success();
+        text += &String::from_utf8_lossy(&o.stdout);
+        text += &String::from_utf8_lossy(&o.stderr);
+    }
+    (all_ok, text)
+}
+
+#[test]
+fn the_nccl_stand_in_sums_broadcasts_and_gathers_exactly_across_processes() {
+    if !emulation_available() {
+        return;
+    }
+    for world in [2, 3] {
+        let (ok, text) = run_workers(world, None);
+        assert!(ok, "{world} ranks:\n{text}");
+        assert_eq!(text.matches("all collectives exact").count(), world, "{text}");
+    }
+    // A planted bug in the stand-in (ranks combined in reverse order) must be caught: with 3
+    // ranks the order-sensitive element of the sum, and the all-gather's chunk order, differ.
+    let (ok, text) = run_workers(3, Some("reverse"));
+    assert!(!ok, "the reversed rank order went unnoticed:\n{text}");
+    assert!(text.contains("all-reduce"), "{text}");
+}
+
+// ---- Training through the binary. ----
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+/// A tiny dataset and model (1 layer per module, hidden 32, 3 segments) so emulated runs
+/// take seconds.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let train = hrm::train::data::blanked_puzzles(16, 5..10, 1);
+    let lines: String =
+        train.iter().map(|(q, _)| hrm::sudoku::board::board_to_string(q, '.') + "\n").collect();
+    std::fs::write(root.join("train.txt"), lines).unwrap();
+    let (ok, text) = output(
+        hrm()
+            .args(["data", "build", "--train", "16", "--augment", "1", "--out"])
+            .arg(root.join("ds"))
+            .arg(root.join("train.txt")),
+    );
+    assert!(ok, "{text}");
+    let mut arch = hrm::config::ModelConfig::tiny();
+    arch.H_layers = 1;
+    arch.L_layers = 1;
+    arch.hidden_size = 32;
+    arch.num_heads = 2;
+    arch.puzzle_emb_ndim = 32;
+    arch.halt_max_steps = 3;
+    std::fs::write(root.join("arch.json"), arch.to_json()).unwrap();
+    Fixture { _dir: dir, root }
+}
+
+impl Fixture {
+    /// `hrm train` of the tiny model: global batch 4, `steps` steps, checkpoints every 2.
+    fn train(&self, out: &str, nproc: usize, steps: u64, extra: &[&str]) -> Command {
+        let mut c = hrm();
+        c.args(["train", "--device", "emu", "--data"]).arg(self.root.join("ds/train"));
+        c.arg("--config").arg(self.root.join("arch.json"));
+        c.args([
+            "--batch-size",
+            "4",
+            "--lr-warmup-steps",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--log-every",
+            "1",
+        ]);
+        c.args(["--steps", &steps.to_string(), "--out"]).arg(self.root.join(out));
+        if nproc > 1 {
+            c.args(["--nproc", &nproc.to_string()]);
+        }
+        c.args(extra);
+        c.env("HRM_DIST_TIMEOUT_S", "60");
+        c
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p)
+    }
+}
+
+fn state(run: &Path, step: u64) -> TensorFile {
+    TensorFile::open(&run.join(format!("checkpoints/step_{step:08}/state.safetensors"))).unwrap()
+}
+
+fn assert_same_bits(a: &TensorFile, b: &TensorFile) {
+    assert_eq!(a.names(), b.names());
+    for n in a.names() {
+        if let (Ok(x), Ok(y)) = (a.f32(n, None), b.f32(n, None)) {
+            assert_eq!(bits(&x), bits(&y), "{n} differs");
+        } else {
+            assert_eq!(a.i32(n, None).unwrap(), b.i32(n, None).unwrap(), "{n} differs");
+        }
+    }
+}
+
+/// The parameters of two runs that differ only in the order of f32 gradient sums, after
+/// `steps` AdamATan2 steps of lr 1e-4: see the reasoning in the test below.
+fn assert_within_reduction_bound(what: &str, a: &TensorFile, b: &TensorFile, steps: u64) {
+    if let Err(e) = reduction_bound(what, a, b, steps) {
+        panic!("{e}");
+    }
+}
+
+fn reduction_bound(what: &str, a: &TensorFile, b: &TensorFile, steps: u64) -> Result<(), String> {
+    let lr = 1e-4f64;
+    let (mut total, mut far, mut worst) = (0usize, 0usize, 0f64);
+    for n in a.names().iter().filter(|n| n.starts_with("param.")) {
+        let (x, y) = (a.f32(n, None).unwrap(), b.f32(n, None).unwrap());
+        assert_eq!(x.len(), y.len(), "{n}");
+        for (p, q) in x.iter().zip(&y) {
+            assert!(p.is_finite() && q.is_finite(), "{n}: non-finite parameter");
+            let d = (*p as f64 - *q as f64).abs();
+            worst = worst.max(d);
+            total += 1;
+            if d > lr * 1e-3 {
+                far += 1;
+            }
+        }
+    }
+    eprintln!("{what}: max |dp| {worst:.3e}, {far} of {total} elements beyond lr*1e-3");
+    assert!(total > 0);
+    if worst > steps as f64 * lr * std::f64::consts::FRAC_PI_2 * 1.01 {
+        return Err(format!("{what}: max |dp| {worst}"));
+    }
+    if far as f64 >= 1e-3 * total as f64 {
+        return Err(format!("{what}: {far} of {total} parameters differ beyond lr*1e-3"));
+    }
+    Ok(())
+}
+
+#[test]
+fn two_ranks_match_one_rank_run_to_run_and_after_resume() {
+    if !emulation_available() {
+        return;
+    }
+    let f = fixture();
+    let steps = 4;
+    let (ok, text) = output(&mut f.train("one", 1, steps, &[]));
+    assert!(ok, "{text}");
+    let (ok, text) = output(&mut f.train("two", 2, steps, &[]));
+    assert!(ok, "{text}");
+    assert!(text.contains("rank 1: pid"), "{text}");
+    // Rank 0 alone writes: one line per step, no second writer's leftovers.
+    let metrics = std::fs::read_to_string(f.path("two/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), steps as usize, "{metrics}");
+
+    // Equivalence. Both runs see the same rows (each rank the half of the global batch at its
+    // rank's position), the same exploration draws and the same forward arithmetic per row;
+    // only the order of the gradient sums differs: rank r sums its rows, then the ranks are
+    // added in rank order, where one rank sums all rows in sequence. Both orders are within
+    // (rows) * 2^-24 * sum|terms| of the exact sum, i.e. the gradients agree to ~1e-6 relative.
+    // AdamATan2's first step is atan2(g, |g|) = +-pi/4 per element (sign-like, scale-free), and
+    // later steps are smooth in g except where m crosses 0. So the parameters agree to within
+    // lr * 1e-3 (lr = 1e-4) element by element, except elements whose gradient is within
+    // rounding of zero, whose step may flip: at most K * lr * pi / 2 for K steps; those must be
+    // rare (below 0.1% of the elements). A real data-parallel bug (a missing all-reduce, the
+    // wrong rows, a 1/local-batch scaling caught through the loss terms) breaks one of these.
+    let (a, b) = (state(&f.path("one"), steps), state(&f.path("two"), steps));
+    assert_within_reduction_bound("2 ranks vs 1", &a, &b, steps);
+    // The carry (rows gathered from both ranks) and the data cursor are the same.
+    for n in ["carry.steps", "carry.halted", "carry.inputs", "carry.labels"] {
+        assert_eq!(a.i32(n, None).unwrap(), b.i32(n, None).unwrap(), "{n}");
+    }
+    let loss = |run: &str| -> Vec<f64> {
+        std::fs::read_to_string(f.path(&format!("{run}/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lm_loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (l1, l2) = (loss("one"), loss("two"));
+    for (x, y) in l1.iter().zip(&l2) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "lm loss per step: {l1:?} vs {l2:?}");
+    }
+
+    // The bound catches a data-parallel bug: the stand-in's planted "drop" (an all-reduce that
+    // returns rank 0's gradient alone, as if the reduction were missing) must break it.
+    // Two steps suffice.
+    let (ok, text) = output(f.train("dropped", 2, 2, &[]).env("HRM_NCCL_EMU_PLANT", "drop"));
+    assert!(ok, "{text}");
+    let one_at_2 = state(&f.path("one"), 2);
+    assert_within_reduction_bound("2 ranks vs 1 after 2 steps", &one_at_2, &state(&f.path("two"), 2), 2);
+    let dropped = reduction_bound("planted missing reduction", &one_at_2, &state(&f.path("dropped"), 2), 2);
+    assert!(dropped.is_err(), "a missing all-reduce went unnoticed");
+
+    // Stopped at step 2 and resumed with the same world size: the checkpoint holds the carry
+    // rows of both ranks, so the resumed run follows the uninterrupted one. Not to the bit on
+    // the CUDA path: the embedding backward accumulates with atomics, whose order (on a GPU,
+    // and in the emulation's per-process schedule) differs in a fresh process; so the same
+    // bound as above. A carry handed to the wrong rank or rows would break it.
+    let (ok, text) = output(&mut f.train("split", 2, steps, &["--stop-after", "2"]));
+    assert!(ok, "{text}");
+    // Run to run: up to the stop this is the same 2-rank run again, and gives the same bits
+    // (the stand-in combines in rank order; the emulation schedules each process's launches
+    // from the same seeds).
+    assert_same_bits(&state(&f.path("split"), 2), &state(&f.path("two"), 2));
+    let mut resume = hrm();
+    resume.args(["train", "--device", "emu", "--nproc", "2", "--resume"]).arg(f.path("split"));
+    let (ok, text) = output(&mut resume);
+    assert!(ok, "{text}");
+    let split = state(&f.path("split"), steps);
+    assert_within_reduction_bound("resumed vs uninterrupted", &split, &b, steps);
+    for n in ["carry.steps", "carry.halted", "carry.inputs", "carry.labels"] {
+        assert_eq!(split.i32(n, None).unwrap(), b.i32(n, None).unwrap(), "{n}");
+    }
+
+    // Another world size on resume is refused, saying what to do.
+    let mut single = hrm();
+    single.args(["train", "--device", "emu", "--resume"]).arg(f.path("two")).args(["--steps", "6"]);
+    let (ok, text) = output(&mut single);
+    assert!(!ok, "{text}");
+    assert!(text.contains("world size 2") && text.contains("--nproc 2"), "{text}");
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_naming_it_and_keeps_the_last_checkpoint() {
+    if !emulation_available() {
+        return;
+    }
+    let f = fixture();
+    let log = f.path("launcher.log");
+    let mut c = f.train("run", 2, 200, &[]);
+    c.stderr(std::fs::File::create(&log).unwrap()).stdout(Stdio::null());
+    let mut launcher = c.spawn().unwrap();
+    // Wait for the first checkpoint, then kill rank 1 in the middle of its steps.
+    let start = Instant::now();
+    let first = f.path("run/checkpoints/step_00000002/COMPLETE");
+    while !first.exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within 120 s");
+        assert!(launcher.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let pid = |rank: usize| -> i32 {
+        let key = format!("rank {rank}: pid ");
+        let line = text.lines().find(|l| l.starts_with(&key)).unwrap();
+        line[key.len()..].trim().parse().unwrap()
+    };
+    let (pid0, pid1) = (pid(0), pid(1));
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling a child process of this test.
+    assert_eq!(unsafe { libc::kill(pid1, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "the run did not stop within 60 s of the kill");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stopped_after = killed.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    // The launcher names the killed rank, and rank 0 stopped by itself naming it (not killed by
+    // the launcher's grace timeout).
+    assert!(text.contains(&format!("rank 1 (pid {pid1}) was killed by signal 9")), "{text}");
+    // (through the health channel, or the NCCL stand-in's own report, whichever comes first)
+    assert!(
+        text.contains("rank 1 disconnected")
+            || text.contains(&format!("rank 1 (pid {pid1}) failed at collective")),
+        "rank 0 must name the dead rank:\n{text}"
+    );
+    assert!(!text.contains("stopped by the launcher"), "{text}");
+    assert!(stopped_after < Duration::from_secs(20), "stopped {stopped_after:?} after the kill:\n{text}");
+    // SAFETY: probing (signal 0) whether rank 0 is gone.
+    assert_ne!(unsafe { libc::kill(pid0, 0) }, 0, "rank 0 is still running");
+    // The newest complete checkpoint is intact: it loads and resumes (same world size).
+    let ckpts = hrm::train::checkpoint::complete_checkpoints(&f.path("run")).unwrap();
+    let (step, newest) = ckpts.last().expect("a complete checkpoint").clone();
+    hrm::model::checkpoint::load_checkpoint(&newest.join("model.safetensors"), None).unwrap();
+    let mut resume = hrm();
+    resume.args(["train", "--device", "emu", "--nproc", "2", "--resume"]).arg(f.path("run"));
+    resume.args(["--steps", &(step + 1).to_string()]);
+    let (ok, text) = output(&mut resume);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn rendezvous_failures_are_clear_errors() {
+    if !emulation_available() {
+        return;
+    }
+    let f = fixture();
+    // Nothing listens on the port: the rank gives up naming the address.
+    let port = free_port().to_string();
+    let mut c = f.train("wrong_port", 1, 2, &[]);
+    c.env("RANK", "1").env("WORLD_SIZE", "2").env("MASTER_ADDR", "127.0.0.1").env("MASTER_PORT", &port);
+    c.env("HRM_DIST_JOIN_TIMEOUT_S", "2");
+    let t = Instant::now();
+    let (ok, text) = output(&mut c);
+    assert!(!ok, "{text}");
+    assert!(text.contains(&format!("cannot reach rank 0's rendezvous at 127.0.0.1:{port}")), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+
+    // Two ranks that disagree on the world size: rank 0 refuses the newcomer, both stop.
+    let port = free_port().to_string();
+    let spawn = |rank: &str, world: &str| {
+        let mut c = f.train("mismatch", 1, 2, &[]);
+        c.env("RANK", rank)
+            .env("WORLD_SIZE", world)
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port);
+        c.env("HRM_DIST_JOIN_TIMEOUT_S", "20").stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let r0 = spawn("0", "2");
+    let r1 = spawn("1", "3");
+    let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
+    let (e0, e1) = (String::from_utf8_lossy(&o0.stderr), String::from_utf8_lossy(&o1.stderr));
+    assert!(!o0.status.success() && !o1.status.success(), "{e0}\n{e1}");
+    assert!(e0.contains("rank 1") && e0.contains("world size 3 but rank 0 has 2"), "{e0}");
+    assert!(e1.contains("rendezvous refused"), "{e1}");
+
+    // Without the launcher and on the CPU backend: refused before any work.
+    let mut cpu = hrm();
+    cpu.args(["train", "--device", "cpu", "--nproc", "2", "--data"]).arg(f.path("ds/train"));
+    cpu.args(["--steps", "2", "--out"]).arg(f.path("cpu"));
+    let (ok, text) = output(&mut cpu);
+    assert!(!ok && text.contains("CUDA backend through NCCL"), "{text}");
+}
+
+/// All-reduce bandwidth of one flat gradient-sized f32 buffer through NCCL (run by
+/// scripts/device-check with the real library; any world size through the torchrun variables,
+/// world size 1 by default). `HRM_ALLREDUCE_FLOATS` sets the size (default: the Sudoku
+/// model's parameter count). Prints time per all-reduce, algorithm bandwidth (bytes / time) and
+/// NCCL's bus bandwidth (algbw * 2 (n - 1) / n).
+#[test]
+#[ignore]
+fn nccl_allreduce_bandwidth() {
+    let dev = CudaDevice::for_tests("nccl_allreduce_bandwidth").expect("a CUDA device");
+    let env = DistEnv::from_env().unwrap().unwrap_or(DistEnv {
+        rank: 0,
+        world: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: free_port(),
+    });
+    let be = Cuda::new(dev.clone());
+    let (maj, min, patch) = hrm::backend::cuda::nccl::version().unwrap();
+    let d = Dist::connect(&env, hrm::backend::cuda::nccl::unique_id).unwrap();
+    let n: usize =
+        std::env::var("HRM_ALLREDUCE_FLOATS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+            let cfg = hrm::config::ModelConfig::sudoku();
+            hrm::model::tensor_specs(&cfg).iter().map(|s| s.numel()).sum()
+        });
+    let mut buf = be.upload_f32(&vec![1.0; n]);
+    for _ in 0..3 {
+        d.collective(&be, "warm-up", Collective::Sum, &mut [&mut buf]).unwrap();
+    }
+    let iters = 20;
+    let t = Instant::now();
+    for _ in 0..iters {
+        d.collective(&be, "all-reduce", Collective::Sum, &mut [&mut buf]).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64() / iters as f64;
+    let bytes = (n * 4) as f64;
+    let algbw = bytes / secs / 1e9;
+    let w = env.world as f64;
+    let busbw = algbw * 2.0 * (w - 1.0) / w;
+    let got = be.download_f32(&buf);
+    let want = w.powi(iters + 3) as f32;
+    assert!(got.iter().all(|x| *x == want), "sum wrong: {} (expected {want})", got[0]);
+    d.finish();
+    println!(
+        "NCCL {maj}.{min}.{patch} on {} ({:?}): all-reduce of {n} f32 ({:.1} MB) over {} rank(s): \
+         {:.3} ms, algbw {algbw:.1} GB/s, busbw {busbw:.1} GB/s",
+        dev.name,
+        dev.kind,
+        bytes / 1e6,
+        env.world,
+        secs * 1e3
+    );
+}
