@@ -397,44 +397,47 @@ fn recorded_training_steps_equal_direct_ones() {
     let Some(gpu) = cuda("backend_parity graphs") else {
         return;
     };
-    let model = ModelConfig {
-        hidden_size: 32,
-        num_heads: 2,
-        H_layers: 2,
-        L_layers: 1,
-        puzzle_emb_ndim: 32,
-        num_puzzle_identifiers: 3,
-        halt_max_steps: 3,
-        halt_exploration_prob: 0.3,
-        ..ModelConfig::sudoku()
-    };
-    let mut cfg = TrainConfig::new(model.clone());
-    cfg.batch_size = 4;
-    cfg.steps = 10;
-    cfg.ema = Some(0.9);
-    cfg.optim.lr = 1e-3;
-    let data = train_data();
-    let p = params(&model, 8);
-    let run = |graphs: bool| {
-        let mut t = Trainer::new(&gpu, cfg.clone(), &p);
-        t.graphs = graphs;
-        let mut reports = Vec::new();
-        for _ in 0..7 {
-            t.train_step(&gpu, &data).unwrap();
-            reports.push(t.report(&gpu).unwrap());
-        }
-        let rows = gpu.act_rows(&t.carry.ws.act);
-        let bits: Vec<u32> =
-            t.model.to_host(&gpu).tensors().into_iter().flatten().map(|x| x.to_bits()).collect();
-        let z: Vec<u32> = gpu.download_act(&t.carry.z_h).iter().map(|x| x.to_bits()).collect();
-        assert_eq!(t.graphs, graphs, "the recorded run kept replaying its graph");
-        (reports, rows, bits, z)
-    };
-    let direct = run(false);
-    let recorded = run(true);
-    assert!(direct.0.iter().any(|r| r.count > 0), "some rows halted");
-    assert_eq!(recorded.0, direct.0, "metrics");
-    assert_eq!(recorded.1, direct.1, "ACT state");
-    assert_eq!(recorded.3, direct.3, "carry");
-    assert!(recorded.2 == direct.2, "parameters differ");
+    // With a puzzle embedding, and without (whose backward passes a placeholder gradient).
+    for puzzle_emb_ndim in [32, 0] {
+        let model = ModelConfig {
+            hidden_size: 32,
+            num_heads: 2,
+            H_layers: 2,
+            L_layers: 1,
+            puzzle_emb_ndim,
+            num_puzzle_identifiers: 3,
+            halt_max_steps: 3,
+            halt_exploration_prob: 0.3,
+            ..ModelConfig::sudoku()
+        };
+        let mut cfg = TrainConfig::new(model.clone());
+        cfg.batch_size = 4;
+        cfg.steps = 10;
+        cfg.ema = Some(0.9);
+        cfg.optim.lr = 1e-3;
+        let data = train_data();
+        let p = params(&model, 8);
+        let run = |graphs: bool| {
+            let mut t = Trainer::new(&gpu, cfg.clone(), &p);
+            t.graphs = graphs;
+            let mut reports = Vec::new();
+            for _ in 0..7 {
+                t.train_step(&gpu, &data).unwrap();
+                reports.push(t.report(&gpu).unwrap());
+            }
+            let rows = gpu.act_rows(&t.carry.ws.act);
+            let bits: Vec<u32> =
+                t.model.to_host(&gpu).tensors().into_iter().flatten().map(|x| x.to_bits()).collect();
+            let z: Vec<u32> = gpu.download_act(&t.carry.z_h).iter().map(|x| x.to_bits()).collect();
+            assert_eq!(t.graphs, graphs, "the recorded run kept replaying its graph");
+            (reports, rows, bits, z)
+        };
+        let direct = run(false);
+        let recorded = run(true);
+        assert!(direct.0.iter().any(|r| r.count > 0), "some rows halted");
+        assert_eq!(recorded.0, direct.0, "metrics");
+        assert_eq!(recorded.1, direct.1, "ACT state");
+        assert_eq!(recorded.3, direct.3, "carry");
+        assert!(recorded.2 == direct.2, "parameters differ (puzzle_emb_ndim {puzzle_emb_ndim})");
+    }
 }

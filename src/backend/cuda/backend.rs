@@ -45,6 +45,9 @@ pub struct Cuda {
     host_reads: AtomicU64,
     /// Page-locked buffers the host writes go through, so they are asynchronous.
     staging: Mutex<Staging>,
+    /// The placeholder puzzle embedding (and gradient) of models without one, made once (an
+    /// allocation inside a step would break a recorded graph); no kernel touches it.
+    no_puzzle: Mutex<Option<CudaSlice<f32>>>,
     /// Recorded graphs by key (see `Backend::replay_or_record`).
     graphs: Mutex<std::collections::HashMap<Vec<u64>, cudarc::driver::CudaGraph>>,
 }
@@ -102,6 +105,7 @@ impl Cuda {
             host_reads: AtomicU64::new(0),
             staging: Mutex::new(Staging::new()),
             graphs: Mutex::new(std::collections::HashMap::new()),
+            no_puzzle: Mutex::new(None),
         }
     }
 
@@ -712,13 +716,11 @@ impl Backend for Cuda {
         out: &mut CudaSlice<bf16>,
         dims: &EmbedDims,
     ) {
-        let empty;
+        // Without a puzzle embedding the kernel gets a placeholder it never reads, made once.
+        let mut placeholder = self.no_puzzle.lock().unwrap();
         let pw = match puzzle_w {
             Some(p) => &p.master,
-            None => {
-                empty = self.upload::<f32>(&[]);
-                &empty
-            }
+            None => &*placeholder.get_or_insert_with(|| self.upload::<f32>(&[])),
         };
         self.op("embed_fwd", |d| {
             kernels::embed_fwd(
@@ -743,13 +745,11 @@ impl Backend for Cuda {
         dpos_w: Option<&mut CudaSlice<f32>>,
         dims: &EmbedDims,
     ) {
-        let mut empty;
+        // Without a puzzle embedding the kernel gets the placeholder, which it never writes.
+        let mut placeholder = self.no_puzzle.lock().unwrap();
         let dpw = match dpuzzle_w {
             Some(p) => p,
-            None => {
-                empty = self.upload::<f32>(&[]);
-                &mut empty
-            }
+            None => placeholder.get_or_insert_with(|| self.upload::<f32>(&[])),
         };
         self.op("embed_bwd", |d| kernels::embed_bwd(d, dx, tokens, puzzle_ids, dembed_w, dpw, dpos_w, dims));
     }
