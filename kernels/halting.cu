@@ -18,6 +18,9 @@
 //                       q_halt agreement over the halted rows with a label) added to the
 //                       window's accumulators; a non-finite loss sets the guard status.
 //                       One block: block_sum in a fixed order, so the sums are deterministic.
+//   act_exact_hist_u8:  inference: hist[b * max_segments + steps[b]] = exact[b] (the exact flag
+//                       of the segment just scored, in the column of the segments the row ran
+//                       before it), so all segments run without reading anything back.
 // The step number comes from device memory (`step_now`, written before the step), so a recorded
 // graph of the step replays with the current number.
 // Guard status (int[4]): [first bad step (INT_MAX: none), 1 if that step's loss was non-finite,
@@ -85,6 +88,16 @@ extern "C" __global__ void __launch_bounds__(256)
   halted[b] = h ? 1 : 0;
 }
 EMU_REGISTER(act_halt_i32)
+
+extern "C" __global__ void __launch_bounds__(256)
+    act_exact_hist_u8(const int* __restrict__ steps, const unsigned char* __restrict__ exact,
+                      unsigned char* __restrict__ hist, int batch, int max_segments) {
+  const int b = blockIdx.x * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const int s = steps[b];
+  if (s >= 0 && s < max_segments) hist[(long long)b * max_segments + s] = exact[b];
+}
+EMU_REGISTER(act_exact_hist_u8)
 
 static __device__ __forceinline__ double act_bce(double x, double t) {
   return fmax(x, 0.0) - x * t + log1p(exp(-fabs(x)));

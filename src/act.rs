@@ -10,7 +10,7 @@
 
 use crate::backend::cpu::halting::{explore_row, explore_threshold};
 use crate::backend::cpu::loss::sigmoid;
-use crate::backend::{ActReport, Backend, LmLossOut};
+use crate::backend::{ActReport, Backend, EvalRows, LmLossOut};
 use crate::hrm::{Heads, Hrm, Workspace};
 use crate::model::ParamSet;
 
@@ -142,6 +142,70 @@ pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: 
         be.lm_loss(carry.ws.logits(), &carry.ws.labels, model.cfg.vocab_size, model.cfg.seq_len, 0.0, None)
     });
     EvalSegment { heads, scored }
+}
+
+/// Runs `segments` segments on every row of `batch` from a fresh start, without halting
+/// before the last (evaluation as the reference does it), entirely on the backend: the batch
+/// is uploaded and embedded once; each segment (the no-grad updates, the heads, the scoring
+/// and the step count) is the same ops every time, so with `graphs` a device backend records
+/// it once and replays it; the results are read back once, at the end. The same numbers as
+/// `segments` calls of [`eval_step`] (which reads back after each). `carry` must have the
+/// batch's size; its host fields end as after those calls.
+pub fn infer_segments<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    carry: &mut Carry<B>,
+    batch: &Batch,
+    segments: usize,
+    graphs: bool,
+) -> EvalRows {
+    let cfg = &model.cfg;
+    let (rows, n) = (batch.len(), cfg.seq_len);
+    assert_eq!(carry.ws.batch(), rows, "infer_segments: the carry is for another batch size");
+    let ws = &mut carry.ws;
+    be.write_i32(&batch.inputs, &mut ws.inputs.tokens);
+    be.write_i32(&batch.puzzle_ids, &mut ws.inputs.puzzle_ids);
+    match &batch.labels {
+        Some(l) => be.write_i32(l, &mut ws.labels),
+        None => be.write_i32(&vec![0; rows * n], &mut ws.labels),
+    }
+    be.act_set(&mut ws.act, &vec![0; rows], &vec![true; rows]);
+    model.reset(be, &mut carry.z_h, true, &ws.act);
+    model.reset(be, &mut carry.z_l, false, &ws.act);
+    model.embed(be, ws);
+    let mut record = graphs;
+    for seg in 0..segments {
+        // The first segment on this workspace runs directly (it makes the scoring buffers);
+        // every later one replays it.
+        let key = (record && (seg > 0 || carry.ws.infer_warm)).then(|| {
+            let mut k = step_buffer_ids(be, carry);
+            k.extend([u64::MAX, segments as u64]); // not a training step's key
+            k
+        });
+        let mut ops = || {
+            model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, false);
+            let (logits, labels, st) = carry.ws.score_views();
+            be.act_eval_score(logits, labels, cfg.vocab_size, n, st, segments);
+            be.act_halt(st, cfg.halt_max_steps);
+        };
+        match &key {
+            Some(k) => be.replay_or_record(k, &mut ops),
+            None => ops(),
+        }
+        carry.ws.infer_warm = true;
+        if let Some(k) = key {
+            // A replay does not move the host's buffer handles (see `Trainer::train_step`).
+            record = step_buffer_ids(be, carry)[..] == k[..k.len() - 2];
+        }
+    }
+    let mut out = be.act_eval_read(&carry.ws.act, n, segments);
+    if batch.labels.is_none() {
+        out.exact_per_segment.clear();
+    }
+    carry.steps = vec![segments as u32; rows];
+    carry.halted = vec![true; rows];
+    carry.data = batch.clone();
+    out
 }
 
 /// The exploration minimums of a training step (the reference draws `(rand < prob) *
@@ -317,7 +381,7 @@ pub fn train_step_device<B: Backend>(
 /// Identities of the buffers a training step trades places with (the carry and the
 /// workspace's ping-pong buffers): a recorded step is valid for the arrangement it began with.
 pub fn step_buffer_ids<B: Backend>(be: &B, carry: &Carry<B>) -> Vec<u64> {
-    let mut ids = vec![be.act_id(&carry.z_h), be.act_id(&carry.z_l)];
+    let mut ids = vec![carry.ws.uid(), be.act_id(&carry.z_h), be.act_id(&carry.z_l)];
     ids.extend(carry.ws.swap_ids(be));
     ids
 }

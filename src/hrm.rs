@@ -121,6 +121,10 @@ struct TrainBuffers<B: Backend> {
 /// shape: nothing is allocated inside a step. The no-grad updates ping-pong between the carry
 /// and `scratch.out` instead of copying the state after each block.
 pub struct Workspace<B: Backend> {
+    /// unique in the process (recorded graphs are keyed by it, see [`Workspace::uid`])
+    uid: u64,
+    /// an inference segment ran here directly, making its buffers (see `act::infer_segments`)
+    pub infer_warm: bool,
     shape: Shape,
     /// the batch's tokens and puzzle ids on the backend
     pub inputs: DeviceInputs<B>,
@@ -148,7 +152,10 @@ impl<B: Backend> Workspace<B> {
     pub fn new(be: &B, cfg: &ModelConfig, batch: usize) -> Self {
         let s = Shape::new(cfg, batch);
         let (r, d) = (s.rows(), s.hidden);
+        static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Workspace {
+            uid: NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            infer_warm: false,
             shape: s,
             inputs: DeviceInputs {
                 tokens: be.upload_i32(&vec![0; batch * cfg.seq_len]),
@@ -198,6 +205,16 @@ impl<B: Backend> Workspace<B> {
 
     pub fn batch(&self) -> usize {
         self.shape.batch
+    }
+    /// This workspace's identity, unique in the process: the first element of the key of every
+    /// graph recorded on its buffers (a new workspace may reuse a dropped one's addresses), so
+    /// `Backend::forget_graphs(uid)` drops them with it.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+    /// Logits, labels and the ACT state, for scoring an inference segment.
+    pub fn score_views(&mut self) -> (&B::Act, &B::I32, &mut B::ActState) {
+        (&self.logits, &self.labels, &mut self.act)
     }
     /// The last segment's logits [batch * seq_len, vocab].
     pub fn logits(&self) -> &B::Act {

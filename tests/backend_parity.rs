@@ -14,11 +14,11 @@
 //! RMS) covers quantities whose yardstick error happens to be near zero. A wrong kernel (a
 //! missing term, a transposed index) is off by O(1) of the RMS and fails by orders of magnitude.
 
-use hrm::act::{Batch, Carry, eval_step};
-use hrm::backend::Backend;
+use hrm::act::{Batch, Carry, eval_step, infer_segments};
 use hrm::backend::cpu::Cpu;
 use hrm::backend::cpu::bf16::CpuBf16;
 use hrm::backend::cuda::{Cuda, CudaDevice};
+use hrm::backend::{Backend, EvalRows};
 use hrm::commands::grad_outputs;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
@@ -439,5 +439,79 @@ fn recorded_training_steps_equal_direct_ones() {
         assert_eq!(recorded.1, direct.1, "ACT state");
         assert_eq!(recorded.3, direct.3, "carry");
         assert!(recorded.2 == direct.2, "parameters differ (puzzle_emb_ndim {puzzle_emb_ndim})");
+    }
+}
+
+/// Segment by segment as `eval_step` runs it (reading back after each), in the shape that
+/// `infer_segments` returns.
+fn eval_by_steps<B: Backend>(be: &B, model: &Hrm<B>, batch: &Batch) -> EvalRows {
+    let mut carry = Carry::fresh(be, model, batch.len());
+    let mut out = EvalRows::default();
+    for _ in 0..model.cfg.halt_max_steps {
+        let s = eval_step(be, model, &mut carry, batch);
+        let scored = s.scored.expect("labels given");
+        out.exact_per_segment.push(scored.exact);
+        out.argmax = scored.argmax;
+        (out.q_halt, out.q_continue) = (s.heads.q_halt, s.heads.q_continue);
+    }
+    be.check().unwrap();
+    out
+}
+
+/// Inference on the backend (`infer_segments`: the batch embedded once, every segment scored
+/// where the model runs, read back once; on a device each segment a replayed graph) gives the
+/// same bits as segment-by-segment evaluation, on the CPU and under emulation, for a fresh
+/// workspace and for one reused with new puzzles; a device batch reads back only at the end
+/// and, once warm, launches its 3 setup kernels and one graph per segment.
+#[test]
+fn inference_on_the_backend_equals_eval_steps() {
+    let model_cfg = ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 1, // odd: each module update copies its result home once
+        L_layers: 2,
+        puzzle_emb_ndim: 0,
+        halt_max_steps: 4,
+        ..ModelConfig::sudoku()
+    };
+    let segments = model_cfg.halt_max_steps;
+    let p = params(&model_cfg, 5);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut batches: Vec<Batch> = (0..2).map(|_| random_batch(&mut rng, 3, 1)).collect();
+    // A row the model gets right (labels = its own answer): exact flags are not all false.
+    let cpu_model = Hrm::new(&Cpu, &model_cfg, &p);
+    let answer = eval_by_steps(&Cpu, &cpu_model, &batches[0]).argmax;
+    batches[0].labels.as_mut().unwrap()[..81].iter_mut().zip(&answer).for_each(|(l, &a)| *l = a as i32);
+
+    let mut carry = Carry::fresh(&Cpu, &cpu_model, 3);
+    for batch in &batches {
+        let want = eval_by_steps(&Cpu, &cpu_model, batch);
+        assert_eq!(want.exact_per_segment.len(), segments);
+        let got = infer_segments(&Cpu, &cpu_model, &mut carry, batch, segments, true);
+        assert_eq!(got, want, "CPU: infer_segments vs eval_step");
+    }
+    assert!(eval_by_steps(&Cpu, &cpu_model, &batches[0]).exact_per_segment[segments - 1][0]);
+
+    let _stream = alone();
+    let Some(gpu) = cuda("backend_parity inference") else {
+        return;
+    };
+    let model = Hrm::new(&gpu, &model_cfg, &p);
+    for graphs in [false, true] {
+        let mut carry = Carry::fresh(&gpu, &model, 3);
+        for (round, batch) in batches.iter().chain(&batches).enumerate() {
+            let want = eval_by_steps(&gpu, &model, batch);
+            let (reads, launches) = (gpu.host_reads(), hrm::backend::cuda::device::emulated_launch_counts());
+            let got = infer_segments(&gpu, &model, &mut carry, batch, segments, graphs);
+            gpu.check().unwrap();
+            // argmax, exact history and q logits: three reads, all after the last segment
+            assert_eq!(gpu.host_reads() - reads, 3, "reads of one inference batch");
+            assert_eq!(got, want, "emulation: infer_segments (graphs {graphs}, round {round}) vs eval_step");
+            if let (true, true, Some(c0)) = (graphs, round > 0, launches) {
+                let c1 = hrm::backend::cuda::device::emulated_launch_counts().unwrap();
+                assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (3 + segments as u64, 0), "launches of a warm batch");
+            }
+        }
+        gpu.forget_graphs(carry.ws.uid());
     }
 }

@@ -312,3 +312,62 @@ fn staged_host_writes_land_intact() {
         assert_eq!(&gpu.download_i32(b), w, "write {k}");
     }
 }
+
+/// Inference scoring (`act_eval_score`: stablemax argmax and exact flags, then
+/// `act_exact_hist_u8` puts each row's flag in the column of its step count): identical to the
+/// CPU, over rounds with step counts inside and outside the history; the history is poisoned
+/// (0xAB) first, so a column written for the wrong row or step shows.
+#[test]
+fn inference_scoring_matches_the_cpu_exactly() {
+    let Some(gpu) = cuda("kernels_halting eval score") else {
+        return;
+    };
+    let mut r = rng(17);
+    for (batch, seq, vocab, segments) in [(1usize, 81usize, 11usize, 4usize), (37, 9, 12, 16)] {
+        let labels: Vec<i32> =
+            (0..batch * seq).map(|i| if i % 11 == 3 { 0 } else { r.gen_range(1..vocab as i32) }).collect();
+        let lab = upload_i32(&gpu, &labels);
+        let mut want = Cpu.act_state(batch);
+        let mut got = gpu.act_state(batch);
+        for round in 0..6 {
+            let mut logits = round_bf16(&randn(&mut r, batch * seq * vocab, 1.0));
+            // Rows made exactly right (a different set each round).
+            for b in (round % 3..batch).step_by(3) {
+                for t in 0..seq {
+                    logits[(b * seq + t) * vocab + labels[b * seq + t] as usize] = 8.0;
+                }
+            }
+            // Column segments - 1 is never written: it must stay poisoned.
+            let last = segments as u32 - 1;
+            let steps: Vec<u32> = (0..batch)
+                .map(|_| r.gen_range(0..segments as u32 + 2))
+                .map(|s| if s == last { last + 2 } else { s })
+                .collect();
+            let halted = vec![false; batch];
+            Cpu.act_set(&mut want, &steps, &halted);
+            gpu.act_set(&mut got, &steps, &halted);
+            let ld = gpu.device().stream.clone_htod(&to_bf16(&logits)).unwrap();
+            Cpu.act_eval_score(&logits, &labels, vocab, seq, &mut want, segments);
+            gpu.act_eval_score(&ld, &lab, vocab, seq, &mut got, segments);
+            if round == 0 {
+                let poison = vec![0xABu8; batch * segments];
+                want.exact_hist = poison.clone();
+                got.exact_hist = Some(upload(gpu.device(), &poison));
+                Cpu.act_eval_score(&logits, &labels, vocab, seq, &mut want, segments);
+                gpu.act_eval_score(&ld, &lab, vocab, seq, &mut got, segments);
+            }
+            gpu.check().unwrap();
+            let (g, w) = (gpu.act_eval_read(&got, seq, segments), Cpu.act_eval_read(&want, seq, segments));
+            assert_eq!(g.argmax, w.argmax, "argmax, batch {batch}, round {round}");
+            let hist: Vec<u8> = download(gpu.device(), got.exact_hist.as_ref().unwrap());
+            assert_eq!(hist, want.exact_hist, "exact history, batch {batch}, round {round}");
+        }
+        assert!(
+            (0..batch).all(|b| want.exact_hist[b * segments + segments - 1] == 0xAB),
+            "a column never written stays poisoned"
+        );
+        if batch > 1 {
+            assert!(want.exact_hist.contains(&0) && want.exact_hist.contains(&1), "both flags written");
+        }
+    }
+}

@@ -37,6 +37,18 @@ pub struct ActRows {
     pub target_q_continue: Vec<f32>,
 }
 
+/// What inference segments left in the ACT state (see [`Backend::act_eval_score`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EvalRows {
+    /// argmax token per position of the last scored segment [batch * seq_len]
+    pub argmax: Vec<u8>,
+    /// the exact flag of each row after each segment: [segment][row]
+    pub exact_per_segment: Vec<Vec<bool>>,
+    /// the last segment's q logits
+    pub q_halt: Vec<f32>,
+    pub q_continue: Vec<f32>,
+}
+
 /// How the optimizer updates one tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimRule {
@@ -95,6 +107,9 @@ pub trait Backend {
     fn replay_or_record(&self, _key: &[u64], ops: &mut dyn FnMut()) {
         ops()
     }
+    /// Forgets the recorded graphs whose key begins with `owner` (a workspace's identity, see
+    /// `Workspace::uid`): called when the workspace goes away, as its buffers may be reused.
+    fn forget_graphs(&self, _owner: u64) {}
 
     // Memory.
     /// Activations of `n` elements, zero.
@@ -253,6 +268,22 @@ pub trait Backend {
     fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32]);
     /// Reads (and zeroes) the accumulated metrics, with the guard status.
     fn act_report(&self, st: &mut Self::ActState) -> ActReport;
+    /// Inference: scores the segment just run, nothing read back: the stablemax argmax and
+    /// exact flag of every row into the state, and the exact flag also into the state's
+    /// history [batch, max_segments] at column `steps[b]` (call before `act_halt` counts the
+    /// segment).
+    fn act_eval_score(
+        &self,
+        logits: &Self::Act,
+        labels: &Self::I32,
+        vocab: usize,
+        seq: usize,
+        st: &mut Self::ActState,
+        max_segments: usize,
+    );
+    /// Reads what the inference segments left: the last scored argmax, the first `segments`
+    /// columns of the exact history and the current q logits.
+    fn act_eval_read(&self, st: &Self::ActState, seq: usize, segments: usize) -> EvalRows;
 
     // Transformer block pieces.
     fn add_rms_norm_fwd(

@@ -3,7 +3,7 @@
 //! achieved TFLOP/s (matrix products, `crate::hrm::flops`), MFU against the device's peak, and
 //! device memory in use. The per-kernel figures come from the criterion benches.
 
-use crate::act::{Batch, Carry, eval_step};
+use crate::act::{Batch, Carry, infer_segments};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
 use crate::hrm::{Hrm, flops};
@@ -67,6 +67,8 @@ pub struct BenchReport {
     /// (kernel launches, cuBLASLt matmuls) per training step, counted on the emulation
     /// (the same code issues the same launches on a GPU)
     pub launches_per_step: Option<(u64, u64)>,
+    /// the same per inference batch of all segments (after the warm-up batch)
+    pub launches_per_infer_batch: Option<(u64, u64)>,
 }
 
 fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
@@ -105,7 +107,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
     let step_flop = flops::train_step(cfg, a.batch_size);
 
     let segments = cfg.halt_max_steps;
-    let (mut puzzles_per_s, mut infer_tflops) = (0.0, 0.0);
+    let (mut puzzles_per_s, mut infer_tflops, mut launches_per_infer_batch) = (0.0, 0.0, None);
     if a.infer_batch_size > 0 && a.infer_batches > 0 {
         let model = Hrm::new(be, cfg, &params);
         let b = a.infer_batch_size;
@@ -115,19 +117,26 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
             puzzle_ids: vec![0; b],
             labels: Some(src.labels.iter().map(|&x| x as i32).collect()),
         };
-        let run_once = || -> Result<()> {
-            let mut carry = Carry::fresh(be, &model, b);
-            for _ in 0..segments {
-                eval_step(be, &model, &mut carry, &batch);
-            }
+        // As `hrm eval` runs it: one carry, every segment on the device (replayed from a
+        // recorded graph on a GPU), one read-back per batch.
+        let mut carry = Carry::fresh(be, &model, b);
+        let graphs = crate::train::graphs_enabled();
+        let mut run_once = || -> Result<()> {
+            infer_segments(be, &model, &mut carry, &batch, segments, graphs);
             be.check()
         };
-        run_once()?; // warm-up: GEMM plans, allocator
+        run_once()?; // warm-up: GEMM plans, allocator, the recorded segment
+        let launches0 = crate::backend::cuda::device::emulated_launch_counts();
         let start = Instant::now();
         for _ in 0..a.infer_batches {
             run_once()?;
         }
         let secs = start.elapsed().as_secs_f64();
+        let n = a.infer_batches as u64;
+        launches_per_infer_batch = launches0
+            .zip(crate::backend::cuda::device::emulated_launch_counts())
+            .map(|((k0, m0), (k1, m1))| ((k1 - k0) / n, (m1 - m0) / n));
+        be.forget_graphs(carry.ws.uid());
         puzzles_per_s = (a.infer_batches * b) as f64 / secs;
         infer_tflops =
             a.infer_batches as f64 * segments as f64 * flops::segment_forward(cfg, b) / secs / 1e12;
@@ -147,6 +156,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
         infer_tflops,
         device_memory_bytes: be.device_memory_used(),
         launches_per_step,
+        launches_per_infer_batch,
     })
 }
 
@@ -182,6 +192,12 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
     }
     if let Some((k, m)) = r.launches_per_step {
         println!("launches per training step: {k} kernels + {m} cuBLASLt matmuls (counted on the emulation)");
+    }
+    if let Some((k, m)) = r.launches_per_infer_batch {
+        println!(
+            "launches per inference batch ({} segments): {k} kernels + {m} cuBLASLt matmuls (counted on the emulation)",
+            r.infer_segments
+        );
     }
     if let Some(m) = r.device_memory_bytes {
         println!("device memory in use: {:.2} GiB", m as f64 / (1u64 << 30) as f64);

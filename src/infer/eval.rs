@@ -3,7 +3,7 @@
 //! "accuracy"), accuracy on the blank cells only, exact accuracy after each segment, and the
 //! fraction whose final q_halt > q_continue (Augmented HRM's act_halt).
 
-use crate::act::{Batch, Carry, eval_step};
+use crate::act::{Batch, Carry, infer_segments};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
 use anyhow::Result;
@@ -48,7 +48,8 @@ pub fn batch_of(examples: &[Example]) -> Batch {
     }
 }
 
-/// Run all segments on `examples` in batches of `batch_size`.
+/// Run all segments on `examples` in batches of `batch_size` (see [`infer_segments`]: a batch
+/// reads back once, after its last segment).
 pub fn predict<B: Backend>(
     be: &B,
     model: &Hrm<B>,
@@ -65,24 +66,36 @@ pub fn predict<B: Backend>(
         q_continue: Vec::with_capacity(examples.len()),
         exact_per_segment: vec![Vec::with_capacity(examples.len()); segments],
     };
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let b = chunk.len();
-        let batch = batch_of(chunk);
-        let mut carry = Carry::fresh(be, model, b);
-        let mut last = None;
-        for seg in 0..segments {
-            let s = eval_step(be, model, &mut carry, &batch);
-            let scored = s.scored.expect("labels given");
-            out.exact_per_segment[seg].extend(&scored.exact);
-            last = Some((s.heads, scored));
+    // One carry per batch size (all full batches share one, so their segments replay one
+    // recorded graph on a device), dropped with its graphs at the end.
+    let mut carry: Option<Carry<B>> = None;
+    let graphs = crate::train::graphs_enabled();
+    let result = (|| -> Result<()> {
+        for chunk in examples.chunks(batch_size.max(1)) {
+            let b = chunk.len();
+            if carry.as_ref().is_none_or(|c| c.ws.batch() != b) {
+                if let Some(c) = carry.take() {
+                    be.forget_graphs(c.ws.uid());
+                }
+                carry = Some(Carry::fresh(be, model, b));
+            }
+            let c = carry.as_mut().expect("made above");
+            let r = infer_segments(be, model, c, &batch_of(chunk), segments, graphs);
+            be.check()?;
+            for (seg, exact) in r.exact_per_segment.iter().enumerate() {
+                out.exact_per_segment[seg].extend(exact);
+            }
+            out.tokens.extend(&r.argmax);
+            out.q_halt.extend(&r.q_halt);
+            out.q_continue.extend(&r.q_continue);
+            on_batch(b);
         }
-        let (heads, scored) = last.expect("halt_max_steps >= 1");
-        out.tokens.extend(scored.argmax.iter());
-        out.q_halt.extend(&heads.q_halt);
-        out.q_continue.extend(&heads.q_continue);
-        be.check()?;
-        on_batch(b);
+        Ok(())
+    })();
+    if let Some(c) = carry {
+        be.forget_graphs(c.ws.uid());
     }
+    result?;
     Ok(out)
 }
 

@@ -9,7 +9,7 @@
 use super::Cpu;
 use super::halting::CpuActState;
 use crate::backend::{
-    ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot,
+    ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
 };
 use anyhow::Result;
 use half::bf16;
@@ -231,6 +231,20 @@ impl Backend for CpuBf16 {
     }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         Cpu.act_report(st)
+    }
+    fn act_eval_score(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        st: &mut CpuActState,
+        max_segments: usize,
+    ) {
+        Cpu.act_eval_score(logits, labels, vocab, seq, st, max_segments)
+    }
+    fn act_eval_read(&self, st: &CpuActState, seq: usize, segments: usize) -> EvalRows {
+        Cpu.act_eval_read(st, seq, segments)
     }
     fn add_rms_norm_fwd(
         &self,

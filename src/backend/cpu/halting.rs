@@ -29,6 +29,8 @@ pub struct CpuActState {
     pub target: Vec<f32>,
     /// per-row LM loss results of the step
     pub lm: LmLossOut,
+    /// inference: the exact flag of each row per segment [batch, segments]
+    pub exact_hist: Vec<u8>,
     /// see [`ActReport::from_raw`]
     pub metrics: [f64; METRICS],
     /// [first bad step, loss bad, first bad tensor, unused]
@@ -54,6 +56,7 @@ impl CpuActState {
                 n_valid: vec![0; batch],
                 argmax: Vec::new(),
             },
+            exact_hist: Vec::new(),
             metrics: [0.0; METRICS],
             status: [NONE, 0, NONE, 0],
             step_now: 0,
@@ -181,6 +184,35 @@ pub fn halt(st: &mut CpuActState, max_steps: usize) {
             h &= s >= st.min_halt[b];
         }
         st.halted[b] = h as u8;
+    }
+}
+
+/// Inference: the exact flags of the segment just scored (`st.lm`) into column `steps[b]` of
+/// the history [batch, max_segments] (grown to that size).
+pub fn exact_hist(st: &mut CpuActState, max_segments: usize) {
+    let batch = st.batch();
+    if st.exact_hist.len() < batch * max_segments {
+        st.exact_hist = vec![0; batch * max_segments];
+    }
+    for b in 0..batch {
+        let s = st.steps[b];
+        if s >= 0 && (s as usize) < max_segments {
+            st.exact_hist[b * max_segments + s as usize] = st.lm.exact[b] as u8;
+        }
+    }
+}
+
+/// The inference results in the state (see `Backend::act_eval_read`).
+pub fn eval_read(st: &CpuActState, segments: usize) -> crate::backend::EvalRows {
+    let batch = st.batch();
+    let cols = st.exact_hist.len() / batch.max(1);
+    crate::backend::EvalRows {
+        argmax: st.lm.argmax.clone(),
+        exact_per_segment: (0..segments.min(cols))
+            .map(|s| (0..batch).map(|b| st.exact_hist[b * cols + s] != 0).collect())
+            .collect(),
+        q_halt: st.q.iter().step_by(2).copied().collect(),
+        q_continue: st.q.iter().skip(1).step_by(2).copied().collect(),
     }
 }
 

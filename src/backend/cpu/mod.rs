@@ -14,7 +14,9 @@ pub mod rope;
 pub mod simd;
 pub mod swiglu;
 
-use super::{ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot};
+use super::{
+    ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
+};
 use anyhow::Result;
 use halting::CpuActState;
 use rayon::prelude::*;
@@ -261,6 +263,21 @@ impl Backend for Cpu {
     }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         halting::report(st)
+    }
+    fn act_eval_score(
+        &self,
+        logits: &Vec<f32>,
+        labels: &Vec<i32>,
+        vocab: usize,
+        seq: usize,
+        st: &mut CpuActState,
+        max_segments: usize,
+    ) {
+        st.lm = loss::stablemax_ce(logits, labels, vocab, seq, 0.0, None);
+        halting::exact_hist(st, max_segments);
+    }
+    fn act_eval_read(&self, st: &CpuActState, _seq: usize, segments: usize) -> EvalRows {
+        halting::eval_read(st, segments)
     }
     fn add_rms_norm_fwd(
         &self,

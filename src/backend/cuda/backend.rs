@@ -21,7 +21,7 @@ use super::device::{CudaDevice, DeviceKind};
 use super::halting::{self, CudaActState, OptTensor, OptimTables};
 use super::{act, attention, kernels};
 use crate::backend::{
-    ActReport, ActRows, AdamHyper, Backend, EmbedDims, LmLossOut, OptimRule, OptimStep, QSlot,
+    ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
 };
 
 /// A parameter tensor on the device: the f32 master and its bf16 copy for the GEMMs.
@@ -264,6 +264,10 @@ impl Backend for Cuda {
         if let Err(e) = graphs[key].launch() {
             self.fail(anyhow!("launching a recorded graph: {e}"));
         }
+    }
+
+    fn forget_graphs(&self, owner: u64) {
+        self.graphs.lock().unwrap().retain(|k, _| k.first() != Some(&owner));
     }
 
     fn check(&self) -> Result<()> {
@@ -562,6 +566,48 @@ impl Backend for Cuda {
         let mut raw = [0.0; crate::backend::cpu::halting::METRICS];
         raw.copy_from_slice(&m);
         ActReport::from_raw(&raw, &[status[0], status[1], status[2], status[3]])
+    }
+    fn act_eval_score(
+        &self,
+        logits: &CudaSlice<bf16>,
+        labels: &CudaSlice<i32>,
+        vocab: usize,
+        seq: usize,
+        st: &mut CudaActState,
+        max_segments: usize,
+    ) {
+        let rows = st.batch;
+        self.op("act_eval_score", |d| {
+            // Made by the first (directly run) segment, so a recorded one allocates nothing.
+            if st.lm.as_ref().is_none_or(|lm| lm.argmax.len() < rows * seq) {
+                st.lm = Some(kernels::LmLossBuffers::new(d, rows, seq)?);
+            }
+            if st.exact_hist.as_ref().is_none_or(|h| h.len() != rows.max(1) * max_segments) {
+                let e = |e: cudarc::driver::DriverError| anyhow!("allocating the exact history: {e}");
+                st.exact_hist = Some(d.stream.alloc_zeros::<u8>(rows.max(1) * max_segments).map_err(e)?);
+            }
+            let out = st.lm.as_mut().expect("made above");
+            kernels::stablemax_ce(d, logits, labels, rows, seq, vocab, 0.0, None, out)?;
+            halting::exact_hist(d, st, max_segments)
+        });
+    }
+    fn act_eval_read(&self, st: &CudaActState, seq: usize, segments: usize) -> EvalRows {
+        let b = st.batch;
+        let (Some(lm), Some(hist)) = (st.lm.as_ref(), st.exact_hist.as_ref()) else {
+            self.fail(anyhow!("reading inference results before any inference segment was scored"));
+            return EvalRows::default();
+        };
+        let cols = hist.len() / b.max(1);
+        let h = self.download("exact history", hist, hist.len());
+        let q = self.download("q logits", &st.q, 2 * b);
+        EvalRows {
+            argmax: self.download("argmax", &lm.argmax, b * seq),
+            exact_per_segment: (0..segments.min(cols))
+                .map(|s| (0..b).map(|r| h[r * cols + s] != 0).collect())
+                .collect(),
+            q_halt: q.iter().step_by(2).copied().collect(),
+            q_continue: q.iter().skip(1).step_by(2).copied().collect(),
+        }
     }
     fn add_rms_norm_fwd(
         &self,

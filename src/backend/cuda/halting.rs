@@ -90,6 +90,9 @@ pub struct CudaActState {
     pub target: CudaSlice<f32>,
     /// the LM loss's per-row results (made by the first training loss, which knows `seq`)
     pub lm: Option<LmLossBuffers>,
+    /// inference: the exact flag of each row per segment [batch, segments] (made by the first
+    /// inference scoring, which knows the segment count)
+    pub exact_hist: Option<CudaSlice<u8>>,
     pub metrics: CudaSlice<f64>,
     pub status: CudaSlice<i32>,
     /// the number of the step running (written before the step, read by the loss and guard)
@@ -112,6 +115,7 @@ impl CudaActState {
             dq: s.alloc_zeros::<f32>(2 * n).map_err(e)?,
             target: s.alloc_zeros::<f32>(n).map_err(e)?,
             lm: None,
+            exact_hist: None,
             metrics: s.alloc_zeros::<f64>(METRICS).map_err(e)?,
             status: s.clone_htod(&[NONE, 0, NONE, 0]).map_err(e)?,
             step_now: s.alloc_zeros::<i32>(1).map_err(e)?,
@@ -200,6 +204,29 @@ pub fn halt(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize) -> Result
     lb.arg(&pq).arg(&ps).arg(&ph).arg(&pm).arg(&bi).arg(&mi);
     // SAFETY: as above.
     unsafe { lb.launch(rows_launch(st.batch)) }.map_err(launch_err("act_halt_i32"))?;
+    Ok(())
+}
+
+/// Inference: the exact flags of the segment just scored (`st.lm`) into column `steps[b]` of
+/// `st.exact_hist` [batch, max_segments].
+pub fn exact_hist(dev: &CudaDevice, st: &mut CudaActState, max_segments: usize) -> Result<()> {
+    if st.batch == 0 {
+        return Ok(());
+    }
+    let lm = st.lm.as_ref().ok_or_else(|| anyhow!("act_exact_hist before the segment's scoring"))?;
+    let hist = st.exact_hist.as_mut().ok_or_else(|| anyhow!("act_exact_hist without a history buffer"))?;
+    ensure!(hist.len() >= st.batch * max_segments, "act_exact_hist: history shorter than batch x segments");
+    let f = dev.func("halting", "act_exact_hist_u8")?;
+    let s = &dev.stream;
+    let (ps, _g0) = st.steps.device_ptr(s);
+    let (pe, _g1) = lm.exact.device_ptr(s);
+    let (ph, _g2) = hist.device_ptr_mut(s);
+    let (bi, mi) = (i32_of(st.batch, "batch")?, i32_of(max_segments, "segments")?);
+    i32_of(st.batch * max_segments, "batch x segments")?;
+    let mut lb = s.launch_builder(&f);
+    lb.arg(&ps).arg(&pe).arg(&ph).arg(&bi).arg(&mi);
+    // SAFETY: argument types and order match the kernel; sizes checked above.
+    unsafe { lb.launch(rows_launch(st.batch)) }.map_err(launch_err("act_exact_hist_u8"))?;
     Ok(())
 }
 
