@@ -1,5 +1,9 @@
 // Small kernels of the recurrent loop and the training step around it.
 //   add_bf16:               out = a + b (bf16, f32 math, one rounding).
+//   add_injection_bf16:     out = z + bf16(z_h + x): the L module's input with the input injection
+//                           (z_H + x) fused in, rounded exactly as the two separate adds (so the
+//                           same bits); `out` may be `z` (in place). Reads 6 B, writes 2 B per
+//                           element, where the two adds moved 12 B.
 //   reset_rows_bf16:        z [batch, seq, width]: rows b with mask[b] != 0 become init [width]
 //                           (f32, rounded to bf16) at every position; other rows untouched.
 //                           Grid y = batch row, so unmasked rows cost one byte read per block.
@@ -66,6 +70,32 @@ extern "C" __global__ void __launch_bounds__(256)
   for (long long i = done + tid; i < n; i += stride) out[i] = f2bf(bf2f(a[i]) + bf2f(b[i]));
 }
 EMU_REGISTER(add_bf16)
+
+// `z` and `out` may be the same buffer (no __restrict__ on them): each element is read before
+// it is written, by the same thread.
+extern "C" __global__ void __launch_bounds__(256)
+    add_injection_bf16(const bf16* z, const bf16* __restrict__ zh, const bf16* __restrict__ x,
+                       bf16* out, long long n) {
+  const long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  long long done = 0;
+  if (aligned16(z) && aligned16(zh) && aligned16(x) && aligned16(out)) {
+    const long long nv = n >> 3;
+    for (long long v = tid; v < nv; v += stride) {
+      float a[8], h[8], e[8];
+      load_bf16x8(z + 8 * v, a);
+      load_bf16x8(zh + 8 * v, h);
+      load_bf16x8(x + 8 * v, e);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) a[k] += bf2f(f2bf(h[k] + e[k]));
+      store_bf16x8(out + 8 * v, a);
+    }
+    done = nv << 3;
+  }
+  for (long long i = done + tid; i < n; i += stride)
+    out[i] = f2bf(bf2f(z[i]) + bf2f(f2bf(bf2f(zh[i]) + bf2f(x[i]))));
+}
+EMU_REGISTER(add_injection_bf16)
 
 extern "C" __global__ void __launch_bounds__(256)
     reset_rows_bf16(bf16* __restrict__ z, const float* __restrict__ init,

@@ -117,6 +117,13 @@ struct TrainBuffers<B: Backend> {
     target: Option<(B::Act, B::Act)>,
 }
 
+/// What a module application adds to its state before the layers: the H module adds z_L; the
+/// L module adds the input injection z_H + x (one fused op, `Backend::add_injection`).
+enum Injection<'a, B: Backend> {
+    Of(&'a B::Act),
+    HPlusX(&'a B::Act, &'a B::Act),
+}
+
 /// Every buffer a segment (and a training step's backward) uses, allocated once per batch
 /// shape: nothing is allocated inside a step. The no-grad updates ping-pong between the carry
 /// and `scratch.out` instead of copying the state after each block.
@@ -136,8 +143,6 @@ pub struct Workspace<B: Backend> {
     pub new: NewBatch<B>,
     /// the input embedding of the current batch [rows, hidden]
     x: B::Act,
-    /// the injection z_H + x [rows, hidden]
-    inj: B::Act,
     scratch: LayerActs<B>,
     /// z_H at the cell positions [batch * seq_len, hidden]
     cells: B::Act,
@@ -169,7 +174,6 @@ impl<B: Backend> Workspace<B> {
                 labels: be.upload_i32(&vec![0; batch * cfg.seq_len]),
             },
             x: be.zeros(r * d),
-            inj: be.zeros(r * d),
             scratch: LayerActs::new(be, &s),
             cells: be.zeros(batch * cfg.seq_len * d),
             logits: be.zeros(batch * cfg.seq_len * cfg.vocab_size),
@@ -428,10 +432,13 @@ impl<B: Backend> Hrm<B> {
         s: &Shape,
         layers: &[LayerParams<B::Param>],
         z: &mut B::Act,
-        injection: &B::Act,
+        injection: Injection<'_, B>,
         scratch: &mut LayerActs<B>,
     ) {
-        be.add_inplace(z, injection);
+        match injection {
+            Injection::Of(a) => be.add_inplace(z, a),
+            Injection::HPlusX(z_h, x) => be.add_injection_inplace(z, z_h, x),
+        }
         for (k, w) in layers.iter().enumerate() {
             self.block_fwd(be, s, w, z, scratch);
             if k + 1 == layers.len() && layers.len() % 2 == 1 {
@@ -452,10 +459,13 @@ impl<B: Backend> Hrm<B> {
         s: &Shape,
         layers: &[LayerParams<B::Param>],
         z: &mut B::Act,
-        injection: &B::Act,
+        injection: Injection<'_, B>,
         acts: &mut ModuleActs<B>,
     ) {
-        be.add(z, injection, &mut acts.input);
+        match injection {
+            Injection::Of(a) => be.add(z, a, &mut acts.input),
+            Injection::HPlusX(z_h, x) => be.add_injection(z, z_h, x, &mut acts.input),
+        }
         for (k, w) in layers.iter().enumerate() {
             let (done, rest) = acts.layers.split_at_mut(k);
             let inp = done.last().map(|p| &p.out).unwrap_or(&acts.input);
@@ -503,24 +513,22 @@ impl<B: Backend> Hrm<B> {
         let s = ws.shape;
         let p = &self.params;
         let (hc, lc) = (self.cfg.H_cycles, self.cfg.L_cycles);
-        let Workspace { x, inj, scratch, train, .. } = ws;
+        let Workspace { x, scratch, train, .. } = ws;
         for h in 0..hc {
             for l in 0..lc {
                 let last = h == hc - 1 && l == lc - 1;
                 if !last || !keep {
-                    be.add(z_h, x, inj);
-                    self.module_nograd(be, &s, &p.l_layers, z_l, inj, scratch);
+                    self.module_nograd(be, &s, &p.l_layers, z_l, Injection::HPlusX(z_h, x), scratch);
                 }
             }
             if h != hc - 1 || !keep {
-                self.module_nograd(be, &s, &p.h_layers, z_h, z_l, scratch);
+                self.module_nograd(be, &s, &p.h_layers, z_h, Injection::Of(z_l), scratch);
             }
         }
         if keep {
             let t = train.as_mut().expect("allocated above");
-            be.add(z_h, x, inj);
-            self.module_grad(be, &s, &p.l_layers, z_l, inj, &mut t.l);
-            self.module_grad(be, &s, &p.h_layers, z_h, z_l, &mut t.h);
+            self.module_grad(be, &s, &p.l_layers, z_l, Injection::HPlusX(z_h, x), &mut t.l);
+            self.module_grad(be, &s, &p.h_layers, z_h, Injection::Of(z_l), &mut t.h);
         }
         self.heads(be, ws, z_h, slot)
     }

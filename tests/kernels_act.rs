@@ -6,6 +6,9 @@
 //! Bounds:
 //! - add, scatter-add, q head dz: the kernel rounds an f32 result to bf16 once; the reference is
 //!   that f32 result (same inputs, same f32 operation): 2 * BF16_EPS relative to the result.
+//! - add_injection: z + bf16(z_h + x) with both roundings of the two adds it replaces:
+//!   bit-identical to the bf16-rounding CPU backend's two adds (same f32 sums, same
+//!   round-to-nearest-even), in place and not, aligned and not.
 //! - reset_rows, gather: copies; bit-identical to the reference (init rounded to bf16 the same
 //!   round-to-nearest-even way).
 //! - ema: the same f32 operations in the same order (the kernel forbids FMA contraction):
@@ -47,6 +50,54 @@ fn add_matches() {
         let mut want = vec![0.0; n];
         Cpu.add(&a, &b, &mut want);
         assert_close("add", &from_bf16(&download(&dev, &od)), &want, 2.0 * BF16_EPS, 0.0);
+    }
+}
+
+#[test]
+fn add_injection_matches_the_two_adds_bit_for_bit() {
+    let Some(dev) = device("kernels_act add_injection") else {
+        return;
+    };
+    let mut r = rng(66);
+    for n in [1usize, 7, 1000, 4099, 3 * SEQ * 48] {
+        let [z, h, x] = [0, 1, 2].map(|_| round_bf16(&randn(&mut r, n + 1, 1.0)));
+        for offset in [0usize, 1] {
+            // want = bf16(z + bf16(h + x)), the two adds of the bf16-rounding CPU backend
+            let be = hrm::backend::cpu::bf16::CpuBf16;
+            let (zs, hs, xs) = (z[offset..].to_vec(), h[offset..].to_vec(), x[offset..].to_vec());
+            let mut inj = vec![0.0; n + 1 - offset];
+            be.add(&hs, &xs, &mut inj);
+            let mut want = vec![0.0; inj.len()];
+            be.add(&zs, &inj, &mut want);
+            let m = want.len();
+            let [zd, hd, xd] = [&z, &h, &x].map(|v| upload(&dev, &to_bf16(v)));
+            // out of place, into a poisoned buffer (offset 1: no 16-byte vectors)
+            let mut od = poisoned_bf16(&dev, n + 1);
+            act::add_injection_to(
+                &dev,
+                &zd.slice(offset..),
+                &hd.slice(offset..),
+                &xd.slice(offset..),
+                &mut od.slice_mut(offset..),
+                m,
+            )
+            .unwrap();
+            let got = download(&dev, &od);
+            assert_eq!(bits(&got[offset..]), bits(&to_bf16(&want)), "n {n}, offset {offset}");
+            // in place
+            let mut zi = upload(&dev, &to_bf16(&z));
+            act::add_injection_inplace(
+                &dev,
+                &mut zi.slice_mut(offset..),
+                &hd.slice(offset..),
+                &xd.slice(offset..),
+                m,
+            )
+            .unwrap();
+            let got = download(&dev, &zi);
+            assert_eq!(bits(&got[offset..]), bits(&to_bf16(&want)), "in place, n {n}, offset {offset}");
+            assert_eq!(bits(&got[..offset]), bits(&to_bf16(&z[..offset])), "untouched prefix");
+        }
     }
 }
 

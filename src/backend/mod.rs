@@ -146,6 +146,12 @@ pub trait Backend {
     fn add(&self, a: &Self::Act, b: &Self::Act, out: &mut Self::Act);
     /// `a += b`
     fn add_inplace(&self, a: &mut Self::Act, b: &Self::Act);
+    /// The L module's input with the input injection: `out = z + (z_h + x)`, the injection
+    /// rounded as a separate add would round it (one pass on a device, where the two adds
+    /// made two).
+    fn add_injection(&self, z: &Self::Act, z_h: &Self::Act, x: &Self::Act, out: &mut Self::Act);
+    /// `z += z_h + x`, as [`Backend::add_injection`] in place.
+    fn add_injection_inplace(&self, z: &mut Self::Act, z_h: &Self::Act, x: &Self::Act);
     /// Rows `b` of `z` [batch, seq, width] that are halted in `st` become `init` [width] at
     /// every position.
     fn reset_rows(&self, z: &mut Self::Act, init: &Self::Param, st: &Self::ActState, width: usize);

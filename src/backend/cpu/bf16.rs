@@ -102,6 +102,16 @@ impl Backend for CpuBf16 {
         Cpu.add_inplace(a, b);
         round_bf16(a);
     }
+    fn add_injection(&self, z: &Vec<f32>, z_h: &Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>) {
+        let mut inj = vec![0.0; z.len()];
+        self.add(z_h, x, &mut inj);
+        self.add(z, &inj, out);
+    }
+    fn add_injection_inplace(&self, z: &mut Vec<f32>, z_h: &Vec<f32>, x: &Vec<f32>) {
+        let mut inj = vec![0.0; z.len()];
+        self.add(z_h, x, &mut inj);
+        self.add_inplace(z, &inj);
+    }
     fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, st: &CpuActState, width: usize) {
         Cpu.reset_rows(z, &rounded(init), st, width);
     }

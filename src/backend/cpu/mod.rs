@@ -101,6 +101,20 @@ impl Backend for Cpu {
     fn add_inplace(&self, a: &mut Vec<f32>, b: &Vec<f32>) {
         embed::add_inplace(a, b);
     }
+    fn add_injection(&self, z: &Vec<f32>, z_h: &Vec<f32>, x: &Vec<f32>, out: &mut Vec<f32>) {
+        assert!(z.len() == z_h.len() && z.len() == x.len() && z.len() == out.len());
+        out.par_chunks_mut(1 << 14)
+            .zip(z.par_chunks(1 << 14).zip(z_h.par_chunks(1 << 14).zip(x.par_chunks(1 << 14))))
+            .for_each(|(o, (z, (h, x)))| {
+                o.iter_mut().zip(z.iter().zip(h.iter().zip(x))).for_each(|(o, (z, (h, x)))| *o = z + (h + x))
+            });
+    }
+    fn add_injection_inplace(&self, z: &mut Vec<f32>, z_h: &Vec<f32>, x: &Vec<f32>) {
+        assert!(z.len() == z_h.len() && z.len() == x.len());
+        z.par_chunks_mut(1 << 14)
+            .zip(z_h.par_chunks(1 << 14).zip(x.par_chunks(1 << 14)))
+            .for_each(|(z, (h, x))| z.iter_mut().zip(h.iter().zip(x)).for_each(|(z, (h, x))| *z += h + x));
+    }
     fn reset_rows(&self, z: &mut Vec<f32>, init: &Vec<f32>, st: &CpuActState, width: usize) {
         let mask = &st.halted;
         let per_row = z.len() / mask.len();

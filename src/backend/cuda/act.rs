@@ -9,7 +9,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::device::CudaDevice;
-use super::kernels::{BLOCK, MAX_GRID, elementwise, i32_of, launch_err};
+use super::kernels::{BLOCK, MAX_GRID, elementwise, elementwise_vec8, i32_of, launch_err};
 
 /// Largest grid y dimension (one block row per batch row in `reset_rows`).
 const MAX_GRID_Y: usize = 65_535;
@@ -36,6 +36,61 @@ pub fn add(
     lb.arg(&pa).arg(&pb).arg(&po).arg(&n_l);
     // SAFETY: argument types and order match the kernel; sizes checked above.
     unsafe { lb.launch(elementwise(n)) }.map_err(launch_err("add_bf16"))?;
+    Ok(())
+}
+
+/// `out = z + bf16(z_h + x)`: the L module's input with the input injection fused in.
+pub fn add_injection_to(
+    dev: &CudaDevice,
+    z: &impl DevicePtr<bf16>,
+    z_h: &impl DevicePtr<bf16>,
+    x: &impl DevicePtr<bf16>,
+    out: &mut impl DevicePtrMut<bf16>,
+    n: usize,
+) -> Result<()> {
+    ensure!(
+        z.len() >= n && z_h.len() >= n && x.len() >= n && out.len() >= n,
+        "add_injection: buffers shorter than n = {n}"
+    );
+    if n == 0 {
+        return Ok(());
+    }
+    let f = dev.func("act", "add_injection_bf16")?;
+    let s = &dev.stream;
+    let (pz, _g0) = z.device_ptr(s);
+    let (ph, _g1) = z_h.device_ptr(s);
+    let (px, _g2) = x.device_ptr(s);
+    let (po, _g3) = out.device_ptr_mut(s);
+    let n_l = n as i64;
+    let mut lb = s.launch_builder(&f);
+    lb.arg(&pz).arg(&ph).arg(&px).arg(&po).arg(&n_l);
+    // SAFETY: argument types and order match the kernel; sizes checked above.
+    unsafe { lb.launch(elementwise_vec8(n, true)) }.map_err(launch_err("add_injection_bf16"))?;
+    Ok(())
+}
+
+/// `z += bf16(z_h + x)` in place (the kernel allows `out` = `z`).
+pub fn add_injection_inplace(
+    dev: &CudaDevice,
+    z: &mut impl DevicePtrMut<bf16>,
+    z_h: &impl DevicePtr<bf16>,
+    x: &impl DevicePtr<bf16>,
+    n: usize,
+) -> Result<()> {
+    ensure!(z.len() >= n && z_h.len() >= n && x.len() >= n, "add_injection: buffers shorter than n = {n}");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = dev.func("act", "add_injection_bf16")?;
+    let s = &dev.stream;
+    let (pz, _g0) = z.device_ptr_mut(s);
+    let (ph, _g1) = z_h.device_ptr(s);
+    let (px, _g2) = x.device_ptr(s);
+    let n_l = n as i64;
+    let mut lb = s.launch_builder(&f);
+    lb.arg(&pz).arg(&ph).arg(&px).arg(&pz).arg(&n_l);
+    // SAFETY: as above; `z` is read and written through the same pointer, element by element.
+    unsafe { lb.launch(elementwise_vec8(n, true)) }.map_err(launch_err("add_injection_bf16"))?;
     Ok(())
 }
 

@@ -361,6 +361,20 @@ impl Backend for Cuda {
     fn add_inplace(&self, a: &mut CudaSlice<bf16>, b: &CudaSlice<bf16>) {
         self.op("add_inplace", |d| kernels::add_inplace(d, a, b, b.len()));
     }
+    fn add_injection(
+        &self,
+        z: &CudaSlice<bf16>,
+        z_h: &CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        out: &mut CudaSlice<bf16>,
+    ) {
+        let n = out.len();
+        self.op("add_injection", |d| act::add_injection_to(d, z, z_h, x, out, n));
+    }
+    fn add_injection_inplace(&self, z: &mut CudaSlice<bf16>, z_h: &CudaSlice<bf16>, x: &CudaSlice<bf16>) {
+        let n = z.len();
+        self.op("add_injection_inplace", |d| act::add_injection_inplace(d, z, z_h, x, n));
+    }
     fn reset_rows(&self, z: &mut CudaSlice<bf16>, init: &CudaParam, st: &CudaActState, width: usize) {
         self.op("reset_rows", |d| {
             let batch = st.batch;

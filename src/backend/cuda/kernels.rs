@@ -24,7 +24,7 @@ pub(super) fn elementwise(n: usize) -> LaunchConfig {
 
 /// Element-wise launch for kernels whose fast path handles 8 elements per thread (16-byte
 /// vectors of bf16) when `lanes_of_8` holds, one element per thread otherwise.
-fn elementwise_vec8(n: usize, lanes_of_8: bool) -> LaunchConfig {
+pub(super) fn elementwise_vec8(n: usize, lanes_of_8: bool) -> LaunchConfig {
     elementwise(if lanes_of_8 { n.div_ceil(8) } else { n })
 }
 
