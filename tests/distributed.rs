@@ -391,6 +391,120 @@ fn two_ranks_match_one_rank_run_to_run_and_after_resume() {
     assert!(text.contains("world size 2") && text.contains("--nproc 2"), "{text}");
 }
 
+/// `hrm eval` of the fixture's model on `set` (plain, or perturbed with `perturb`) with
+/// `nproc` ranks; returns (JSON report, answers CSV).
+fn eval_run(
+    f: &Fixture,
+    ckpt: &Path,
+    perturb: Option<&str>,
+    nproc: usize,
+    tag: &str,
+    plant: Option<&str>,
+) -> (serde_json::Value, String) {
+    let (json, csv) = (f.path(&format!("{tag}.json")), f.path(&format!("{tag}.csv")));
+    let mut c = hrm();
+    c.args(["eval", "--device", "emu", "--batch-size", "2", "--checkpoint"]).arg(ckpt);
+    c.arg(f.path("set.txt")).arg("--json").arg(&json).arg("--answers").arg(&csv);
+    if let Some(p) = perturb {
+        c.args(["--perturb", p, "--perturb-seed", "5"]);
+    }
+    if nproc > 1 {
+        c.args(["--nproc", &nproc.to_string()]);
+    }
+    if let Some(p) = plant {
+        c.env("HRM_NCCL_EMU_PLANT", p);
+    }
+    c.env("HRM_DIST_TIMEOUT_S", "60");
+    let (ok, text) = output(&mut c);
+    assert!(ok, "{tag}: {text}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    (report, std::fs::read_to_string(&csv).unwrap())
+}
+
+/// The fields of a report that do not measure time.
+fn outcome(report: &serde_json::Value) -> Vec<serde_json::Value> {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for k in [
+                "puzzles_per_s",
+                "passes_per_s",
+                "wall_seconds",
+                "model_seconds",
+                "perturb_seconds",
+                "select_seconds",
+                "overhead_fraction",
+            ] {
+                r.as_object_mut().unwrap().remove(k);
+            }
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn sharded_evaluation_gives_the_single_process_answers_in_order() {
+    if !emulation_available() {
+        return;
+    }
+    let f = fixture();
+    // 7 puzzles: 2 ranks hold 3 and 4, 3 ranks 2, 2 and 3 (unequal shards, padded in the
+    // all-gather). Puzzles of different blanks, so every row's answer differs and a puzzle
+    // answered under another's name shows in the CSV.
+    let set = hrm::train::data::blanked_puzzles(7, 20..50, 9);
+    let lines: String = set.iter().map(|(q, _)| hrm::sudoku::board::board_to_string(q, '.') + "\n").collect();
+    std::fs::write(f.path("set.txt"), lines).unwrap();
+    // A 2-rank training run that evaluates the set in its ranks' shares at step 4.
+    let set_arg = f.path("set.txt").to_string_lossy().into_owned();
+    let (ok, text) = output(&mut f.train("two", 2, 4, &["--eval", &set_arg, "--eval-every", "4"]));
+    assert!(ok, "{text}");
+    let ckpt = f.path("two/checkpoints/step_00000004/model.safetensors");
+
+    // Plain evaluation: 1, 2 and 3 ranks give the same report and the same answers, in order.
+    // Each puzzle runs alone in its batch row and the emulation's matrix products do not
+    // depend on the batch, so the bits are the same; only timing fields may differ.
+    let (r1, a1) = eval_run(&f, &ckpt, None, 1, "plain1", None);
+    assert_eq!(a1.lines().count(), 1 + set.len(), "{a1}");
+    let distinct: std::collections::HashSet<&str> =
+        a1.lines().skip(1).map(|l| l.split(',').nth(3).unwrap()).collect();
+    assert!(distinct.len() > 1, "the answers must tell the puzzles apart:\n{a1}");
+    for n in [2, 3] {
+        let (r, a) = eval_run(&f, &ckpt, None, n, &format!("plain{n}"), None);
+        assert_eq!(a, a1, "{n} ranks");
+        assert_eq!(outcome(&r), outcome(&r1), "{n} ranks");
+    }
+    // The training run's own evaluation (both ranks' shares gathered) is the same report.
+    let metrics = std::fs::read_to_string(f.path("two/metrics.jsonl")).unwrap();
+    let eval_line: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["kind"] == "eval")
+        .expect("an eval record");
+    for k in [
+        "puzzles",
+        "exact_accuracy",
+        "cell_accuracy",
+        "blank_cell_accuracy",
+        "exact_accuracy_per_segment",
+        "act_halt_fraction",
+    ] {
+        assert_eq!(eval_line[k], r1[0][k], "{k}: in-run sharded eval vs hrm eval");
+    }
+
+    // Perturbed inference (3 passes per puzzle): the same selections per puzzle.
+    let (p1, b1) = eval_run(&f, &ckpt, Some("perm:2"), 1, "pert1", None);
+    let (p2, b2) = eval_run(&f, &ckpt, Some("perm:2"), 2, "pert2", None);
+    assert_eq!(b2, b1);
+    assert_eq!(outcome(&p2), outcome(&p1));
+    assert_eq!(p1[0]["passes_per_puzzle"], 3);
+    // The comparison catches a gather in the wrong order (the stand-in's planted reverse).
+    let (_, reversed) = eval_run(&f, &ckpt, None, 2, "planted", Some("reverse"));
+    assert_ne!(reversed, a1, "a gather in reverse rank order went unnoticed");
+}
+
 #[test]
 fn a_killed_rank_stops_the_others_naming_it_and_keeps_the_last_checkpoint() {
     if !emulation_available() {

@@ -3,14 +3,15 @@
 use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
-use crate::infer::augmented::{AugmentedOptions, AugmentedReport, HaltMode, evaluate_augmented};
-use crate::infer::eval::{EvalReport, evaluate, predict};
+use crate::infer::augmented::{AugmentedOptions, AugmentedReport, HaltMode, evaluate_augmented_on};
+use crate::infer::eval::{EvalReport, Example, predict, predict_on, score};
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
 use crate::sudoku::formats::{read_eval_set, unique_solution};
 use crate::train::data::{example_of, examples_of};
+use crate::train::distributed::{self, DistEnv, Role, connect};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -55,9 +56,24 @@ pub struct EvalArgs {
     /// Also write the reports as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write every puzzle's answer as CSV here: `set,index,puzzle,answer,correct` (plain
+    /// evaluation; answer = the last segment's argmax), or with perturbed inference
+    /// `set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct`
+    /// (vote and verify are label-free; 81 characters per board, `.` where the model put no
+    /// digit).
+    #[arg(long, value_name = "CSV")]
+    pub answers: Option<PathBuf>,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Shard the puzzles over N local GPUs (one process per GPU, results gathered on rank 0,
+    /// which alone prints and writes); see docs/DISTRIBUTED.md. The torchrun variables (RANK,
+    /// WORLD_SIZE, ...) set by a scheduler start one rank without it.
+    #[arg(long, value_parser = crate::commands::args::positive_usize)]
+    pub nproc: Option<usize>,
+    /// With --nproc: the rendezvous port on 127.0.0.1 (default: a free one).
+    #[arg(long, requires = "nproc")]
+    pub master_port: Option<u16>,
 }
 
 /// A Sudoku model's config and weights from a checkpoint.
@@ -166,38 +182,92 @@ fn load_sets(a: &EvalArgs) -> Result<Vec<(String, Vec<crate::infer::eval::Exampl
     Ok(sets)
 }
 
+/// A board of token ids as 81 characters: the digit of tokens 2..=10, `.` otherwise.
+fn answer_string(tokens: &[u8]) -> String {
+    tokens.iter().map(|&t| if (2..=10).contains(&t) { char::from(b'0' + t - 1) } else { '.' }).collect()
+}
+
+/// The question of an example as 81 characters (`.` for blanks).
+fn question_string(e: &Example) -> String {
+    e.inputs
+        .iter()
+        .map(|&t| if (2..=10).contains(&t) { char::from(b'0' + t as u8 - 1) } else { '.' })
+        .collect()
+}
+
+/// `hrm eval`. With `--nproc N` (or the torchrun variables) the puzzles are sharded over the
+/// ranks and rank 0 alone prints and writes; the launcher of `--nproc` and the other ranks
+/// return an empty output.
 pub fn run_eval(a: &EvalArgs) -> Result<EvalOutput> {
     let augmented = a.perturb.is_some() || a.checkpoints.len() > 1 || a.halt == HaltMode::Act;
-    let out = if augmented {
-        EvalOutput::Augmented(run_augmented_eval(a)?)
-    } else {
-        EvalOutput::Plain(run_plain_eval(a)?)
+    let env = match distributed::setup(a.device, a.nproc, a.master_port, "evaluation")? {
+        Role::Launched => return Ok(EvalOutput::Plain(Vec::new())),
+        Role::Single => None,
+        Role::Rank(e) => Some(e),
     };
+    let main = env.as_ref().is_none_or(|e| e.rank == 0);
+    let (out, answers) = if augmented {
+        let (reports, answers) = run_augmented_eval(a, env.as_ref())?;
+        (EvalOutput::Augmented(reports), answers)
+    } else {
+        let (reports, answers) = run_plain_eval(a, env.as_ref())?;
+        (EvalOutput::Plain(reports), answers)
+    };
+    if !main {
+        return Ok(EvalOutput::Plain(Vec::new()));
+    }
+    match &out {
+        EvalOutput::Plain(r) => print!("{}", report_table(r)),
+        EvalOutput::Augmented(r) => print!("{}", augmented_table(r)),
+    }
     if let Some(j) = &a.json {
         write_atomic(j, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    }
+    if let Some(p) = &a.answers {
+        write_atomic(p, answers.as_bytes())?;
     }
     Ok(out)
 }
 
-fn run_plain_eval(a: &EvalArgs) -> Result<Vec<EvalReport>> {
-    let (cfg, params) = load_model_checkpoint(&a.checkpoints[0], a.config.as_deref())?;
-    let sets = load_sets(a)?;
-    let reports = crate::with_backend!(a.device, |be| {
-        let model = Hrm::new(be, &cfg, &params);
-        let mut reports = Vec::new();
-        for (name, examples) in &sets {
-            let bar = indicatif::ProgressBar::new(examples.len() as u64);
-            let r = evaluate(be, &model, name, examples, a.batch_size, |n| bar.inc(n as u64))?;
-            bar.finish_and_clear();
-            reports.push(r);
-        }
-        reports
-    });
-    print!("{}", report_table(&reports));
-    Ok(reports)
+/// A progress bar on rank 0 (or a single process) only.
+fn progress(main: bool, len: usize) -> indicatif::ProgressBar {
+    if main { indicatif::ProgressBar::new(len as u64) } else { indicatif::ProgressBar::hidden() }
 }
 
-fn run_augmented_eval(a: &EvalArgs) -> Result<Vec<AugmentedReport>> {
+/// The reports and the answers CSV.
+fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport>, String)> {
+    let (cfg, params) = load_model_checkpoint(&a.checkpoints[0], a.config.as_deref())?;
+    let sets = load_sets(a)?;
+    let world = env.map_or(1, |e| e.world);
+    crate::with_backend!(a.device, |be| {
+        let dist = env.map(connect).transpose()?;
+        distributed::ranked(dist.as_deref(), || {
+            let model = Hrm::new(be, &cfg, &params);
+            let mut reports = Vec::new();
+            let mut csv = String::from("set,index,puzzle,answer,correct\n");
+            for (name, examples) in &sets {
+                let bar = progress(env.is_none_or(|e| e.rank == 0), examples.len().div_ceil(world));
+                let p =
+                    predict_on(be, &model, examples, a.batch_size, dist.as_deref(), |n| bar.inc(n as u64))?;
+                bar.finish_and_clear();
+                let r = score(name, examples, &p, cfg.seq_len);
+                let last = p.exact_per_segment.last().cloned().unwrap_or_default();
+                for (i, e) in examples.iter().enumerate() {
+                    let answer = answer_string(&p.tokens[i * cfg.seq_len..(i + 1) * cfg.seq_len]);
+                    csv += &format!(
+                        "{name},{i},{},{answer},{}\n",
+                        question_string(e),
+                        last.get(i).copied().unwrap_or(false) as u8
+                    );
+                }
+                reports.push(r);
+            }
+            Ok((reports, csv))
+        })
+    })
+}
+
+fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<AugmentedReport>, String)> {
     let spec = a.perturb.clone().unwrap_or_else(|| "none".to_string());
     let perts = parse_spec(&spec, a.perturb_seed)?;
     if a.min_segments == 0 {
@@ -210,20 +280,57 @@ fn run_augmented_eval(a: &EvalArgs) -> Result<Vec<AugmentedReport>> {
         .collect::<Result<Vec<_>>>()?;
     let sets = load_sets(a)?;
     let opts = AugmentedOptions { batch_size: a.batch_size, halt: a.halt, min_segments: a.min_segments };
-    let reports = crate::with_backend!(a.device, |be| {
-        let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();
-        let mut reports = Vec::new();
-        for (name, examples) in &sets {
-            let bar = indicatif::ProgressBar::new((examples.len() * perts.len() * models.len()) as u64);
-            let r =
-                evaluate_augmented(be, &models, name, examples, &spec, &perts, &opts, |n| bar.inc(n as u64))?;
-            bar.finish_and_clear();
-            reports.push(r);
-        }
-        reports
-    });
-    print!("{}", augmented_table(&reports));
-    Ok(reports)
+    let world = env.map_or(1, |e| e.world);
+    crate::with_backend!(a.device, |be| {
+        let dist = env.map(connect).transpose()?;
+        distributed::ranked(dist.as_deref(), || {
+            let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();
+            let mut reports = Vec::new();
+            let mut csv = String::from(
+                "set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct\n",
+            );
+            for (name, examples) in &sets {
+                let bar = progress(
+                    env.is_none_or(|e| e.rank == 0),
+                    examples.len().div_ceil(world) * perts.len() * models.len(),
+                );
+                let (r, selected) = evaluate_augmented_on(
+                    be,
+                    &models,
+                    name,
+                    examples,
+                    &spec,
+                    &perts,
+                    &opts,
+                    dist.as_deref(),
+                    |n| bar.inc(n as u64),
+                )?;
+                bar.finish_and_clear();
+                for (i, (e, sel)) in examples.iter().zip(&selected).enumerate() {
+                    let label: Vec<u8> = e.labels.iter().map(|&t| t as u8).collect();
+                    let question = question_string(e);
+                    let q = parse_board(&question).expect("a question read from a set");
+                    let mut verify_board = [0u8; 81];
+                    for (o, &t) in verify_board.iter_mut().zip(&sel.verify.tokens) {
+                        *o = if (2..=10).contains(&t) { t - 1 } else { 0 };
+                    }
+                    let valid = is_valid_solution(&verify_board) && is_solution_of(&q, &verify_board);
+                    csv += &format!(
+                        "{name},{i},{question},{},{},{:.4},{},{},{},{}\n",
+                        answer_string(&sel.single.tokens),
+                        answer_string(&sel.vote.tokens),
+                        sel.vote.votes as f64 / sel.vote.pool.max(1) as f64,
+                        answer_string(&sel.verify.tokens),
+                        valid as u8,
+                        (sel.vote.tokens[..] == label[..]) as u8,
+                        (sel.verify.tokens[..] == label[..]) as u8,
+                    );
+                }
+                reports.push(r);
+            }
+            Ok((reports, csv))
+        })
+    })
 }
 
 #[derive(clap::Args, Debug)]

@@ -14,7 +14,7 @@ use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set;
 use crate::train::checkpoint::complete_checkpoints;
 use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
-use crate::train::distributed::{self, Dist, DistEnv};
+use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint};
 use crate::train::sampler::PuzzleSource;
@@ -120,39 +120,11 @@ pub struct TrainArgs {
 /// that the arguments fit; `Ok(None)` for a single process. `--nproc N` without the rank
 /// variables launches the ranks here and returns their outcome as `Err` / `Ok(Some)`.
 fn distributed_setup(a: &TrainArgs) -> Result<std::result::Result<Option<DistEnv>, RunSummary>> {
-    let env = DistEnv::from_env()?;
-    match (&env, a.nproc) {
-        (None, Some(n)) if n > 1 => {
-            if a.device == DeviceChoice::Cpu {
-                bail!(
-                    "--nproc {n}: data-parallel training runs on the CUDA backend through NCCL (--device cuda, or emu for the CPU emulation)"
-                );
-            }
-            distributed::launch(n, a.master_port)?;
-            return Ok(Err(RunSummary::default()));
-        }
-        (Some(e), Some(n)) if n != e.world => {
-            bail!("--nproc {n} but WORLD_SIZE={}: they must agree", e.world)
-        }
-        _ => {}
-    }
-    if let Some(e) = &env {
-        if a.device == DeviceChoice::Cpu {
-            bail!(
-                "rank {} of {}: data-parallel training runs on the CUDA backend through NCCL \
-                 (--device cuda, or emu for the CPU emulation)",
-                e.rank,
-                e.world
-            );
-        }
-        crate::backend::cuda::device::use_ordinal(e.local_rank);
-    }
-    Ok(Ok(env))
-}
-
-/// Joins the data-parallel run (rendezvous, NCCL id from rank 0).
-fn connect(env: &DistEnv) -> Result<Arc<Dist>> {
-    Ok(Arc::new(Dist::connect(env, crate::backend::cuda::nccl::unique_id)?))
+    Ok(match distributed::setup(a.device, a.nproc, a.master_port, "training")? {
+        Role::Single => Ok(None),
+        Role::Rank(e) => Ok(Some(e)),
+        Role::Launched => Err(RunSummary::default()),
+    })
 }
 
 /// Runs the training loop; tells the other ranks how it ended.
@@ -163,14 +135,7 @@ fn run_ranked<B: Backend>(
     opts: &RunOptions,
     dist: Option<&Arc<Dist>>,
 ) -> Result<RunSummary> {
-    let r = run(be, t, data, opts);
-    if let Some(d) = dist {
-        match &r {
-            Ok(_) => d.finish(),
-            Err(e) => d.fail(&format!("{e:#}")),
-        }
-    }
-    r
+    distributed::ranked(dist.map(|d| &**d), || run(be, t, data, opts))
 }
 
 /// Paths a run reads, saved as `run.json` so `--resume` needs no repetition.

@@ -247,6 +247,94 @@ pub struct AugmentedReport {
     pub overhead_fraction: f64,
 }
 
+/// Words per pass in the all-gather of a sharded run: the 81 tokens, checkpoint,
+/// perturbation, q_halt, q_continue, segments.
+const PASS_WORDS: usize = 86;
+
+fn pass_words(p: &Pass, out: &mut Vec<u32>) {
+    out.extend(p.tokens.iter().map(|&t| t as u32));
+    out.extend([
+        p.checkpoint as u32,
+        p.perturbation as u32,
+        p.q_halt.to_bits(),
+        p.q_continue.to_bits(),
+        p.segments,
+    ]);
+}
+
+fn pass_of_words(w: &[u32]) -> Pass {
+    let mut tokens = [0u8; 81];
+    for (t, &x) in tokens.iter_mut().zip(w) {
+        *t = x as u8;
+    }
+    Pass {
+        checkpoint: w[81] as usize,
+        perturbation: w[82] as usize,
+        tokens,
+        q_halt: f32::from_bits(w[83]),
+        q_continue: f32::from_bits(w[84]),
+        segments: w[85],
+    }
+}
+
+/// [`run_passes`] sharded over the ranks of a data-parallel run: rank r runs the passes of
+/// puzzles [r*n/N, (r+1)*n/N) and every rank gets the whole table, in puzzle order (one
+/// all-gather of the passes and one of the timings). A pass runs alone in its batch row, so
+/// the table is the single process's (bit for bit where the device's matrix products do not
+/// depend on the batch composition, as under the emulation). The stats sum the ranks' model
+/// and perturbation seconds and row-segments; `wall_seconds` is this rank's, gather included.
+pub fn run_passes_on<B: Backend>(
+    be: &B,
+    models: &[Hrm<B>],
+    inputs: &[[u8; 81]],
+    perts: &[Perturbation],
+    opts: &AugmentedOptions,
+    dist: Option<&crate::train::distributed::Dist>,
+    on_passes: impl FnMut(usize),
+) -> Result<(PassTable, RunStats)> {
+    use crate::train::distributed::{all_gather_words, rows};
+    let Some(d) = dist else { return run_passes(be, models, inputs, perts, opts, on_passes) };
+    let t_start = Instant::now();
+    let n = inputs.len();
+    let (lo, hi) = rows(n, d.rank(), d.world());
+    let (mine, st) = run_passes(be, models, &inputs[lo..hi], perts, opts, on_passes)?;
+    let per_puzzle = mine.per_puzzle();
+    let mut words = Vec::with_capacity(mine.passes.len() * PASS_WORDS);
+    for p in &mine.passes {
+        pass_words(p, &mut words);
+    }
+    let lens: Vec<usize> = (0..d.world())
+        .map(|r| {
+            let (a, b) = rows(n, r, d.world());
+            (b - a) * per_puzzle * PASS_WORDS
+        })
+        .collect();
+    let all = all_gather_words(d, be, "perturbed evaluation all-gather", &words, &lens)?;
+    let passes: Vec<Pass> = all.chunks(PASS_WORDS).map(pass_of_words).collect();
+    let t = [
+        st.row_segments as u32,
+        (st.row_segments >> 32) as u32,
+        st.model_seconds.to_bits() as u32,
+        (st.model_seconds.to_bits() >> 32) as u32,
+        st.perturb_seconds.to_bits() as u32,
+        (st.perturb_seconds.to_bits() >> 32) as u32,
+    ];
+    let timings = all_gather_words(d, be, "perturbed evaluation timings", &t, &vec![t.len(); d.world()])?;
+    let word64 =
+        |r: usize, i: usize| timings[r * 6 + 2 * i] as u64 | ((timings[r * 6 + 2 * i + 1] as u64) << 32);
+    let mut total = RunStats { passes: passes.len(), ..Default::default() };
+    for r in 0..d.world() {
+        total.row_segments += word64(r, 0);
+        total.model_seconds += f64::from_bits(word64(r, 1));
+        total.perturb_seconds += f64::from_bits(word64(r, 2));
+    }
+    total.mean_segments = passes.iter().map(|p| p.segments as f64).sum::<f64>() / passes.len().max(1) as f64;
+    total.wall_seconds = t_start.elapsed().as_secs_f64();
+    let table =
+        PassTable { puzzles: n, checkpoints: mine.checkpoints, perturbations: mine.perturbations, passes };
+    Ok((table, total))
+}
+
 /// Runs [`run_passes`] on `examples` and scores single / vote / verify / oracle.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_augmented<B: Backend>(
@@ -259,6 +347,23 @@ pub fn evaluate_augmented<B: Backend>(
     opts: &AugmentedOptions,
     on_passes: impl FnMut(usize),
 ) -> Result<AugmentedReport> {
+    Ok(evaluate_augmented_on(be, models, name, examples, perturb, perts, opts, None, on_passes)?.0)
+}
+
+/// [`evaluate_augmented`], sharded over the ranks of `dist` (see [`run_passes_on`]); also
+/// returns every puzzle's selected answers. Every rank gets the whole report.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_augmented_on<B: Backend>(
+    be: &B,
+    models: &[Hrm<B>],
+    name: &str,
+    examples: &[super::eval::Example],
+    perturb: &str,
+    perts: &[Perturbation],
+    opts: &AugmentedOptions,
+    dist: Option<&crate::train::distributed::Dist>,
+    on_passes: impl FnMut(usize),
+) -> Result<(AugmentedReport, Vec<super::select::Selected>)> {
     let to81 = |v: &[i32]| -> [u8; 81] {
         let mut t = [0u8; 81];
         for (o, &x) in t.iter_mut().zip(v) {
@@ -270,13 +375,13 @@ pub fn evaluate_augmented<B: Backend>(
     let labels: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.labels)).collect();
     let questions: Vec<crate::sudoku::board::Board> =
         inputs.iter().map(|t| super::perturb::tokens_to_board(t)).collect();
-    let (table, st) = run_passes(be, models, &inputs, perts, opts, on_passes)?;
+    let (table, st) = run_passes_on(be, models, &inputs, perts, opts, dist, on_passes)?;
     let t = Instant::now();
     let (acc, selected) = super::select::score(&table, &questions, &labels);
     let select_seconds = t.elapsed().as_secs_f64();
     let n = examples.len().max(1) as f64;
     let wall = st.wall_seconds + select_seconds;
-    Ok(AugmentedReport {
+    let report = AugmentedReport {
         name: name.to_string(),
         puzzles: examples.len(),
         perturb: perturb.to_string(),
@@ -298,5 +403,6 @@ pub fn evaluate_augmented<B: Backend>(
         perturb_seconds: st.perturb_seconds,
         select_seconds,
         overhead_fraction: (st.perturb_seconds + select_seconds) / st.model_seconds.max(1e-12),
-    })
+    };
+    Ok((report, selected))
 }

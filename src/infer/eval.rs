@@ -6,7 +6,8 @@
 use crate::act::{Batch, Carry, infer_segments};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
-use anyhow::Result;
+use crate::train::distributed::{Dist, all_gather_words, rows};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 /// One puzzle as token ids (inputs 1..10, labels 2..10; see the spec).
@@ -99,17 +100,83 @@ pub fn predict<B: Backend>(
     Ok(out)
 }
 
-/// Evaluate `examples` (named `name`).
-pub fn evaluate<B: Backend>(
+impl Predictions {
+    /// Words per puzzle in [`Predictions::to_words`]: the tokens, q_halt, q_continue, and one
+    /// exact flag per segment.
+    fn words_per_puzzle(seq_len: usize, segments: usize) -> usize {
+        seq_len + 2 + segments
+    }
+
+    /// Flat per-puzzle words (bit patterns), for the all-gather of a sharded evaluation.
+    fn to_words(&self, seq_len: usize) -> Vec<u32> {
+        let n = self.q_halt.len();
+        let mut out = Vec::with_capacity(n * Self::words_per_puzzle(seq_len, self.exact_per_segment.len()));
+        for p in 0..n {
+            out.extend(self.tokens[p * seq_len..(p + 1) * seq_len].iter().map(|&t| t as u32));
+            out.push(self.q_halt[p].to_bits());
+            out.push(self.q_continue[p].to_bits());
+            out.extend(self.exact_per_segment.iter().map(|s| s[p] as u32));
+        }
+        out
+    }
+
+    /// The inverse of [`Predictions::to_words`].
+    fn from_words(words: &[u32], seq_len: usize, segments: usize) -> Result<Predictions> {
+        let w = Self::words_per_puzzle(seq_len, segments);
+        if !words.len().is_multiple_of(w) {
+            bail!("gathered predictions: {} words is not a whole number of puzzles of {w}", words.len());
+        }
+        let n = words.len() / w;
+        let mut out = Predictions {
+            tokens: Vec::with_capacity(n * seq_len),
+            q_halt: Vec::with_capacity(n),
+            q_continue: Vec::with_capacity(n),
+            exact_per_segment: vec![Vec::with_capacity(n); segments],
+        };
+        for p in words.chunks(w) {
+            out.tokens.extend(p[..seq_len].iter().map(|&t| t as u8));
+            out.q_halt.push(f32::from_bits(p[seq_len]));
+            out.q_continue.push(f32::from_bits(p[seq_len + 1]));
+            for (s, &e) in out.exact_per_segment.iter_mut().zip(&p[seq_len + 2..]) {
+                s.push(e != 0);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// [`predict`] sharded over the ranks of a data-parallel run: rank r runs puzzles
+/// [r*n/N, (r+1)*n/N) and every rank gets the predictions of all `n` in order (one
+/// all-gather). Each puzzle runs alone in its batch row, so the answers are the ones a single
+/// process gives (bit for bit when the device's matrix products do not depend on the batch
+/// size, as under the emulation). Without `dist`, [`predict`].
+pub fn predict_on<B: Backend>(
     be: &B,
     model: &Hrm<B>,
-    name: &str,
     examples: &[Example],
     batch_size: usize,
+    dist: Option<&Dist>,
     on_batch: impl FnMut(usize),
-) -> Result<EvalReport> {
-    let p = predict(be, model, examples, batch_size, on_batch)?;
-    let n = model.cfg.seq_len;
+) -> Result<Predictions> {
+    let Some(d) = dist else { return predict(be, model, examples, batch_size, on_batch) };
+    let n = examples.len();
+    let (lo, hi) = rows(n, d.rank(), d.world());
+    let mine = predict(be, model, &examples[lo..hi], batch_size, on_batch)?;
+    let (seq, segments) = (model.cfg.seq_len, model.cfg.halt_max_steps);
+    let w = Predictions::words_per_puzzle(seq, segments);
+    let lens: Vec<usize> = (0..d.world())
+        .map(|r| {
+            let (a, b) = rows(n, r, d.world());
+            (b - a) * w
+        })
+        .collect();
+    let all = all_gather_words(d, be, "evaluation all-gather", &mine.to_words(seq), &lens)?;
+    Predictions::from_words(&all, seq, segments)
+}
+
+/// The report of `examples` (named `name`) from their predictions.
+pub fn score(name: &str, examples: &[Example], p: &Predictions, seq_len: usize) -> EvalReport {
+    let n = seq_len;
     let count = examples.len().max(1) as f64;
     let (mut cells, mut cells_ok, mut blanks, mut blanks_ok) = (0usize, 0usize, 0usize, 0usize);
     for (e, pred) in examples.iter().zip(p.tokens.chunks(n)) {
@@ -126,7 +193,7 @@ pub fn evaluate<B: Backend>(
         }
     }
     let last = p.exact_per_segment.last().cloned().unwrap_or_default();
-    Ok(EvalReport {
+    EvalReport {
         name: name.to_string(),
         puzzles: examples.len(),
         exact_accuracy: last.iter().filter(|&&e| e).count() as f64 / count,
@@ -138,5 +205,32 @@ pub fn evaluate<B: Backend>(
             .map(|s| s.iter().filter(|&&e| e).count() as f64 / count)
             .collect(),
         act_halt_fraction: p.q_halt.iter().zip(&p.q_continue).filter(|(h, c)| h > c).count() as f64 / count,
-    })
+    }
+}
+
+/// Evaluate `examples` (named `name`).
+pub fn evaluate<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    name: &str,
+    examples: &[Example],
+    batch_size: usize,
+    on_batch: impl FnMut(usize),
+) -> Result<EvalReport> {
+    evaluate_on(be, model, name, examples, batch_size, None, on_batch)
+}
+
+/// [`evaluate`], sharded over the ranks of `dist` (see [`predict_on`]); every rank gets the
+/// report of the whole set.
+pub fn evaluate_on<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    name: &str,
+    examples: &[Example],
+    batch_size: usize,
+    dist: Option<&Dist>,
+    on_batch: impl FnMut(usize),
+) -> Result<EvalReport> {
+    let p = predict_on(be, model, examples, batch_size, dist, on_batch)?;
+    Ok(score(name, examples, &p, model.cfg.seq_len))
 }

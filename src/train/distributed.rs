@@ -392,6 +392,34 @@ fn join(env: &DistEnv, limit: Duration) -> Result<([u8; 128], Links)> {
 
 // ---- The hooks of the training step. ----
 
+/// Every rank's `mine` words, concatenated in rank order, on every rank: rank r holds
+/// `lens[r]` words (every rank knows all lengths). One all-gather of f32 bit patterns (pure
+/// data movement, so the bits arrive intact), each rank's words padded to the longest.
+pub fn all_gather_words<B: Backend>(
+    d: &Dist,
+    be: &B,
+    what: &'static str,
+    mine: &[u32],
+    lens: &[usize],
+) -> Result<Vec<u32>> {
+    if lens.len() != d.world() || lens[d.rank()] != mine.len() {
+        bail!("{what}: rank {} holds {} words, the ranks expected {:?}", d.rank(), mine.len(), lens);
+    }
+    let per = lens.iter().copied().max().unwrap_or(0).max(1);
+    let mut host = vec![0f32; per * d.world()];
+    for (o, w) in host[d.rank() * per..].iter_mut().zip(mine) {
+        *o = f32::from_bits(*w);
+    }
+    let mut buf = be.upload_f32(&host);
+    d.collective(be, what, Collective::AllGather, &mut [&mut buf])?;
+    let all = be.download_f32(&buf);
+    let mut out = Vec::with_capacity(lens.iter().sum());
+    for (r, &n) in lens.iter().enumerate() {
+        out.extend(all[r * per..r * per + n].iter().map(|x| x.to_bits()));
+    }
+    Ok(out)
+}
+
 /// Rows [lo, hi) of the global batch that `rank` of `world` trains on.
 pub fn rows(batch: usize, rank: usize, world: usize) -> (usize, usize) {
     (rank * batch / world, (rank + 1) * batch / world)
@@ -596,6 +624,72 @@ pub fn checkpoint<B: Backend>(be: &B, t: &Trainer<B>, run: &Path) -> Result<Opti
 /// Whether this process writes the run's files (rank 0, or a single process).
 pub fn is_main<B: Backend>(t: &Trainer<B>) -> bool {
     t.dist.as_ref().is_none_or(|d| d.is_main())
+}
+
+/// What this process is in a (possibly) data-parallel command.
+pub enum Role {
+    /// A single process.
+    Single,
+    /// One rank, started by `--nproc` or a scheduler; its GPU (`LOCAL_RANK`) is selected.
+    Rank(DistEnv),
+    /// `--nproc N` without the rank variables: the N ranks were launched here and all ended
+    /// well (a failed one is an `Err`).
+    Launched,
+}
+
+/// The data-parallel setup shared by `hrm train` and `hrm eval`: launches the ranks for
+/// `--nproc N` (N > 1), checks that a rank's arguments fit (the CUDA backend, the same N),
+/// and picks its GPU. `what` names the work in errors ("training", "evaluation").
+pub fn setup(
+    device: crate::backend::DeviceChoice,
+    nproc: Option<usize>,
+    master_port: Option<u16>,
+    what: &str,
+) -> Result<Role> {
+    use crate::backend::DeviceChoice;
+    let env = DistEnv::from_env()?;
+    let cpu_refused = |who: String| {
+        anyhow!(
+            "{who}: data-parallel {what} runs on the CUDA backend through NCCL (--device cuda, or emu \
+             for the CPU emulation)"
+        )
+    };
+    match (&env, nproc) {
+        (None, Some(n)) if n > 1 => {
+            if device == DeviceChoice::Cpu {
+                return Err(cpu_refused(format!("--nproc {n}")));
+            }
+            launch(n, master_port)?;
+            return Ok(Role::Launched);
+        }
+        (Some(e), Some(n)) if n != e.world => {
+            bail!("--nproc {n} but WORLD_SIZE={}: they must agree", e.world)
+        }
+        _ => {}
+    }
+    let Some(e) = env else { return Ok(Role::Single) };
+    if device == DeviceChoice::Cpu {
+        return Err(cpu_refused(format!("rank {} of {}", e.rank, e.world)));
+    }
+    crate::backend::cuda::device::use_ordinal(e.local_rank);
+    Ok(Role::Rank(e))
+}
+
+/// Joins the data-parallel run (rendezvous, NCCL id from rank 0).
+pub fn connect(env: &DistEnv) -> Result<Arc<Dist>> {
+    Ok(Arc::new(Dist::connect(env, crate::backend::cuda::nccl::unique_id)?))
+}
+
+/// Runs `work` as this rank and tells the other ranks how it ended (a failure names it).
+pub fn ranked<T>(dist: Option<&Dist>, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let r = work();
+    if let Some(d) = dist {
+        match &r {
+            Ok(_) => d.finish(),
+            Err(e) => d.fail(&format!("{e:#}")),
+        }
+    }
+    r
 }
 
 // ---- The launcher. ----

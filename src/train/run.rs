@@ -8,7 +8,7 @@ use super::distributed;
 use super::sampler::PuzzleSource;
 use crate::backend::{ActReport, Backend};
 use crate::hrm::Hrm;
-use crate::infer::eval::{EvalReport, Example, evaluate};
+use crate::infer::eval::{EvalReport, Example, evaluate_on};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -54,8 +54,9 @@ pub fn eval_all<B: Backend>(
     model: &Hrm<B>,
     sets: &[(String, Vec<Example>)],
     batch: usize,
+    dist: Option<&distributed::Dist>,
 ) -> Result<Vec<EvalReport>> {
-    sets.iter().map(|(name, ex)| evaluate(be, model, name, ex, batch, |_| {})).collect()
+    sets.iter().map(|(name, ex)| evaluate_on(be, model, name, ex, batch, dist, |_| {})).collect()
 }
 
 pub fn run<B: Backend>(
@@ -156,18 +157,21 @@ pub fn run<B: Backend>(
             window = ActReport::default();
             window_start = Instant::now();
         }
-        if main && eval_now {
+        // Data parallel: every rank evaluates its share of the puzzles, rank 0 writes.
+        if eval_now {
             let model = Hrm::new(be, &t.cfg.model, &t.eval_params(be));
-            let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size)?;
-            for r in &reports {
-                let mut v = serde_json::to_value(r)?;
-                v["kind"] = json!("eval");
-                v["step"] = json!(t.step);
-                append_jsonl(&metrics, &v)?;
-                bar.println(format!(
-                    "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4} ({} puzzles)",
-                    t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.puzzles
-                ));
+            let reports = eval_all(be, &model, &opts.eval_sets, t.cfg.eval_batch_size, t.dist.as_deref())?;
+            if main {
+                for r in &reports {
+                    let mut v = serde_json::to_value(r)?;
+                    v["kind"] = json!("eval");
+                    v["step"] = json!(t.step);
+                    append_jsonl(&metrics, &v)?;
+                    bar.println(format!(
+                        "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4} ({} puzzles)",
+                        t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.puzzles
+                    ));
+                }
             }
             summary.last_eval = reports;
         }
