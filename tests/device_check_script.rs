@@ -1,7 +1,8 @@
 //! `scripts/device-check` runs only on a GPU machine, rarely and against a hard time limit, so
 //! its control flow is tested here with stand-in test binaries: a failure fails the run, a
 //! section without time left is skipped and named (INCOMPLETE, never PASS), `--only` selects
-//! sections, the GPU tests get `HRM_REQUIRE_GPU=1` (and `HRM_CUDA_PTX=1` for the PTX pass).
+//! sections, the GPU tests get `HRM_REQUIRE_GPU=1` (and `HRM_CUDA_PTX=1` for the PTX pass), the
+//! packed bundle that `--prepare` leaves is unpacked.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -93,6 +94,24 @@ fn sections_without_time_are_skipped_named_and_never_pass() {
     assert!(!report.contains("overall: PASS"), "{report}");
     assert!(report.contains("bash scripts/device-check --only tests,ptx"), "{report}");
     assert!(!tree.root().join("env.log").exists(), "a skipped section ran a binary");
+}
+
+#[test]
+fn a_packed_bundle_is_unpacked_and_run() {
+    // what `--prepare` leaves to be carried: .device/bundle.tar.xz and nothing else
+    let tree = Tree::new(&[("kernels_fake", PASSING)]);
+    let dev = tree.root().join(".device");
+    let packed = Command::new("bash")
+        .arg("-c")
+        .arg("tar -cf - bin | xz -1 > bundle.tar.xz && rm -r bin")
+        .current_dir(&dev)
+        .status()
+        .unwrap();
+    assert!(packed.success());
+    assert!(!dev.join("bin").exists());
+    let (code, report) = tree.run(&["--only", "tests"], 560);
+    assert_eq!(code, 0, "report:\n{report}");
+    assert!(report.contains("ok   cubin kernels_fake"), "{report}");
 }
 
 #[test]
