@@ -192,4 +192,10 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
         .arg("/dev/null"));
     assert!(!success);
     assert!(err.contains("--device emu"), "{err}");
+    // and why: the reason the driver gave (here, in CI: no driver library at all)
+    let why = hrm::backend::cuda::device::emulation_reason().unwrap();
+    assert!(err.contains(&format!("no usable GPU ({why})")), "{err}");
+    if std::env::var_os("HRM_CUDA_EMU").is_none() {
+        assert!(why.contains("NVIDIA driver") || why.contains("CUDA"), "{why}");
+    }
 }

@@ -529,8 +529,9 @@ pub fn resolve(choice: DeviceChoice) -> Result<Resolved> {
         DeviceChoice::Cuda => match cuda::device::select() {
             Ok(DeviceKind::Gpu) => open(),
             Ok(DeviceKind::Emulation) => anyhow::bail!(
-                "--device cuda: no usable GPU (HRM_CUDA_EMU=1 selects the CPU emulation); \
-                 `--device emu` runs the CUDA code path on the CPU emulation for testing"
+                "--device cuda: no usable GPU ({}); `--device cpu` runs on the CPU, `--device emu` \
+                 runs the CUDA code path on the CPU emulation for testing",
+                cuda::device::emulation_reason().unwrap_or_default()
             ),
             Err(why) => anyhow::bail!("--device cuda: {why}"),
         },

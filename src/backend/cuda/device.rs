@@ -47,6 +47,8 @@ pub struct CudaDevice {
 }
 
 static SELECTED: OnceLock<std::result::Result<DeviceKind, String>> = OnceLock::new();
+/// Why the emulation was chosen: no usable GPU (the reason), or it was asked for.
+static EMULATION_REASON: OnceLock<String> = OnceLock::new();
 static SHARED: OnceLock<std::result::Result<Arc<CudaDevice>, String>> = OnceLock::new();
 
 fn env_on(name: &str) -> bool {
@@ -160,6 +162,8 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
                 env_on("HRM_CUDA_EMU") || FORCE_EMULATION.load(std::sync::atomic::Ordering::SeqCst);
             if want_emu && !want_gpu {
                 load_emulation()?;
+                let _ = EMULATION_REASON
+                    .set("the CPU emulation was asked for (--device emu or HRM_CUDA_EMU=1)".into());
                 return Ok(DeviceKind::Emulation);
             }
             let why_not_gpu = match probe_driver() {
@@ -172,16 +176,27 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
                 return Err(format!("HRM_REQUIRE_GPU=1 but {why_not_gpu}"));
             }
             load_emulation().map_err(|e| format!("{why_not_gpu}; {e}"))?;
+            let _ = EMULATION_REASON.set(why_not_gpu);
             Ok(DeviceKind::Emulation)
         })
         .clone()
+}
+
+/// Why the CPU emulation backs cudarc in this process (`None` when it does not).
+pub fn emulation_reason() -> Option<&'static str> {
+    match select() {
+        Ok(DeviceKind::Emulation) => Some(EMULATION_REASON.get().map(String::as_str).unwrap_or("asked for")),
+        _ => None,
+    }
 }
 
 /// Why no real GPU is used in this process (`None` when one is).
 pub fn gpu_unavailable_reason() -> Option<String> {
     match select() {
         Ok(DeviceKind::Gpu) => None,
-        Ok(DeviceKind::Emulation) => Some("running on the CPU emulation".into()),
+        Ok(DeviceKind::Emulation) => {
+            Some(format!("running on the CPU emulation: {}", emulation_reason().unwrap_or_default()))
+        }
         Err(e) => Some(e),
     }
 }
@@ -218,7 +233,7 @@ impl CudaDevice {
                 .map_err(|e| anyhow!("loading kernel module {} ({form:?}): {e:?}", m.name))?;
             modules.insert(m.name, loaded);
         }
-        Ok(Some(CudaDevice {
+        let dev = CudaDevice {
             ctx,
             stream,
             kind,
@@ -227,7 +242,11 @@ impl CudaDevice {
             modules,
             funcs: Mutex::new(HashMap::new()),
             gemm: OnceLock::new(),
-        }))
+        };
+        // cuBLASLt now, so a missing library is reported when the device is opened, not at
+        // the first matmul of a run
+        dev.gemm()?;
+        Ok(Some(dev))
     }
 
     /// One device shared by every caller in the process (tests run in parallel threads).

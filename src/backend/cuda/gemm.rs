@@ -78,6 +78,15 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Gemm {
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        // cudarc panics when it cannot load the library; say what is missing and how to fix it.
+        // SAFETY: probing loads and unloads the library by name.
+        if !unsafe { sys::is_culib_present() } {
+            bail!(
+                "cuBLASLt (libcublasLt.so.13) not found: the CUDA 13 libraries must be on \
+                 LD_LIBRARY_PATH, e.g. /usr/local/cuda/lib64, or the lib folder of the \
+                 `nvidia-cublas` Python package (`--device cpu` runs without a GPU)"
+            );
+        }
         let handle = result::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?;
         let workspace =
             stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| anyhow!("GEMM workspace: {e:?}"))?;
