@@ -49,45 +49,7 @@ impl Backend for CpuBf16 {
     fn upload_act(&self, host: &[f32]) -> Vec<f32> {
         rounded(host)
     }
-    fn download_act(&self, buf: &Vec<f32>) -> Vec<f32> {
-        buf.clone()
-    }
-    fn act_len(&self, buf: &Vec<f32>) -> usize {
-        buf.len()
-    }
-    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) {
-        dst.copy_from_slice(src);
-    }
-    fn zero_act(&self, buf: &mut Vec<f32>) {
-        buf.fill(0.0);
-    }
-    fn upload_param(&self, host: &[f32]) -> Vec<f32> {
-        host.to_vec()
-    }
-    fn download_param(&self, p: &Vec<f32>) -> Vec<f32> {
-        p.clone()
-    }
-    fn zeros_f32(&self, n: usize) -> Vec<f32> {
-        vec![0.0; n]
-    }
-    fn upload_f32(&self, host: &[f32]) -> Vec<f32> {
-        host.to_vec()
-    }
-    fn download_f32(&self, buf: &Vec<f32>) -> Vec<f32> {
-        buf.clone()
-    }
-    fn upload_i32(&self, host: &[i32]) -> Vec<i32> {
-        host.to_vec()
-    }
-    fn download_i32(&self, buf: &Vec<i32>) -> Vec<i32> {
-        buf.clone()
-    }
-    fn zero_f32(&self, buf: &mut Vec<f32>) {
-        buf.fill(0.0);
-    }
-    fn write_i32(&self, host: &[i32], buf: &mut Vec<i32>) {
-        buf.copy_from_slice(host);
-    }
+    super::host_vec_storage!();
     fn all_finite(&self, buf: &Vec<f32>) -> bool {
         Cpu.all_finite(buf)
     }
