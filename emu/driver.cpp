@@ -320,7 +320,7 @@ CUresult cuDeviceGetUuid_v2(CUuuid* u, CUdevice) {
   return ok();
 }
 CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
-  *bytes = size_t(16) << 30;
+  *bytes = emu::mem_capacity();
   return ok();
 }
 CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
@@ -569,8 +569,8 @@ CUresult cuMemFreeHost(void* p) {
   return ok();
 }
 CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
-  *free_b = size_t(16) << 30;
-  *total = size_t(16) << 30;
+  *total = emu::mem_capacity();
+  *free_b = *total - emu::mem_live_bytes();
   return ok();
 }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {

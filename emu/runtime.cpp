@@ -65,6 +65,7 @@ struct Alloc {
 };
 std::mutex g_mem_mu;
 std::map<uint64_t, Alloc> g_allocs;  // by user address
+size_t g_live_bytes = 0;             // sum of the live allocations' sizes
 
 const Alloc* find_alloc_locked(uint64_t p) {
   auto it = g_allocs.upper_bound(p);
@@ -78,13 +79,46 @@ const Alloc* find_alloc_locked(uint64_t p) {
 }
 }  // namespace
 
+size_t mem_capacity() {
+  // 16 GiB, or HRM_EMU_DEVICE_MEM_MB: a small device makes the out-of-memory paths testable
+  static const size_t cap = [] {
+    const char* v = std::getenv("HRM_EMU_DEVICE_MEM_MB");
+    char* end = nullptr;
+    unsigned long long mb = v ? std::strtoull(v, &end, 10) : 0;
+    if (v && (end == v || *end != '\0' || mb == 0)) {
+      fprintf(stderr, "hrm-emu: HRM_EMU_DEVICE_MEM_MB='%s' is not a positive number of MiB\n", v);
+      std::abort();
+    }
+    return v ? size_t(mb) << 20 : size_t(16) << 30;
+  }();
+  return cap;
+}
+
+size_t mem_live_bytes() {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  return g_live_bytes;
+}
+
 uint64_t mem_alloc(size_t bytes) {
+  {
+    // the device's capacity counts what was asked for (red zones are the emulation's own)
+    std::lock_guard<std::mutex> g(g_mem_mu);
+    if (bytes > mem_capacity() - g_live_bytes) return 0;
+    g_live_bytes += bytes;
+  }
+  auto give_back = [&] {
+    std::lock_guard<std::mutex> g(g_mem_mu);
+    g_live_bytes -= bytes;
+  };
   // at least 16 checked bytes after the end (an off-by-one write is reported, not a fault)
   size_t padded = (std::max<size_t>(bytes, 1) + 15) / 16 * 16 + 16;
   size_t data = (padded + kFrontZone + kPage - 1) / kPage * kPage;
   size_t len = data + 2 * kPage;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) return 0;
+  if (m == MAP_FAILED) {
+    give_back();
+    return 0;
+  }
   char* map = static_cast<char*>(m);
   mprotect(map, kPage, PROT_NONE);
   mprotect(map + kPage + data, kPage, PROT_NONE);
@@ -136,6 +170,7 @@ bool mem_free(uint64_t ptr) {
     if (it == g_allocs.end()) return false;
     a = it->second;
     g_allocs.erase(it);
+    g_live_bytes -= a.size;
   }
   std::string msg;
   if (!guards_ok_locked(a, &msg)) fprintf(stderr, "hrm-emu: at free: %s", msg.c_str());

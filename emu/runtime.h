@@ -22,6 +22,10 @@ bool mem_range_ok(uint64_t ptr, size_t bytes);
 // Checks the red zones of the allocation holding ptr; appends a message when damaged.
 bool mem_guards_ok(uint64_t ptr, std::string* msg);
 size_t mem_live_allocations();
+// The emulated device's memory (16 GiB, or HRM_EMU_DEVICE_MEM_MB) and what is allocated of it;
+// an allocation past the capacity fails as CUDA_ERROR_OUT_OF_MEMORY.
+size_t mem_capacity();
+size_t mem_live_bytes();
 
 const KernelEntry* find_kernel(const char* name);
 

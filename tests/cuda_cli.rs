@@ -199,3 +199,63 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
         assert!(why.contains("NVIDIA driver") || why.contains("CUDA"), "{why}");
     }
 }
+
+/// Out of device memory, on an emulated device made small (`HRM_EMU_DEVICE_MEM_MB`): a run
+/// the estimate already refuses stops before allocating, with the figures; a run that passes
+/// the estimate (a lower bound) but does not fit stops at the allocation that failed, saying
+/// how much was asked and free and what to change.
+#[test]
+fn out_of_device_memory_is_a_clear_error() {
+    if !matches!(hrm::backend::cuda::device::select(), Ok(DeviceKind::Emulation)) {
+        return; // the capacity knob belongs to the emulation
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let puzzles: String =
+        blanked_puzzles(8, 5..10, 3).iter().map(|(q, _)| board_to_string(q, '.') + "\n").collect();
+    std::fs::write(d.join("train.txt"), puzzles).unwrap();
+    ok(hrm()
+        .args(["data", "build", "--train", "8", "--augment", "1", "--out"])
+        .arg(d.join("ds"))
+        .arg(d.join("train.txt")));
+    let train = |mb: f64, out: &str| {
+        run(hrm()
+            .args([
+                "train",
+                "--device",
+                "emu",
+                "--preset",
+                "tiny",
+                "--batch-size",
+                "64",
+                "--steps",
+                "1",
+                "--data",
+            ])
+            .arg(d.join("ds/train"))
+            .arg("--out")
+            .arg(d.join(out))
+            .env("HRM_EMU_DEVICE_MEM_MB", format!("{}", mb.ceil() as u64))
+            .env("RUST_BACKTRACE", "0"))
+    };
+
+    // 64 MiB, of which the cuBLASLt workspace takes 32: the estimate refuses
+    let (success, _, err) = train(64.0, "small");
+    assert!(!success);
+    let need_mib = mib_after(&err, "needs at least ").unwrap_or_else(|| panic!("no estimate in: {err}"));
+    assert!(err.contains("of free GPU memory; 32.0 MiB is available"), "{err}");
+
+    // room for the estimate and 1 MiB more: the estimate passes, an allocation fails
+    let (success, _, err) = train(32.0 + need_mib + 1.0, "tight");
+    assert!(!success);
+    assert!(err.contains("out of GPU memory: allocating "), "{err}");
+    assert!(err.contains(&format!("free of {:.1} MiB", (32.0 + need_mib + 1.0).ceil())), "{err}");
+    assert!(err.contains("Use a smaller --batch-size"), "{err}");
+}
+
+/// The number of MiB right after `marker` ("... needs at least 54.2 MiB ..." -> 54.2).
+fn mib_after(text: &str, marker: &str) -> Option<f64> {
+    let rest = text.split(marker).nth(1)?;
+    let (num, unit) = rest.split_once(' ')?;
+    if unit.starts_with("MiB") { num.parse().ok() } else { None }
+}

@@ -94,6 +94,11 @@ pub trait Backend {
     fn device_memory_used(&self) -> Option<u64> {
         None
     }
+    /// Device memory free now, in bytes, and the device's total (`None` where there is no
+    /// separate device memory). The emulation answers too: its device has a capacity.
+    fn device_memory_free(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// The first error any op met since the backend was made (then every op is skipped).
     fn check(&self) -> Result<()>;
     /// An identity of an activation buffer (on a device, its address): recorded graphs are

@@ -110,12 +110,9 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Free device memory of the current CUDA context, if there is a real GPU behind `be`.
+/// Free memory of the device behind `be` (`None` for the CPU).
 pub fn device_available<B: crate::backend::Backend>(be: &B) -> Option<u64> {
-    // `device_memory_used` binds the device's context to this thread (and is None off a GPU);
-    // the free figure then comes from the same driver call.
-    be.device_memory_used()?;
-    cudarc::driver::result::mem_get_info().ok().map(|(free, _)| free as u64)
+    be.device_memory_free().map(|(free, _)| free)
 }
 
 /// Human-readable bytes.

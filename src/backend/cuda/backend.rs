@@ -143,15 +143,30 @@ impl Cuda {
     fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> CudaSlice<T> {
         match self.dev.stream.alloc_zeros::<T>(n) {
             Ok(s) => s,
-            Err(e) => {
-                // Nothing sensible can stand in for the buffer: stop here with the size asked.
-                panic!(
-                    "CUDA allocation of {} bytes failed on {}: {e}",
-                    n * std::mem::size_of::<T>(),
-                    self.dev.name
-                )
-            }
+            Err(e) => self.allocation_failed(n * std::mem::size_of::<T>(), &e),
         }
+    }
+
+    /// Nothing sensible can stand in for a buffer the device could not allocate: stop here,
+    /// saying how much was asked, how much the device has free, and what to change. (The
+    /// memory estimate refuses most such runs before anything is allocated; checkpoints are
+    /// written atomically, so a run stopped here loses nothing already saved.)
+    fn allocation_failed(&self, bytes: usize, e: &dyn std::fmt::Display) -> ! {
+        use crate::model::memory::fmt_bytes;
+        let free = match self.device_memory_free() {
+            Some((free, total)) => {
+                format!("{} free of {}", fmt_bytes(free as f64), fmt_bytes(total as f64))
+            }
+            None => "free memory unknown".into(),
+        };
+        let e = e.to_string();
+        let head = if e.contains("OUT_OF_MEMORY") { "out of GPU memory: " } else { "" };
+        panic!(
+            "{head}allocating {} on {} failed ({free}; {e}). Use a smaller --batch-size (or \
+             model), or free the GPU of other processes",
+            fmt_bytes(bytes as f64),
+            self.dev.name
+        )
     }
 
     fn upload<T: DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
@@ -160,16 +175,12 @@ impl Cuda {
             // SAFETY: a buffer of length 1 that no kernel reads (every launcher checks sizes).
             return match unsafe { self.dev.stream.alloc::<T>(1) } {
                 Ok(s) => s,
-                Err(e) => panic!("CUDA allocation failed on {}: {e}", self.dev.name),
+                Err(e) => self.allocation_failed(std::mem::size_of::<T>(), &e),
             };
         }
         match self.dev.stream.clone_htod(host) {
             Ok(s) => s,
-            Err(e) => panic!(
-                "CUDA upload of {} bytes failed on {}: {e}",
-                std::mem::size_of_val(host),
-                self.dev.name
-            ),
+            Err(e) => self.allocation_failed(std::mem::size_of_val(host), &e),
         }
     }
 
@@ -223,6 +234,12 @@ impl Backend for Cuda {
         self.dev.ctx.bind_to_thread().ok()?;
         let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
         Some((total - free) as u64)
+    }
+
+    fn device_memory_free(&self) -> Option<(u64, u64)> {
+        self.dev.ctx.bind_to_thread().ok()?;
+        let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+        Some((free as u64, total as u64))
     }
 
     fn act_id(&self, a: &CudaSlice<bf16>) -> u64 {

@@ -88,8 +88,9 @@ impl Gemm {
             );
         }
         let handle = result::create_handle().map_err(|e| anyhow!("cublasLtCreate: {e:?}"))?;
-        let workspace =
-            stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| anyhow!("GEMM workspace: {e:?}"))?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|e| {
+            anyhow!("allocating the cuBLASLt workspace ({} MiB): {e:?}", WORKSPACE_BYTES >> 20)
+        })?;
         Ok(Gemm { handle, stream, workspace, plans: Mutex::new(HashMap::new()) })
     }
 
