@@ -170,10 +170,22 @@ fn main() {
     run("embed_fwd", nb * 2.0 + (batch * seq * 4) as f64, &mut || {
         kernels::embed_fwd(dev, &tokens, &pids, &embed_w, &puzzle_w, None, &mut y, &dims).unwrap()
     });
-    // backward: bf16 reads; tables pre-reduced per block in shared memory, then one global
-    // atomic per (block, token, column)
-    run("embed_bwd (pre-reduced)", nb * 2.0, &mut || {
-        kernels::embed_bwd(dev, &x, &tokens, &pids, &mut dembed_w, &mut dpuzzle_w, None, &dims).unwrap()
+    // backward: bf16 reads; per-thread column sums in shared memory, then a fixed-order
+    // reduction of the position groups' tables (deterministic, no float atomics)
+    let mut embed_scratch: CudaSlice<f32> = zeros(dev, kernels::embed_bwd_scratch_len(&dims, vocab));
+    run("embed_bwd (deterministic)", nb * 2.0, &mut || {
+        kernels::embed_bwd(
+            dev,
+            &x,
+            &tokens,
+            &pids,
+            &mut dembed_w,
+            &mut dpuzzle_w,
+            None,
+            &mut embed_scratch,
+            &dims,
+        )
+        .unwrap()
     });
     run("add_inplace", nb * 6.0, &mut || kernels::add_inplace(dev, &mut y, &x, n_act).unwrap());
     let logits: CudaSlice<bf16> = zeros(dev, batch * seq * vocab);

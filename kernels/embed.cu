@@ -13,25 +13,27 @@
 // Forward: one WARP per output row (8 rows per 256-thread block; one row index division per
 // row, none per element); with hidden a multiple of 8 and 16-byte aligned buffers each lane
 // reads 8 f32 weights as two 16-byte loads and writes 8 bf16 with one 128-bit store.
-// Backward, pre-reduced per block: block (x, y) owns positions [x*sb, x*sb + sb) of batches
-// [y*bb, y*bb + bb) (sb, bb from the grid shape, chosen by the launcher). It sums the token
-// table rows (vocab x hidden f32) and its positions' rows (sb x hidden) in SHARED memory
-// (shared-memory atomics), then adds each non-zero sum to global memory with ONE atomic per
-// (block, token, column) and (block, position, column). When the tables do not fit 48 KiB
-// (a large vocabulary), every element goes straight to a global atomic as before. Puzzle
-// prefix rows (distinct puzzle ids per batch row) always use global atomics.
-// Napkin cost (B = 768, S = 82, hidden 512 = 32.2M elements; vocab 11): forward reads the
-// weight rows (L2 resident, 11 + 82 rows) and writes 2 B per element = 64 MB, 13 us at
-// 4.8 TB/s. Backward reads 2 B per element = 64 MB, 13 us; with the launcher's ~264 blocks
-// (sb = 4 positions x bb = 64 batches each) the global atomics drop from 64M (token + position
-// per element) to ~264 x (11 + 4) x 512 = 2.0M. add: reads 4 B, writes 2 B per element.
+// Backward, deterministic (no float atomics: the same bits on every run, whatever order the
+// blocks and warps run in), in two passes:
+//   embed_bwd_partial_bf16: block (x, y) owns columns [x*T, x*T + T) (T = blockDim.x, ONE column
+//     per thread) and positions [y*sb, y*sb + sb) of EVERY batch row. Each thread walks its
+//     positions, then the batch, in a fixed order: k*dx into one accumulator per token for its
+//     own column (shared memory when vocab*T floats fit, else its column of the block's slice of
+//     the partial table), the position gradient in a register (complete within the block, so
+//     written with one +=), and the puzzle-prefix gradient straight into dpuzzle_w (+=: every
+//     (position, column) belongs to one thread, so a puzzle id repeated in the batch adds up in
+//     batch order). The block's token sums go to partial[y][vocab][hidden].
+//   embed_bwd_reduce_f32: dembed_w[i] += sum over y (in order) of partial[y][i].
+// No thread reads another thread's accumulator, so no barrier is needed.
+// Napkin cost (B = 768, S = 97, hidden 512 = 38.1M elements; vocab 11): forward reads the
+// weight rows (L2 resident, 11 + 97 rows) and writes 2 B per element = 76 MB, 16 us at
+// 4.8 TB/s. Backward pass 1 reads 2 B per element (76 MB, 16 us at bandwidth) with 388 blocks of
+// 128 threads (one wave), each thread a chain of 768 shared-memory adds per position; pass 2
+// reads S x 11 x 512 x 4 B = 2.2 MB. add: reads 4 B, writes 2 B per element.
 #include "common.cuh"
 
 #define HRM_POS_SCALE 0.707106781f
 
-// Bytes of shared memory the backward uses when pre-reducing (the launcher computes the same);
-// above EMBED_SMEM_MAX it falls back to per-element global atomics.
-#define EMBED_SMEM_MAX 49152
 
 static __device__ __forceinline__ float embed_prefix_value(const float* __restrict__ puzzle_w,
                                                            int id, int idx, int puzzle_emb_ndim,
@@ -101,91 +103,59 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 EMU_REGISTER(embed_fwd_bf16)
 
-extern "C" __global__ void __launch_bounds__(256)
-    embed_bwd_bf16(const bf16* __restrict__ dx, const int* __restrict__ tokens,
-                   const int* __restrict__ puzzle_ids, float* __restrict__ dembed_w,
-                   float* __restrict__ dpuzzle_w, float* __restrict__ dpos_w, int batch,
-                   int seq_len, int prefix_len, int hidden, int puzzle_emb_ndim, int vocab,
-                   int num_puzzles, float scale) {
+extern "C" __global__ void __launch_bounds__(128)
+    embed_bwd_partial_bf16(const bf16* __restrict__ dx, const int* __restrict__ tokens,
+                           const int* __restrict__ puzzle_ids, float* __restrict__ partial,
+                           float* __restrict__ dpuzzle_w, float* __restrict__ dpos_w, int batch,
+                           int seq_len, int prefix_len, int hidden, int puzzle_emb_ndim,
+                           int vocab, int num_puzzles, int sb, int use_smem, float scale) {
   const int S = prefix_len + seq_len;
   const float k = dpos_w != nullptr ? scale * HRM_POS_SCALE : scale;
   const float kp = scale * HRM_POS_SCALE;
-  // this block's tile (the launcher sizes the grid; the tiles cover S x batch)
-  const int sb = (S + (int)gridDim.x - 1) / (int)gridDim.x;
-  const int bb = (batch + (int)gridDim.y - 1) / (int)gridDim.y;
-  const int s0 = (int)blockIdx.x * sb, b0 = (int)blockIdx.y * bb;
-  const int ns = (S < s0 + sb ? S : s0 + sb) - s0;
-  const int nb = (batch < b0 + bb ? batch : b0 + bb) - b0;
-  if (ns <= 0 || nb <= 0) return;  // uniform over the block, before any barrier
-  const size_t table_floats = (size_t)(vocab + (dpos_w != nullptr ? sb : 0)) * hidden;
-  const bool pre = table_floats * 4 <= EMBED_SMEM_MAX;
-  HRM_DYN_SHARED(float, acc);  // [vocab][hidden] token rows, then [sb][hidden] positions
-  float* acc_pos = acc + (size_t)vocab * hidden;
-  if (pre) {
-    for (unsigned i = threadIdx.x; i < (unsigned)table_floats; i += blockDim.x) acc[i] = 0.0f;
-    __syncthreads();
-  }
-  const bool vec = (hidden & 7) == 0 && aligned16(dx);
-  const unsigned width = vec ? 8u : 1u;
-  const unsigned ng = (unsigned)hidden / width;  // column groups per row
-  const unsigned units = (unsigned)(ns * nb) * ng;
-  for (unsigned u = threadIdx.x; u < units; u += blockDim.x) {
-    const unsigned r = u / ng;
-    const unsigned g = u - r * ng;
-    const unsigned bi = r / (unsigned)ns;
-    const int si = (int)(r - bi * (unsigned)ns);
-    const int b = b0 + (int)bi, s = s0 + si;
-    const size_t row = (size_t)b * S + s;
-    const int col0 = (int)(g * width);
-    int t = -1, id = -1;
-    if (s >= prefix_len)
-      t = tokens[(size_t)b * seq_len + (s - prefix_len)];
-    else
-      id = puzzle_ids[b];
-    const bool tok_ok = s >= prefix_len && t >= 0 && t < vocab;
-    const bool id_ok = s < prefix_len && id >= 0 && id < num_puzzles;
-    // one gradient element into the position, token and puzzle accumulators
-    auto add = [&](int col, float gr) {
-      if (dpos_w != nullptr) {
-        if (pre)
-          atomicAdd(&acc_pos[(size_t)si * hidden + col], kp * gr);
-        else
-          atomicAdd(&dpos_w[(size_t)s * hidden + col], kp * gr);
+  const int T = (int)blockDim.x;
+  const int col = (int)blockIdx.x * T + (int)threadIdx.x;
+  if (col >= hidden) return;  // no barriers in this kernel
+  const int s0 = (int)blockIdx.y * sb;
+  const int s1 = S < s0 + sb ? S : s0 + sb;
+  float* part = partial + (size_t)blockIdx.y * vocab * hidden;  // this block's token sums
+  HRM_DYN_SHARED(float, smem);                                   // [vocab][T] with use_smem
+  float* acc = use_smem ? smem + threadIdx.x : part + col;       // this column's sums
+  const size_t stride = use_smem ? (size_t)T : (size_t)hidden;  // between tokens
+  for (int t = 0; t < vocab; ++t) acc[(size_t)t * stride] = 0.0f;
+  for (int s = s0; s < s1; ++s) {
+    float pos_sum = 0.0f;
+    const bool token_row = s >= prefix_len;
+    const int idx = s * hidden + col;  // prefix rows: index into the puzzle embedding row
+    const bf16* g_row = dx + (size_t)s * hidden + col;
+    for (int b = 0; b < batch; ++b) {
+      const float g = bf2f(g_row[(size_t)b * S * hidden]);
+      pos_sum += kp * g;
+      if (token_row) {
+        const int t = tokens[(size_t)b * seq_len + (s - prefix_len)];
+        if (t >= 0 && t < vocab) acc[(size_t)t * stride] += k * g;
+      } else if (idx < puzzle_emb_ndim) {
+        const int id = puzzle_ids[b];
+        if (id >= 0 && id < num_puzzles) dpuzzle_w[(size_t)id * puzzle_emb_ndim + idx] += k * g;
       }
-      if (tok_ok) {
-        if (pre)
-          atomicAdd(&acc[(size_t)t * hidden + col], k * gr);
-        else
-          atomicAdd(&dembed_w[(size_t)t * hidden + col], k * gr);
-      } else if (id_ok) {
-        const int idx = s * hidden + col;
-        if (idx < puzzle_emb_ndim)
-          atomicAdd(&dpuzzle_w[(size_t)id * puzzle_emb_ndim + idx], k * gr);
-      }
-    };
-    if (vec) {
-      float gv[8];
-      load_bf16x8(dx + row * hidden + col0, gv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) add(col0 + e, gv[e]);
-    } else {
-      add(col0, bf2f(dx[row * hidden + col0]));
     }
+    if (dpos_w != nullptr) dpos_w[(size_t)s * hidden + col] += pos_sum;
   }
-  if (!pre) return;
-  __syncthreads();
-  for (unsigned i = threadIdx.x; i < (unsigned)(vocab * hidden); i += blockDim.x) {
-    const float v = acc[i];
-    if (v != 0.0f) atomicAdd(&dembed_w[i], v);  // NaN is != 0 and propagates
-  }
-  if (dpos_w != nullptr) {
-    for (unsigned i = threadIdx.x; i < (unsigned)(ns * hidden); i += blockDim.x) {
-      const float v = acc_pos[i];
-      if (v != 0.0f) atomicAdd(&dpos_w[(size_t)s0 * hidden + i], v);
-    }
+  if (use_smem)
+    for (int t = 0; t < vocab; ++t) part[(size_t)t * hidden + col] = acc[(size_t)t * stride];
+}
+EMU_REGISTER(embed_bwd_partial_bf16)
+
+extern "C" __global__ void __launch_bounds__(256)
+    embed_bwd_reduce_f32(const float* __restrict__ partial, float* __restrict__ dembed_w,
+                         int parts, long long n) {
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    float sum = 0.0f;
+    for (int p = 0; p < parts; ++p) sum += partial[(size_t)p * n + i];
+    dembed_w[i] += sum;  // NaN propagates
   }
 }
-EMU_REGISTER(embed_bwd_bf16)
+EMU_REGISTER(embed_bwd_reduce_f32)
 
 extern "C" __global__ void __launch_bounds__(256)
     add_inplace_bf16(bf16* __restrict__ a, const bf16* __restrict__ b, long long n) {

@@ -2,9 +2,12 @@
 //! reference (GPU when present, else the CPU emulation; skipped without either).
 //!
 //! Bounds: forward reads f32 tables and rounds each output to bf16 once: 2 * BF16_EPS relative.
-//! Backward: f32 atomics summing bf16 gradients (exact in f32) times an f32 scale, in another
-//! order than the reference: relative error ~ n_terms * 6e-8; for <= 500 terms per element
-//! 1e-4 relative to the RMS covers it with room (f32 math: far below 1e-3).
+//! Backward: f32 sums of bf16 gradients times an f32 scale, in another order than the
+//! reference: relative error ~ n_terms * 6e-8; for <= 500 terms per element 1e-4 relative to
+//! the RMS covers it with room (f32 math: far below 1e-3). It must also be deterministic: the
+//! emulation runs the blocks of a grid in a different shuffled order at every launch, so a
+//! result that depends on the order of float additions across blocks or threads shows as two
+//! launches that differ in their bits.
 //! add: one bf16 rounding of an exact f32 sum: 2 * BF16_EPS.
 
 mod kernel_common;
@@ -41,7 +44,8 @@ fn check(dims: EmbedDims, vocab: usize, n_puzzles: usize, with_pos: bool, seed: 
         (randn(&mut r, vocab * h, 1.0), randn(&mut r, n_puzzles * nd, 1.0), randn(&mut r, s * h, 1.0));
     let (mut ged, mut gpd, mut gposd) = (upload(&dev, &g0e), upload(&dev, &g0p), upload(&dev, &g0pos));
     let gpos_opt = if with_pos { Some(&mut gposd) } else { None };
-    kernels::embed_bwd(&dev, &dxd, &td, &pd, &mut ged, &mut gpd, gpos_opt, &dims).unwrap();
+    let mut scratch = poisoned_f32(&dev, kernels::embed_bwd_scratch_len(&dims, vocab));
+    kernels::embed_bwd(&dev, &dxd, &td, &pd, &mut ged, &mut gpd, gpos_opt, &mut scratch, &dims).unwrap();
     let (mut ge, mut gp, mut gpos) = (g0e.clone(), g0p.clone(), g0pos.clone());
     let gpos_ref = if with_pos { Some(&mut gpos[..]) } else { None };
     embed::embed_bwd(&dx, &tokens, &pids, &mut ge, &mut gp, gpos_ref, &dims);
@@ -96,6 +100,43 @@ fn embed_bwd_tiles_and_large_vocab() {
     // hidden a multiple of 4, not of 8: scalar columns
     let dims = EmbedDims { batch: 5, seq_len: 6, prefix_len: 1, hidden: 20, puzzle_emb_ndim: 12, scale: 1.0 };
     check(dims, 7, 2, false, 37);
+}
+
+/// Two launches on the same inputs give the same bits, on gradients whose f32 sums are NOT
+/// exact (magnitudes over six decades, hundreds of terms per element), so the order of the
+/// additions shows in the result.
+#[test]
+fn embed_bwd_is_deterministic() {
+    let Some(dev) = device("kernels_embed") else {
+        return;
+    };
+    let dims =
+        EmbedDims { batch: 48, seq_len: 81, prefix_len: 1, hidden: 64, puzzle_emb_ndim: 64, scale: 8.0 };
+    let (vocab, n_puzzles) = (11, 4);
+    let mut r = rng(40);
+    let n = dims.batch * dims.total_seq() * dims.hidden;
+    let tokens: Vec<i32> = (0..dims.batch * dims.seq_len).map(|_| r.gen_range(0..vocab as i32)).collect();
+    // repeated puzzle ids: their prefix gradients add up in the same cells
+    let pids: Vec<i32> = (0..dims.batch).map(|_| r.gen_range(0..n_puzzles as i32)).collect();
+    let dx: Vec<f32> = randn(&mut r, n, 1.0).iter().map(|v| v * 10f32.powf(r.gen_range(-3.0..3.0))).collect();
+    let (dxd, td, pd) = (upload(&dev, &to_bf16(&dx)), upload(&dev, &tokens), upload(&dev, &pids));
+    let run = || {
+        let mut ge = upload(&dev, &vec![0.0f32; vocab * dims.hidden]);
+        let mut gp = upload(&dev, &vec![0.0f32; n_puzzles * dims.hidden]);
+        let mut gpos = upload(&dev, &vec![0.0f32; dims.total_seq() * dims.hidden]);
+        let mut scratch = poisoned_f32(&dev, kernels::embed_bwd_scratch_len(&dims, vocab));
+        kernels::embed_bwd(&dev, &dxd, &td, &pd, &mut ge, &mut gp, Some(&mut gpos), &mut scratch, &dims)
+            .unwrap();
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        (bits(download(&dev, &ge)), bits(download(&dev, &gp)), bits(download(&dev, &gpos)))
+    };
+    let first = run();
+    for _ in 0..3 {
+        let again = run();
+        assert!(first.0 == again.0, "dembed_w differs between two launches");
+        assert!(first.1 == again.1, "dpuzzle_w differs between two launches");
+        assert!(first.2 == again.2, "dpos_w differs between two launches");
+    }
 }
 
 #[test]

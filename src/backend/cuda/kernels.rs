@@ -34,23 +34,25 @@ fn warp_per_row(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Shared memory limit of the pre-reducing embedding backward (EMBED_SMEM_MAX in embed.cu).
+/// Shared memory the embedding backward may use for its per-token sums; above it they live in
+/// the partial table in global memory (same code, another stride).
 const EMBED_SMEM_MAX: usize = 49152;
+/// Threads (= columns) per block of the embedding backward's first pass.
+const EMBED_BWD_THREADS: usize = 128;
 
-/// Tiles of the embedding backward: `sb` positions x `bb` batch rows per block, about two
-/// blocks per SM of an H200, and the dynamic shared memory the kernel then uses (0 when the
-/// tables do not fit: the kernel falls back to global atomics, by the same rule).
-fn embed_bwd_shape(s_len: usize, batch: usize, hidden: usize, vocab: usize, pos: bool) -> LaunchConfig {
-    let sb = s_len.clamp(1, 4);
-    let gx = s_len.div_ceil(sb).max(1);
-    let gy_target = 264usize.div_ceil(gx).clamp(1, batch.max(1));
-    let bb = batch.div_ceil(gy_target).max(1);
-    let gy = batch.div_ceil(bb).max(1);
-    // the kernel derives sb and bb from the grid again: ceil(S / gx), ceil(batch / gy)
-    let sb_k = s_len.div_ceil(gx);
-    let bytes = (vocab + if pos { sb_k } else { 0 }) * hidden * 4;
-    let smem = if bytes <= EMBED_SMEM_MAX { bytes as u32 } else { 0 };
-    LaunchConfig { grid_dim: (gx as u32, gy as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: smem }
+/// Blocks of the embedding backward: (column tiles, position groups) and the positions per
+/// group. Groups of one position up to 256 positions (longer sequences share blocks), so the
+/// partial table has at most 256 slices.
+fn embed_bwd_grid(s_len: usize, hidden: usize) -> (usize, usize, usize) {
+    let sb = s_len.div_ceil(256).max(1);
+    (hidden.div_ceil(EMBED_BWD_THREADS).max(1), s_len.div_ceil(sb).max(1), sb)
+}
+
+/// Length (f32 elements) of the scratch [`embed_bwd`] needs: one vocab x hidden table of
+/// token sums per position group.
+pub fn embed_bwd_scratch_len(dims: &EmbedDims, vocab: usize) -> usize {
+    let (_, groups, _) = embed_bwd_grid(dims.total_seq(), dims.hidden);
+    (groups * vocab * dims.hidden).max(1)
 }
 
 fn per_row(rows: usize, block: u32) -> LaunchConfig {
@@ -303,7 +305,9 @@ pub fn embed_fwd(
     Ok(())
 }
 
-/// Scatter-add backward of [`embed_fwd`] into f32 gradient tables (accumulates, `+=`).
+/// Scatter-add backward of [`embed_fwd`] into f32 gradient tables (accumulates, `+=`),
+/// deterministic: fixed summation orders, no float atomics (see `kernels/embed.cu`). `scratch`
+/// holds at least [`embed_bwd_scratch_len`] f32 (its contents are overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn embed_bwd(
     dev: &CudaDevice,
@@ -313,6 +317,7 @@ pub fn embed_bwd(
     dembed_w: &mut impl DevicePtrMut<f32>,
     dpuzzle_w: &mut impl DevicePtrMut<f32>,
     dpos_w: Option<&mut CudaSlice<f32>>,
+    scratch: &mut impl DevicePtrMut<f32>,
     dims: &EmbedDims,
 ) -> Result<()> {
     let (s_len, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
@@ -322,32 +327,55 @@ pub fn embed_bwd(
     if let Some(p) = &dpos_w {
         ensure!(p.len() >= s_len * h);
     }
-    let vocab = i32_of(dembed_w.len() / h, "vocab")?;
+    let vocab = dembed_w.len() / h;
+    let need = embed_bwd_scratch_len(dims, vocab);
+    ensure!(scratch.len() >= need, "embed_bwd: scratch of {} f32, need {need}", scratch.len());
     let n_puzzles = i32_of(dpuzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
-    let f = dev.func("embed", "embed_bwd_bf16")?;
+    let (gx, gy, sb) = embed_bwd_grid(s_len, h);
+    let smem = vocab * EMBED_BWD_THREADS * 4;
+    let use_smem = smem <= EMBED_SMEM_MAX;
     let s = &dev.stream;
-    let shape = embed_bwd_shape(s_len, dims.batch, h, vocab as usize, dpos_w.is_some());
-    let (ppos, _g0) = opt_ptr_mut(s, dpos_w);
-    let (pdx, _g1) = dx.device_ptr(s);
-    let (pt, _g2) = tokens.device_ptr(s);
-    let (pp, _g3) = puzzle_ids.device_ptr(s);
-    let (pe, _g4) = dembed_w.device_ptr_mut(s);
-    let (ppw, _g5) = dpuzzle_w.device_ptr_mut(s);
-    let ints = [
-        i32_of(dims.batch, "batch")?,
-        i32_of(dims.seq_len, "seq_len")?,
-        i32_of(dims.prefix_len, "prefix_len")?,
-        i32_of(h, "hidden")?,
-        i32_of(nd, "puzzle_emb_ndim")?,
-    ];
-    let mut b = s.launch_builder(&f);
-    b.arg(&pdx).arg(&pt).arg(&pp).arg(&pe).arg(&ppw).arg(&ppos);
-    for v in &ints {
-        b.arg(v);
+    let (ppart, _gs) = scratch.device_ptr_mut(s);
+    {
+        let f = dev.func("embed", "embed_bwd_partial_bf16")?;
+        let (ppos, _g0) = opt_ptr_mut(s, dpos_w);
+        let (pdx, _g1) = dx.device_ptr(s);
+        let (pt, _g2) = tokens.device_ptr(s);
+        let (pp, _g3) = puzzle_ids.device_ptr(s);
+        let (ppw, _g5) = dpuzzle_w.device_ptr_mut(s);
+        let ints = [
+            i32_of(dims.batch, "batch")?,
+            i32_of(dims.seq_len, "seq_len")?,
+            i32_of(dims.prefix_len, "prefix_len")?,
+            i32_of(h, "hidden")?,
+            i32_of(nd, "puzzle_emb_ndim")?,
+            i32_of(vocab, "vocab")?,
+            n_puzzles,
+            i32_of(sb, "positions per block")?,
+            use_smem as i32,
+        ];
+        let mut b = s.launch_builder(&f);
+        b.arg(&pdx).arg(&pt).arg(&pp).arg(&ppart).arg(&ppw).arg(&ppos);
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&dims.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (gx as u32, gy as u32, 1),
+            block_dim: (EMBED_BWD_THREADS as u32, 1, 1),
+            shared_mem_bytes: if use_smem { smem as u32 } else { 0 },
+        };
+        // SAFETY: sizes checked above; the kernel's signature matches the arguments.
+        unsafe { b.launch(cfg) }.map_err(launch_err("embed_bwd_partial_bf16"))?;
     }
-    b.arg(&vocab).arg(&n_puzzles).arg(&dims.scale);
+    let f = dev.func("embed", "embed_bwd_reduce_f32")?;
+    let (pe, _g4) = dembed_w.device_ptr_mut(s);
+    let parts = i32_of(gy, "position groups")?;
+    let n = (vocab * h) as i64;
+    let mut b = s.launch_builder(&f);
+    b.arg(&ppart).arg(&pe).arg(&parts).arg(&n);
     // SAFETY: as above.
-    unsafe { b.launch(shape) }.map_err(launch_err("embed_bwd_bf16"))?;
+    unsafe { b.launch(elementwise(vocab * h)) }.map_err(launch_err("embed_bwd_reduce_f32"))?;
     Ok(())
 }
 
@@ -382,16 +410,15 @@ pub struct LmLossBuffers {
 
 impl LmLossBuffers {
     pub fn new(dev: &CudaDevice, rows: usize, seq: usize) -> Result<Self> {
-        let s = &dev.stream;
         let e = |e: cudarc::driver::DriverError| anyhow!("alloc: {e}");
         // SAFETY: every element is written by the kernel before it is read.
         unsafe {
             Ok(LmLossBuffers {
-                loss_per_row: s.alloc::<f64>(rows).map_err(e)?,
-                n_correct: s.alloc::<u32>(rows).map_err(e)?,
-                n_valid: s.alloc::<u32>(rows).map_err(e)?,
-                exact: s.alloc::<u8>(rows).map_err(e)?,
-                argmax: s.alloc::<u8>(rows * seq).map_err(e)?,
+                loss_per_row: dev.alloc_uninit::<f64>(rows).map_err(e)?,
+                n_correct: dev.alloc_uninit::<u32>(rows).map_err(e)?,
+                n_valid: dev.alloc_uninit::<u32>(rows).map_err(e)?,
+                exact: dev.alloc_uninit::<u8>(rows).map_err(e)?,
+                argmax: dev.alloc_uninit::<u8>(rows * seq).map_err(e)?,
             })
         }
     }
