@@ -129,6 +129,7 @@ fn main() {
         Ok(dir) => {
             println!("cargo:rustc-cfg=hrm_emu");
             println!("cargo:rustc-env=HRM_EMU_DIR={}", dir.display());
+            println!("cargo:rustc-env=HRM_EMU_RACE_DIR={}", out.join("emu-race").display());
         }
         Err(e) => {
             if require {
@@ -259,19 +260,29 @@ fn build_emulation(
             .arg("-I")
             .arg(manifest.join("kernels"));
     };
-    // kernels first (force-including the emulation header), then the runtime and driver.
+    // kernels first (force-including the emulation header), then the runtime and driver; the
+    // kernels once more with GCC's ThreadSanitizer instrumentation for the race-checking build
+    // (every memory access calls __tsan_readN/__tsan_writeN, which emu/racecheck.cpp provides).
+    let race_dir = out.join("emu-race");
+    fs::create_dir_all(&race_dir).map_err(|e| e.to_string())?;
     let mut jobs: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
+    let mut race_jobs: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for s in sources {
         let stem = s.file_stem().unwrap().to_string_lossy();
         jobs.push((s.clone(), dir.join(format!("k_{stem}.o")), true));
+        race_jobs.push((s.clone(), race_dir.join(format!("k_{stem}.o")), true));
     }
     for f in ["runtime.cpp", "driver.cpp", "cublaslt.cpp", "nccl.cpp"] {
         jobs.push((emu.join(f), dir.join(f.replace(".cpp", ".o")), false));
     }
+    jobs.push((emu.join("racecheck.cpp"), race_dir.join("racecheck.o"), false));
+    let n_plain = jobs.len();
+    jobs.extend(race_jobs);
     let errors: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = jobs
             .iter()
-            .map(|(src, obj, is_kernel)| {
+            .enumerate()
+            .map(|(i, (src, obj, is_kernel))| {
                 let compiler = &compiler;
                 let emu = &emu;
                 s.spawn(move || {
@@ -283,6 +294,9 @@ fn build_emulation(
                             "c++",
                             "-Wno-unknown-pragmas",
                         ]);
+                    }
+                    if i >= n_plain {
+                        c.args(["-fsanitize=thread", "--param", "tsan-instrument-func-entry-exit=0"]);
                     }
                     c.arg("-c").arg(src).arg("-o").arg(obj);
                     match c.output() {
@@ -298,6 +312,7 @@ fn build_emulation(
     if !errors.is_empty() {
         return Err(errors.join("\n"));
     }
+    check_shared_section(&jobs[..n_plain])?;
     let link = |objs: &[PathBuf], soname: &str, file: &str, extra: &[&str]| -> Result<(), String> {
         let mut c = compiler.to_command();
         c.arg("-shared")
@@ -314,12 +329,23 @@ fn build_emulation(
         }
         Ok(())
     };
-    let driver_objs: Vec<PathBuf> = jobs
+    let driver_objs: Vec<PathBuf> = jobs[..n_plain]
         .iter()
-        .filter(|(s, _, _)| !s.ends_with("cublaslt.cpp") && !s.ends_with("nccl.cpp"))
+        .filter(|(s, _, _)| {
+            !s.ends_with("cublaslt.cpp") && !s.ends_with("nccl.cpp") && !s.ends_with("racecheck.cpp")
+        })
         .map(|(_, o, _)| o.clone())
         .collect();
     link(&driver_objs, "libcuda.so", "libcuda.so", &[])?;
+    // The race-checking driver: instrumented kernels, the same runtime and driver, the checker.
+    // `-z defs`: every __tsan_* entry point the instrumentation calls must be in racecheck.cpp.
+    let mut race_objs: Vec<PathBuf> = jobs[n_plain..].iter().map(|(_, o, _)| o.clone()).collect();
+    race_objs.extend([dir.join("runtime.o"), dir.join("driver.o"), race_dir.join("racecheck.o")]);
+    let race_lib = race_dir.join("libcuda.so");
+    link(&race_objs, "libcuda.so", "../emu-race/libcuda.so", &["-Wl,-z,defs"])?;
+    if !race_lib.exists() {
+        return Err("the race-checking emulation was not linked".into());
+    }
     link(&[dir.join("cublaslt.o")], "libcublasLt.so", "libcublasLt.so", &[])?;
     // The NCCL stand-in (emu/nccl.cpp): named like the wheel's libnccl.so.2, with the SONAME
     // that cudarc's loader asks for first, and linked to the stand-in driver (whose allocation
@@ -332,4 +358,39 @@ fn build_emulation(
         &["-L", &dir_s, "-l:libcuda.so", "-Wl,-rpath,$ORIGIN"],
     )?;
     Ok(dir)
+}
+
+/// Every `__shared__` variable of the host-compiled kernels must be in the `hrm_emu_smem`
+/// section, where the emulation re-poisons it before every block and checks it for races. GCC
+/// ignores the section attribute on a function-local static of a template, so such a variable
+/// (a function-local static object: `_ZZ...`) elsewhere is refused here, naming it: declare it in
+/// the extern "C" kernel and pass it in.
+fn check_shared_section(jobs: &[(PathBuf, PathBuf, bool)]) -> Result<(), String> {
+    let mut stray = Vec::new();
+    for (src, obj, is_kernel) in jobs {
+        if !*is_kernel {
+            continue;
+        }
+        let Ok(out) = Command::new("objdump").arg("-t").arg("-C").arg(obj).output() else {
+            println!("cargo:warning=objdump not found: the shared-memory section check is skipped");
+            return Ok(());
+        };
+        let raw = Command::new("objdump").arg("-t").arg(obj).output().map_err(|e| e.to_string())?;
+        let (text, raw) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&raw.stdout));
+        for (line, raw_line) in text.lines().zip(raw.lines()) {
+            let local_static = raw_line.contains(" _ZZ") && raw_line.split_whitespace().nth(2) == Some("O");
+            if local_static && !raw_line.contains("hrm_emu_smem") {
+                stray.push(format!("{}: {}", src.display(), line.split_whitespace().last().unwrap_or(line)));
+            }
+        }
+    }
+    if stray.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "function-local statics outside the emulation's shared-memory section (a __shared__ \
+             variable in a template? declare it in the extern \"C\" kernel and pass it in):\n{}",
+            stray.join("\n")
+        ))
+    }
 }

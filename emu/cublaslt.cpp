@@ -48,17 +48,19 @@ struct Pref {};
 struct Handle {};
 
 int (*g_range_ok)(uint64_t, size_t) = nullptr;
-using CaptureHost = int (*)(void*, int (*)(void*), void*, void (*)(void*));
+using CaptureHost = int (*)(void*, int (*)(void*), void*, void (*)(void*), const uint64_t*, int);
 CaptureHost g_capture = nullptr;
-// Records fn(data) on `stream` when it is capturing (1), 0 when it is not, -1 on an invalidated
-// capture.
-int capture_host(void* stream, int (*fn)(void*), void* data, void (*free_fn)(void*)) {
+// Records fn(data) on `stream` when it is capturing (1), 0 when it is not (the driver first
+// completes the copies still queued before it, so the caller can run it now), -1 on an
+// invalidated capture. `ptrs` are the device pointers the operation touches (checked at replay).
+int capture_host(void* stream, int (*fn)(void*), void* data, void (*free_fn)(void*),
+                 const uint64_t* ptrs, int nptrs) {
   if (!g_capture) {
     void* h = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
     if (h) g_capture = reinterpret_cast<CaptureHost>(dlsym(h, "hrm_emu_capture_host"));
     if (!g_capture) return 0;  // driver stand-in not loaded: nothing can capture
   }
-  return g_capture(stream, fn, data, free_fn);
+  return g_capture(stream, fn, data, free_fn, ptrs, nptrs);
 }
 bool range_ok(const void* p, size_t n) {
   if (!g_range_ok) {
@@ -274,7 +276,10 @@ int cublasLtMatmul(Handle*, Desc* d, const float* alpha, const void* A, Layout* 
     delete mm;
     return rc;
   }
-  int captured = capture_host(stream, run_matmul_node, mm, free_matmul_node);
+  const uint64_t ptrs[4] = {reinterpret_cast<uint64_t>(A), reinterpret_cast<uint64_t>(B),
+                            reinterpret_cast<uint64_t>(*beta != 0.0f ? C : nullptr),
+                            reinterpret_cast<uint64_t>(D)};
+  int captured = capture_host(stream, run_matmul_node, mm, free_matmul_node, ptrs, 4);
   if (captured == 1) return OK;  // the graph node owns mm now
   if (captured < 0) {
     delete mm;

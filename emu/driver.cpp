@@ -5,7 +5,14 @@
 // its SONAME, so the same cudarc calls and the same launch code drive it.
 //
 // Semantics: one device ("HRM CPU emulation", sm_90 attributes); every call completes before it
-// returns (streams and events only order nothing; event timestamps are host time); device
+// returns (event timestamps are host time), except copies from page-locked host memory
+// (cuMemHostAlloc) to the device: as on a GPU they complete later, here at the next operation
+// on the device or the first synchronisation that covers them (stream, context, or an event
+// recorded after them), so a host that refills a page-locked buffer before its copy is known to
+// be done sends the new contents. Memory pools are supported (cuMemAllocAsync reuses freed
+// blocks at the same address, released at synchronisations), and a graph node replayed with a
+// pointer into memory freed since the capture fails. Synchronisations are counted
+// (hrm_emu_sync_count) so tests can assert that a training step waits for nothing. Device
 // pointers are host addresses of checked allocations (emu/runtime.cpp); modules are the real
 // PTX/cubin images from nvcc, and cuModuleGetFunction checks that the image contains the kernel
 // before returning the host-compiled version registered under that name.
@@ -28,6 +35,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -45,7 +54,9 @@ struct Module {
 struct Func {
   const emu::KernelEntry* kernel;
   int max_threads;    // from __launch_bounds__ in the image; 1024 when it sets none
-  int max_dyn_smem;   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (48 KiB until opted in)
+  int max_dyn_smem;   // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (48 KiB - static until
+                      // opted in)
+  int static_smem;    // CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, from the image
 };
 constexpr int kDefaultDynSmem = 48 * 1024;
 constexpr int kMaxDynSmemOptin = 227 * 1024;
@@ -62,6 +73,9 @@ struct Node {
   int (*host_fn)(void*) = nullptr;
   void* host_data = nullptr;
   void (*host_free)(void*) = nullptr;
+  // (device pointer, allocation id) of every pointer the node touches, taken at capture: a
+  // replay after one of those allocations was freed (and maybe handed out again) fails.
+  std::vector<std::pair<uint64_t, uint64_t>> ptr_ids;
   Node() = default;
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
@@ -95,7 +109,59 @@ std::vector<Stream*> g_capturing;  // streams capturing now
 struct Event {
   std::chrono::steady_clock::time_point t;
   bool recorded = false;
+  uint64_t copies_before = 0;  // queued copies with a lower sequence number precede it
 };
+
+// Copies from page-locked host memory still queued (they run at the next device operation or
+// a synchronisation that covers them), in issue order.
+struct PendingCopy {
+  uint64_t seq;
+  CUdeviceptr dst;
+  const void* src;
+  size_t n;
+};
+std::mutex g_pending_mu;
+std::vector<PendingCopy> g_pending;
+uint64_t g_copy_seq = 0;
+// Page-locked host ranges (start -> length).
+std::mutex g_pinned_mu;
+std::map<uintptr_t, size_t> g_pinned;
+bool is_pinned(const void* p, size_t n) {
+  std::lock_guard<std::mutex> g(g_pinned_mu);
+  auto it = g_pinned.upper_bound(reinterpret_cast<uintptr_t>(p));
+  if (it == g_pinned.begin()) return false;
+  --it;
+  return reinterpret_cast<uintptr_t>(p) + n <= it->first + it->second;
+}
+// Runs the queued copies with a sequence number below `upto` (all by default).
+void complete_copies(uint64_t upto = UINT64_MAX) {
+  std::lock_guard<std::mutex> g(g_pending_mu);
+  size_t done = 0;
+  for (; done < g_pending.size() && g_pending[done].seq < upto; ++done) {
+    const PendingCopy& c = g_pending[done];
+    std::memcpy(reinterpret_cast<void*>(c.dst), c.src, c.n);
+  }
+  g_pending.erase(g_pending.begin(), g_pending.begin() + static_cast<long>(done));
+}
+bool copies_pending(uint64_t upto) {
+  std::lock_guard<std::mutex> g(g_pending_mu);
+  return !g_pending.empty() && g_pending.front().seq < upto;
+}
+// Host waits for the device (stream or context synchronisations, and event waits that had to
+// wait for something).
+std::atomic<unsigned long long> g_syncs{0};
+// A point where the host waits for everything issued so far: queued copies complete, and the
+// pools give their free blocks back (their release threshold is 0).
+void synchronise(CUstream stream, bool all) {
+  complete_copies();
+  emu::mem_pool_trim(reinterpret_cast<uint64_t>(stream), all);
+  g_syncs++;
+}
+// (pointer, allocation id) pairs of a node's pointers, for the check at replay.
+void note_ptrs(Node& n, const uint64_t* ptrs, int count) {
+  for (int i = 0; i < count; ++i)
+    if (ptrs[i] != 0) n.ptr_ids.emplace_back(ptrs[i], emu::mem_alloc_id(ptrs[i]));
+}
 int g_ctx_token = 0;
 int g_stream_token = 0;
 thread_local CUcontext t_ctx = nullptr;
@@ -132,6 +198,31 @@ bool image_has_kernel(const Module& m, const char* name) {
   return m.image.find(needle) != std::string::npos;
 }
 
+// Offset and size of the cubin section named `want` (false when there is none).
+bool cubin_section(const Module& m, const std::string& want, uint64_t* off, uint64_t* size) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(m.image.data());
+  uint64_t shoff;
+  uint16_t shentsize, shnum, shstrndx;
+  std::memcpy(&shoff, p + 0x28, 8);
+  std::memcpy(&shentsize, p + 0x3A, 2);
+  std::memcpy(&shnum, p + 0x3C, 2);
+  std::memcpy(&shstrndx, p + 0x3E, 2);
+  auto sec = [&](int i, uint32_t* nm, uint64_t* o, uint64_t* sz) {
+    const unsigned char* h = p + shoff + uint64_t(i) * shentsize;
+    std::memcpy(nm, h, 4);
+    std::memcpy(o, h + 0x18, 8);
+    std::memcpy(sz, h + 0x20, 8);
+  };
+  uint32_t nm;
+  uint64_t stroff, strsize;
+  sec(shstrndx, &nm, &stroff, &strsize);
+  for (int i = 0; i < shnum; ++i) {
+    sec(i, &nm, off, size);
+    if (nm < strsize && want == reinterpret_cast<const char*>(p + stroff + nm)) return true;
+  }
+  return false;
+}
+
 // Threads per block allowed by the kernel's __launch_bounds__ in the loaded image (0: none).
 int image_max_threads(const Module& m, const char* name) {
   if (m.is_ptx) {
@@ -149,40 +240,30 @@ int image_max_threads(const Module& m, const char* name) {
   }
   // cubin: section .nv.info.<name>, attribute EIATTR_MAX_THREADS (0x05, 3 x u32).
   const unsigned char* p = reinterpret_cast<const unsigned char*>(m.image.data());
-  uint64_t shoff;
-  uint16_t shentsize, shnum, shstrndx;
-  std::memcpy(&shoff, p + 0x28, 8);
-  std::memcpy(&shentsize, p + 0x3A, 2);
-  std::memcpy(&shnum, p + 0x3C, 2);
-  std::memcpy(&shstrndx, p + 0x3E, 2);
-  auto sec = [&](int i, uint32_t* nm, uint64_t* off, uint64_t* size) {
-    const unsigned char* h = p + shoff + uint64_t(i) * shentsize;
-    std::memcpy(nm, h, 4);
-    std::memcpy(off, h + 0x18, 8);
-    std::memcpy(size, h + 0x20, 8);
-  };
-  uint32_t nm;
-  uint64_t stroff, strsize;
-  sec(shstrndx, &nm, &stroff, &strsize);
-  std::string want = std::string(".nv.info.") + name;
-  for (int i = 0; i < shnum; ++i) {
-    uint64_t off, size;
-    sec(i, &nm, &off, &size);
-    if (nm >= strsize || want != reinterpret_cast<const char*>(p + stroff + nm)) continue;
-    for (uint64_t j = 0; j + 4 <= size;) {
-      unsigned fmt = p[off + j], attr = p[off + j + 1];
-      uint16_t len = 0;
-      if (fmt == 4) std::memcpy(&len, p + off + j + 2, 2);
-      if (fmt == 4 && attr == 0x05 && len == 12) {
-        uint32_t xyz[3];
-        std::memcpy(xyz, p + off + j + 4, 12);
-        return static_cast<int>(xyz[0] * xyz[1] * xyz[2]);
-      }
-      j += fmt == 4 ? 4 + len : 4;
+  uint64_t off, size;
+  if (!cubin_section(m, std::string(".nv.info.") + name, &off, &size)) return 0;
+  for (uint64_t j = 0; j + 4 <= size;) {
+    unsigned fmt = p[off + j], attr = p[off + j + 1];
+    uint16_t len = 0;
+    if (fmt == 4) std::memcpy(&len, p + off + j + 2, 2);
+    if (fmt == 4 && attr == 0x05 && len == 12) {
+      uint32_t xyz[3];
+      std::memcpy(xyz, p + off + j + 4, 12);
+      return static_cast<int>(xyz[0] * xyz[1] * xyz[2]);
     }
-    return 0;
+    j += fmt == 4 ? 4 + len : 4;
   }
   return 0;
+}
+
+// Bytes of static __shared__ memory of the kernel in a cubin: the size of its .nv.shared.<name>
+// section less the 1 KiB that sm_8x/sm_9x reserve per block for the system (it is in that
+// section, not in the launch limits); 0 for PTX, whose shared variables are not per kernel.
+int image_static_smem(const Module& m, const char* name) {
+  constexpr uint64_t kReserved = 1024;
+  uint64_t off, size;
+  if (m.is_ptx || !cubin_section(m, std::string(".nv.shared.") + name, &off, &size)) return 0;
+  return static_cast<int>(size >= kReserved ? size - kReserved : size);
 }
 
 bool valid_ptr(CUdeviceptr p, size_t n) { return n == 0 || emu::mem_range_ok(p, n); }
@@ -233,6 +314,22 @@ CUresult refuse_host_copy(Stream* st, const char* what) {
 }
 
 CUresult run_node(const Node& n) {
+  for (size_t i = 0; i < n.ptr_ids.size(); ++i) {
+    const auto& [p, id] = n.ptr_ids[i];
+    if (emu::mem_alloc_id(p) != id) {
+      char buf[400];
+      snprintf(buf, sizeof buf,
+               "graph replay: %s%s touches 0x%llx, memory freed after the graph was captured%s "
+               "(a graph keeps the addresses it captured: keep its buffers alive or record it "
+               "again)",
+               n.kind == Node::Kernel ? "kernel " : "a captured ",
+               n.kind == Node::Kernel ? n.kernel->name
+                                      : (n.kind == Node::Host ? "cuBLASLt matmul" : "copy/memset"),
+               static_cast<unsigned long long>(p),
+               emu::mem_alloc_id(p) ? " and handed out again" : "");
+      return static_cast<CUresult>(emu::set_error(CUDA_ERROR_ILLEGAL_ADDRESS, buf));
+    }
+  }
   switch (n.kind) {
     case Node::Kernel:
       return static_cast<CUresult>(emu::launch_packed(n.kernel, n.dims, n.packed));
@@ -275,18 +372,25 @@ __attribute__((visibility("default"))) size_t hrm_emu_live_allocations() {
 // invalidated (the node is not recorded, `data` stays the caller's).
 __attribute__((visibility("default"))) int hrm_emu_capture_host(CUstream stream, int (*fn)(void*),
                                                                  void* data,
-                                                                 void (*free_fn)(void*)) {
+                                                                 void (*free_fn)(void*),
+                                                                 const uint64_t* ptrs, int nptrs) {
   Stream* st = capturing(stream);
-  if (!st) return 0;
+  if (!st) {
+    complete_copies();  // the caller runs the operation now, after what was queued before it
+    return 0;
+  }
   if (st->invalidated) return -1;
   auto n = std::make_shared<Node>();
   n->kind = Node::Host;
   n->host_fn = fn;
   n->host_data = data;
   n->host_free = free_fn;
+  note_ptrs(*n, ptrs, nptrs);
   st->graph->nodes.push_back(std::move(n));
   return 1;
 }
+// Host synchronisations so far (see synchronise()).
+__attribute__((visibility("default"))) unsigned long long hrm_emu_sync_count() { return g_syncs.load(); }
 
 CUresult cuInit(unsigned int) {
   g_inited = true;
@@ -338,8 +442,8 @@ CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 132; break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
-    // 0: cudarc then allocates with cuMemAlloc/cuMemFree instead of memory pools.
-    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *v = 0; break;
+    // 1, as on every H100/H200: cudarc then allocates with cuMemAllocAsync/cuMemFreeAsync.
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *v = 1; break;
     default: *v = 0; break;
   }
   return ok();
@@ -371,6 +475,7 @@ CUresult cuCtxGetDevice(CUdevice* d) {
 }
 CUresult cuCtxSynchronize(void) {
   if (unsafe_call_blocked() || g_any_captures.load() > 0) return refuse_during_capture("cuCtxSynchronize");
+  synchronise(nullptr, true);
   return ok();
 }
 CUresult cuCtxGetLimit(size_t* v, CUlimit) {
@@ -410,6 +515,7 @@ CUresult cuStreamSynchronize(CUstream s) {
         "cuStreamSynchronize on a capturing stream (the capture is invalidated)"));
   }
   if (unsafe_call_blocked()) return refuse_during_capture("cuStreamSynchronize");
+  synchronise(s, false);
   return ok();
 }
 CUresult cuStreamQuery(CUstream s) {
@@ -497,6 +603,7 @@ CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
         CUDA_ERROR_NOT_SUPPORTED, "cuGraphLaunch on a capturing stream is not emulated"));
   }
   emu::clear_error();
+  complete_copies();
   ++g_launches;
   for (const auto& n : reinterpret_cast<GraphExec*>(e)->nodes) {
     CUresult rc = run_node(*n);
@@ -525,10 +632,22 @@ CUresult cuEventRecord(CUevent e, CUstream) {
   auto* ev = reinterpret_cast<Event*>(e);
   ev->t = std::chrono::steady_clock::now();
   ev->recorded = true;
+  std::lock_guard<std::mutex> g(g_pending_mu);
+  ev->copies_before = g_copy_seq;
   return ok();
 }
-CUresult cuEventSynchronize(CUevent) { return ok(); }
-CUresult cuEventQuery(CUevent) { return ok(); }
+CUresult cuEventSynchronize(CUevent e) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  if (ev->recorded && copies_pending(ev->copies_before)) {
+    complete_copies(ev->copies_before);
+    g_syncs++;
+  }
+  return ok();
+}
+CUresult cuEventQuery(CUevent e) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  return ev->recorded && copies_pending(ev->copies_before) ? CUDA_ERROR_NOT_READY : ok();
+}
 CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) {
   auto* ea = reinterpret_cast<Event*>(a);
   auto* eb = reinterpret_cast<Event*>(b);
@@ -541,30 +660,62 @@ CUresult hrm_emu_event_elapsed_v1(float* ms, CUevent a, CUevent b) {
   return cuEventElapsedTime_v2(ms, a, b);
 }
 
+CUresult zero_bytes(const char* what) {
+  return static_cast<CUresult>(emu::set_error(
+      CUDA_ERROR_INVALID_VALUE, std::string(what) + " of 0 bytes (the driver refuses it)"));
+}
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
   if (unsafe_call_blocked()) return refuse_during_capture("cuMemAlloc");
+  if (bytes == 0) return zero_bytes("cuMemAlloc");
   *p = emu::mem_alloc(bytes);
   return *p ? ok() : CUDA_ERROR_OUT_OF_MEMORY;
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
-  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemAllocAsync (allocation node)");
-  return cuMemAlloc_v2(p, bytes);
+  if (Stream* st = capturing(s)) {
+    st->invalidated = true;
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+        "cuMemAllocAsync during a stream capture (a graph allocation node) is not emulated: make "
+        "the buffer before capturing; the capture is invalidated"));
+  }
+  if (bytes == 0) return zero_bytes("cuMemAllocAsync");
+  complete_copies();
+  *p = emu::mem_pool_alloc(bytes, reinterpret_cast<uint64_t>(s));
+  return *p ? ok() : CUDA_ERROR_OUT_OF_MEMORY;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) {
   if (p == 0) return ok();
   if (unsafe_call_blocked()) return refuse_during_capture("cuMemFree");
+  complete_copies();  // a queued copy into it runs first (cuMemFree waits for the device)
   return emu::mem_free(p) ? ok() : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
-  if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemFreeAsync (free node)");
-  return cuMemFree_v2(p);
+  if (Stream* st = capturing(s)) {
+    st->invalidated = true;
+    return static_cast<CUresult>(emu::set_error(
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+        "cuMemFreeAsync during a stream capture (a graph free node) is not emulated: keep "
+        "buffers a graph uses alive past the capture; the capture is invalidated"));
+  }
+  if (p == 0) return ok();
+  complete_copies();
+  return emu::mem_pool_free(p, reinterpret_cast<uint64_t>(s)) ? ok() : CUDA_ERROR_INVALID_VALUE;
 }
-// Page-locked host memory: plain host memory here (copies complete at issue time anyway).
+// Page-locked host memory: copies from it to the device are queued (see the header).
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
-  *p = std::malloc(bytes ? bytes : 1);
-  return *p ? ok() : CUDA_ERROR_OUT_OF_MEMORY;
+  if (bytes == 0) return zero_bytes("cuMemHostAlloc");
+  *p = std::malloc(bytes);
+  if (!*p) return CUDA_ERROR_OUT_OF_MEMORY;
+  std::lock_guard<std::mutex> g(g_pinned_mu);
+  g_pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  return ok();
 }
 CUresult cuMemFreeHost(void* p) {
+  complete_copies();  // the driver waits for copies reading it
+  {
+    std::lock_guard<std::mutex> g(g_pinned_mu);
+    g_pinned.erase(reinterpret_cast<uintptr_t>(p));
+  }
   std::free(p);
   return ok();
 }
@@ -574,6 +725,7 @@ CUresult cuMemGetInfo_v2(size_t* free_b, size_t* total) {
   return ok();
 }
 CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
+  complete_copies();
   if (!valid_ptr(p, n)) return bad_range("cuMemsetD8", p, n);
   std::memset(reinterpret_cast<void*>(p), v, n);
   return ok();
@@ -583,6 +735,8 @@ CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
     if (!valid_ptr(p, n)) return bad_range("cuMemsetD8Async (captured)", p, n);
     auto node = std::make_shared<Node>();
     node->kind = Node::Memset8;
+    const uint64_t ptr = p;
+    note_ptrs(*node, &ptr, 1);
     node->dst = p;
     node->bytes = n;
     node->value = v;
@@ -591,15 +745,24 @@ CUresult cuMemsetD8Async(CUdeviceptr p, unsigned char v, size_t n, CUstream s) {
   return cuMemsetD8_v2(p, v, n);
 }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+  complete_copies();
   if (!valid_ptr(dst, n)) return bad_range("cuMemcpyHtoD", dst, n);
   if (n) std::memcpy(reinterpret_cast<void*>(dst), src, n);
   return ok();
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, CUstream s) {
   if (Stream* st = capturing(s)) return refuse_host_copy(st, "cuMemcpyHtoDAsync");
-  return cuMemcpyHtoD_v2(dst, src, n);
+  if (n && is_pinned(src, n)) {
+    // from page-locked memory the copy is truly asynchronous: it reads `src` later
+    if (!valid_ptr(dst, n)) return bad_range("cuMemcpyHtoDAsync", dst, n);
+    std::lock_guard<std::mutex> g(g_pending_mu);
+    g_pending.push_back(PendingCopy{g_copy_seq++, dst, src, n});
+    return ok();
+  }
+  return cuMemcpyHtoD_v2(dst, src, n);  // pageable memory: staged before the call returns
 }
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+  complete_copies();
   if (!valid_ptr(src, n)) return bad_range("cuMemcpyDtoH", src, n);
   if (n) std::memcpy(dst, reinterpret_cast<const void*>(src), n);
   return ok();
@@ -609,6 +772,7 @@ CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, CUstream s) 
   return cuMemcpyDtoH_v2(dst, src, n);
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+  complete_copies();
   if (!valid_ptr(dst, n)) return bad_range("cuMemcpyDtoD (dst)", dst, n);
   if (!valid_ptr(src, n)) return bad_range("cuMemcpyDtoD (src)", src, n);
   if (n) std::memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
@@ -620,6 +784,8 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstre
     if (!valid_ptr(src, n)) return bad_range("cuMemcpyDtoDAsync (captured, src)", src, n);
     auto node = std::make_shared<Node>();
     node->kind = Node::CopyDtoD;
+    const uint64_t ptrs[2] = {dst, src};
+    note_ptrs(*node, ptrs, 2);
     node->dst = dst;
     node->src = src;
     node->bytes = n;
@@ -667,7 +833,8 @@ CUresult cuModuleGetFunction(CUfunction* out, CUmodule mod, const char* name) {
     return CUDA_ERROR_NOT_FOUND;
   }
   int bound = image_max_threads(*m, name);
-  auto* f = new Func{k, bound > 0 ? bound : 1024, kDefaultDynSmem};
+  int static_smem = image_static_smem(*m, name);
+  auto* f = new Func{k, bound > 0 ? bound : 1024, std::max(0, kDefaultDynSmem - static_smem), static_smem};
   m->funcs.push_back(f);
   *out = reinterpret_cast<CUfunction>(f);
   return ok();
@@ -677,6 +844,7 @@ CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction f) {
   switch (a) {
     case CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = fn->max_threads; break;
     case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: *v = fn->max_dyn_smem; break;
+    case CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: *v = fn->static_smem; break;
     default: *v = 0; break;
   }
   return ok();
@@ -684,11 +852,13 @@ CUresult cuFuncGetAttribute(int* v, CUfunction_attribute a, CUfunction f) {
 CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) {
   auto* fn = reinterpret_cast<Func*>(f);
   if (a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
-    if (v < 0 || v > kMaxDynSmemOptin) {
+    if (v < 0 || v + fn->static_smem > kMaxDynSmemOptin) {
       return static_cast<CUresult>(emu::set_error(
           CUDA_ERROR_INVALID_VALUE, std::string("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, ") +
-                                        std::to_string(v) + ") for " + fn->kernel->name +
-                                        ": above the 227 KiB per block of sm_90"));
+                                        std::to_string(v) + ") for " + fn->kernel->name + " with " +
+                                        std::to_string(fn->static_smem) +
+                                        " bytes of static shared memory: above the 227 KiB per "
+                                        "block of sm_90"));
     }
     fn->max_dyn_smem = v;
   }
@@ -718,8 +888,9 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
     char buf[320];
     snprintf(buf, sizeof buf,
              "kernel %s launched with %u bytes of dynamic shared memory, above its limit of %d "
-             "(above 48 KiB needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))",
-             fn->kernel->name, smem, fn->max_dyn_smem);
+             "(%d static; static + dynamic above 48 KiB needs "
+             "cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES))",
+             fn->kernel->name, smem, fn->max_dyn_smem, fn->static_smem);
     return static_cast<CUresult>(emu::set_error(CUDA_ERROR_INVALID_VALUE, buf));
   }
   if (Stream* st = capturing(stream)) {
@@ -729,8 +900,13 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
     node->kernel = fn->kernel;
     node->dims = d;
     node->packed = fn->kernel->pack(params);
+    uint64_t ptrs[64];
+    int nptr = 0;
+    fn->kernel->pointer_args(node->packed, ptrs, &nptr);
+    note_ptrs(*node, ptrs, nptr);
     return record(st, std::move(node));
   }
+  complete_copies();
   ++g_launches;
   return static_cast<CUresult>(emu::launch(fn->kernel, d, params));
 }

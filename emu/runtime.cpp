@@ -1,7 +1,9 @@
 // CPU emulation runtime: CUDA threads as fibers, blocks run one after another, checked device
 // memory, and the kernel registry. See emu/cuda_emu.h for the kernel-side view.
 //
-// Scheduling: the fibers of a block are resumed in a (seeded, per-launch) shuffled order; each
+// Scheduling: the blocks of a grid run one after another in a (seeded, per-launch) shuffled
+// order; the fibers of a block are resumed in a shuffled order (drawn again at every sweep once a
+// barrier has opened); each
 // runs until it arrives at __syncthreads, __syncwarp or a shuffle, or returns. A barrier opens
 // when every live thread of the block (warp) has arrived. A sweep over all fibers in which none
 // arrives anywhere new is a deadlock (threads wait at a barrier others never reach) and fails
@@ -62,10 +64,16 @@ struct Alloc {
   size_t size;
   char* zone_begin;  // first red-zone byte before user
   char* zone_end;    // one past the last accessible byte after user
+  uint64_t id;       // unique per allocation, also when a pool hands the same address out again
 };
 std::mutex g_mem_mu;
 std::map<uint64_t, Alloc> g_allocs;  // by user address
 size_t g_live_bytes = 0;             // sum of the live allocations' sizes
+uint64_t g_next_id = 1;
+// Stream-ordered allocator (memory pools): freed blocks by (stream, size), handed out again at
+// the SAME address to the next allocation of that size on that stream, as a real pool does
+// between synchronisations.
+std::map<std::pair<uint64_t, size_t>, std::vector<Alloc>> g_pool;
 
 const Alloc* find_alloc_locked(uint64_t p) {
   auto it = g_allocs.upper_bound(p);
@@ -99,7 +107,10 @@ size_t mem_live_bytes() {
   return g_live_bytes;
 }
 
+static bool guards_ok_locked(const Alloc& a, std::string* msg);
+
 uint64_t mem_alloc(size_t bytes) {
+  if (bytes == 0) return 0;  // as the driver: CUDA_ERROR_INVALID_VALUE
   {
     // the device's capacity counts what was asked for (red zones are the emulation's own)
     std::lock_guard<std::mutex> g(g_mem_mu);
@@ -110,9 +121,10 @@ uint64_t mem_alloc(size_t bytes) {
     std::lock_guard<std::mutex> g(g_mem_mu);
     g_live_bytes -= bytes;
   };
-  // at least 16 checked bytes after the end (an off-by-one write is reported, not a fault)
-  size_t padded = (std::max<size_t>(bytes, 1) + 15) / 16 * 16 + 16;
-  size_t data = (padded + kFrontZone + kPage - 1) / kPage * kPage;
+  // 256-byte aligned start, as the driver's allocations; at least 16 checked bytes after the
+  // end (an off-by-one write is reported, not a fault)
+  size_t padded = (bytes + 15) / 16 * 16 + 16;
+  size_t data = (padded + 256 + kFrontZone + kPage - 1) / kPage * kPage;
   size_t len = data + 2 * kPage;
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) {
@@ -126,15 +138,74 @@ uint64_t mem_alloc(size_t bytes) {
   a.map = map;
   a.map_len = len;
   a.zone_end = map + kPage + data;
-  a.user = a.zone_end - padded;
+  a.user = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(a.zone_end - padded) & ~uintptr_t(255));
   a.size = bytes;
   a.zone_begin = map + kPage;
   fill_red_zone(a.zone_begin, a.user);
   std::memset(a.user, 0xFF, bytes);  // fresh memory reads as quiet NaN (f32, bf16, f64)
   fill_red_zone(a.user + bytes, a.zone_end);
   std::lock_guard<std::mutex> g(g_mem_mu);
+  a.id = g_next_id++;
   g_allocs[reinterpret_cast<uint64_t>(a.user)] = a;
   return reinterpret_cast<uint64_t>(a.user);
+}
+
+uint64_t mem_pool_alloc(size_t bytes, uint64_t stream) {
+  if (bytes == 0) return 0;
+  {
+    std::lock_guard<std::mutex> g(g_mem_mu);
+    auto it = g_pool.find({stream, bytes});
+    if (it != g_pool.end() && !it->second.empty() && bytes <= mem_capacity() - g_live_bytes) {
+      Alloc a = it->second.back();
+      it->second.pop_back();
+      a.id = g_next_id++;
+      std::memset(a.user, 0xFF, bytes);  // stricter than a GPU: old contents read as NaN
+      g_live_bytes += bytes;
+      g_allocs[reinterpret_cast<uint64_t>(a.user)] = a;
+      return reinterpret_cast<uint64_t>(a.user);
+    }
+  }
+  return mem_alloc(bytes);
+}
+
+bool mem_pool_free(uint64_t ptr, uint64_t stream) {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  auto it = g_allocs.find(ptr);
+  if (it == g_allocs.end()) return false;
+  Alloc a = it->second;
+  g_allocs.erase(it);
+  g_live_bytes -= a.size;
+  std::memset(a.user, 0xFF, a.size);  // a stale read of freed memory sees NaN until reused
+  g_pool[{stream, a.size}].push_back(a);
+  return true;
+}
+
+void mem_pool_trim(uint64_t stream, bool all) {
+  std::vector<std::vector<Alloc>> pool;
+  {
+    std::lock_guard<std::mutex> g(g_mem_mu);
+    for (auto it = g_pool.begin(); it != g_pool.end();) {
+      if (all || it->first.first == stream) {
+        pool.push_back(std::move(it->second));
+        it = g_pool.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& blocks : pool) {
+    for (Alloc& a : blocks) {
+      std::string msg;
+      if (!guards_ok_locked(a, &msg)) fprintf(stderr, "hrm-emu: at free: %s", msg.c_str());
+      munmap(a.map, a.map_len);
+    }
+  }
+}
+
+uint64_t mem_alloc_id(uint64_t ptr) {
+  std::lock_guard<std::mutex> g(g_mem_mu);
+  const Alloc* a = find_alloc_locked(ptr);
+  return a ? a->id : 0;
 }
 
 static bool guards_ok_locked(const Alloc& a, std::string* msg) {
@@ -302,8 +373,10 @@ struct Sched {
   const KernelEntry* kernel = nullptr;
   const void* args = nullptr;
   void* dyn_smem = nullptr;
+  size_t dyn_smem_bytes = 0;
   std::string error;
   uint64_t launches = 0;
+  uint64_t block_serial = 0;
 };
 thread_local Sched t_s;
 thread_local std::string t_last_error;
@@ -437,8 +510,16 @@ bool run_block(const LaunchDims& d, U3 bidx, uint64_t seed) {
   t_s.live = nt;
   t_s.bar_count = 0;
   t_s.bar_gen = 0;
+  t_s.block_serial++;
   while (t_s.live > 0) {
     t_s.progress = false;
+    if (mode == 0 && t_s.bar_gen != 0) {
+      // after a barrier opened, a new interleaving: warps do not keep their order across barriers
+      for (int i = nt - 1; i > 0; --i) {
+        int j = static_cast<int>(splitmix(seed) % static_cast<uint64_t>(i + 1));
+        std::swap(t_s.order[i], t_s.order[j]);
+      }
+    }
     for (int i : t_s.order) {
       Fiber& f = t_s.fibers[i];
       if (f.done) continue;
@@ -512,6 +593,34 @@ void install_fault_handler() {
 void* dyn_smem() { return t_s.dyn_smem; }
 
 void report_error(const char* what) { fail(what); }
+
+bool race_view(RaceView* v) {
+  const Fiber* f = t_s.cur;
+  if (!f || !t_s.kernel) return false;
+  v->tid = f->warp * 32 + f->lane;
+  v->warp = f->warp;
+  v->block_gen = t_s.bar_gen;
+  v->warp_gen = t_s.warps[f->warp].gen;
+  v->block_serial = t_s.block_serial;
+  v->static_begin = __start_hrm_emu_smem;
+  v->static_end = __stop_hrm_emu_smem;
+  v->dyn_begin = static_cast<const char*>(t_s.dyn_smem);
+  v->dyn_end = v->dyn_begin ? v->dyn_begin + t_s.dyn_smem_bytes : nullptr;
+  return true;
+}
+
+void current_thread(U3* block, U3* thread) {
+  *block = t_s.cur ? t_s.cur->idx.block_idx : U3{0, 0, 0};
+  *thread = t_s.cur ? t_s.cur->idx.thread_idx : U3{0, 0, 0};
+}
+
+// [p, p + n) lies in the block's shared memory (static __shared__ or the launch's dynamic part).
+bool is_shared(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  if (__start_hrm_emu_smem && c >= __start_hrm_emu_smem && c + n <= __stop_hrm_emu_smem) return true;
+  const char* dyn = static_cast<const char*>(t_s.dyn_smem);
+  return dyn && c >= dyn && c + n <= dyn + t_s.dyn_smem_bytes;
+}
 
 // Call sites are compared with __builtin_return_address: the kernel-side wrappers are inlined,
 // so the address identifies the __syncthreads (or shuffle) in the kernel. Threads of a block
@@ -653,20 +762,33 @@ int launch_packed(const KernelEntry* k, const LaunchDims& d, const void* packed)
   t_s.kernel = k;
   t_s.args = packed;
   t_s.dyn_smem = smem.data();
+  t_s.dyn_smem_bytes = d.dyn_smem_bytes;
   t_s.error.clear();
   uint64_t seed = 0x1234567ull ^ (t_s.launches++ * 0x9e3779b97f4a7c15ull);
   for (const char* c = k->name; *c; ++c) seed = seed * 131 + static_cast<unsigned char>(*c);
+  // Blocks run one after another in a shuffled order that changes with every launch (a GPU
+  // promises no order), so a result that depends on the order of blocks (float atomics from
+  // several blocks, a "last writer wins" store) differs between two launches.
+  const uint64_t nblocks = uint64_t(d.grid.x) * d.grid.y * d.grid.z;
+  std::vector<uint64_t> blocks(nblocks);
+  for (uint64_t i = 0; i < nblocks; ++i) blocks[i] = i;
+  const int mode = order_mode();
+  if (mode == 2) std::reverse(blocks.begin(), blocks.end());
+  if (mode == 0) {
+    for (uint64_t i = nblocks; i > 1; --i) std::swap(blocks[i - 1], blocks[splitmix(seed) % i]);
+  }
   bool ok = true;
-  for (unsigned z = 0; ok && z < d.grid.z; ++z)
-    for (unsigned y = 0; ok && y < d.grid.y; ++y)
-      for (unsigned x = 0; ok && x < d.grid.x; ++x) {
-        if (!run_block(d, U3{x, y, z}, splitmix(seed))) {
-          char buf[160];
-          snprintf(buf, sizeof buf, " (kernel %s, block (%u,%u,%u))", k->name, x, y, z);
-          t_last_error = t_s.error + buf;
-          ok = false;
-        }
-      }
+  for (uint64_t i = 0; ok && i < nblocks; ++i) {
+    const uint64_t b = blocks[i];
+    const unsigned x = unsigned(b % d.grid.x), y = unsigned(b / d.grid.x % d.grid.y),
+                   z = unsigned(b / (uint64_t(d.grid.x) * d.grid.y));
+    if (!run_block(d, U3{x, y, z}, splitmix(seed))) {
+      char buf[160];
+      snprintf(buf, sizeof buf, " (kernel %s, block (%u,%u,%u))", k->name, x, y, z);
+      t_last_error = t_s.error + buf;
+      ok = false;
+    }
+  }
   t_s.kernel = nullptr;
   t_s.args = nullptr;
   t_s.dyn_smem = nullptr;
@@ -692,6 +814,9 @@ int launch_packed(const KernelEntry* k, const LaunchDims& d, const void* packed)
 // its operands, the warp meets at a barrier, every lane computes its own result from all 32
 // deposits (ldmatrix reads shared memory here, at one point of the warp's program order), and
 // the warp meets again before any lane goes on.
+// Defined by emu/racecheck.cpp in the race-checking build only.
+extern "C" void hrm_emu_race_read(const void* addr, size_t n) __attribute__((weak));
+
 namespace emu {
 namespace {
 constexpr int kXBytes = 64;
@@ -777,6 +902,18 @@ void ldmatrix_m8n8_b16(uint32_t* r, int num, int trans, const void* addr) {
     fail("ldmatrix: row address not 16-byte aligned");
     yield_to_scheduler();
   }
+  if (lane < 8 * num && !is_shared(addr, 16)) {
+    char buf[200];
+    snprintf(buf, sizeof buf,
+             "ldmatrix: row address %p of lane %d is not in shared memory (.shared state space; "
+             "static [%p, %p), dynamic %zu bytes at %p)",
+             addr, lane, static_cast<void*>(__start_hrm_emu_smem),
+             static_cast<void*>(__stop_hrm_emu_smem), t_s.dyn_smem_bytes, t_s.dyn_smem);
+    fail(buf);
+    yield_to_scheduler();
+  }
+  // the race-checking build sees the row this lane addresses as its read
+  if (lane < 8 * num && hrm_emu_race_read) hrm_emu_race_read(addr, 16);
   std::memcpy(t_xbuf[wi][lane], &addr, sizeof addr);
   warp_barrier(w, site);
   auto row_ptr = [&](int l) {

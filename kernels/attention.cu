@@ -456,6 +456,38 @@ struct TcCfg {
   static_assert(FWD_TILE >= 16 && BWD_TILE >= 16, "tile too small");
 };
 
+// Static shared memory of the tensor-core kernels. On the GPU each template declares its own, as
+// any kernel does. In the emulation a function-local static of a template would not land in the
+// shared-memory section (GCC ignores the section attribute there), so it would be neither
+// re-poisoned per block nor race-checked: there the extern "C" kernels declare these structs and
+// pass them in (TC_SMEM_*), and the templates bind the same names to their members. (Passing
+// them in on the GPU too costs dK/dV at HD 64 a register spill.)
+#ifdef HRM_EMU
+#define TC_SMEM_PARAM(S) , S<HD>& sm
+#define TC_SMEM_DECLARE(S, HD) __shared__ S<HD> sm;
+#define TC_SMEM_ARG , sm
+#else
+#define TC_SMEM_PARAM(S)
+#define TC_SMEM_DECLARE(S, HD)
+#define TC_SMEM_ARG
+#endif
+template <int HD>
+struct TcFwdSmem {
+  alignas(16) bf16 kv[2 * TcCfg<HD>::FWD_TILE * TcCfg<HD>::LDS];  // k tile, v tile
+};
+template <int HD>
+struct TcDqSmem {
+  alignas(16) bf16 own[2 * TcCfg<HD>::OWN];                      // q rows, dO rows
+  alignas(16) bf16 kv[2 * TcCfg<HD>::BWD_TILE * TcCfg<HD>::LDS];  // k tile, v tile
+  float dd[TC_ROWS];
+};
+template <int HD>
+struct TcDkdvSmem {
+  alignas(16) bf16 own[2 * TcCfg<HD>::OWN];                      // k rows, v rows
+  alignas(16) bf16 qd[2 * TcCfg<HD>::BWD_TILE * TcCfg<HD>::LDS];  // q tile, dO tile
+  float lse[256], d[256];
+};
+
 // Block-cooperative: rows [r0, r0 + rows) of a head slice (g = its first column, row stride ld)
 // into dst (row stride HD + 8); rows at or past r_end are zero.
 template <int HD>
@@ -647,10 +679,15 @@ template <int HD>
 static __device__ __forceinline__ void tc_fwd(const bf16* __restrict__ qkv, bf16* __restrict__ out,
                                               float* __restrict__ lse, int seq, int heads,
                                               const float* __restrict__ cos_t,
-                                              const float* __restrict__ sin_t) {
+                                              const float* __restrict__ sin_t
+                                                  TC_SMEM_PARAM(TcFwdSmem)) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::FWD_TILE, NCH = C::NCH, NP = NCH / 16;
+#ifdef HRM_EMU
+  auto& kv_s = sm.kv;
+#else
   alignas(16) __shared__ bf16 kv_s[2 * TILE * LDS];
+#endif
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z;
   const int d = heads * HD;
@@ -772,12 +809,19 @@ static __device__ __forceinline__ void tc_bwd_dq(const bf16* __restrict__ qkv,
                                                  bf16* __restrict__ dqkv,
                                                  float* __restrict__ delta, int seq, int heads,
                                                  const float* __restrict__ cos_t,
-                                                 const float* __restrict__ sin_t) {
+                                                 const float* __restrict__ sin_t
+                                                     TC_SMEM_PARAM(TcDqSmem)) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::BWD_TILE, NCH = C::NCH, NP = NCH / 16;
+#ifdef HRM_EMU
+  auto& own_s = sm.own;  // q rows, dO rows
+  auto& kv_s = sm.kv;    // k tile, v tile
+  auto& dd_s = sm.dd;
+#else
   alignas(16) __shared__ bf16 own_s[2 * C::OWN];       // q rows, dO rows
   alignas(16) __shared__ bf16 kv_s[2 * TILE * LDS];    // k tile, v tile
   __shared__ float dd_s[TC_ROWS];
+#endif
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z;
   const int d = heads * HD;
@@ -844,12 +888,20 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
                                                    const float* __restrict__ delta,
                                                    bf16* __restrict__ dqkv, int seq, int heads,
                                                    const float* __restrict__ cos_t,
-                                                   const float* __restrict__ sin_t) {
+                                                   const float* __restrict__ sin_t
+                                                       TC_SMEM_PARAM(TcDkdvSmem)) {
   using C = TcCfg<HD>;
   constexpr int LDS = C::LDS, TILE = C::BWD_TILE, NCH = C::NCH_KV, NP = NCH / 16;
+#ifdef HRM_EMU
+  auto& own_s = sm.own;  // k rows, v rows
+  auto& qd_s = sm.qd;    // q tile, dO tile
+  auto& lse_s = sm.lse;
+  auto& d_s = sm.d;
+#else
   alignas(16) __shared__ bf16 own_s[2 * C::OWN];     // k rows, v rows
   alignas(16) __shared__ bf16 qd_s[2 * TILE * LDS];  // q tile, dO tile
   __shared__ float lse_s[256], d_s[256];
+#endif
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z;
   const int d = heads * HD;
@@ -915,21 +967,24 @@ static __device__ __forceinline__ void tc_bwd_dkdv(const bf16* __restrict__ qkv,
   extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc##HD(                       \
       const bf16* __restrict__ qkv, bf16* __restrict__ out, float* __restrict__ lse, int seq,   \
       int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {            \
-    tc_fwd<HD>(qkv, out, lse, seq, heads, cos_t, sin_t);                                        \
+    TC_SMEM_DECLARE(TcFwdSmem, HD)                                                              \
+    tc_fwd<HD>(qkv, out, lse, seq, heads, cos_t, sin_t TC_SMEM_ARG);                            \
   }                                                                                             \
   EMU_REGISTER(attention_fwd_tc##HD)                                                            \
   extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc##HD(                    \
       const bf16* __restrict__ qkv, const bf16* __restrict__ out, const float* __restrict__ lse,  \
       const bf16* __restrict__ dout, bf16* __restrict__ dqkv, float* __restrict__ delta,        \
       int seq, int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {   \
-    tc_bwd_dq<HD>(qkv, out, lse, dout, dqkv, delta, seq, heads, cos_t, sin_t);                  \
+    TC_SMEM_DECLARE(TcDqSmem, HD)                                                               \
+    tc_bwd_dq<HD>(qkv, out, lse, dout, dqkv, delta, seq, heads, cos_t, sin_t TC_SMEM_ARG);      \
   }                                                                                             \
   EMU_REGISTER(attention_bwd_dq_tc##HD)                                                         \
   extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc##HD(                  \
       const bf16* __restrict__ qkv, const float* __restrict__ lse,                              \
       const bf16* __restrict__ dout, const float* __restrict__ delta, bf16* __restrict__ dqkv,  \
       int seq, int heads, const float* __restrict__ cos_t, const float* __restrict__ sin_t) {   \
-    tc_bwd_dkdv<HD>(qkv, lse, dout, delta, dqkv, seq, heads, cos_t, sin_t);                     \
+    TC_SMEM_DECLARE(TcDkdvSmem, HD)                                                             \
+    tc_bwd_dkdv<HD>(qkv, lse, dout, delta, dqkv, seq, heads, cos_t, sin_t TC_SMEM_ARG);         \
   }                                                                                             \
   EMU_REGISTER(attention_bwd_dkdv_tc##HD)
 

@@ -54,6 +54,8 @@ static __device__ __forceinline__ bool aligned16(const void* p) {
 }
 static __device__ __forceinline__ uint4 ld16(const void* p) {
 #ifdef HRM_EMU
+  // a GPU faults on a misaligned 16-byte access (misaligned address); x86 would not
+  if (!aligned16(p)) emu::report_error("misaligned 16-byte vector load (the GPU faults)");
   uint4 u;
   std::memcpy(&u, p, 16);
   return u;
@@ -63,6 +65,7 @@ static __device__ __forceinline__ uint4 ld16(const void* p) {
 }
 static __device__ __forceinline__ void st16(void* p, uint4 u) {
 #ifdef HRM_EMU
+  if (!aligned16(p)) emu::report_error("misaligned 16-byte vector store (the GPU faults)");
   std::memcpy(p, &u, 16);
 #else
   *reinterpret_cast<uint4*>(p) = u;

@@ -114,3 +114,38 @@ extern "C" __global__ void __launch_bounds__(64) selftest_bounded64(const float*
   if (i < n) y[i] = x[i] + 1.0f;
 }
 EMU_REGISTER(selftest_bounded64)
+
+// Order-dependent on purpose: every block stores its index into y[0] (the last block to run
+// wins) and adds a value of its own magnitude into y[1] with a float atomic (the rounding of
+// the sum depends on the order of the additions). A GPU promises no block order; the
+// emulation shuffles it per launch, so both results change between launches.
+extern "C" __global__ void selftest_block_order(const float* x, float* y, int n) {
+  if (threadIdx.x != 0 || (int)blockIdx.x >= n) return;
+  y[0] = (float)blockIdx.x;
+  atomicAdd(&y[1], x[blockIdx.x]);
+}
+EMU_REGISTER(selftest_block_order)
+
+// 8 floats from x + offset through the 16-byte vector load (common.cuh): offset 0 is aligned,
+// any offset not a multiple of 4 is a misaligned 16-byte access (a fault on the GPU). `offset`
+// > 0 is BROKEN on purpose and only launched under the emulation.
+extern "C" __global__ void selftest_vector_load(const float* x, float* y, int offset) {
+  if (threadIdx.x != 0) return;
+  float v[8];
+  load_f32x8(x + offset, v);
+  for (int i = 0; i < 8; ++i) y[i] = v[i];
+}
+EMU_REGISTER(selftest_vector_load)
+
+// ldmatrix from shared memory (correct) or, with from_global != 0, straight from global memory
+// (BROKEN: ldmatrix takes .shared addresses only; emulation only). One warp.
+extern "C" __global__ void selftest_ldmatrix_space(const bf16* x, float* y, int from_global) {
+  __shared__ __align__(16) bf16 tile[8 * 8];
+  const int lane = threadIdx.x;
+  for (int i = lane; i < 64; i += 32) tile[i] = x[i];
+  __syncwarp();
+  unsigned r[1];
+  ldsm_x1(r, (from_global ? x : tile) + 8 * (lane & 7));
+  y[lane] = (float)(r[0] & 0xffffu);
+}
+EMU_REGISTER(selftest_ldmatrix_space)

@@ -10,6 +10,7 @@ use cudarc::nvrtc::Ptx;
 use hrm::backend::cuda::module::{MODULES, RESOURCES};
 use hrm::backend::cuda::{CudaDevice, DeviceKind};
 use kernel_common::*;
+use rand::Rng;
 
 fn cfg(grid: u32, block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem }
@@ -90,6 +91,35 @@ fn off_by_one_write_is_reported() {
     let msg = format!("{err:#}");
     assert!(msg.contains("out-of-bounds write"), "unexpected error: {msg}");
     assert!(msg.contains("past the end"), "unexpected error: {msg}");
+}
+
+/// The blocks of a grid run in a different order at every launch, so a kernel whose result
+/// depends on the block order (the last writer of a cell, float atomics from several blocks)
+/// gives different results: order-dependent kernels cannot pass a determinism test here.
+#[test]
+fn block_order_changes_between_launches() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    if !emulated(&dev, "block_order") {
+        return;
+    }
+    let n = 64usize;
+    let mut r = rng(12);
+    // magnitudes over eight decades: the f32 sum's rounding depends on the order
+    let x: Vec<f32> = (0..n).map(|i| (r.gen_range(-1.0f32..1.0)) * 10f32.powi(i as i32 % 8 - 4)).collect();
+    let xd = upload(&dev, &x);
+    let mut last = std::collections::HashSet::new();
+    let mut sums = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let mut y = upload(&dev, &[0.0f32, 0.0]);
+        launch_xyn(&dev, "selftest_block_order", &xd, &mut y, n as i32, cfg(n as u32, 32, 0)).unwrap();
+        let got = download(&dev, &y);
+        last.insert(got[0].to_bits());
+        sums.insert(got[1].to_bits());
+    }
+    assert!(last.len() > 1, "the same block ran last in 8 launches: blocks are not shuffled");
+    assert!(sums.len() > 1, "8 launches summed in one order: float atomics across blocks look deterministic");
 }
 
 #[test]
@@ -462,4 +492,160 @@ fn capture_refuses_synchronisation_and_host_copies() {
     // the stream works normally afterwards
     s.memcpy_dtod(&x, &mut y).unwrap();
     assert_eq!(s.clone_dtoh(&y).unwrap(), vec![1.0f32; 64]);
+}
+
+/// The race-checking emulation (`HRM_EMU_RACECHECK=1`, loaded once per process, so the checks
+/// run in a child process): a missing `__syncthreads` between threads that write and read the
+/// same shared memory is reported as a race naming both threads, in static and in dynamic
+/// shared memory; the correct twins pass.
+#[test]
+fn race_checker_catches_a_missing_barrier() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    if !emulated(&dev, "race_checker") {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["race_check_in_child", "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .env("HRM_EMU_RACECHECK", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "race-check child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
+#[test]
+#[ignore = "run by race_checker_catches_a_missing_barrier with HRM_EMU_RACECHECK=1"]
+fn race_check_in_child() {
+    assert!(hrm::backend::cuda::device::race_check(), "HRM_EMU_RACECHECK=1 not set");
+    let dev = device("emulation").expect("the emulation");
+    let n = 1000;
+    let x = randn(&mut rng(13), n, 1.0);
+    let xd = upload(&dev, &x);
+    let mut out = poisoned_f32(&dev, 1);
+    launch_xyn(&dev, "selftest_block_sum", &xd, &mut out, n as i32, cfg(1, 256, 0)).expect("correct kernel");
+    let mut out = poisoned_f32(&dev, 1);
+    let err = launch_xyn(&dev, "selftest_block_sum_missing_sync", &xd, &mut out, n as i32, cfg(1, 256, 0))
+        .expect_err("a missing barrier in static shared memory went unnoticed");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("shared-memory race") && msg.contains("static"), "{msg}");
+    // dynamic shared memory: each thread reads another thread's slot, with and without a barrier
+    let (blocks, block) = (2u32, 64u32);
+    let xs: Vec<f32> = (0..blocks * block).map(|i| i as f32).collect();
+    let xsd = upload(&dev, &xs);
+    let run = |sync: i32| -> anyhow::Result<()> {
+        let mut y = poisoned_f32(&dev, xs.len());
+        let f = dev.func("selftest", "selftest_reverse_dyn")?;
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xsd).arg(&mut y).arg(&sync);
+        // SAFETY: (const float*, float*, int); one float of dynamic shared memory per thread.
+        unsafe { b.launch(cfg(blocks, block, block * 4)) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dev.sync()
+    };
+    run(1).expect("the reversal with its barrier");
+    let msg = format!("{:#}", run(0).expect_err("a missing barrier in dynamic shared memory went unnoticed"));
+    assert!(msg.contains("shared-memory race") && msg.contains("dynamic"), "{msg}");
+}
+
+/// Device rules a GPU enforces and x86 does not: a misaligned 16-byte vector access faults,
+/// ldmatrix reads shared memory only. Each broken twin fails its launch here.
+#[test]
+fn misaligned_vectors_and_ldmatrix_outside_shared_memory_fail() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    let x: Vec<f32> = (0..16).map(|i| i as f32).collect();
+    let xd = upload(&dev, &x);
+    let mut y = poisoned_f32(&dev, 8);
+    launch_xyn(&dev, "selftest_vector_load", &xd, &mut y, 0, cfg(1, 32, 0)).expect("aligned load");
+    assert_eq!(download(&dev, &y), x[..8].to_vec());
+    let xb = upload(&dev, &to_bf16(&(0..64).map(|i| i as f32).collect::<Vec<f32>>()));
+    let ldsm = |from_global: i32| -> anyhow::Result<()> {
+        let mut y = poisoned_f32(&dev, 32);
+        let f = dev.func("selftest", "selftest_ldmatrix_space")?;
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xb).arg(&mut y).arg(&from_global);
+        // SAFETY: (const bf16*, float*, int), one warp.
+        unsafe { b.launch(cfg(1, 32, 0)) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dev.sync()
+    };
+    ldsm(0).expect("ldmatrix from shared memory");
+    if !emulated(&dev, "vector_alignment") {
+        return;
+    }
+    let err = launch_xyn(&dev, "selftest_vector_load", &xd, &mut y, 1, cfg(1, 32, 0))
+        .expect_err("a misaligned 16-byte load went unnoticed");
+    assert!(format!("{err:#}").contains("misaligned 16-byte vector load"), "{err:#}");
+    let err = ldsm(1).expect_err("ldmatrix from global memory went unnoticed");
+    assert!(format!("{err:#}").contains("not in shared memory"), "{err:#}");
+}
+
+/// Static shared memory counts against the per-block limit: a kernel with 256 bytes of static
+/// shared memory may take 48 KiB - 256 of dynamic shared memory without opting in, not 48 KiB.
+#[test]
+fn static_and_dynamic_shared_memory_share_the_limit() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    if !emulated(&dev, "static_smem_limit") {
+        return;
+    }
+    let f = fresh_selftest_fn(&dev, "selftest_smem_own", true);
+    assert_eq!(f.get_attribute(FuncAttr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap(), 256);
+    let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+    let xd = upload(&dev, &x);
+    let run = |smem: u32| -> anyhow::Result<()> {
+        let mut y = poisoned_f32(&dev, 64);
+        let mut b = dev.stream.launch_builder(&f);
+        b.arg(&xd).arg(&mut y);
+        // SAFETY: (const float*, float*); the kernel uses no dynamic shared memory.
+        unsafe { b.launch(cfg(1, 64, smem)) }.map_err(|e| anyhow::anyhow!("{e}"))?;
+        dev.sync()
+    };
+    run(48 * 1024 - 256).expect("static + dynamic = 48 KiB");
+    let err = run(48 * 1024).expect_err("static + dynamic above 48 KiB without opt-in ran");
+    assert!(format!("{err}").contains("256 static"), "{err}");
+}
+
+/// Allocations as the driver makes them: 256-byte aligned, 0 bytes refused, and memory pools
+/// (every H100/H200 has them) hand a freed block out again at the same address. A graph that
+/// captured a pointer into a block freed since then fails at replay instead of reading the
+/// block's new owner.
+#[test]
+fn pool_allocations_and_stale_graph_pointers() {
+    let Some(dev) = device("emulation") else {
+        return;
+    };
+    if !emulated(&dev, "pools") {
+        return;
+    }
+    let s = dev.new_stream().unwrap();
+    for n in [1usize, 3, 77, 1000] {
+        let a = s.alloc_zeros::<u8>(n).unwrap();
+        let (p, _g) = a.device_ptr(&s);
+        assert_eq!(p % 256, 0, "an allocation of {n} bytes is not 256-byte aligned");
+    }
+    assert!(s.alloc_zeros::<f32>(0).is_err(), "a 0-byte allocation was accepted");
+    // an odd size on its own stream: no other test takes the freed block in between
+    let n = 4099;
+    let x = s.clone_htod(&vec![1.0f32; n]).unwrap();
+    let y = s.alloc_zeros::<f32>(n).unwrap();
+    let addr = {
+        let (p, _g) = y.device_ptr(&s);
+        p
+    };
+    // record a copy into y, free y, allocate the same size again: the pool returns its address
+    let mut y = y;
+    s.begin_capture(capture_mode()).unwrap();
+    s.memcpy_dtod(&x, &mut y).unwrap();
+    let graph = s.end_capture(CUgraphInstantiate_flags(0)).unwrap().unwrap();
+    drop(y);
+    let z = s.alloc_zeros::<f32>(n).unwrap();
+    let (pz, _g) = z.device_ptr(&s);
+    assert_eq!(pz, addr, "the pool did not hand the freed block out again");
+    let err = graph.launch().expect_err("a graph replayed into memory freed since its capture");
+    assert!(format!("{err:?}").contains("ILLEGAL_ADDRESS"), "{err:?}");
+    s.synchronize().ok();
 }
