@@ -99,8 +99,17 @@ pub trait Backend {
     fn device_memory_free(&self) -> Option<(u64, u64)> {
         None
     }
-    /// The first error any op met since the backend was made (then every op is skipped).
+    /// The first error any op met since the backend was made (then every op is skipped),
+    /// after waiting for the device to finish what was enqueued (a device reports some errors
+    /// only when the work runs). Call it where the host needs the device's results anyway.
     fn check(&self) -> Result<()>;
+    /// [`Backend::check`] without waiting for the device: the first error an op met when it
+    /// was enqueued. A training step ends with this, so steps queue back to back; errors met
+    /// while the device runs them show at the next [`Backend::check`] (a log point, a
+    /// checkpoint, an evaluation, the end of the run).
+    fn check_enqueued(&self) -> Result<()> {
+        self.check()
+    }
     /// An identity of an activation buffer (on a device, its address): recorded graphs are
     /// keyed by the buffers the carry holds, which the no-grad updates trade places with.
     fn act_id(&self, _a: &Self::Act) -> u64 {

@@ -180,7 +180,9 @@ impl<B: Backend> Trainer<B> {
         let ws = &self.carry.ws;
         let ids = all_ids.as_ref().unwrap_or(&ws.inputs.puzzle_ids);
         self.opt.apply(be, &mut self.model, &self.grads, ema, &cfg.optim, lr, plr, ids, &ws.act);
-        be.check().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
+        // No wait for the device here: steps queue back to back (errors the device meets show
+        // at the next report).
+        be.check_enqueued().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
         self.step = step;
         Ok(())
     }

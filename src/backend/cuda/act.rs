@@ -263,7 +263,7 @@ pub fn count_nonfinite_bf16(
 }
 
 fn all_finite_any<T>(dev: &CudaDevice, kernel: &'static str, x: &impl DevicePtr<T>) -> Result<bool> {
-    let mut count = dev.stream.alloc_zeros::<u32>(1).map_err(|e| anyhow!("alloc: {e}"))?;
+    let mut count = dev.alloc_zeros::<u32>(1).map_err(|e| anyhow!("alloc: {e}"))?;
     count_nonfinite_any(dev, kernel, x, &mut count)?;
     let host = dev.stream.clone_dtoh(&count).map_err(|e| anyhow!("reading the non-finite count: {e}"))?;
     Ok(host[0] == 0)

@@ -60,10 +60,24 @@ pub struct AttentionScratch {
 
 impl AttentionScratch {
     pub fn new(dev: &CudaDevice, batch: usize, heads: usize, seq: usize) -> Result<Self> {
+        Self::with_len(dev, batch * heads * seq)
+    }
+
+    /// Scratch for `rows` (batch x heads x seq) rows.
+    pub fn with_len(dev: &CudaDevice, rows: usize) -> Result<Self> {
         // SAFETY: the dQ kernel writes every element before the dK/dV kernel reads it.
-        let delta = unsafe { dev.stream.alloc::<f32>((batch * heads * seq).max(1)) }
-            .map_err(|e| anyhow!("alloc: {e}"))?;
+        let delta = unsafe { dev.alloc_uninit::<f32>(rows) }
+            .map_err(|e| anyhow!("allocating the attention backward's scratch: {e}"))?;
         Ok(AttentionScratch { delta })
+    }
+
+    /// Rows (batch x heads x seq) it has room for.
+    pub fn len(&self) -> usize {
+        self.delta.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delta.is_empty()
     }
 }
 

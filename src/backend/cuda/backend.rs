@@ -30,15 +30,24 @@ pub struct CudaParam {
     pub shadow: CudaSlice<bf16>,
 }
 
-/// (batch, heads, seq) of a cached attention scratch.
-type ScratchShape = (usize, usize, usize);
+/// Scratch buffers of the backward ops, grown (never shrunk) to the largest shape seen, so a
+/// change of shape (an evaluation batch between training steps) does not reallocate them. A
+/// recorded graph holds their addresses: growing one forgets every recorded graph (each is
+/// recorded again at its next use) rather than leaving one to replay into freed memory.
+#[derive(Default)]
+struct Scratch {
+    /// per-row `D_i` of the attention backward
+    attention: Option<attention::AttentionScratch>,
+    /// per-position-group token sums of the embedding backward
+    embed: Option<CudaSlice<f32>>,
+}
 
 /// The CUDA backend over one device (a GPU, or the CPU emulation in tests).
 pub struct Cuda {
     dev: Arc<CudaDevice>,
     error: Mutex<Option<anyhow::Error>>,
-    /// Per-row scratch of the attention backward, kept for the last shape.
-    attention_scratch: Mutex<Option<(ScratchShape, attention::AttentionScratch)>>,
+    /// Scratch of the backward ops (see [`Scratch`]).
+    scratch: Mutex<Scratch>,
     /// The multi-tensor optimizer's device table (rebuilt only when a tensor moves).
     optim_tables: Mutex<OptimTables>,
     /// Device-to-host reads so far (each one waits for the stream).
@@ -58,10 +67,19 @@ const MAX_GRAPHS: usize = 16;
 
 /// Page-locked host memory for host-to-device writes: a write copies the data into the next
 /// slot of its length and enqueues the copy from there, so the host does not wait for the
-/// stream, except to reuse a slot whose copy (`SLOTS` writes of that length ago) has not run
-/// yet. Without page-locked memory (allocation refused) a write falls back to a plain copy.
+/// stream. A copy from page-locked memory reads it when the device gets to it, so each slot
+/// records an event after its copy, and the host waits for that event before filling the slot
+/// again (`SLOTS` writes of that length later: by then the copy has long run, unless the host is
+/// that far ahead of the device). Without page-locked memory (allocation refused) a write
+/// falls back to a plain copy.
 struct Staging {
-    rings: std::collections::HashMap<usize, (Vec<cudarc::driver::PinnedHostSlice<i32>>, usize)>,
+    rings: std::collections::HashMap<usize, (Vec<StagingSlot>, usize)>,
+}
+
+/// One page-locked buffer and the event recorded after the copy that last read it.
+struct StagingSlot {
+    host: cudarc::driver::PinnedHostSlice<i32>,
+    copied: cudarc::driver::CudaEvent,
 }
 
 impl Staging {
@@ -76,7 +94,9 @@ impl Staging {
         let (ring, next) = self.rings.entry(n).or_insert_with(|| (Vec::new(), 0));
         if ring.len() < Self::SLOTS {
             // SAFETY: a new slot is filled below before any copy reads it.
-            match unsafe { d.ctx.alloc_pinned::<i32>(n) } {
+            let slot = unsafe { d.ctx.alloc_pinned::<i32>(n) }
+                .and_then(|host| Ok(StagingSlot { host, copied: d.ctx.new_event(None)? }));
+            match slot {
                 Ok(s) => ring.push(s),
                 Err(_) if ring.is_empty() => {
                     return d.stream.memcpy_htod(host, buf).map_err(|e| anyhow!("{e}"));
@@ -87,11 +107,13 @@ impl Staging {
         let i = *next % ring.len();
         *next = i + 1;
         let slot = &mut ring[i];
-        // Waits for this slot's previous copy (if still queued), then fills it.
-        let p = slot.as_mut_ptr().map_err(|e| anyhow!("{e}"))?;
+        // The copy that last read this slot must have run before the slot is refilled.
+        slot.copied.synchronize().map_err(|e| anyhow!("waiting for a staged copy: {e}"))?;
+        let p = slot.host.as_mut_ptr().map_err(|e| anyhow!("{e}"))?;
         // SAFETY: `p` points to n i32 of page-locked memory that no queued copy reads any more.
         unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), p, n) };
-        d.stream.memcpy_htod(&*slot, buf).map_err(|e| anyhow!("{e}"))
+        d.stream.memcpy_htod(&slot.host, buf).map_err(|e| anyhow!("{e}"))?;
+        slot.copied.record(&d.stream).map_err(|e| anyhow!("recording a staged copy: {e}"))
     }
 }
 
@@ -100,7 +122,7 @@ impl Cuda {
         Cuda {
             dev,
             error: Mutex::new(None),
-            attention_scratch: Mutex::new(None),
+            scratch: Mutex::new(Scratch::default()),
             optim_tables: Mutex::new(OptimTables { table: None, touched: None }),
             host_reads: AtomicU64::new(0),
             staging: Mutex::new(Staging::new()),
@@ -141,7 +163,7 @@ impl Cuda {
     }
 
     fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> CudaSlice<T> {
-        match self.dev.stream.alloc_zeros::<T>(n) {
+        match self.dev.alloc_zeros::<T>(n) {
             Ok(s) => s,
             Err(e) => self.allocation_failed(n * std::mem::size_of::<T>(), &e),
         }
@@ -173,12 +195,12 @@ impl Cuda {
         if host.is_empty() {
             // cudarc cannot copy an empty slice; a one-element buffer is never read.
             // SAFETY: a buffer of length 1 that no kernel reads (every launcher checks sizes).
-            return match unsafe { self.dev.stream.alloc::<T>(1) } {
+            return match unsafe { self.dev.alloc_uninit::<T>(1) } {
                 Ok(s) => s,
                 Err(e) => self.allocation_failed(std::mem::size_of::<T>(), &e),
             };
         }
-        match self.dev.stream.clone_htod(host) {
+        match self.dev.clone_htod(host) {
             Ok(s) => s,
             Err(e) => self.allocation_failed(std::mem::size_of_val(host), &e),
         }
@@ -199,6 +221,25 @@ impl Cuda {
                 vec![T::default(); n]
             }
         }
+    }
+
+    /// The attention backward's scratch for at least `need` rows, grown when too small.
+    fn attention_scratch<'a>(
+        &self,
+        d: &CudaDevice,
+        cache: &'a mut Scratch,
+        need: usize,
+    ) -> Result<&'a mut attention::AttentionScratch> {
+        if cache.attention.as_ref().is_none_or(|a| a.len() < need) {
+            cache.attention = Some(attention::AttentionScratch::with_len(d, need)?);
+            self.forget_all_graphs();
+        }
+        Ok(cache.attention.as_mut().expect("just set"))
+    }
+
+    /// Drops every recorded graph (a buffer they captured is about to be freed).
+    fn forget_all_graphs(&self) {
+        self.graphs.lock().unwrap().clear();
     }
 
     fn mask(&self, m: &[bool]) -> CudaSlice<u8> {
@@ -287,10 +328,15 @@ impl Backend for Cuda {
     }
 
     fn check(&self) -> Result<()> {
+        self.check_enqueued()?;
+        self.dev.sync().with_context(|| format!("CUDA backend on {}", self.dev.name))
+    }
+
+    fn check_enqueued(&self) -> Result<()> {
         if let Some(e) = self.error.lock().unwrap().take() {
             return Err(e).with_context(|| format!("CUDA backend on {}", self.dev.name));
         }
-        self.dev.sync().with_context(|| format!("CUDA backend on {}", self.dev.name))
+        Ok(())
     }
 
     fn zeros(&self, n: usize) -> CudaSlice<bf16> {
@@ -614,7 +660,7 @@ impl Backend for Cuda {
             }
             if st.exact_hist.as_ref().is_none_or(|h| h.len() != rows.max(1) * max_segments) {
                 let e = |e: cudarc::driver::DriverError| anyhow!("allocating the exact history: {e}");
-                st.exact_hist = Some(d.stream.alloc_zeros::<u8>(rows.max(1) * max_segments).map_err(e)?);
+                st.exact_hist = Some(d.alloc_zeros::<u8>(rows.max(1) * max_segments).map_err(e)?);
             }
             let out = st.lm.as_mut().expect("made above");
             kernels::stablemax_ce(d, logits, labels, rows, seq, vocab, 0.0, None, out)?;
@@ -721,11 +767,8 @@ impl Backend for Cuda {
         hd: usize,
     ) {
         self.op("attention_bwd", |d| {
-            let mut cache = self.attention_scratch.lock().unwrap();
-            if cache.as_ref().is_none_or(|(shape, _)| *shape != (b, h, s)) {
-                *cache = Some(((b, h, s), attention::AttentionScratch::new(d, b, h, s)?));
-            }
-            let scratch = &mut cache.as_mut().expect("just set").1;
+            let mut cache = self.scratch.lock().unwrap();
+            let scratch = self.attention_scratch(d, &mut cache, b * h * s)?;
             attention::attention_bwd(d, qkv, out, lse, dout, dqkv, scratch, b, s, h, hd)
         });
     }
@@ -773,11 +816,8 @@ impl Backend for Cuda {
             );
         }
         self.op("attention_rope_bwd", |d| {
-            let mut cache = self.attention_scratch.lock().unwrap();
-            if cache.as_ref().is_none_or(|(shape, _)| *shape != (b, h, s)) {
-                *cache = Some(((b, h, s), attention::AttentionScratch::new(d, b, h, s)?));
-            }
-            let scratch = &mut cache.as_mut().expect("just set").1;
+            let mut cache = self.scratch.lock().unwrap();
+            let scratch = self.attention_scratch(d, &mut cache, b * h * s)?;
             attention::attention_rope_bwd(d, qkv, cos, sin, out, lse, dout, dqkv, scratch, b, s, h, hd)
         });
     }
@@ -827,7 +867,19 @@ impl Backend for Cuda {
             Some(p) => p,
             None => placeholder.get_or_insert_with(|| self.upload::<f32>(&[])),
         };
-        self.op("embed_bwd", |d| kernels::embed_bwd(d, dx, tokens, puzzle_ids, dembed_w, dpw, dpos_w, dims));
+        self.op("embed_bwd", |d| {
+            let need = kernels::embed_bwd_scratch_len(dims, dembed_w.len() / dims.hidden.max(1));
+            let mut cache = self.scratch.lock().unwrap();
+            if cache.embed.as_ref().is_none_or(|e| e.len() < need) {
+                // SAFETY: the first pass writes every element the second one reads.
+                let buf = unsafe { d.alloc_uninit::<f32>(need) }
+                    .map_err(|e| anyhow!("allocating the embedding backward's scratch: {e}"))?;
+                cache.embed = Some(buf);
+                self.forget_all_graphs();
+            }
+            let scratch = cache.embed.as_mut().expect("just set");
+            kernels::embed_bwd(d, dx, tokens, puzzle_ids, dembed_w, dpw, dpos_w, scratch, dims)
+        });
     }
 
     fn lm_loss(

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 
 use super::gemm::Gemm;
@@ -63,8 +65,11 @@ fn load_emulation() -> std::result::Result<(), String> {
     // Loading the stand-ins by full path first makes cudarc's later dlopen("libcuda.so") and
     // dlopen("libcublasLt.so") return them (the loader matches already loaded SONAMEs).
     let dir = std::path::Path::new(env!("HRM_EMU_DIR"));
+    // HRM_EMU_RACECHECK=1: the driver whose kernels check every shared-memory access for races
+    // (emu/racecheck.cpp; slower), with the same cuBLASLt stand-in.
+    let driver_dir = if race_check() { std::path::Path::new(env!("HRM_EMU_RACE_DIR")) } else { dir };
     let mut libs = Vec::new();
-    for lib in ["libcuda.so", "libcublasLt.so"] {
+    for (lib, dir) in [("libcuda.so", driver_dir), ("libcublasLt.so", dir)] {
         let path = dir.join(lib);
         // SAFETY: our own stand-in libraries; their initialisers only register kernels.
         let l = unsafe { libloading::Library::new(&path) }
@@ -73,6 +78,12 @@ fn load_emulation() -> std::result::Result<(), String> {
     }
     let _ = EMULATION_LIBS.set(libs);
     Ok(())
+}
+
+/// Whether the emulation checks shared-memory accesses for races (`HRM_EMU_RACECHECK=1`; what
+/// compute-sanitizer's racecheck does on a GPU). Read when the emulation is loaded.
+pub fn race_check() -> bool {
+    env_on("HRM_EMU_RACECHECK")
 }
 
 /// (kernel launches, cuBLASLt matmuls) the host issued so far, when running on the emulation
@@ -86,6 +97,18 @@ pub fn emulated_launch_counts() -> Option<(u64, u64)> {
         let launches: libloading::Symbol<Count> = libs[0].get(b"hrm_emu_launch_count\0").ok()?;
         let matmuls: libloading::Symbol<Count> = libs[1].get(b"hrm_emu_matmul_count\0").ok()?;
         Some((launches(), matmuls()))
+    }
+}
+
+/// Host synchronisations (stream, context, and event waits that had to wait) so far, when
+/// running on the emulation (`None` on a GPU): a training step must make none.
+pub fn emulated_sync_count() -> Option<u64> {
+    let libs = EMULATION_LIBS.get()?;
+    type Count = unsafe extern "C" fn() -> u64;
+    // SAFETY: `unsigned long long hrm_emu_sync_count(void)` in emu/driver.cpp.
+    unsafe {
+        let syncs: libloading::Symbol<Count> = libs[0].get(b"hrm_emu_sync_count\0").ok()?;
+        Some(syncs())
     }
 }
 
@@ -332,4 +355,44 @@ impl CudaDevice {
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| anyhow!("stream synchronize: {e:?}"))
     }
+
+    /// Device allocations made through this handle so far. Every buffer of the CUDA backend is
+    /// allocated here ([`CudaDevice::alloc_zeros`], [`CudaDevice::alloc_uninit`],
+    /// [`CudaDevice::clone_htod`]), so a steady training step can be checked to allocate
+    /// nothing on any device (the driver's free-memory figure also moves with graph
+    /// instantiation and library workspaces, which are not ours).
+    pub fn allocations(&self) -> u64 {
+        ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `n` zeroed elements on the device (at least one: the driver refuses 0 bytes).
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> std::result::Result<CudaSlice<T>, DriverError> {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stream.alloc_zeros::<T>(n.max(1))
+    }
+
+    /// `n` uninitialised elements on the device (at least one).
+    ///
+    /// # Safety
+    /// Nothing may read an element before it is written.
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(
+        &self,
+        n: usize,
+    ) -> std::result::Result<CudaSlice<T>, DriverError> {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }
+    }
+
+    /// A device copy of `host` (which must not be empty: the driver refuses 0 bytes).
+    pub fn clone_htod<T: DeviceRepr>(&self, host: &[T]) -> std::result::Result<CudaSlice<T>, DriverError> {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stream.clone_htod(host)
+    }
 }
+
+/// Device allocations of the process (see [`CudaDevice::allocations`]).
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

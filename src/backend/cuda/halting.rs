@@ -47,13 +47,12 @@ impl TensorTable {
             ct.push(0);
             cs.push(0);
         }
-        let s = &dev.stream;
         let e = |e: cudarc::driver::DriverError| anyhow!("uploading a tensor table: {e}");
         Ok(TensorTable {
             key: entries.clone(),
-            entries: s.clone_htod(&entries).map_err(e)?,
-            chunk_tensor: s.clone_htod(&ct).map_err(e)?,
-            chunk_start: s.clone_htod(&cs).map_err(e)?,
+            entries: dev.clone_htod(&entries).map_err(e)?,
+            chunk_tensor: dev.clone_htod(&ct).map_err(e)?,
+            chunk_start: dev.clone_htod(&cs).map_err(e)?,
             chunks,
         })
     }
@@ -102,23 +101,22 @@ pub struct CudaActState {
 
 impl CudaActState {
     pub fn new(dev: &CudaDevice, batch: usize) -> Result<Self> {
-        let s = &dev.stream;
         let e = |e: cudarc::driver::DriverError| anyhow!("allocating the ACT state of {batch} rows: {e}");
         let n = batch.max(1);
         Ok(CudaActState {
             batch,
-            steps: s.alloc_zeros::<i32>(n).map_err(e)?,
-            halted: s.clone_htod(&vec![1u8; n]).map_err(e)?,
-            min_halt: s.alloc_zeros::<i32>(n).map_err(e)?,
-            q: s.alloc_zeros::<f32>(2 * n).map_err(e)?,
-            q_next: s.alloc_zeros::<f32>(2 * n).map_err(e)?,
-            dq: s.alloc_zeros::<f32>(2 * n).map_err(e)?,
-            target: s.alloc_zeros::<f32>(n).map_err(e)?,
+            steps: dev.alloc_zeros::<i32>(n).map_err(e)?,
+            halted: dev.clone_htod(&vec![1u8; n]).map_err(e)?,
+            min_halt: dev.alloc_zeros::<i32>(n).map_err(e)?,
+            q: dev.alloc_zeros::<f32>(2 * n).map_err(e)?,
+            q_next: dev.alloc_zeros::<f32>(2 * n).map_err(e)?,
+            dq: dev.alloc_zeros::<f32>(2 * n).map_err(e)?,
+            target: dev.alloc_zeros::<f32>(n).map_err(e)?,
             lm: None,
             exact_hist: None,
-            metrics: s.alloc_zeros::<f64>(METRICS).map_err(e)?,
-            status: s.clone_htod(&[NONE, 0, NONE, 0]).map_err(e)?,
-            step_now: s.alloc_zeros::<i32>(1).map_err(e)?,
+            metrics: dev.alloc_zeros::<f64>(METRICS).map_err(e)?,
+            status: dev.clone_htod(&[NONE, 0, NONE, 0]).map_err(e)?,
+            step_now: dev.alloc_zeros::<i32>(1).map_err(e)?,
             guard_table: None,
         })
     }
@@ -356,7 +354,7 @@ pub fn optimizer_step(
     TensorTable::reuse_or_build(&mut cache.table, dev, entries, &lens)?;
     let s = &dev.stream;
     if cache.touched.as_ref().is_none_or(|t| t.len() != sparse_rows.max(1)) {
-        cache.touched = Some(s.alloc_zeros::<u8>(sparse_rows.max(1)).map_err(|e| anyhow!("alloc: {e}"))?);
+        cache.touched = Some(dev.alloc_zeros::<u8>(sparse_rows.max(1)).map_err(|e| anyhow!("alloc: {e}"))?);
     }
     let touched = cache.touched.as_mut().expect("allocated above");
     if sparse_rows > 0 {
