@@ -126,3 +126,45 @@ fn bad_arguments_and_a_missing_build_are_refused() {
     assert_eq!(code, 2);
     assert!(report.contains("--prepare"), "{report}");
 }
+
+/// The CLI section for real, with this build's `hrm` on the CPU emulation at a small size
+/// (`DEVICE_CHECK_DEVICE=emu`): every command of the section runs and passes, and the same run
+/// twice with one seed writes bit-identical checkpoints. So a broken flag, path or checkpoint
+/// name in the section shows here, not in the one short window on a GPU.
+#[test]
+fn the_cli_section_passes_end_to_end_on_the_emulation() {
+    if !hrm::backend::cuda::module::HAS_KERNELS {
+        eprintln!(
+            "device_check_script: built without kernels (no nvcc); the emulated CLI section is skipped"
+        );
+        return;
+    }
+    let tree = Tree::new(&[]);
+    let root = tree.root();
+    fs::copy(env!("CARGO_BIN_EXE_hrm"), root.join(".device/hrm")).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    fs::create_dir_all(root.join("tests/fixtures/tiny")).unwrap();
+    for f in ["weights.safetensors", "batch.safetensors"] {
+        fs::copy(fixtures.join(f), root.join("tests/fixtures/tiny").join(f)).unwrap();
+    }
+    let out = root.join("out");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/device-check"))
+        .args(["--only", "cli"])
+        .env("OUT", &out)
+        .env("DEVICE_CHECK_DEVICE", "emu")
+        .env("DEVICE_CHECK_BUDGET_S", "900")
+        .env_remove("HRM_REQUIRE_GPU")
+        .output()
+        .unwrap();
+    let report = fs::read_to_string(out.join("device-report.txt")).unwrap_or_default();
+    let logs = fs::read_to_string(out.join("device-logs.txt")).unwrap_or_default();
+    let tail: String =
+        logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert_eq!(status.status.code(), Some(0), "report:\n{report}\nlog tail:\n{tail}");
+    for label in ["generate", "build", "train", "resume", "eval", "eval-perturb", "forward", "deterministic"]
+    {
+        assert!(report.contains(&format!("ok   cli {label}")), "{label} missing:\n{report}");
+    }
+    assert!(!report.contains("FAIL"), "{report}");
+}
