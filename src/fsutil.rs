@@ -211,6 +211,9 @@ fn is_at_or_under(input: &Path, output: &Path) -> bool {
 /// Check an output file before any work: not a directory, creatable, and not the same file as
 /// any of `inputs`. A device, FIFO or symlink passes (it is written through or followed).
 pub fn check_output(flag: &str, path: &Path, inputs: &[Input<'_>]) -> Result<()> {
+    if path.file_name().is_none() {
+        bail!("{flag} {:?}: not a file path", path.display().to_string());
+    }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => bail!("{flag} {}: is a directory, expected a file", path.display()),
         Ok(m) if !m.is_file() => {
