@@ -1,46 +1,278 @@
-//! Crash-safe file writes, shared by checkpoints, run files and the Sudoku data files: a
-//! temporary file in the same directory, fsync, rename, so a crash leaves either the old file
-//! or the new one, never a torn one.
+//! The one output-path policy of every writer (checkpoints, run files, Sudoku data files,
+//! reports), in two halves:
+//!
+//! - [`check_output`] / [`check_output_dir`], called by each command before any work: the path
+//!   can be written (not a directory, its parent a writable directory), it is not one of the
+//!   command's inputs (same device and inode, so hard links and symlinks are caught too), and
+//!   two outputs of one command are not the same file.
+//! - [`write_atomic_with`] / [`write_atomic`], which look at what the path is when they write:
+//!   a regular file (or a missing one) is replaced atomically (a temporary file in the same
+//!   directory, fsync, rename), so a crash leaves either the old file or the new one, never a
+//!   torn one; a symlink is followed and its target replaced, the link itself is kept; a device,
+//!   FIFO or socket (`/dev/null`, `/dev/stdout` on a pipe) is opened and written through, never
+//!   replaced, and a failed write (ENOSPC from `/dev/full`) is an error; the file this process
+//!   already writes as standard output or error is written through that stream.
 
-use anyhow::{Context, Result, anyhow};
-use std::fs::File;
+use anyhow::{Context, Result, anyhow, bail};
+use std::fs::{File, Metadata};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-/// Stream `path` through `f` into a temporary sibling, then rename it into place. The parent
-/// directory must exist; on failure the temporary file is removed.
+/// Symlinks followed by hand (a dangling link's target is created) before giving up.
+const MAX_LINK_HOPS: usize = 40;
+
+/// Where the bytes for an output path go.
+enum Target {
+    /// A regular file, existing or not, at this (symlink-free) path: replace it atomically.
+    Replace(PathBuf),
+    /// A device, FIFO or socket: open the path and write through it.
+    Through,
+    /// The file this process writes as standard output (1) or standard error (2).
+    Stream(i32),
+}
+
+fn file_id(m: &Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}
+
+/// The metadata of this process's standard output or error, when it is open.
+fn std_stream_metadata(fd: i32) -> Option<Metadata> {
+    use std::os::fd::AsFd;
+    let owned = match fd {
+        1 => std::io::stdout().as_fd().try_clone_to_owned(),
+        _ => std::io::stderr().as_fd().try_clone_to_owned(),
+    };
+    File::from(owned.ok()?).metadata().ok()
+}
+
+/// Follow the symlinks of `path` by hand to the path they end at (which may not exist yet).
+fn follow_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..MAX_LINK_HOPS {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to =
+                    std::fs::read_link(&p).with_context(|| format!("reading symlink {}", p.display()))?;
+                p = match p.parent() {
+                    Some(dir) if to.is_relative() => dir.join(to),
+                    _ => to,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+fn target_of(path: &Path) -> Result<Target> {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            for fd in [1, 2] {
+                if std_stream_metadata(fd).is_some_and(|s| file_id(&s) == file_id(&m)) {
+                    return Ok(Target::Stream(fd));
+                }
+            }
+            if m.is_dir() {
+                bail!("{} is a directory, not a file", path.display());
+            }
+            if !m.is_file() {
+                return Ok(Target::Through);
+            }
+            // The link is kept and the file it names is replaced.
+            let real =
+                std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+            Ok(Target::Replace(real))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Target::Replace(follow_links(path)?)),
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// Write `path` through `f`: atomically for a regular file, straight through for a special
+/// file (see the module comment). Missing parent directories are created; on failure any
+/// temporary file is removed and the error names `path`.
 pub fn write_atomic_with(
     path: &Path,
     f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
+    match target_of(path)? {
+        Target::Replace(real) => replace_atomically(path, &real, f),
+        Target::Through => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot open {} for writing", path.display()))?;
+            let mut w = BufWriter::new(file);
+            f(&mut w).and_then(|_| w.flush()).with_context(|| format!("cannot write {}", path.display()))
+        }
+        Target::Stream(fd) => {
+            // Through a clone of the stream's descriptor, so the bytes land at its position
+            // (after what was printed) instead of over it; Rust's own buffer is flushed first.
+            use std::os::fd::AsFd;
+            let owned = if fd == 1 {
+                std::io::stdout().flush()?;
+                std::io::stdout().as_fd().try_clone_to_owned()
+            } else {
+                std::io::stderr().as_fd().try_clone_to_owned()
+            };
+            let mut w = BufWriter::new(File::from(owned?));
+            f(&mut w).and_then(|_| w.flush()).with_context(|| format!("cannot write {}", path.display()))
+        }
+    }
+}
+
+fn replace_atomically(
+    path: &Path,
+    real: &Path,
+    f: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = real.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = real.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot write {}: creating directory {}", path.display(), dir.display()))?;
     let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut w = BufWriter::new(File::create(&tmp)?);
+        let file = File::create(&tmp)?;
+        // The replacement keeps the permissions of the file it replaces.
+        if let Ok(old) = std::fs::metadata(real) {
+            file.set_permissions(old.permissions())?;
+        }
+        let mut w = BufWriter::new(file);
         f(&mut w)?;
         w.flush()?;
         w.get_ref().sync_all()?;
         Ok(())
-    })();
+    })()
+    .and_then(|_| std::fs::rename(&tmp, real));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot move {} to {}", tmp.display(), path.display())
-    })?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
 }
 
-/// Write `bytes` to `path` atomically, creating the parent directory if needed.
+/// Write `bytes` to `path` (see [`write_atomic_with`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
-    }
     write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// A file a command reads, named the way the user gave it (`--checkpoint`, `input`, ...).
+pub type Input<'a> = (&'a str, &'a Path);
+
+/// The nearest existing ancestor of `path` (after following its symlinks) must be a
+/// directory this process may write in, so the output can be created there.
+fn check_creatable(flag: &str, path: &Path) -> Result<()> {
+    let mut dir = follow_links(path)?;
+    loop {
+        dir = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => bail!("{flag} {}: {} is not a directory", path.display(), dir.display()),
+            Err(_) if dir == Path::new(".") || dir == Path::new("/") => break,
+            Err(_) => continue,
+        }
+    }
+    if !writable(&dir) {
+        bail!("{flag} {}: directory {} is not writable", path.display(), dir.display());
+    }
+    Ok(())
+}
+
+fn writable(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access(2) reads a NUL-terminated path this function owns.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Whether `input` is the regular file `output` or lies under the directory `output` (a
+/// device or FIFO shared by an input and an output destroys nothing).
+fn is_at_or_under(input: &Path, output: &Path) -> bool {
+    let (Ok(i), Ok(o)) = (std::fs::metadata(input), std::fs::metadata(output)) else { return false };
+    if !o.is_file() && !o.is_dir() {
+        return false;
+    }
+    if file_id(&i) == file_id(&o) {
+        return true;
+    }
+    match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(i), Ok(o)) => o.is_dir() && i.starts_with(o),
+        _ => false,
+    }
+}
+
+/// Check an output file before any work: not a directory, creatable, and not the same file as
+/// any of `inputs`. A device, FIFO or symlink passes (it is written through or followed).
+pub fn check_output(flag: &str, path: &Path, inputs: &[Input<'_>]) -> Result<()> {
+    if path.file_name().is_none() {
+        bail!("{flag} {:?}: not a file path", path.display().to_string());
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{flag} {}: is a directory, expected a file", path.display()),
+        Ok(m) if !m.is_file() => {
+            if !writable(path) {
+                bail!("{flag} {}: not writable", path.display());
+            }
+        }
+        _ => check_creatable(flag, path)?,
+    }
+    check_not_an_input(flag, path, inputs)
+}
+
+/// Check an output directory before any work: not a file, creatable, and none of `inputs` lies
+/// in the entries of it the command replaces (`replaced`, names inside `dir`).
+pub fn check_output_dir(flag: &str, dir: &Path, replaced: &[&str], inputs: &[Input<'_>]) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!("{flag} {}: not a directory", dir.display()),
+        Ok(_) => {
+            if !writable(dir) {
+                bail!("{flag} {}: directory is not writable", dir.display());
+            }
+        }
+        Err(_) => check_creatable(flag, dir)?,
+    }
+    for entry in replaced {
+        check_not_an_input(flag, &dir.join(entry), inputs)?;
+    }
+    Ok(())
+}
+
+fn check_not_an_input(flag: &str, output: &Path, inputs: &[Input<'_>]) -> Result<()> {
+    for (what, input) in inputs {
+        if is_at_or_under(input, output) {
+            let how = if output.is_dir() { "which lies inside it" } else { "the same file" };
+            bail!(
+                "{flag} {} would overwrite the {what} {} ({how}); choose another output path",
+                output.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Two outputs of one command must be different files (when neither exists yet, different
+/// paths after resolving their directories).
+pub fn check_distinct_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
+    let key = |p: &Path| -> Option<PathBuf> {
+        let real = follow_links(p).ok()?;
+        let dir = real.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(std::fs::canonicalize(dir).ok()?.join(real.file_name()?))
+    };
+    for (k, (fa, a)) in outputs.iter().enumerate() {
+        for (fb, b) in &outputs[k + 1..] {
+            let same = is_at_or_under(a, b) || key(a).is_some_and(|x| Some(x) == key(b));
+            if same {
+                bail!("{fa} {} and {fb} {} name the same file", a.display(), b.display());
+            }
+        }
+    }
+    Ok(())
 }

@@ -113,6 +113,8 @@ fn main() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Init { preset, config, seed, out } => {
+            let inputs: Vec<hrm::fsutil::Input> = config.iter().map(|c| ("--config", c.as_path())).collect();
+            hrm::fsutil::check_output("--out", &out, &inputs)?;
             let cfg = match config {
                 Some(p) => hrm::config::ModelConfig::from_json_file(&p)?,
                 None => hrm::config::ModelConfig::preset(&preset)?,

@@ -130,10 +130,15 @@ fn csv_round_trip_and_nothing_half_written() {
         assert_eq!(a.answer, b.answer);
         assert!((a.rating - b.rating).abs() < 1e-3);
     }
-    // Writing into a missing directory fails and leaves no file or temporary behind.
-    let bad = dir.path().join("missing").join("x.csv");
+    // Writing below a regular file fails and leaves no file or temporary behind (a missing
+    // parent directory is created, like every writer's).
+    std::fs::write(dir.path().join("afile"), "").unwrap();
+    let bad = dir.path().join("afile").join("x.csv");
     assert!(write_csv(&bad, &puzzles).is_err());
     assert!(!bad.exists());
+    let created = dir.path().join("missing").join("x.csv");
+    write_csv(&created, &puzzles).unwrap();
+    assert_eq!(std::fs::read_to_string(&created).unwrap(), text);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub type Series = Vec<(f64, f64)>;
 
+/// The charts `hrm plot` draws (and the only files `train --overwrite` removes from `plots/`).
+pub const PLOT_FILES: &[&str] = &["loss.svg", "accuracy.svg", "halting.svg", "throughput.svg"];
+
 /// Read `metrics.jsonl`: series keyed by "kind/name/field" (eval lines carry the set name).
 pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -49,18 +52,27 @@ fn chart(path: &Path, title: &str, series: &[(&str, &Series)]) -> Result<()> {
     chart_xy(path, title, "step", series)
 }
 
-/// One SVG line chart of `series` (label, points) against `x_desc`; nothing is written when
-/// there is no finite point.
+/// One SVG line chart of `series` (label, points) against `x_desc`, written like every output
+/// (`fsutil::write_atomic`); nothing is written when there is no finite point.
 pub fn chart_xy(path: &Path, title: &str, x_desc: &str, series: &[(&str, &Series)]) -> Result<()> {
+    let mut svg = String::new();
+    if draw_svg(&mut svg, title, x_desc, series)? {
+        crate::fsutil::write_atomic(path, svg.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Draws the chart into `svg`; false when there is no finite point to draw.
+fn draw_svg(svg: &mut String, title: &str, x_desc: &str, series: &[(&str, &Series)]) -> Result<bool> {
     let pts: Vec<&(f64, f64)> =
         series.iter().flat_map(|(_, s)| s.iter()).filter(|p| p.1.is_finite()).collect();
     if pts.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
     let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let pad = ((y1 - y0) * 0.05).max(1e-9);
-    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    let root = SVGBackend::with_string(svg, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut c = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -83,17 +95,19 @@ pub fn chart_xy(path: &Path, title: &str, x_desc: &str, series: &[(&str, &Series
         .draw()
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Draw the standard charts of a run into `out_dir` (default: RUN_DIR/plots); returns the files.
 pub fn plot_run(run: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
-    let m = read_metrics(&run.join("metrics.jsonl"))?;
-    if m.is_empty() {
-        bail!("{}: no metrics to plot", run.join("metrics.jsonl").display());
-    }
+    let metrics = run.join("metrics.jsonl");
     let out = out_dir.map(Path::to_path_buf).unwrap_or_else(|| run.join("plots"));
-    std::fs::create_dir_all(&out)?;
+    crate::fsutil::check_output_dir("--out", &out, PLOT_FILES, &[("metrics file", &metrics)])?;
+    let m = read_metrics(&metrics)?;
+    if m.is_empty() {
+        bail!("{}: no metrics to plot", metrics.display());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let get = |k: &str| m.get(k).cloned().unwrap_or_default();
     let mut files = Vec::new();
     let mut draw = |file: &str, title: &str, keys: Vec<(String, String)>| -> Result<()> {
@@ -108,8 +122,9 @@ pub fn plot_run(run: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
         Ok(())
     };
     let l = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let [loss, accuracy, halting, throughput] = PLOT_FILES else { unreachable!("four charts") };
     draw(
-        "loss.svg",
+        loss,
         "loss terms (per puzzle)",
         vec![
             l("lm", "train/lm_loss"),
@@ -121,8 +136,8 @@ pub fn plot_run(run: &Path, out_dir: Option<&Path>) -> Result<Vec<PathBuf>> {
     for k in m.keys().filter(|k| k.starts_with("eval/") && k.ends_with("/exact_accuracy")) {
         acc.push((k.trim_end_matches("/exact_accuracy").replace('/', " ") + " exact", k.clone()));
     }
-    draw("accuracy.svg", "exact accuracy", acc)?;
-    draw("halting.svg", "mean halting step", vec![l("train", "train/mean_halt_steps")])?;
-    draw("throughput.svg", "throughput (tokens/s)", vec![l("tokens/s", "train/tokens_per_s")])?;
+    draw(accuracy, "exact accuracy", acc)?;
+    draw(halting, "mean halting step", vec![l("train", "train/mean_halt_steps")])?;
+    draw(throughput, "throughput (tokens/s)", vec![l("tokens/s", "train/tokens_per_s")])?;
     Ok(files)
 }

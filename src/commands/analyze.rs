@@ -92,6 +92,25 @@ fn write_json<T: serde::Serialize>(out: &Path, file: &str, v: &T) -> Result<Path
 
 /// Runs one analysis; returns the files written.
 pub fn run_analyze(cmd: &AnalyzeCommand) -> Result<Vec<PathBuf>> {
+    let (common, files): (&AnalyzeCommon, &[&str]) = match cmd {
+        AnalyzeCommand::Trajectory(c) => (
+            c,
+            &[
+                "trajectory.json",
+                "trajectory_accuracy.svg",
+                "trajectory_state.svg",
+                "trajectory_conflicts.svg",
+            ],
+        ),
+        AnalyzeCommand::Trivial { common, .. } => (common, &["trivial.json", "trivial.svg"]),
+        AnalyzeCommand::FixedPoints { common, .. } => (common, &["fixed_points.json", "fixed_points.svg"]),
+    };
+    let mut inputs =
+        vec![("--checkpoint", common.checkpoint.as_path()), ("puzzle set", common.set.as_path())];
+    if let Some(c) = &common.config {
+        inputs.push(("--config", c.as_path()));
+    }
+    crate::fsutil::check_output_dir("--out", &common.out, files, &inputs)?;
     match cmd {
         AnalyzeCommand::Trajectory(c) => {
             let r = run_trajectory(c)?;

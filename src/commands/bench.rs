@@ -161,6 +161,10 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
 }
 
 pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
+    if let Some(j) = &a.json {
+        let config: Vec<crate::fsutil::Input> = a.config.iter().map(|c| ("--config", c.as_path())).collect();
+        crate::fsutil::check_output("--json", j, &config)?;
+    }
     if a.batch_size == 0 || a.steps == 0 {
         bail!("--batch-size and --steps must be at least 1");
     }

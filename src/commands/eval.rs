@@ -195,10 +195,28 @@ fn question_string(e: &Example) -> String {
         .collect()
 }
 
+/// `--json` and `--answers`, checked before any work: neither may be an input (a checkpoint,
+/// the config or a puzzle set) nor the other.
+fn check_eval_outputs(a: &EvalArgs) -> Result<()> {
+    let mut inputs: Vec<crate::fsutil::Input> =
+        a.checkpoints.iter().map(|c| ("--checkpoint", c.as_path())).collect();
+    inputs.extend(a.config.as_deref().map(|c| ("--config", c)));
+    inputs.extend(a.sets.iter().map(|s| ("puzzle set", s.as_path())));
+    let outputs: Vec<(&str, &Path)> = [("--json", &a.json), ("--answers", &a.answers)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
+    for (flag, p) in &outputs {
+        crate::fsutil::check_output(flag, p, &inputs)?;
+    }
+    crate::fsutil::check_distinct_outputs(&outputs)
+}
+
 /// `hrm eval`. With `--nproc N` (or the torchrun variables) the puzzles are sharded over the
 /// ranks and rank 0 alone prints and writes; the launcher of `--nproc` and the other ranks
 /// return an empty output.
 pub fn run_eval(a: &EvalArgs) -> Result<EvalOutput> {
+    check_eval_outputs(a)?;
     let augmented = a.perturb.is_some() || a.checkpoints.len() > 1 || a.halt == HaltMode::Act;
     let env = match distributed::setup(a.device, a.nproc, a.master_port, "evaluation")? {
         Role::Launched => return Ok(EvalOutput::Plain(Vec::new())),

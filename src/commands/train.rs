@@ -4,6 +4,7 @@ use super::eval::report_table;
 use super::train_setup::{model_config, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
+use crate::fsutil::{Input, check_output_dir};
 use crate::infer::augmented::{AugmentedOptions, evaluate_augmented};
 use crate::infer::eval::Example;
 use crate::infer::perturb::parse_spec;
@@ -16,12 +17,14 @@ use crate::train::checkpoint::complete_checkpoints;
 use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
 use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
 use crate::train::run::{RunOptions, RunSummary, run};
-use crate::train::rundir::{RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint};
+use crate::train::rundir::{
+    RUN_ENTRIES, RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint,
+};
 use crate::train::sampler::PuzzleSource;
 use crate::train::{TrainConfig, Trainer};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -159,6 +162,16 @@ fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Ex
         .collect()
 }
 
+/// `--out RUN` before any work: a directory that can be written, and none of the run's inputs
+/// inside the run files a new run replaces (`--overwrite` would delete them).
+fn check_run_dir(out: &Path, a: &TrainArgs) -> Result<()> {
+    let mut inputs: Vec<Input> = a.data.iter().map(|d| ("--data", d.as_path())).collect();
+    inputs.extend(a.init.as_deref().map(|w| ("--init", w)));
+    inputs.extend(a.config.as_deref().map(|c| ("--config", c)));
+    inputs.extend(a.eval.iter().map(|e| ("--eval set", e.as_path())));
+    check_output_dir("--out", out, RUN_ENTRIES, &inputs)
+}
+
 pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     let env = match distributed_setup(a)? {
         Ok(env) => env,
@@ -223,6 +236,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     let (Some(data_path), Some(out)) = (&a.data, &a.out) else {
         bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
     };
+    check_run_dir(out, a)?;
     let data_path = train_split(data_path)?;
     let model = model_config(a)?;
     check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some() }, a.device)?;
@@ -359,6 +373,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         bail!("blanks must satisfy min <= max <= 64");
     }
     check_host(&model, Purpose::Train { batch: a.batch_size, ema: false }, a.device)?;
+    check_output_dir("--out", &a.out, RUN_ENTRIES, &[])?;
     let _lock = RunLock::acquire(&a.out)?;
     prepare_new_run(&a.out, a.overwrite, None)?;
     eprintln!(

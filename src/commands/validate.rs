@@ -112,6 +112,13 @@ pub fn grad_outputs<B: Backend>(
     Ok(out)
 }
 
+/// `--out` of `hrm forward` and `hrm grad`, checked before any work.
+fn check_output(out: &Path, checkpoint: &Path, config: Option<&Path>, batch: &Path) -> Result<()> {
+    let mut inputs = vec![("--checkpoint", checkpoint), ("--batch", batch)];
+    inputs.extend(config.map(|c| ("--config", c)));
+    crate::fsutil::check_output("--out", out, &inputs)
+}
+
 /// `hrm forward`
 pub fn run_forward(
     checkpoint: &Path,
@@ -124,6 +131,7 @@ pub fn run_forward(
     if segments == 0 {
         bail!("--segments must be at least 1");
     }
+    check_output(out, checkpoint, config, batch)?;
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch = load_batch(batch, &cfg)?;
     let tensors = crate::with_backend!(device, |be| forward_outputs(be, &cfg, &params, &batch, segments)?);
@@ -150,6 +158,7 @@ pub fn run_grad(
     out: &Path,
     device: DeviceChoice,
 ) -> Result<()> {
+    check_output(out, checkpoint, config, batch)?;
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch_data = load_batch(batch, &cfg)?;
     if batch_data.labels.is_none() {

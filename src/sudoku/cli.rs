@@ -4,6 +4,7 @@ use super::dataset::{BuildConfig, Dataset, build, canonical_set, read_puzzles};
 use super::formats::{ImportOptions, Puzzle, import, write_csv};
 use super::generate::{GenConfig, Mode, generate};
 use super::rating::{DEFAULT_SAMPLES, RatingStats};
+use crate::fsutil::{Input, check_output, check_output_dir};
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -139,6 +140,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             if mode == GenMode::Hard && min_rating > max_rating {
                 bail!("--min-rating {min_rating} is above --max-rating {max_rating}: no puzzle can qualify");
             }
+            check_output("--out", &out, &[])?;
             let mode = match mode {
                 GenMode::Minimal => Mode::Minimal,
                 GenMode::Easy => Mode::Easy,
@@ -184,6 +186,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Import { files, out, skip_invalid, rating_samples } => {
+            let inputs: Vec<Input> = files.iter().map(|f| ("input", f.as_path())).collect();
+            check_output("--out", &out, &inputs)?;
             let pb = bar(count_lines(&files), "import");
             let t = Instant::now();
             let opts = ImportOptions { skip_invalid, rating_samples: rating_samples.max(1), rerate: true };
@@ -211,6 +215,10 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             if train == 0 {
                 eprintln!("warning: --train 0: building only the test split");
             }
+            let mut read: Vec<Input> = inputs.iter().map(|f| ("input", f.as_path())).collect();
+            read.extend(exclude.iter().map(|f| ("--exclude set", f.as_path())));
+            // The splits replace out/train and out/test wholesale.
+            check_output_dir("--out", &out, &["train", "test"], &read)?;
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
             let ex = canonical_set(&exclude)?;

@@ -72,7 +72,8 @@ pub fn existing_run_entries(dir: &Path) -> Vec<&'static str> {
 }
 
 /// Make `dir` ready for a new run: refuse when it already holds one, unless `overwrite`, in
-/// which case the old run's files are removed first (other files in `dir` are left alone).
+/// which case the old run's files are removed first: only what the project writes (see
+/// [`remove_run_entry`]); other files in `dir`, `checkpoints/` and `plots/` are left alone.
 /// Call with the run's lock held.
 /// `resume_hint` is the command that continues such a run, when there is one.
 pub fn prepare_new_run(dir: &Path, overwrite: bool, resume_hint: Option<&str>) -> Result<()> {
@@ -91,12 +92,64 @@ pub fn prepare_new_run(dir: &Path, overwrite: bool, resume_hint: Option<&str>) -
         );
     }
     for e in found {
-        let p = dir.join(e);
-        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-        r.with_context(|| format!("--overwrite: removing {}", p.display()))?;
+        remove_run_entry(&dir.join(e))?;
     }
     eprintln!("--overwrite: removed the previous run in {}", dir.display());
     Ok(())
+}
+
+/// Remove one of [`RUN_ENTRIES`] for `--overwrite`: a file by its name; in `checkpoints/` only
+/// the checkpoint directories a run writes (`step_N`, `discarded_step_N*` and the temporary
+/// `.step_N.tmp.PID`), in `plots/` only the charts `hrm plot` draws; the directory itself goes
+/// only when nothing else is left in it.
+fn remove_run_entry(p: &Path) -> Result<()> {
+    let context = || format!("--overwrite: removing {}", p.display());
+    if !p.is_dir() {
+        return std::fs::remove_file(p).with_context(context);
+    }
+    let ours: fn(&str) -> bool = if p.ends_with("plots") {
+        |name| crate::analysis::plot::PLOT_FILES.contains(&name)
+    } else {
+        is_checkpoint_dir_name
+    };
+    for e in std::fs::read_dir(p).with_context(context)? {
+        let e = e.with_context(context)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !ours(&name) {
+            continue;
+        }
+        let q = e.path();
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&q)
+        } else {
+            std::fs::remove_file(&q)
+        };
+        r.with_context(|| format!("--overwrite: removing {}", q.display()))?;
+    }
+    let left: Vec<String> = std::fs::read_dir(p)
+        .with_context(context)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    if left.is_empty() {
+        std::fs::remove_dir(p).with_context(context)?;
+    } else {
+        eprintln!("--overwrite: kept {} in {} (not written by hrm)", left.join(", "), p.display());
+    }
+    Ok(())
+}
+
+/// Names of the checkpoint directories a run writes: `step_N`, `discarded_step_N` (with an
+/// optional `_K` suffix) and the temporary `.step_N.tmp.PID`.
+fn is_checkpoint_dir_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let step = |s: &str| s.strip_prefix("step_").is_some_and(digits);
+    if let Some(rest) = name.strip_prefix("discarded_") {
+        return step(rest) || rest.rsplit_once('_').is_some_and(|(s, k)| step(s) && digits(k));
+    }
+    if let Some((s, pid)) = name.strip_prefix('.').and_then(|n| n.split_once(".tmp.")) {
+        return step(s) && digits(pid);
+    }
+    step(name)
 }
 
 /// The checkpoint a resume of `run` starts from: `explicit` (a checkpoint directory with its
@@ -108,6 +161,22 @@ pub fn resume_checkpoint(run: &Path, explicit: Option<&Path>) -> Result<PathBuf>
                 "--resume-from {}: not a complete checkpoint directory (no {MARKER} marker); \
                  complete checkpoints of {}: {}",
                 c.display(),
+                run.display(),
+                list(run)
+            );
+        }
+        // Compared after resolving symlinks: a link into another run is that other run.
+        let parent = std::fs::canonicalize(c).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+        let own = std::fs::canonicalize(checkpoints_dir(run)).ok();
+        if parent.is_none() || parent != own {
+            bail!(
+                "--resume-from {}: not a checkpoint of {} (expected a directory in {}); resuming \
+                 one run from another's weights would mix the two runs: start a new run with \
+                 `hrm train --init CHECKPOINT/model.safetensors --out NEW_RUN` instead; complete \
+                 checkpoints of {}: {}",
+                c.display(),
+                run.display(),
+                checkpoints_dir(run).display(),
                 run.display(),
                 list(run)
             );
@@ -137,16 +206,20 @@ pub fn previous_checkpoint(run: &Path, ckpt: &Path) -> Option<PathBuf> {
 }
 
 /// Resuming from an older checkpoint forks the run at `step`: the complete checkpoints after it
-/// are renamed `discarded_step_*` (kept on disk, no longer picked by a resume or pruned).
+/// are renamed `discarded_step_N` (kept on disk, no longer picked by a resume or pruned). A
+/// name already taken by an earlier fork gets the first free suffix `_2`, `_3`, ...: a set
+/// aside checkpoint is never deleted.
 pub fn discard_checkpoints_after(run: &Path, step: u64) -> Result<Vec<PathBuf>> {
     let mut moved = Vec::new();
     for (s, p) in complete_checkpoints(run)? {
         if s > step {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let to = checkpoints_dir(run).join(format!("discarded_{name}"));
-            if to.exists() {
-                std::fs::remove_dir_all(&to).with_context(|| format!("removing {}", to.display()))?;
-            }
+            let dir = checkpoints_dir(run);
+            let to = std::iter::once(format!("discarded_{name}"))
+                .chain((2..).map(|k| format!("discarded_{name}_{k}")))
+                .map(|n| dir.join(n))
+                .find(|p| std::fs::symlink_metadata(p).is_err())
+                .expect("an unbounded sequence of names has a free one");
             std::fs::rename(&p, &to).with_context(|| format!("renaming {}", p.display()))?;
             moved.push(to);
         }
