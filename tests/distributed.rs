@@ -279,6 +279,7 @@ fn nccl_failure_worker() {
             let took = start.elapsed();
             println!("rank 0: NCCL start-up given up after {took:?}: {err:#}");
             assert!(took < Duration::from_secs(20), "took {took:?}");
+            d.fail(&format!("{err:#}")); // as `ranked` reports a failed rank
         }
         other => panic!("unknown scenario {other}"),
     }
@@ -356,7 +357,7 @@ fn a_rank_missing_at_the_nccl_start_up_is_given_up_on_in_time() {
     let (ok0, ok1, text) = run_scenario("hangs_before_init", None, 5);
     assert!(ok0 && ok1, "{text}");
     assert!(text.contains("rank 0: NCCL start-up given up after"), "{text}");
-    assert!(text.contains("rank 1: told to stop"), "{text}");
+    assert!(text.contains("rank 1: told to stop: rank 0 failed"), "{text}");
 }
 
 #[test]
