@@ -222,7 +222,7 @@ impl NcclComm {
                     if last.is_empty() { String::new() } else { format!(" ({last})") }
                 );
             }
-            match c.async_error(&what) {
+            match c.async_error("ncclCommInitRankConfig") {
                 Ok(true) => backoff.wait(),
                 Ok(false) => break,
                 Err(e) => {
