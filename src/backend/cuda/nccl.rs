@@ -98,8 +98,8 @@ fn describe(code: sys::ncclResult_t, comm: Option<sys::ncclComm_t>) -> String {
 }
 
 /// `NCCL_CONFIG_INITIALIZER` of the NCCL 2.30 header that cudarc's bindings follow, with
-/// `blocking = 0`. `version` says which layout of the struct this is (the library reads only
-/// the fields that version has); every other field stays "undefined" (NCCL's defaults).
+/// `blocking = 0`. `size` and `version` tell the library which layout of the struct it is
+/// given; every other field stays "undefined" (NCCL's defaults).
 fn non_blocking_config() -> sys::ncclConfig_t {
     const UNDEF: i32 = i32::MIN; // NCCL_CONFIG_UNDEF_INT
     sys::ncclConfig_t {
