@@ -6,18 +6,26 @@
 //
 // Design: ncclGetUniqueId starts a hub thread in the calling process, listening on
 // 127.0.0.1:<ephemeral port>; the 128-byte id carries the port, the creator's pid and a random
-// nonce. ncclCommInitRank connects to the hub and waits until all nranks ranks have joined.
-// Every collective sends (header, payload) to the hub, which reads the ranks in rank order,
-// checks that all called the same collective (kind, type, count, root, sequence number: NCCL's
-// "same order on every rank" rule), combines in rank order ((r0 + r1) + r2 ...; identical bits
-// on every rank and from run to run) and sends the result back. Calls complete before they
-// return (as every stream operation of the emulation does). Between ncclGroupStart and
-// ncclGroupEnd calls are queued and issued in order at the outermost ncclGroupEnd.
+// nonce. ncclCommInitRank(Config) starts the communicator's proxy thread, which connects to the
+// hub and waits until all nranks ranks have joined (in the background for a non-blocking
+// config: the call returns ncclInProgress). Every collective is queued for the proxy, which
+// sends (header, payload) to the hub; the hub reads the ranks in rank order, checks that all
+// called the same collective (kind, type, count, root, sequence number: NCCL's "same order on
+// every rank" rule), combines in rank order ((r0 + r1) + r2 ...; identical bits on every rank
+// and from run to run) and sends the result back. On a non-blocking communicator the call
+// returns ncclInProgress and ncclCommGetAsyncError says ncclInProgress until the result is in
+// place (the emulated stream completes at issue time, so "issued" here means "done"); a
+// blocking one waits. Between ncclGroupStart and ncclGroupEnd calls are queued and issued in
+// order at the outermost ncclGroupEnd.
 //
-// Failures: a rank whose connection closes (process died, ncclCommAbort) or that sends nothing
-// for HRM_NCCL_EMU_TIMEOUT_S seconds (default 600) makes the hub fail the pending collective
-// on every other rank with ncclRemoteError; ncclGetLastError says which rank and why. Device
-// pointers are checked against the emulation's live allocations.
+// Failures, as the real library reports them: a rank whose connection closes (process died,
+// ncclCommAbort) or that sends nothing for HRM_NCCL_EMU_TIMEOUT_S seconds (default 600) makes
+// the hub fail the pending collective on every other rank. The call that issued it returned
+// success (or ncclInProgress); the failure is the communicator's asynchronous error
+// (ncclCommGetAsyncError: ncclRemoteError), ncclGetLastError says which rank and why, and the
+// receive buffer keeps whatever it held. ncclCommAbort and ncclCommDestroy free the
+// communicator: a later call with that handle is reported as a use after free and stops the
+// process. Device pointers are checked against the emulation's live allocations.
 //
 // Planted bugs for the self-tests, which must then fail: HRM_NCCL_EMU_PLANT=reverse makes the
 // hub combine (and gather) ranks in reverse order; =drop makes an all-reduce return rank 0's
@@ -29,12 +37,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -273,10 +287,13 @@ void hub_main(int listen_fd, uint64_t nonce) {
     auto left = std::chrono::duration<double>(deadline - Clock::now()).count();
     pollfd pfd{listen_fd, POLLIN, 0};
     if (left <= 0 || poll(&pfd, 1, static_cast<int>(left * 1000) + 1) <= 0) {
+      std::string missing;
+      for (int r = 0; r < nranks; r++)
+        if (peers[r].fd < 0) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
       char b[160];
-      snprintf(b, sizeof b, "ncclCommInitRank: only %d of %d ranks joined within %.0f s", joined,
-               nranks, timeout);
-      hub_fail(peers, b);
+      snprintf(b, sizeof b, "ncclCommInitRank: only %d of %d ranks joined within %.0f s (missing: ",
+               joined, nranks, timeout);
+      hub_fail(peers, b + (missing.empty() ? std::string("?") : missing) + ")");
       close(listen_fd);
       return;
     }
@@ -400,6 +417,13 @@ void hub_main(int listen_fd, uint64_t nonce) {
 }
 
 // ---- The rank side. ----
+//
+// Each communicator has a proxy thread (as NCCL has): it joins the hub in the background (so a
+// non-blocking ncclCommInitRankConfig returns ncclInProgress at once) and then runs the issued
+// collectives in order. A failure (a peer that died, a hub that gave up) is not the return
+// value of the call that issued the collective: it becomes the communicator's asynchronous
+// error (ncclCommGetAsyncError), as on a GPU, where the call has long returned ncclSuccess when
+// the kernel meets the dead peer.
 
 struct Pending {
   Header h;
@@ -415,25 +439,61 @@ void set_error(const std::string& msg) {
   g_last_error = msg;
 }
 
-thread_local int t_group_depth = 0;
-thread_local std::vector<std::pair<ncclComm_t, Pending>> t_queue;
-
 }  // namespace
 
 struct ncclComm {
-  std::atomic<int> fd{-1};
   int rank = 0;
   int nranks = 0;
-  uint64_t seq = 0;
+  bool blocking = true;
+  IdData id{};
+  std::atomic<int> fd{-1};
   std::atomic<bool> aborted{false};
-  std::atomic<bool> busy{false};
+  uint64_t seq = 0;  // proxy thread only
+  // Guarded by mu:
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Pending> queue;  // issued, not yet completed (the front one may be running)
+  uint64_t issued = 0, completed = 0;
+  ncclResult_t async = ncclInProgress;  // what ncclCommGetAsyncError reports
   std::string error;
 };
 
 namespace {
 
-ncclResult_t fail(ncclComm_t comm, ncclResult_t code, const std::string& msg) {
-  if (comm) comm->error = msg;
+// Live communicators. ncclCommAbort and ncclCommDestroy free one (here: take it out of this
+// registry); a call with a freed handle is a use after free on a real NCCL, so it is reported
+// and the process stops. Freed objects are kept (a few bytes each) so an address is never
+// reused and a stale handle is always recognised.
+std::mutex g_live_mu;
+std::map<ncclComm*, std::shared_ptr<ncclComm>> g_live;
+std::vector<std::shared_ptr<ncclComm>> g_freed;
+
+thread_local int t_group_depth = 0;
+thread_local std::vector<std::pair<std::shared_ptr<ncclComm>, Pending>> t_queue;
+
+std::shared_ptr<ncclComm> live(ncclComm_t comm, const char* call) {
+  std::lock_guard<std::mutex> g(g_live_mu);
+  auto it = g_live.find(comm);
+  if (it != g_live.end()) return it->second;
+  fprintf(stderr,
+          "NCCL stand-in: %s on communicator %p, which ncclCommAbort or ncclCommDestroy already "
+          "freed (a use after free with the real NCCL)\n",
+          call, static_cast<void*>(comm));
+  fflush(stderr);
+  abort();
+}
+
+void release(const std::shared_ptr<ncclComm>& c) {
+  std::lock_guard<std::mutex> g(g_live_mu);
+  g_live.erase(c.get());
+  g_freed.push_back(c);
+}
+
+ncclResult_t fail(ncclComm* comm, ncclResult_t code, const std::string& msg) {
+  if (comm) {
+    std::lock_guard<std::mutex> g(comm->mu);
+    comm->error = msg;
+  }
   set_error(msg);
   return code;
 }
@@ -442,75 +502,196 @@ bool dev_ok(const void* p, size_t bytes) {
   return bytes == 0 || emu::mem_range_ok(reinterpret_cast<uint64_t>(p), bytes);
 }
 
-ncclResult_t run(ncclComm_t comm, const Pending& op) {
-  if (comm->aborted.load()) return fail(comm, ncclInvalidUsage, "the communicator was aborted");
-  if (comm->fd < 0) return fail(comm, ncclRemoteError, "the communicator failed earlier: " + comm->error);
-  comm->busy = true;
-  Header h = op.h;
-  h.seq = comm->seq++;
-  std::string why;
-  uint64_t n = send_bytes(h, comm->rank);
-  bool ok = write_full(comm->fd, &h, sizeof h, &why) &&
-            (n == 0 || write_full(comm->fd, op.send, n, &why));
+// Connects to the hub and waits until every rank has joined.
+ncclResult_t join_hub(ncclComm* c, std::string* why) {
+  const IdData& d = c->id;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(d.port));
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    std::string e = strerror(errno);
+    if (fd >= 0) close(fd);
+    *why = "ncclCommInitRank: cannot reach the id's creator (pid " + std::to_string(d.pid) +
+           ") on 127.0.0.1:" + std::to_string(d.port) + ": " + e;
+    return ncclSystemError;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  c->fd = fd;
+  if (c->aborted.load()) shutdown(fd, SHUT_RDWR);  // an abort that came before the socket
+  Hello h{};
+  memcpy(h.magic, kMagic, 8);
+  h.nonce = d.nonce;
+  h.nranks = c->nranks;
+  h.rank = c->rank;
+  h.pid = static_cast<int32_t>(getpid());
   Reply rep{};
-  ok = ok && read_full(comm->fd, &rep, sizeof rep, timeout_s() + 5, &comm->aborted, &why);
+  std::string w;
+  if (!write_full(fd, &h, sizeof h, &w) ||
+      !read_full(fd, &rep, sizeof rep, timeout_s() + 5, &c->aborted, &w)) {
+    *why = "ncclCommInitRank: rank " + std::to_string(c->rank) + ": " + w;
+    return ncclSystemError;
+  }
+  if (rep.status != ncclSuccess) {
+    std::string msg(rep.msg_len, '\0');
+    read_full(fd, msg.data(), rep.msg_len, 30, &c->aborted, &w);
+    *why = msg;
+    return static_cast<ncclResult_t>(rep.status);
+  }
+  return ncclSuccess;
+}
+
+// One collective through the hub; false with *why when it could not complete.
+bool exchange(ncclComm* c, const Pending& op, std::string* why) {
+  Header h = op.h;
+  h.seq = c->seq++;
+  uint64_t n = send_bytes(h, c->rank);
+  int fd = c->fd;
+  bool ok = write_full(fd, &h, sizeof h, why) && (n == 0 || write_full(fd, op.send, n, why));
+  Reply rep{};
+  ok = ok && read_full(fd, &rep, sizeof rep, timeout_s() + 5, &c->aborted, why);
   std::string msg;
   if (ok && rep.msg_len > 0) {
     msg.resize(rep.msg_len);
-    ok = read_full(comm->fd, msg.data(), rep.msg_len, 30, &comm->aborted, &why);
+    ok = read_full(fd, msg.data(), rep.msg_len, 30, &c->aborted, why);
   }
-  if (ok && rep.status == ncclSuccess) {
-    uint64_t want = h.op == OP_ALLGATHER ? h.count * type_size(h.dtype) * comm->nranks
-                                         : h.count * type_size(h.dtype);
-    if (rep.payload != want) {
-      ok = false;
-      why = "protocol error: result of " + std::to_string(rep.payload) + " bytes, expected " +
-            std::to_string(want);
+  if (ok && rep.status != ncclSuccess) {
+    *why = msg;  // the hub's reason
+    return false;
+  }
+  if (!ok) return false;
+  uint64_t want = h.op == OP_ALLGATHER ? h.count * type_size(h.dtype) * c->nranks
+                                       : h.count * type_size(h.dtype);
+  if (rep.payload != want) {
+    *why = "protocol error: result of " + std::to_string(rep.payload) + " bytes, expected " +
+           std::to_string(want);
+    return false;
+  }
+  std::vector<char> buf(want);
+  if (!read_full(fd, buf.data(), want, 60, &c->aborted, why)) return false;
+  memmove(op.recv, buf.data(), want);
+  return true;
+}
+
+void proxy_main(std::shared_ptr<ncclComm> c) {
+  std::string why;
+  ncclResult_t joined = join_hub(c.get(), &why);
+  {
+    std::lock_guard<std::mutex> g(c->mu);
+    if (joined != ncclSuccess) {
+      c->async = joined;
+      c->error = why;
     } else {
-      std::vector<char> buf(want);
-      ok = read_full(comm->fd, buf.data(), want, 60, &comm->aborted, &why);
-      if (ok) memmove(op.recv, buf.data(), want);
+      c->async = c->queue.empty() ? ncclSuccess : ncclInProgress;
+    }
+    c->cv.notify_all();
+  }
+  if (joined != ncclSuccess) {
+    set_error(why);
+  } else {
+    for (;;) {
+      Pending op;
+      {
+        std::unique_lock<std::mutex> lk(c->mu);
+        c->cv.wait(lk, [&] { return !c->queue.empty() || c->aborted.load(); });
+        if (c->aborted.load()) break;
+        op = c->queue.front();
+      }
+      if (op.h.op == OP_DESTROY) {
+        Header h = op.h;
+        h.seq = c->seq++;
+        write_full(c->fd, &h, sizeof h, &why);
+        break;
+      }
+      bool ok = exchange(c.get(), op, &why);
+      std::lock_guard<std::mutex> g(c->mu);
+      c->queue.pop_front();
+      c->completed++;
+      if (!ok) {
+        // Everything still queued behind it is dropped: the communicator is broken.
+        c->completed += c->queue.size();
+        c->queue.clear();
+        c->async = c->aborted.load() ? ncclInvalidUsage : ncclRemoteError;
+        c->error = std::string(op_name(op.h.op)) + " on rank " + std::to_string(c->rank) + ": " +
+                   (c->aborted.load() ? "the communicator was aborted" : why);
+        set_error(c->error);
+      } else if (c->queue.empty()) {
+        c->async = ncclSuccess;
+      }
+      c->cv.notify_all();
+      if (!ok) break;
     }
   }
-  comm->busy = false;
-  if (ok && rep.status == ncclSuccess) return ncclSuccess;
-  if (ok) why = msg;  // the hub's reason
-  close(comm->fd);
-  comm->fd = -1;
-  return fail(comm, ncclRemoteError,
-              std::string(op_name(h.op)) + " on rank " + std::to_string(comm->rank) + ": " + why);
+  int fd = c->fd.exchange(-1);
+  if (fd >= 0) close(fd);
+  std::lock_guard<std::mutex> g(c->mu);
+  c->cv.notify_all();
+}
+
+// Queues `ops` (all on `c`) for its proxy. A non-blocking communicator returns ncclInProgress
+// at once; a blocking one waits for the proxy (the emulated stream completes work at issue
+// time) but, as the real library, returns ncclSuccess even when the collective failed: that
+// shows in ncclCommGetAsyncError.
+ncclResult_t enqueue(const std::shared_ptr<ncclComm>& c, const std::vector<Pending>& ops) {
+  std::unique_lock<std::mutex> lk(c->mu);
+  if (c->async == ncclInProgress) {
+    lk.unlock();
+    return fail(c.get(), ncclInvalidUsage,
+                std::string(op_name(ops[0].h.op)) +
+                    ": the communicator is still busy (ncclInProgress): poll ncclCommGetAsyncError "
+                    "until it is done before the next call");
+  }
+  if (c->async != ncclSuccess) return c->async;  // failed earlier; ncclGetLastError says why
+  for (const auto& op : ops) c->queue.push_back(op);
+  c->issued += ops.size();
+  c->async = ncclInProgress;
+  c->cv.notify_all();
+  if (!c->blocking) return ncclInProgress;
+  uint64_t ticket = c->issued;
+  c->cv.wait(lk, [&] { return c->completed >= ticket || c->aborted.load(); });
+  return ncclSuccess;
 }
 
 ncclResult_t issue(ncclComm_t comm, uint32_t op, const void* send, void* recv, size_t count,
                    ncclDataType_t dtype, ncclRedOp_t redop, int root) {
   if (!comm) return fail(nullptr, ncclInvalidArgument, std::string(op_name(op)) + ": null communicator");
+  auto c = live(comm, op_name(op));
   size_t ts = type_size(dtype);
-  if (ts == 0) return fail(comm, ncclInvalidArgument, std::string(op_name(op)) + ": unsupported data type");
+  if (ts == 0) return fail(c.get(), ncclInvalidArgument, std::string(op_name(op)) + ": unsupported data type");
   if (op == OP_ALLREDUCE) {
-    if (redop > ncclMin) return fail(comm, ncclInvalidArgument, "ncclAllReduce: unsupported reduction op");
+    if (redop > ncclMin) return fail(c.get(), ncclInvalidArgument, "ncclAllReduce: unsupported reduction op");
     if (dtype == ncclFloat16 || dtype == ncclBfloat16)
-      return fail(comm, ncclInvalidArgument, "ncclAllReduce: 16-bit floats are not emulated");
+      return fail(c.get(), ncclInvalidArgument, "ncclAllReduce: 16-bit floats are not emulated");
   }
-  if (op == OP_BROADCAST && (root < 0 || root >= comm->nranks))
-    return fail(comm, ncclInvalidArgument, "ncclBroadcast: root outside the communicator");
+  if (op == OP_BROADCAST && (root < 0 || root >= c->nranks))
+    return fail(c.get(), ncclInvalidArgument, "ncclBroadcast: root outside the communicator");
   size_t in_bytes = count * ts;
-  size_t out_bytes = op == OP_ALLGATHER ? in_bytes * comm->nranks : in_bytes;
-  bool needs_send = op != OP_BROADCAST || root == comm->rank;
+  size_t out_bytes = op == OP_ALLGATHER ? in_bytes * c->nranks : in_bytes;
+  bool needs_send = op != OP_BROADCAST || root == c->rank;
   if ((needs_send && !dev_ok(send, in_bytes)) || !dev_ok(recv, out_bytes))
-    return fail(comm, ncclInvalidArgument,
+    return fail(c.get(), ncclInvalidArgument,
                 std::string(op_name(op)) + ": a buffer is not inside one live device allocation");
   Pending p{Header{0, op, static_cast<uint32_t>(dtype), static_cast<uint32_t>(redop), root, count},
             send, recv};
   if (t_group_depth > 0) {
-    t_queue.emplace_back(comm, p);
+    t_queue.emplace_back(c, p);
     return ncclSuccess;
   }
-  return run(comm, p);
+  return enqueue(c, {p});
 }
 
 }  // namespace
 
 extern "C" {
+
+typedef struct {
+  size_t size;
+  unsigned int magic;
+  unsigned int version;
+  int blocking;  // the rest of ncclConfig_t is not read here
+} ncclConfigPrefix;
 
 __attribute__((visibility("default"))) ncclResult_t ncclGetVersion(int* version) {
   if (!version) return ncclInvalidArgument;
@@ -533,8 +714,15 @@ __attribute__((visibility("default"))) const char* ncclGetErrorString(ncclResult
 }
 
 __attribute__((visibility("default"))) const char* ncclGetLastError(ncclComm_t comm) {
-  if (comm && !comm->error.empty()) return comm->error.c_str();
   static thread_local std::string copy;
+  if (comm) {
+    auto c = live(comm, "ncclGetLastError");
+    std::lock_guard<std::mutex> g(c->mu);
+    if (!c->error.empty()) {
+      copy = c->error;
+      return copy.c_str();
+    }
+  }
   std::lock_guard<std::mutex> g(g_err_mu);
   copy = g_last_error;
   return copy.c_str();
@@ -567,10 +755,23 @@ __attribute__((visibility("default"))) ncclResult_t ncclGetUniqueId(ncclUniqueId
   return ncclSuccess;
 }
 
-__attribute__((visibility("default"))) ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks,
-                                                                     ncclUniqueId id, int rank) {
+// Non-blocking (config->blocking == 0): returns ncclInProgress with the handle at once; the
+// join completes in the background (ncclCommGetAsyncError says when, or why it failed), and
+// ncclCommAbort may end it meanwhile. Blocking: waits for the join; a failed one frees the
+// communicator and returns the error.
+__attribute__((visibility("default"))) ncclResult_t ncclCommInitRankConfig(ncclComm_t* out, int nranks,
+                                                                           ncclUniqueId id, int rank,
+                                                                           ncclConfigPrefix* config) {
   if (!out) return ncclInvalidArgument;
   *out = nullptr;
+  bool blocking = true;
+  if (config) {
+    if (config->magic != 0xcafebeefu || config->size < sizeof(ncclConfigPrefix))
+      return fail(nullptr, ncclInvalidArgument,
+                  "ncclCommInitRankConfig: the config was not made from NCCL_CONFIG_INITIALIZER "
+                  "(size or magic wrong)");
+    if (config->blocking != INT_MIN) blocking = config->blocking != 0;
+  }
   IdData d;
   memcpy(&d, id.internal, sizeof d);
   if (memcmp(d.magic, kMagic, 8) != 0)
@@ -578,90 +779,102 @@ __attribute__((visibility("default"))) ncclResult_t ncclCommInitRank(ncclComm_t*
   if (nranks < 1 || rank < 0 || rank >= nranks)
     return fail(nullptr, ncclInvalidArgument,
                 "ncclCommInitRank: rank " + std::to_string(rank) + " of " + std::to_string(nranks));
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(d.port));
-  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    std::string e = strerror(errno);
-    if (fd >= 0) close(fd);
-    return fail(nullptr, ncclSystemError,
-                "ncclCommInitRank: cannot reach the id's creator (pid " + std::to_string(d.pid) +
-                    ") on 127.0.0.1:" + std::to_string(d.port) + ": " + e);
-  }
-  int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  Hello h{};
-  memcpy(h.magic, kMagic, 8);
-  h.nonce = d.nonce;
-  h.nranks = nranks;
-  h.rank = rank;
-  h.pid = static_cast<int32_t>(getpid());
-  std::string why;
-  Reply rep{};
-  if (!write_full(fd, &h, sizeof h, &why) || !read_full(fd, &rep, sizeof rep, timeout_s() + 5, nullptr, &why)) {
-    close(fd);
-    return fail(nullptr, ncclSystemError, "ncclCommInitRank: rank " + std::to_string(rank) + ": " + why);
-  }
-  if (rep.status != ncclSuccess) {
-    std::string msg(rep.msg_len, '\0');
-    read_full(fd, msg.data(), rep.msg_len, 30, nullptr, &why);
-    close(fd);
-    return fail(nullptr, static_cast<ncclResult_t>(rep.status), msg);
-  }
-  auto* c = new ncclComm;
-  c->fd = fd;
+  auto c = std::make_shared<ncclComm>();
   c->rank = rank;
   c->nranks = nranks;
-  *out = c;
+  c->blocking = blocking;
+  c->id = d;
+  {
+    std::lock_guard<std::mutex> g(g_live_mu);
+    g_live[c.get()] = c;
+  }
+  std::thread(proxy_main, c).detach();
+  if (!blocking) {
+    *out = c.get();
+    return ncclInProgress;
+  }
+  std::unique_lock<std::mutex> lk(c->mu);
+  c->cv.wait(lk, [&] { return c->async != ncclInProgress; });
+  ncclResult_t r = c->async;
+  lk.unlock();
+  if (r != ncclSuccess) {
+    release(c);
+    return r;
+  }
+  *out = c.get();
+  return ncclSuccess;
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclCommInitRank(ncclComm_t* out, int nranks,
+                                                                     ncclUniqueId id, int rank) {
+  return ncclCommInitRankConfig(out, nranks, id, rank, nullptr);
+}
+
+__attribute__((visibility("default"))) ncclResult_t ncclCommGetAsyncError(ncclComm_t comm,
+                                                                          ncclResult_t* state) {
+  if (!comm || !state) return ncclInvalidArgument;
+  auto c = live(comm, "ncclCommGetAsyncError");
+  std::lock_guard<std::mutex> g(c->mu);
+  *state = c->async;
   return ncclSuccess;
 }
 
 __attribute__((visibility("default"))) ncclResult_t ncclCommCount(const ncclComm_t comm, int* count) {
   if (!comm || !count) return ncclInvalidArgument;
-  *count = comm->nranks;
+  *count = live(comm, "ncclCommCount")->nranks;
   return ncclSuccess;
 }
 
 __attribute__((visibility("default"))) ncclResult_t ncclCommUserRank(const ncclComm_t comm, int* rank) {
   if (!comm || !rank) return ncclInvalidArgument;
-  *rank = comm->rank;
+  *rank = live(comm, "ncclCommUserRank")->rank;
   return ncclSuccess;
 }
 
 __attribute__((visibility("default"))) ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int* device) {
   if (!comm || !device) return ncclInvalidArgument;
+  live(comm, "ncclCommCuDevice");
   *device = 0;
   return ncclSuccess;
 }
 
+// Waits until everything issued has completed; the communicator's state then.
 __attribute__((visibility("default"))) ncclResult_t ncclCommFinalize(ncclComm_t comm) {
-  return comm ? ncclSuccess : ncclInvalidArgument;
+  if (!comm) return ncclInvalidArgument;
+  auto c = live(comm, "ncclCommFinalize");
+  std::unique_lock<std::mutex> lk(c->mu);
+  c->cv.wait(lk, [&] { return c->queue.empty() || c->aborted.load(); });
+  return c->async;
 }
 
-// Orderly end: the hub waits for every rank's destroy.
+// Orderly end: the hub waits for every rank's destroy. Frees the communicator.
 __attribute__((visibility("default"))) ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (!comm) return ncclSuccess;
-  if (comm->fd >= 0 && !comm->aborted.load()) {
-    Header h{comm->seq++, OP_DESTROY, 0, 0, 0, 0};
-    std::string why;
-    write_full(comm->fd, &h, sizeof h, &why);
-    close(comm->fd);
+  auto c = live(comm, "ncclCommDestroy");
+  release(c);
+  std::lock_guard<std::mutex> g(c->mu);
+  if (c->async == ncclSuccess && c->fd >= 0) {
+    c->queue.push_back(Pending{Header{0, OP_DESTROY, 0, 0, 0, 0}, nullptr, nullptr});
+  } else {
+    c->aborted = true;
+    int fd = c->fd;
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
   }
-  delete comm;
+  c->cv.notify_all();
   return ncclSuccess;
 }
 
-// May be called from another thread while a collective blocks on this communicator: that call
-// then returns an error, and the peers' pending collectives fail naming this rank. The small
-// communicator object is not freed here (the blocked call may still be using it).
+// Frees the communicator and stops its proxy (also in the middle of a start-up or a
+// collective): the peers' pending collectives fail naming this rank.
 __attribute__((visibility("default"))) ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (!comm) return ncclSuccess;
-  // Only atomics and the socket are touched here: the blocked call may be writing the error.
-  comm->aborted = true;
-  int fd = comm->fd;
+  auto c = live(comm, "ncclCommAbort");
+  release(c);
+  c->aborted = true;
+  int fd = c->fd;
   if (fd >= 0) shutdown(fd, SHUT_RDWR);
+  std::lock_guard<std::mutex> g(c->mu);
+  c->cv.notify_all();
   return ncclSuccess;
 }
 
@@ -670,14 +883,24 @@ __attribute__((visibility("default"))) ncclResult_t ncclGroupStart() {
   return ncclSuccess;
 }
 
+// Issues the calls made since the outermost ncclGroupStart, in order, per communicator.
 __attribute__((visibility("default"))) ncclResult_t ncclGroupEnd() {
   if (t_group_depth == 0) return fail(nullptr, ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
   if (--t_group_depth > 0) return ncclSuccess;
   auto queue = std::move(t_queue);
   t_queue.clear();
+  std::vector<std::pair<std::shared_ptr<ncclComm>, std::vector<Pending>>> per_comm;
+  for (auto& [c, op] : queue) {
+    auto it = std::find_if(per_comm.begin(), per_comm.end(), [&](auto& e) { return e.first == c; });
+    if (it == per_comm.end()) {
+      per_comm.push_back({c, {}});
+      it = per_comm.end() - 1;
+    }
+    it->second.push_back(op);
+  }
   ncclResult_t first = ncclSuccess;
-  for (auto& [comm, op] : queue) {
-    ncclResult_t r = run(comm, op);
+  for (auto& [c, ops] : per_comm) {
+    ncclResult_t r = enqueue(c, ops);
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
   return first;

@@ -6,7 +6,7 @@
 //! Every run goes through the binary (`hrm train --nproc N --device emu`), as CI runs it.
 
 use hrm::backend::Backend;
-use hrm::backend::collective::Collective;
+use hrm::backend::collective::{Collective, GroupComm, ProcessGroup};
 use hrm::backend::cuda::nccl::{NcclComm, comm_of};
 use hrm::backend::cuda::{Cuda, CudaDevice};
 use hrm::model::checkpoint::TensorFile;
@@ -191,6 +191,194 @@ fn the_nccl_stand_in_sums_broadcasts_and_gathers_exactly_across_processes() {
     let (ok, text) = run_workers(3, Some("reverse"));
     assert!(!ok, "the reversed rank order went unnoticed:\n{text}");
     assert!(text.contains("all-reduce"), "{text}");
+}
+
+// ---- Failures as NCCL reports them: asynchronously, and a freed communicator after an abort. ----
+
+/// One rank of a failure scenario (`HRM_NCCL_TEST_SCENARIO`; started by the tests below):
+/// - `peer_aborts` / `peer_dies`: after one good all-reduce, rank 1 aborts its communicator
+///   (and its next collective must be an error) or exits without a goodbye; rank 0's next
+///   all-reduce must then be an error naming rank 1, not success with its own values. These
+///   run on a group of their own (no health channel reaches it), so only NCCL's asynchronous
+///   error can tell.
+/// - `dies_before_init`: rank 1 exits right after the rendezvous, before the NCCL start-up;
+///   rank 0's first collective (which starts NCCL) must stop at once naming rank 1.
+/// - `hangs_before_init`: rank 1 stays alive but never starts NCCL; rank 0's start-up must give
+///   up after `HRM_DIST_TIMEOUT_S`, and rank 1 be told to stop.
+///
+/// `HRM_NCCL_TEST_PLANT` plants a bug in the communicator (see `nccl::plant_fault`).
+#[test]
+fn nccl_failure_worker() {
+    let Ok(scenario) = std::env::var("HRM_NCCL_TEST_SCENARIO") else { return };
+    let plant = std::env::var("HRM_NCCL_TEST_PLANT").unwrap_or_default();
+    hrm::backend::cuda::nccl::plant_fault(plant == "skip_async_error_check", plant == "call_after_abort");
+    let env = DistEnv::from_env().unwrap().expect("RANK and WORLD_SIZE");
+    let dev = CudaDevice::for_tests("nccl_failure_worker").expect("the emulation");
+    let be = Cuda::new(dev.clone());
+    let d = Dist::connect(&env, hrm::backend::cuda::nccl::unique_id).unwrap();
+    let r = env.rank;
+    match scenario.as_str() {
+        "peer_aborts" | "peer_dies" => {
+            let group = ProcessGroup::new(r, env.world, d.group.nccl_id, Duration::from_secs(60));
+            let comm = NcclComm::init(&dev, &group).unwrap();
+            let mut a = be.upload_f32(&vector(r));
+            comm.all_reduce_sum(&mut a).unwrap();
+            assert_eq!(bits(&be.download_f32(&a)), bits(&rank_order_sum(env.world)));
+            if r == 1 {
+                if scenario == "peer_dies" {
+                    std::process::exit(0);
+                }
+                comm.abort();
+                let mut b = be.upload_f32(&vector(r));
+                let err = comm.all_reduce_sum(&mut b).expect_err("a collective after the abort succeeded");
+                assert!(format!("{err:#}").contains("aborted"), "{err:#}");
+                assert_eq!(bits(&be.download_f32(&b)), bits(&vector(r)), "the aborted call wrote its buffer");
+                println!("rank 1: collective after abort refused: {err:#}");
+                return;
+            }
+            let mut b = be.upload_f32(&vector(r));
+            let err = match comm.all_reduce_sum(&mut b) {
+                Ok(()) => panic!(
+                    "rank 0: an all-reduce whose peer is gone succeeded, holding {:?} (its own \
+                     values: partial data)",
+                    be.download_f32(&b)
+                ),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(err.contains("rank 1"), "rank 0's error must name the peer: {err}");
+            // The communicator stays failed, and after our own abort a call is an error that
+            // does not touch the freed communicator (the stand-in stops the process if it does).
+            assert!(comm.all_reduce_sum(&mut b).is_err(), "a broken communicator worked again");
+            comm.abort();
+            let after = comm.all_reduce_sum(&mut b).expect_err("a collective after the abort succeeded");
+            assert!(format!("{after:#}").contains("aborted"), "{after:#}");
+            println!("rank 0: the dead peer was reported: {err}");
+            d.finish();
+        }
+        "dies_before_init" | "hangs_before_init" => {
+            if r == 1 {
+                if scenario == "dies_before_init" {
+                    // (after rank 0 has begun the start-up, so it is the start-up that is cut)
+                    std::thread::sleep(Duration::from_secs(2));
+                    std::process::exit(0);
+                }
+                // Alive but never starting NCCL; rank 0 tells us when it gives up.
+                let start = Instant::now();
+                while !d.group.is_aborted() && start.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                assert!(d.group.is_aborted(), "rank 1 was not told that rank 0 gave up");
+                println!("rank 1: told to stop: {}", d.group.abort_reason().unwrap_or_default());
+                return;
+            }
+            let start = Instant::now();
+            let mut a = be.upload_f32(&vector(r));
+            let err = d
+                .collective(&be, "first sum", Collective::Sum, &mut [&mut a])
+                .expect_err("the first collective succeeded without rank 1");
+            let took = start.elapsed();
+            println!("rank 0: NCCL start-up given up after {took:?}: {err:#}");
+            assert!(took < Duration::from_secs(20), "took {took:?}");
+            d.fail(&format!("{err:#}")); // as `ranked` reports a failed rank
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// Runs the two ranks of a `nccl_failure_worker` scenario; returns (rank 0 succeeded, rank 1
+/// succeeded, their output).
+fn run_scenario(scenario: &str, plant: Option<&str>, dist_timeout_s: u32) -> (bool, bool, String) {
+    let port = free_port().to_string();
+    let mut children = Vec::new();
+    for r in 0..2 {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["nccl_failure_worker", "--exact", "--nocapture", "--test-threads", "1"])
+            .env("HRM_NCCL_TEST_SCENARIO", scenario)
+            .env("RANK", r.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("HRM_DIST_TIMEOUT_S", dist_timeout_s.to_string())
+            .env("HRM_NCCL_EMU_TIMEOUT_S", "60")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = plant {
+            c.env("HRM_NCCL_TEST_PLANT", p);
+        }
+        children.push(c.spawn().unwrap());
+    }
+    let mut ok = Vec::new();
+    let mut text = String::new();
+    for (r, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        ok.push(o.status.success());
+        text += &format!("---- rank {r} ({}) ----\n", o.status);
+        text += &String::from_utf8_lossy(&o.stdout);
+        text += &String::from_utf8_lossy(&o.stderr);
+    }
+    (ok[0], ok[1], text)
+}
+
+#[test]
+fn a_collective_whose_peer_aborted_or_died_is_an_error_not_partial_data() {
+    if !emulation_available() {
+        return;
+    }
+    for scenario in ["peer_aborts", "peer_dies"] {
+        let (ok0, ok1, text) = run_scenario(scenario, None, 60);
+        assert!(ok0 && ok1, "{scenario}:\n{text}");
+        assert!(text.contains("rank 0: the dead peer was reported"), "{scenario}:\n{text}");
+        // The stand-in's report names the rank that left.
+        assert!(text.contains("rank 1 (pid"), "{scenario}:\n{text}");
+    }
+    // Planted: the asynchronous error is not checked, so rank 0 takes its own values for the
+    // sum (the call itself returned success); the test must catch it.
+    let (ok0, _, text) = run_scenario("peer_dies", Some("skip_async_error_check"), 60);
+    assert!(!ok0, "an unchecked asynchronous error went unnoticed:\n{text}");
+    assert!(text.contains("partial data"), "{text}");
+    // Planted: the handle is kept after ncclCommAbort freed it; the stand-in catches the use.
+    let (_, ok1, text) = run_scenario("peer_aborts", Some("call_after_abort"), 60);
+    assert!(!ok1, "a call on a freed communicator went unnoticed:\n{text}");
+    assert!(text.contains("already freed"), "{text}");
+}
+
+#[test]
+fn a_rank_missing_at_the_nccl_start_up_is_given_up_on_in_time() {
+    if !emulation_available() {
+        return;
+    }
+    // Dead before NCCL started: the health channel names it and the non-blocking start-up is
+    // aborted at once (a blocking ncclCommInitRank would wait for HRM_NCCL_EMU_TIMEOUT_S).
+    let (ok0, _, text) = run_scenario("dies_before_init", None, 60);
+    assert!(ok0, "{text}");
+    assert!(text.contains("ncclCommInitRankConfig (rank 0 of 2) given up"), "{text}");
+    assert!(text.contains("rank 1 disconnected without finishing"), "{text}");
+    // Alive but silent: given up after HRM_DIST_TIMEOUT_S (5 s here), and rank 1 is told.
+    let (ok0, ok1, text) = run_scenario("hangs_before_init", None, 5);
+    assert!(ok0 && ok1, "{text}");
+    assert!(text.contains("rank 0: NCCL start-up given up after"), "{text}");
+    assert!(text.contains("rank 1: told to stop: rank 0 failed"), "{text}");
+}
+
+#[test]
+fn a_rank_uses_its_local_rank_modulo_the_visible_devices() {
+    assert_eq!(hrm::backend::cuda::device::device_for_local_rank(3, 1), 0);
+    assert_eq!(hrm::backend::cuda::device::device_for_local_rank(3, 8), 3);
+    assert_eq!(hrm::backend::cuda::device::device_for_local_rank(9, 8), 1);
+    if !emulation_available() {
+        return;
+    }
+    // One visible device per process (the emulation has one): LOCAL_RANK 3 uses device 0 and
+    // says so, and the run works.
+    let f = fixture();
+    let mut c = f.train("local_rank", 1, 1, &[]);
+    c.env("RANK", "0")
+        .env("WORLD_SIZE", "1")
+        .env("LOCAL_RANK", "3")
+        .env("MASTER_PORT", free_port().to_string());
+    let (ok, text) = output(&mut c);
+    assert!(ok, "{text}");
+    assert!(text.contains("LOCAL_RANK 3 uses device 0 of the 1 visible"), "{text}");
 }
 
 // ---- Training through the binary. ----

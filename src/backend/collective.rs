@@ -7,6 +7,7 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// A collective over the same list of buffers on every rank, in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct ProcessGroup {
     pub world: usize,
     /// The 128-byte NCCL unique id made by rank 0 and handed out at the rendezvous.
     pub nccl_id: [u8; 128],
+    /// The longest the communicator's start-up may take (the run's `HRM_DIST_TIMEOUT_S`): a
+    /// rank that never joins makes it fail instead of waiting forever.
+    pub timeout: Duration,
     comm: OnceLock<Arc<dyn GroupComm>>,
     aborted: AtomicBool,
     /// Why the group was aborted (a dead or failing peer), for the error of a collective.
@@ -40,11 +44,12 @@ pub struct ProcessGroup {
 }
 
 impl ProcessGroup {
-    pub fn new(rank: usize, world: usize, nccl_id: [u8; 128]) -> Self {
+    pub fn new(rank: usize, world: usize, nccl_id: [u8; 128], timeout: Duration) -> Self {
         ProcessGroup {
             rank,
             world,
             nccl_id,
+            timeout,
             comm: OnceLock::new(),
             aborted: AtomicBool::new(false),
             reason: Mutex::new(None),

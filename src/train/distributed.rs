@@ -121,7 +121,7 @@ impl Dist {
             env_var("HRM_DIST_JOIN_TIMEOUT_S").and_then(|v| v.parse().ok()).unwrap_or(120),
         ));
         let (id, links) = if env.rank == 0 { serve(env, make_id, limit)? } else { join(env, limit)? };
-        let group = Arc::new(ProcessGroup::new(env.rank, env.world, id));
+        let group = Arc::new(ProcessGroup::new(env.rank, env.world, id, timeout()));
         let d = Dist {
             env: env.clone(),
             group,

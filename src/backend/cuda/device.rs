@@ -117,12 +117,21 @@ fn load_emulation() -> std::result::Result<(), String> {
     Err("the CPU emulation was not built (no nvcc/C++ compiler at build time)".into())
 }
 
-static ORDINAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The `LOCAL_RANK` of a data-parallel rank; `usize::MAX` for a single process (device 0).
+static LOCAL_RANK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
-/// Opens GPU `ordinal` instead of GPU 0 (a data-parallel rank's `LOCAL_RANK`). Must come before
-/// the device is first opened.
-pub fn use_ordinal(ordinal: usize) {
-    ORDINAL.store(ordinal, std::sync::atomic::Ordering::SeqCst);
+/// Opens the device of a data-parallel rank's `LOCAL_RANK` instead of device 0 (see
+/// [`device_for_local_rank`]). Must come before the device is first opened.
+pub fn use_ordinal(local_rank: usize) {
+    LOCAL_RANK.store(local_rank, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The device a rank with `local_rank` uses when `count` devices are visible to it:
+/// `local_rank % count`. With one GPU per process (a scheduler setting `CUDA_VISIBLE_DEVICES`
+/// per task, as Slurm commonly does) every rank sees one device, numbered 0, whatever its local
+/// rank; with all of a node's GPUs visible it is the usual one GPU per local rank.
+pub fn device_for_local_rank(local_rank: usize, count: usize) -> usize {
+    local_rank % count.max(1)
 }
 
 static FORCE_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -233,9 +242,24 @@ impl CudaDevice {
             Ok(k) => k,
             Err(_) => return Ok(None),
         };
-        // The emulation has one device; a data-parallel rank uses the GPU of its local rank.
-        let ordinal =
-            if kind == DeviceKind::Gpu { ORDINAL.load(std::sync::atomic::Ordering::SeqCst) } else { 0 };
+        // A data-parallel rank uses the device of its local rank (modulo the visible devices),
+        // and says which: a rank on the wrong GPU is otherwise hard to see.
+        let ordinal = match LOCAL_RANK.load(std::sync::atomic::Ordering::SeqCst) {
+            usize::MAX => 0,
+            local_rank => {
+                let count = CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount: {e:?}"))?;
+                let count = count.max(0) as usize;
+                let ordinal = device_for_local_rank(local_rank, count);
+                let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+                    .map(|v| format!(", CUDA_VISIBLE_DEVICES={v}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "hrm cuda: LOCAL_RANK {local_rank} uses device {ordinal} of the {count} visible \
+                     ({kind:?}{visible})"
+                );
+                ordinal
+            }
+        };
         let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("CudaContext::new({ordinal}): {e:?}"))?;
         // One stream and no cross-stream sharing: cudarc's per-buffer event tracking (an event
         // record per argument per launch) is pure overhead here.
