@@ -64,7 +64,13 @@ fn load_emulation() -> std::result::Result<(), String> {
     // dlopen("libcublasLt.so") return them (the loader matches already loaded SONAMEs).
     let dir = std::path::Path::new(env!("HRM_EMU_DIR"));
     let mut libs = Vec::new();
-    for lib in ["libcuda.so", "libcublasLt.so"] {
+    // HRM_EMU_NO_CUBLASLT=1 (tests): a machine with the driver but without cuBLASLt
+    let stand_ins: &[&str] = if super::libraries::emulated_cublaslt_absent() {
+        &["libcuda.so"]
+    } else {
+        &["libcuda.so", "libcublasLt.so"]
+    };
+    for lib in stand_ins {
         let path = dir.join(lib);
         // SAFETY: our own stand-in libraries; their initialisers only register kernels.
         let l = unsafe { libloading::Library::new(&path) }
@@ -84,7 +90,7 @@ pub fn emulated_launch_counts() -> Option<(u64, u64)> {
     // SAFETY: both symbols are `unsigned long long f(void)` in emu/driver.cpp, emu/cublaslt.cpp.
     unsafe {
         let launches: libloading::Symbol<Count> = libs[0].get(b"hrm_emu_launch_count\0").ok()?;
-        let matmuls: libloading::Symbol<Count> = libs[1].get(b"hrm_emu_matmul_count\0").ok()?;
+        let matmuls: libloading::Symbol<Count> = libs.get(1)?.get(b"hrm_emu_matmul_count\0").ok()?;
         Some((launches(), matmuls()))
     }
 }
@@ -182,6 +188,62 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
         .clone()
 }
 
+/// Test only (`HRM_TEST_EMU_AS_GPU=1`): `--device auto` and `--device cuda` treat the CPU
+/// emulation as if it were a GPU, so the handling of an unusable GPU (driver too old, cuBLASLt
+/// missing, no memory) is tested on machines without one. Never set it in normal use.
+pub fn emulation_counts_as_gpu() -> bool {
+    env_on("HRM_TEST_EMU_AS_GPU")
+}
+
+/// The CUDA version the driver supports (`cuDriverGetVersion`: 12040 is CUDA 12.4), through
+/// the library [`select`] chose (the stand-in reports 13000, or `HRM_EMU_DRIVER_VERSION`).
+pub fn driver_cuda_version() -> std::result::Result<i32, String> {
+    select()?;
+    let mut version = 0;
+    // SAFETY: a driver library (or the stand-in) is present, as select() checked.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuDriverGetVersion failed: {status:?}"));
+    }
+    Ok(version)
+}
+
+/// Refuses a driver older than the kernels need, naming both ways out.
+fn check_driver_version() -> std::result::Result<(), String> {
+    let Some(minimum) = module::minimum_driver_cuda_version() else { return Ok(()) };
+    let found = driver_cuda_version()?;
+    if found >= minimum {
+        return Ok(());
+    }
+    Err(driver_too_old_message(found, minimum))
+}
+
+/// The message for a driver of CUDA version `found` when the kernels need `minimum`.
+pub fn driver_too_old_message(found: i32, minimum: i32) -> String {
+    let need = module::format_cuda_version(minimum);
+    let upgrade =
+        module::linux_driver_for(minimum).map_or_else(|| "a newer one".into(), |b| format!(">= {b}"));
+    let mut msg = format!(
+        "the NVIDIA driver supports CUDA {} (cuDriverGetVersion = {found}), but this binary's \
+         kernels were built with CUDA {need} and need a driver for CUDA {need} or newer \
+         (driver {upgrade}). Either upgrade the NVIDIA driver to {upgrade}",
+        module::format_cuda_version(found),
+    );
+    const CUDA12_BUILD: i32 = 12080;
+    if minimum > CUDA12_BUILD && found >= CUDA12_BUILD {
+        msg.push_str(
+            ", or build for CUDA 12.8: `bash scripts/setup-cuda --cuda 12` then \
+             `HRM_CUDA_TOOLKIT=12 cargo build --release` (needs driver >= 570)",
+        );
+    } else if minimum > CUDA12_BUILD {
+        msg.push_str(
+            " (a CUDA 12.8 build, `bash scripts/setup-cuda --cuda 12` then \
+             `HRM_CUDA_TOOLKIT=12 cargo build --release`, needs driver >= 570: this one is older still)",
+        );
+    }
+    msg
+}
+
 /// Why the CPU emulation backs cudarc in this process (`None` when it does not).
 pub fn emulation_reason() -> Option<&'static str> {
     match select() {
@@ -210,6 +272,9 @@ impl CudaDevice {
             Ok(k) => k,
             Err(_) => return Ok(None),
         };
+        // What a GPU node with only the driver lacks, said before anything is opened.
+        check_driver_version().map_err(|e| anyhow!(e))?;
+        super::libraries::ensure_cublaslt(kind).map_err(|e| anyhow!(e))?;
         // The emulation has one device; a data-parallel rank uses the GPU of its local rank.
         let ordinal =
             if kind == DeviceKind::Gpu { ORDINAL.load(std::sync::atomic::Ordering::SeqCst) } else { 0 };
