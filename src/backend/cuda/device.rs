@@ -81,6 +81,11 @@ fn load_emulation() -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Where the CPU emulation's stand-in libraries were built (`None`: not built).
+pub fn emulation_dir() -> Option<&'static str> {
+    option_env!("HRM_EMU_DIR")
+}
+
 /// (kernel launches, cuBLASLt matmuls) the host issued so far, when running on the emulation
 /// (`None` on a GPU). The same code issues the same launches on a GPU, so differences of these
 /// counts measure launches per step.
@@ -120,37 +125,85 @@ pub fn request_emulation() -> bool {
     }
 }
 
-/// Counts CUDA devices through the real driver library without involving cudarc (whose
-/// loader would keep that library for the process): `None` when no driver library loads.
-fn probe_driver() -> Option<std::result::Result<i32, String>> {
+/// What the real driver library says, asked without cudarc (whose loader would keep the
+/// library it loads for the process).
+#[derive(Clone, Debug)]
+pub struct DriverProbe {
+    /// `cuDriverGetVersion` (12040 is CUDA 12.4); `None` when the call failed.
+    pub cuda_version: Option<i32>,
+    /// The number of CUDA devices, or why they cannot be counted.
+    pub devices: std::result::Result<i32, String>,
+}
+
+/// Probes the NVIDIA driver (`libcuda.so.1`): `None` when no driver library loads.
+pub fn probe_driver() -> Option<DriverProbe> {
     type CuInit = unsafe extern "C" fn(u32) -> i32;
-    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    type CuIntOut = unsafe extern "C" fn(*mut i32) -> i32;
     // The driver's own SONAME; the emulation registers itself as plain `libcuda.so`.
     // SAFETY: loading the NVIDIA driver library runs its initialisers only.
     let lib = unsafe { libloading::Library::new("libcuda.so.1") }.ok()?;
-    // SAFETY: the two symbols have these C signatures in every CUDA driver.
-    let result = unsafe {
-        let init: libloading::Symbol<CuInit> = match lib.get(b"cuInit\0") {
-            Ok(f) => f,
-            Err(e) => return Some(Err(format!("libcuda.so.1 has no cuInit: {e}"))),
-        };
-        let count: libloading::Symbol<CuDeviceGetCount> = match lib.get(b"cuDeviceGetCount\0") {
-            Ok(f) => f,
-            Err(e) => return Some(Err(format!("libcuda.so.1 has no cuDeviceGetCount: {e}"))),
-        };
-        match init(0) {
-            0 => {
-                let mut n = 0;
-                match count(&mut n) {
-                    0 => Ok(n),
-                    code => Err(format!("cuDeviceGetCount failed with CUDA error {code}")),
+    // SAFETY: the three symbols have these C signatures in every CUDA driver.
+    let probe = unsafe {
+        let version: Option<libloading::Symbol<CuIntOut>> = lib.get(b"cuDriverGetVersion\0").ok();
+        let cuda_version = version.and_then(|f| {
+            let mut v = 0;
+            (f(&mut v) == 0).then_some(v)
+        });
+        let devices = match (lib.get::<CuInit>(b"cuInit\0"), lib.get::<CuIntOut>(b"cuDeviceGetCount\0")) {
+            (Ok(init), Ok(count)) => match init(0) {
+                0 => {
+                    let mut n = 0;
+                    match count(&mut n) {
+                        0 => Ok(n),
+                        code => Err(format!("cuDeviceGetCount failed with CUDA error {code}")),
+                    }
                 }
-            }
-            code => Err(format!("cuInit failed with CUDA error {code}")),
-        }
+                code => Err(format!("cuInit failed with CUDA error {code}")),
+            },
+            (Err(e), _) | (_, Err(e)) => Err(format!("libcuda.so.1 lacks a basic symbol: {e}")),
+        };
+        DriverProbe { cuda_version, devices }
     };
     std::mem::forget(lib); // a driver library is never unloaded
-    Some(result)
+    Some(probe)
+}
+
+/// One GPU as the driver describes it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// "9.0"
+    pub compute_capability: String,
+    pub memory_total_bytes: u64,
+    /// Free now (`None`: no context could be made to ask).
+    pub memory_free_bytes: Option<u64>,
+}
+
+/// Every GPU of the real driver (empty without one; the emulation is never listed). Opens
+/// each device's primary context to ask for its free memory.
+pub fn gpu_inventory() -> std::result::Result<Vec<GpuInfo>, String> {
+    if select()? != DeviceKind::Gpu {
+        return Ok(Vec::new());
+    }
+    let count = CudaContext::device_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
+    let mut gpus = Vec::new();
+    for ordinal in 0..count.max(0) as usize {
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("CudaContext::new({ordinal}): {e:?}"))?;
+        let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+        let (free, total) = match ctx.mem_get_info() {
+            Ok((free, total)) => (Some(free as u64), total as u64),
+            Err(_) => (None, ctx.total_mem().unwrap_or(0) as u64),
+        };
+        gpus.push(GpuInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "?".into()),
+            compute_capability: format!("{major}.{minor}"),
+            memory_total_bytes: total,
+            memory_free_bytes: free,
+        });
+    }
+    Ok(gpus)
 }
 
 /// Decides once per process what backs cudarc. `Err` says why there is no device.
@@ -172,7 +225,7 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
                     .set("the CPU emulation was asked for (--device emu or HRM_CUDA_EMU=1)".into());
                 return Ok(DeviceKind::Emulation);
             }
-            let why_not_gpu = match probe_driver() {
+            let why_not_gpu = match probe_driver().map(|p| p.devices) {
                 Some(Ok(n)) if n > 0 => return Ok(DeviceKind::Gpu),
                 Some(Ok(_)) => "NVIDIA driver found but no CUDA device".to_string(),
                 Some(Err(e)) => format!("NVIDIA driver found but unusable: {e}"),

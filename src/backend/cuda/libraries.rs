@@ -65,8 +65,9 @@ fn wheel_lib_dirs(prefix: &Path, subs: &[&str]) -> Vec<PathBuf> {
         pythons.sort();
         for py in pythons {
             for packages in ["site-packages", "dist-packages"] {
-                for sub in subs {
-                    dirs.push(py.join(packages).join("nvidia").join(sub).join("lib"));
+                let nvidia = py.join(packages).join("nvidia");
+                if nvidia.is_dir() {
+                    dirs.extend(subs.iter().map(|sub| nvidia.join(sub).join("lib")));
                 }
             }
         }
@@ -84,7 +85,8 @@ fn wheel_subdirs(library: &str) -> Vec<&'static str> {
     match (cuda_major(), library) {
         (12, "nccl") => vec!["nccl"],
         (12, _) => vec!["cublas"],
-        _ => vec!["cu13", "cublas", "nccl"],
+        (_, "nccl") => vec!["cu13", "nccl"],
+        _ => vec!["cu13"],
     }
 }
 
@@ -129,9 +131,12 @@ fn candidate_dirs(library: &str) -> Vec<PathBuf> {
     }
     dirs.extend(wheel_lib_dirs(Path::new("/usr/local"), &subs));
     dirs.extend(wheel_lib_dirs(Path::new("/usr"), &subs));
+    // the same directory reached two ways (the executable inside the project) is listed once
     let mut seen = std::collections::HashSet::new();
-    dirs.retain(|d| seen.insert(d.clone()));
-    dirs
+    dirs.into_iter()
+        .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
+        .filter(|d| seen.insert(d.clone()))
+        .collect()
 }
 
 /// Looks for `file` in `dirs` (no loading).
@@ -214,6 +219,11 @@ pub fn ensure_cublaslt(kind: DeviceKind) -> std::result::Result<Option<&'static 
         .map_err(Clone::clone)
 }
 
+/// The cuBLASLt this process loaded by full path, if it did.
+pub fn loaded_cublaslt() -> Option<&'static Loaded> {
+    CUBLASLT.get()?.as_ref().ok()?.as_ref()
+}
+
 /// cuBLASLt's version (`cublasLtGetVersion`, e.g. 130002) of a loaded library.
 pub fn cublaslt_version(lib: &libloading::Library) -> Option<usize> {
     // SAFETY: `size_t cublasLtGetVersion(void)` in every cuBLASLt; it needs no driver.
@@ -252,8 +262,9 @@ mod tests {
     fn wheel_layouts() {
         let dir = tempfile::tempdir().unwrap();
         let lib = dir.path().join("lib/python3.11/site-packages/nvidia/cu13/lib");
+        assert!(wheel_lib_dirs(dir.path(), &["cu13"]).is_empty(), "no nvidia/ folder yet");
         std::fs::create_dir_all(&lib).unwrap();
-        assert!(wheel_lib_dirs(dir.path(), &["cu13"]).contains(&lib));
+        assert_eq!(wheel_lib_dirs(dir.path(), &["cu13"]), vec![lib]);
         assert_eq!(format_cublas_version(130002), "13.0.2");
     }
 }
