@@ -6,7 +6,7 @@
 //! warning naming the reason and give the CPU's results; `cuda` must fail with the same reason.
 //! `hrm doctor` reports the machine (text and JSON) without panicking.
 
-use hrm::backend::cuda::{DeviceKind, device};
+use hrm::backend::cuda::{DeviceKind, device, libraries, module};
 use hrm::model::checkpoint::TensorFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,19 +66,26 @@ fn logits(path: &Path) -> Vec<f32> {
     TensorFile::open(path).unwrap().f32("logits", None).unwrap()
 }
 
+/// What the driver-too-old message must name: the driver's CUDA version, the toolkit, the
+/// minimum driver, and (for a CUDA 13 build) the CUDA 12 build as the other way out.
+fn old_driver_reasons() -> Vec<String> {
+    let toolkit = module::TOOLKIT.unwrap_or("?");
+    let minimum = module::minimum_driver_cuda_version().and_then(module::linux_driver_for).unwrap_or(0);
+    let mut reasons = vec![
+        "supports CUDA 12.4".into(),
+        format!("built with CUDA {toolkit}"),
+        format!("driver to >= {minimum}"),
+    ];
+    if libraries::cuda_major() == 13 {
+        reasons.push("setup-cuda --cuda 12".into());
+    }
+    reasons
+}
+
 /// Each way a GPU node can be unusable, with what the message must name.
 fn broken_nodes(empty_dir: &Path) -> Vec<(&'static str, Vec<(&'static str, String)>, Vec<String>)> {
     vec![
-        (
-            "driver too old",
-            vec![("HRM_EMU_DRIVER_VERSION", "12040".into())],
-            vec![
-                "supports CUDA 12.4".into(),
-                "built with CUDA 13.0".into(),
-                ">= 580".into(),
-                "setup-cuda --cuda 12".into(),
-            ],
-        ),
+        ("driver too old", vec![("HRM_EMU_DRIVER_VERSION", "12040".into())], old_driver_reasons()),
         (
             "cuBLASLt missing",
             vec![("HRM_EMU_NO_CUBLASLT", "1".into()), ("HRM_CUDA_LIB_DIR", empty_dir.display().to_string())],
@@ -181,12 +188,18 @@ fn doctor_reports_the_machine_and_the_choice_of_auto() {
         assert_eq!(r["kernels"]["toolkit"].as_str(), hrm::backend::cuda::module::TOOLKIT, "{r}");
         assert!(r["kernels"]["minimum_linux_driver"].as_u64().unwrap() >= 570, "{r}");
     }
-    // `scripts/setup-cuda` installed the pinned cuBLASLt: the search finds it in the venv.
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cuda/.hrm-pins");
-    if std::fs::read_to_string(venv).is_ok_and(|p| p.contains("nvidia-cublas==13.0")) {
+    // `scripts/setup-cuda` (`--cuda 12` for a CUDA 12 build) installed the pinned cuBLASLt:
+    // the search finds it in the project's venv.
+    let (venv, pin) = match libraries::cuda_major() {
+        12 => (".venv-cuda12", "nvidia-cublas-cu12==12.8"),
+        _ => (".venv-cuda", "nvidia-cublas==13.0"),
+    };
+    let pins = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(venv).join(".hrm-pins");
+    if std::fs::read_to_string(pins).is_ok_and(|p| p.contains(pin)) {
         let path = r["cublaslt"]["path"].as_str().unwrap_or_else(|| panic!("cuBLASLt not found: {r}"));
-        assert!(path.contains(".venv-cuda") && path.ends_with("libcublasLt.so.13"), "{path}");
-        assert!(r["cublaslt"]["version"].as_str().unwrap().starts_with("13.0."), "{r}");
+        assert!(path.contains(venv) && path.ends_with(&libraries::cublaslt_file()), "{path}");
+        let version = &pin[pin.len() - 4..]; // "13.0" / "12.8"
+        assert!(r["cublaslt"]["version"].as_str().unwrap().starts_with(version), "{r}");
     }
 
     if on_emulation() {
