@@ -17,8 +17,8 @@
 //! `scripts/setup-cuda` (`.venv-cuda/`), `PATH`, `/usr/local/cuda/bin`.
 //! `HRM_NO_EMU=1` skips building the emulation.
 //!
-//! Toolkits: by default the kernels are built with CUDA 13.0 (nvcc), which needs a driver
-//! >= 580. `HRM_CUDA_TOOLKIT=12` builds them with the CUDA 12.8 toolchain that
+//! Toolkits: by default the kernels are built with CUDA 13.0 (nvcc), which needs driver 580
+//! or newer. `HRM_CUDA_TOOLKIT=12` builds them with the CUDA 12.8 toolchain that
 //! `scripts/setup-cuda --cuda 12` puts in `.venv-cuda12/cuda` (driver >= 570). PyPI has no CUDA
 //! 12 nvcc front end, so that build compiles with NVRTC 12.8 (CUDA C++ -> PTX) and ptxas 12.8
 //! (PTX -> cubin). The toolkit's version is recorded for the binary (`HRM_KERNEL_TOOLKIT`,

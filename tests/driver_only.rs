@@ -82,8 +82,12 @@ fn old_driver_reasons() -> Vec<String> {
     reasons
 }
 
-/// Each way a GPU node can be unusable, with what the message must name.
-fn broken_nodes(empty_dir: &Path) -> Vec<(&'static str, Vec<(&'static str, String)>, Vec<String>)> {
+/// One way a GPU node can be unusable: its name, the environment that plays it, and what the
+/// message must name.
+type BrokenNode = (&'static str, Vec<(&'static str, String)>, Vec<String>);
+
+/// Each way a GPU node can be unusable.
+fn broken_nodes(empty_dir: &Path) -> Vec<BrokenNode> {
     vec![
         ("driver too old", vec![("HRM_EMU_DRIVER_VERSION", "12040".into())], old_driver_reasons()),
         (

@@ -119,10 +119,8 @@ fn candidate_dirs(library: &str) -> Vec<PathBuf> {
     // prefix), the user's, the system's.
     if let Some(path) = std::env::var_os("PATH") {
         for bin in std::env::split_paths(&path) {
-            if bin.join("python3").exists() {
-                if let Some(prefix) = bin.parent() {
-                    dirs.extend(wheel_lib_dirs(prefix, &subs));
-                }
+            if let Some(prefix) = bin.parent().filter(|_| bin.join("python3").exists()) {
+                dirs.extend(wheel_lib_dirs(prefix, &subs));
             }
         }
     }
