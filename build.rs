@@ -16,6 +16,16 @@
 //! nvcc is looked up in `$NVCC`, `$CUDA_HOME/bin`, `$CUDA_PATH/bin`, the project venv made by
 //! `scripts/setup-cuda` (`.venv-cuda/`), `PATH`, `/usr/local/cuda/bin`.
 //! `HRM_NO_EMU=1` skips building the emulation.
+//!
+//! Toolkits: by default the kernels are built with CUDA 13.0 (nvcc), which needs driver 580
+//! or newer. `HRM_CUDA_TOOLKIT=12` builds them with the CUDA 12.8 toolchain that
+//! `scripts/setup-cuda --cuda 12` puts in `.venv-cuda12/cuda` (driver >= 570). PyPI has no CUDA
+//! 12 nvcc front end, so that build compiles with NVRTC 12.8 (CUDA C++ -> PTX) and ptxas 12.8
+//! (PTX -> cubin). The toolkit's version is recorded for the binary (`HRM_KERNEL_TOOLKIT`,
+//! the minimum driver follows from it). When the CUDA 12.8 tree exists and the kernels are
+//! built with 13.0, every kernel is also compiled with 12.8 for its `ptxas -v` table only
+//! (`RESOURCES_CUDA12`), so CI checks both toolkits; `HRM_REQUIRE_CUDA12=1` makes a missing
+//! tree an error.
 
 use std::env;
 use std::fmt::Write as _;
@@ -28,14 +38,25 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(hrm_emu)");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=emu");
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "HRM_REQUIRE_NVCC", "HRM_NO_EMU", "CXX"] {
+    for v in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "HRM_REQUIRE_NVCC",
+        "HRM_NO_EMU",
+        "CXX",
+        "HRM_CUDA_TOOLKIT",
+        "HRM_REQUIRE_CUDA12",
+    ] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let pins = manifest.join(".venv-cuda/.hrm-pins");
-    if pins.exists() {
-        // a (re)installed toolchain rebuilds the kernels
-        println!("cargo:rerun-if-changed={}", pins.display());
+    for venv in [".venv-cuda", ".venv-cuda12"] {
+        let pins = manifest.join(venv).join(".hrm-pins");
+        if pins.exists() {
+            // a (re)installed toolchain rebuilds the kernels
+            println!("cargo:rerun-if-changed={}", pins.display());
+        }
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let require = env::var("HRM_REQUIRE_NVCC").is_ok_and(|v| v == "1");
@@ -49,32 +70,44 @@ fn main() {
         .unwrap_or_default();
     sources.sort();
 
-    let Some(nvcc) = find_nvcc(&manifest) else {
-        let msg = "nvcc not found (run `bash scripts/setup-cuda`): building without CUDA kernels; \
-                   the CPU backend works, kernel tests skip";
-        if require {
-            panic!("HRM_REQUIRE_NVCC=1 but {msg}");
-        }
-        println!("cargo:warning={msg}");
-        write_empty(&out);
-        return;
+    let cuda12_tree = manifest.join(".venv-cuda12/cuda");
+    let want_cuda12 = env::var("HRM_CUDA_TOOLKIT").is_ok_and(|v| v.trim() == "12");
+    if (want_cuda12 || env::var("HRM_REQUIRE_CUDA12").is_ok_and(|v| v == "1")) && !cuda12_tree.is_dir() {
+        panic!(
+            "the CUDA 12.8 toolchain ({}) is missing: run `bash scripts/setup-cuda --cuda 12`",
+            cuda12_tree.display()
+        );
+    }
+    let toolkit = if want_cuda12 {
+        Toolkit::nvrtc(&cuda12_tree)
+    } else {
+        let Some(nvcc) = find_nvcc(&manifest) else {
+            let msg = "nvcc not found (run `bash scripts/setup-cuda`): building without CUDA kernels; \
+                       the CPU backend works, kernel tests skip";
+            if require {
+                panic!("HRM_REQUIRE_NVCC=1 but {msg}");
+            }
+            println!("cargo:warning={msg}");
+            write_empty(&out);
+            return;
+        };
+        Toolkit::nvcc(nvcc)
     };
-    let cuda_root = nvcc.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cuda_root = toolkit.root.clone();
+    println!("cargo:rustc-env=HRM_KERNEL_TOOLKIT={}", toolkit.version);
 
-    // nvcc: PTX (sm_90) and cubin (sm_90a) per file, in parallel.
+    // PTX (sm_90) and cubin (sm_90a) per file, in parallel.
     let kdir = out.join("kernels");
     fs::create_dir_all(&kdir).unwrap();
-    let results: Vec<(String, String)> = std::thread::scope(|s| {
-        let handles: Vec<_> = sources
-            .iter()
-            .map(|src| {
-                let nvcc = &nvcc;
-                let kdir = &kdir;
-                s.spawn(move || compile_cuda(nvcc, src, kdir))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = compile_all(&toolkit, &sources, &kdir);
+    // The other toolkit's resource table (CI checks spills with both).
+    let cuda12_results = if !want_cuda12 && cuda12_tree.is_dir() {
+        let dir = out.join("kernels-cuda12");
+        fs::create_dir_all(&dir).unwrap();
+        Some(compile_all(&Toolkit::nvrtc(&cuda12_tree), &sources, &dir))
+    } else {
+        None
+    };
 
     let mut report = String::from(
         "kernel                              file        regs  smem(B)  stack(B)  spill st/ld(B)\n",
@@ -117,6 +150,27 @@ fn main() {
     code.push_str(&res_rows);
     code.push_str("];\n");
     writeln!(code, "/// The same table as text.\npub const PTXAS_REPORT: &str = {report:?};").unwrap();
+    code.push_str(
+        "/// `ptxas -v` of every kernel compiled with CUDA 12.8 (a check only; empty when the \
+         kernels are built with 12.8 or `.venv-cuda12` is absent).\npub const RESOURCES_CUDA12: &[KernelResources] = &[\n",
+    );
+    for (stem, ptxas) in cuda12_results.iter().flatten() {
+        for r in parse_ptxas(ptxas) {
+            if r.spill_st + r.spill_ld > 0 {
+                println!(
+                    "cargo:warning=kernel {} spills registers with CUDA 12.8 ({} B stores, {} B loads)",
+                    r.name, r.spill_st, r.spill_ld
+                );
+            }
+            writeln!(
+                code,
+                "    KernelResources {{ kernel: {:?}, file: {stem:?}, registers: {}, shared_bytes: {}, stack_bytes: {}, spill_store_bytes: {}, spill_load_bytes: {} }},",
+                r.name, r.regs, r.smem, r.stack, r.spill_st, r.spill_ld
+            )
+            .unwrap();
+        }
+    }
+    code.push_str("];\n");
     fs::write(out.join("kernels.rs"), code).unwrap();
     fs::write(out.join("ptxas-report.txt"), &report).unwrap();
     println!("cargo:rustc-cfg=hrm_kernels");
@@ -146,9 +200,141 @@ fn main() {
 fn write_empty(out: &Path) {
     fs::write(
         out.join("kernels.rs"),
-        "pub const MODULES: &[KernelModule] = &[];\npub const RESOURCES: &[KernelResources] = &[];\npub const PTXAS_REPORT: &str = \"\";\n",
+        "pub const MODULES: &[KernelModule] = &[];\npub const RESOURCES: &[KernelResources] = &[];\npub const PTXAS_REPORT: &str = \"\";\npub const RESOURCES_CUDA12: &[KernelResources] = &[];\n",
     )
     .unwrap();
+}
+
+/// A CUDA toolchain that compiles the kernels: nvcc, or NVRTC + ptxas (the CUDA 12 tree).
+struct Toolkit {
+    /// CUDA_HOME-like root: `include/` for the emulation's headers, `bin/ptxas`.
+    root: PathBuf,
+    /// "13.0", "12.8": from `nvcc --version` / `ptxas --version`.
+    version: String,
+    nvcc: Option<PathBuf>,
+}
+
+impl Toolkit {
+    fn nvcc(nvcc: PathBuf) -> Toolkit {
+        let root = nvcc.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let version = release_of(&run(Command::new(&nvcc).arg("--version")));
+        Toolkit { root, version, nvcc: Some(nvcc) }
+    }
+
+    fn nvrtc(root: &Path) -> Toolkit {
+        let version = release_of(&run(Command::new(root.join("bin/ptxas")).arg("--version")));
+        Toolkit { root: root.to_path_buf(), version, nvcc: None }
+    }
+}
+
+/// "13.0" from "Cuda compilation tools, release 13.0, V13.0.88".
+fn release_of(version_text: &str) -> String {
+    version_text
+        .split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or("unknown")
+        .trim()
+        .to_string()
+}
+
+/// Compiles every source in parallel; returns (file stem, ptxas -v output) per source.
+fn compile_all(toolkit: &Toolkit, sources: &[PathBuf], kdir: &Path) -> Vec<(String, String)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|src| {
+                s.spawn(move || match &toolkit.nvcc {
+                    Some(nvcc) => compile_cuda(nvcc, src, kdir),
+                    None => compile_nvrtc(&toolkit.root, src, kdir),
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// NVRTC (from `root/lib`) then ptxas: PTX for sm_90, and a cubin for sm_90a through PTX for
+/// compute_90a, like `compile_cuda`'s two nvcc calls. Returns (file stem, ptxas -v output).
+fn compile_nvrtc(root: &Path, src: &Path, kdir: &Path) -> (String, String) {
+    let stem = src.file_stem().unwrap().to_string_lossy().to_string();
+    let include = |d: &Path| format!("-I{}", d.display());
+    let kernels = src.parent().unwrap();
+    let options = |arch: &str| {
+        vec![
+            "--std=c++17".to_string(),
+            format!("-arch={arch}"),
+            "-lineinfo".into(),
+            // nvcc treats unannotated constexpr helpers as host+device; NVRTC needs this
+            "-default-device".into(),
+            include(kernels),
+            include(&root.join("include")),
+        ]
+    };
+    let ptx = nvrtc_ptx(root, src, &options("compute_90"));
+    fs::write(kdir.join(format!("{stem}.ptx")), &ptx).unwrap();
+    let ptx_90a = kdir.join(format!("{stem}.compute_90a.ptx"));
+    fs::write(&ptx_90a, nvrtc_ptx(root, src, &options("compute_90a"))).unwrap();
+    let ptxas = run(Command::new(root.join("bin/ptxas"))
+        .args(["-arch=sm_90a", "-O3", "-lineinfo", "-v", "-o"])
+        .arg(kdir.join(format!("{stem}.sm_90a.cubin")))
+        .arg(&ptx_90a));
+    (stem, ptxas)
+}
+
+/// One NVRTC compilation to PTX text; panics with NVRTC's log on failure.
+fn nvrtc_ptx(root: &Path, src: &Path, options: &[String]) -> String {
+    use std::ffi::{CString, c_char, c_int, c_void};
+    type Program = *mut c_void;
+    let lib_path = root.join("lib/libnvrtc.so.12");
+    // SAFETY: NVRTC from the pinned CUDA 12.8 wheels; the signatures below are nvrtc.h's.
+    unsafe {
+        let lib = libloading::Library::new(&lib_path)
+            .unwrap_or_else(|e| panic!("cannot load {}: {e}", lib_path.display()));
+        let create: libloading::Symbol<
+            unsafe extern "C" fn(
+                *mut Program,
+                *const c_char,
+                *const c_char,
+                c_int,
+                *const *const c_char,
+                *const *const c_char,
+            ) -> c_int,
+        > = lib.get(b"nvrtcCreateProgram\0").unwrap();
+        let compile: libloading::Symbol<unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int> =
+            lib.get(b"nvrtcCompileProgram\0").unwrap();
+        let size_of: libloading::Symbol<unsafe extern "C" fn(Program, *mut usize) -> c_int> =
+            lib.get(b"nvrtcGetProgramLogSize\0").unwrap();
+        let log_of: libloading::Symbol<unsafe extern "C" fn(Program, *mut c_char) -> c_int> =
+            lib.get(b"nvrtcGetProgramLog\0").unwrap();
+        let ptx_size: libloading::Symbol<unsafe extern "C" fn(Program, *mut usize) -> c_int> =
+            lib.get(b"nvrtcGetPTXSize\0").unwrap();
+        let ptx_of: libloading::Symbol<unsafe extern "C" fn(Program, *mut c_char) -> c_int> =
+            lib.get(b"nvrtcGetPTX\0").unwrap();
+        let destroy: libloading::Symbol<unsafe extern "C" fn(*mut Program) -> c_int> =
+            lib.get(b"nvrtcDestroyProgram\0").unwrap();
+        let text = CString::new(fs::read(src).unwrap()).unwrap();
+        let name = CString::new(src.display().to_string()).unwrap();
+        let mut prog: Program = std::ptr::null_mut();
+        assert_eq!(create(&mut prog, text.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()), 0);
+        let opts: Vec<CString> = options.iter().map(|o| CString::new(o.as_str()).unwrap()).collect();
+        let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let status = compile(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+        if status != 0 {
+            let mut n = 0usize;
+            size_of(prog, &mut n);
+            let mut log = vec![0u8; n.max(1)];
+            log_of(prog, log.as_mut_ptr() as *mut c_char);
+            panic!("NVRTC failed on {} ({options:?}):\n{}", src.display(), String::from_utf8_lossy(&log));
+        }
+        let mut n = 0usize;
+        ptx_size(prog, &mut n);
+        let mut ptx = vec![0u8; n];
+        ptx_of(prog, ptx.as_mut_ptr() as *mut c_char);
+        destroy(&mut prog);
+        let end = ptx.iter().position(|&b| b == 0).unwrap_or(ptx.len());
+        String::from_utf8_lossy(&ptx[..end]).into_owned()
+    }
 }
 
 fn find_nvcc(manifest: &Path) -> Option<PathBuf> {

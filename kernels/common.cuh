@@ -14,6 +14,11 @@
   T* name = reinterpret_cast<T*>(hrm_dyn_smem_)
 #endif
 
+// NVRTC (the CUDA 12 build's front end) has no <cmath> macros.
+#if defined(__CUDACC_RTC__) && !defined(INFINITY)
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 typedef __nv_bfloat16 bf16;
 
 static __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
@@ -46,7 +51,8 @@ static __device__ __forceinline__ T block_sum(T v, T* scratch) {
 // embed). One 128-bit load or store per 8 elements; f32 math in registers. The caller checks
 // alignment (aligned16) and that the length is a multiple of 8, with a scalar path otherwise.
 // The emulation copies through memcpy (no type punning for the host compiler to exploit).
-#ifndef HRM_EMU
+// (NVRTC, the CUDA 12 build's front end, has no <cstring>; memcpy is built in there.)
+#if !defined(HRM_EMU) && !defined(__CUDACC_RTC__)
 #include <cstring>
 #endif
 static __device__ __forceinline__ bool aligned16(const void* p) {

@@ -91,6 +91,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: hrm::commands::analyze::AnalyzeCommand,
     },
+    /// What this machine offers (driver, GPUs, CUDA libraries, CPU features) and what
+    /// `--device auto` will pick and why.
+    Doctor(hrm::commands::doctor::DoctorArgs),
     /// Sudoku data: generate, import, build, stats.
     Data {
         #[command(subcommand)]
@@ -151,6 +154,9 @@ fn main() -> Result<()> {
             for f in hrm::analysis::plot::plot_run(&run, out.as_deref())? {
                 println!("{}", f.display());
             }
+        }
+        Cmd::Doctor(a) => {
+            hrm::commands::doctor::run_doctor(&a)?;
         }
         Cmd::Demo(a) => {
             hrm::commands::train::run_demo(&a)?;

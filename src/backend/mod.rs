@@ -528,21 +528,35 @@ pub enum Resolved {
 
 /// Opens the backend for `choice`: the CUDA device (or the emulation) is opened here, so a
 /// missing GPU is reported before any work starts.
+///
+/// `auto` never fails because of the GPU: a GPU that is present but unusable (driver too old,
+/// cuBLASLt missing, no memory to start) gives one warning with the reason and the CPU;
+/// `cuda` fails with the same reason.
 pub fn resolve(choice: DeviceChoice) -> Result<Resolved> {
     use cuda::{CudaDevice, DeviceKind};
-    let open = || -> Result<Resolved> {
-        let dev = CudaDevice::shared().map_err(|e| anyhow::anyhow!("cannot open the CUDA device: {e}"))?;
+    let open = || -> std::result::Result<Resolved, String> {
+        let dev = CudaDevice::shared()?;
         Ok(Resolved::Cuda(Box::new(cuda::Cuda::new(dev))))
     };
     match choice {
         DeviceChoice::Cpu => Ok(Resolved::Cpu),
-        DeviceChoice::Auto => match cuda::device::select() {
-            Ok(DeviceKind::Gpu) => open(),
-            _ => Ok(Resolved::Cpu),
-        },
+        DeviceChoice::Auto => {
+            if !gpu_present(&cuda::device::select()) {
+                return Ok(Resolved::Cpu);
+            }
+            match open() {
+                Ok(r) => Ok(r),
+                Err(why) => {
+                    warn_gpu_unusable_once(&why);
+                    Ok(Resolved::Cpu)
+                }
+            }
+        }
         DeviceChoice::Cuda => match cuda::device::select() {
-            Ok(DeviceKind::Gpu) => open(),
-            Ok(DeviceKind::Emulation) => anyhow::bail!(
+            kind if gpu_present(&kind) => {
+                open().map_err(|why| anyhow::anyhow!("--device cuda: a GPU is present but unusable: {why}"))
+            }
+            Ok(_) => anyhow::bail!(
                 "--device cuda: no usable GPU ({}); `--device cpu` runs on the CPU, `--device emu` \
                  runs the CUDA code path on the CPU emulation for testing",
                 cuda::device::emulation_reason().unwrap_or_default()
@@ -554,11 +568,53 @@ pub fn resolve(choice: DeviceChoice) -> Result<Resolved> {
                 anyhow::bail!("--device emu: a real GPU was already opened in this process");
             }
             match cuda::device::select() {
-                Ok(DeviceKind::Emulation) => open(),
+                Ok(DeviceKind::Emulation) => {
+                    open().map_err(|e| anyhow::anyhow!("cannot open the CUDA device: {e}"))
+                }
                 Ok(DeviceKind::Gpu) => anyhow::bail!("--device emu: HRM_REQUIRE_GPU=1 forbids the emulation"),
                 Err(why) => anyhow::bail!("--device emu: {why}"),
             }
         }
+    }
+}
+
+/// A GPU is there (usable or not), or (test only, `HRM_TEST_EMU_AS_GPU=1`) the emulation
+/// stands in for one.
+fn gpu_present(kind: &std::result::Result<cuda::DeviceKind, String>) -> bool {
+    match kind {
+        Ok(cuda::DeviceKind::Gpu) => true,
+        Ok(cuda::DeviceKind::Emulation) => cuda::device::emulation_counts_as_gpu(),
+        Err(_) => false,
+    }
+}
+
+/// The one warning of `--device auto` falling back to the CPU (a process may resolve its
+/// device more than once; the reason does not change).
+fn warn_gpu_unusable_once(why: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        eprintln!(
+            "WARNING: a GPU is present but unusable, so --device auto runs on the CPU (far slower): \
+             {why}\n         (`hrm doctor` shows what this machine offers; --device cuda makes this an error)"
+        )
+    });
+}
+
+/// What `--device auto` picks on this machine and why, without opening anything beyond what
+/// `auto` itself opens (for `hrm doctor`): ("cuda" or "cpu", the reason).
+pub fn auto_choice() -> (&'static str, String) {
+    use cuda::CudaDevice;
+    let kind = cuda::device::select();
+    if !gpu_present(&kind) {
+        let why = match kind {
+            Ok(_) => cuda::device::emulation_reason().unwrap_or_default().to_string(),
+            Err(why) => why,
+        };
+        return ("cpu", format!("no GPU: {why}"));
+    }
+    match CudaDevice::shared() {
+        Ok(dev) => ("cuda", format!("GPU {} opens, kernels ({:?}) and cuBLASLt load", dev.name, dev.form)),
+        Err(why) => ("cpu", format!("a GPU is present but unusable: {why}")),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod args;
 pub mod bench;
+pub mod doctor;
 pub mod eval;
 pub mod train;
 pub mod train_setup;

@@ -69,7 +69,13 @@ fn load_emulation() -> std::result::Result<(), String> {
     // (emu/racecheck.cpp; slower), with the same cuBLASLt stand-in.
     let driver_dir = if race_check() { std::path::Path::new(env!("HRM_EMU_RACE_DIR")) } else { dir };
     let mut libs = Vec::new();
-    for (lib, dir) in [("libcuda.so", driver_dir), ("libcublasLt.so", dir)] {
+    // HRM_EMU_NO_CUBLASLT=1 (tests): a machine with the driver but without cuBLASLt
+    let stand_ins: &[(&str, &std::path::Path)] = if super::libraries::emulated_cublaslt_absent() {
+        &[("libcuda.so", driver_dir)]
+    } else {
+        &[("libcuda.so", driver_dir), ("libcublasLt.so", dir)]
+    };
+    for (lib, dir) in stand_ins {
         let path = dir.join(lib);
         // SAFETY: our own stand-in libraries; their initialisers only register kernels.
         let l = unsafe { libloading::Library::new(&path) }
@@ -86,6 +92,11 @@ pub fn race_check() -> bool {
     env_on("HRM_EMU_RACECHECK")
 }
 
+/// Where the CPU emulation's stand-in libraries were built (`None`: not built).
+pub fn emulation_dir() -> Option<&'static str> {
+    option_env!("HRM_EMU_DIR")
+}
+
 /// (kernel launches, cuBLASLt matmuls) the host issued so far, when running on the emulation
 /// (`None` on a GPU). The same code issues the same launches on a GPU, so differences of these
 /// counts measure launches per step.
@@ -95,7 +106,7 @@ pub fn emulated_launch_counts() -> Option<(u64, u64)> {
     // SAFETY: both symbols are `unsigned long long f(void)` in emu/driver.cpp, emu/cublaslt.cpp.
     unsafe {
         let launches: libloading::Symbol<Count> = libs[0].get(b"hrm_emu_launch_count\0").ok()?;
-        let matmuls: libloading::Symbol<Count> = libs[1].get(b"hrm_emu_matmul_count\0").ok()?;
+        let matmuls: libloading::Symbol<Count> = libs.get(1)?.get(b"hrm_emu_matmul_count\0").ok()?;
         Some((launches(), matmuls()))
     }
 }
@@ -146,37 +157,85 @@ pub fn request_emulation() -> bool {
     }
 }
 
-/// Counts CUDA devices through the real driver library without involving cudarc (whose
-/// loader would keep that library for the process): `None` when no driver library loads.
-fn probe_driver() -> Option<std::result::Result<i32, String>> {
+/// What the real driver library says, asked without cudarc (whose loader would keep the
+/// library it loads for the process).
+#[derive(Clone, Debug)]
+pub struct DriverProbe {
+    /// `cuDriverGetVersion` (12040 is CUDA 12.4); `None` when the call failed.
+    pub cuda_version: Option<i32>,
+    /// The number of CUDA devices, or why they cannot be counted.
+    pub devices: std::result::Result<i32, String>,
+}
+
+/// Probes the NVIDIA driver (`libcuda.so.1`): `None` when no driver library loads.
+pub fn probe_driver() -> Option<DriverProbe> {
     type CuInit = unsafe extern "C" fn(u32) -> i32;
-    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    type CuIntOut = unsafe extern "C" fn(*mut i32) -> i32;
     // The driver's own SONAME; the emulation registers itself as plain `libcuda.so`.
     // SAFETY: loading the NVIDIA driver library runs its initialisers only.
     let lib = unsafe { libloading::Library::new("libcuda.so.1") }.ok()?;
-    // SAFETY: the two symbols have these C signatures in every CUDA driver.
-    let result = unsafe {
-        let init: libloading::Symbol<CuInit> = match lib.get(b"cuInit\0") {
-            Ok(f) => f,
-            Err(e) => return Some(Err(format!("libcuda.so.1 has no cuInit: {e}"))),
-        };
-        let count: libloading::Symbol<CuDeviceGetCount> = match lib.get(b"cuDeviceGetCount\0") {
-            Ok(f) => f,
-            Err(e) => return Some(Err(format!("libcuda.so.1 has no cuDeviceGetCount: {e}"))),
-        };
-        match init(0) {
-            0 => {
-                let mut n = 0;
-                match count(&mut n) {
-                    0 => Ok(n),
-                    code => Err(format!("cuDeviceGetCount failed with CUDA error {code}")),
+    // SAFETY: the three symbols have these C signatures in every CUDA driver.
+    let probe = unsafe {
+        let version: Option<libloading::Symbol<CuIntOut>> = lib.get(b"cuDriverGetVersion\0").ok();
+        let cuda_version = version.and_then(|f| {
+            let mut v = 0;
+            (f(&mut v) == 0).then_some(v)
+        });
+        let devices = match (lib.get::<CuInit>(b"cuInit\0"), lib.get::<CuIntOut>(b"cuDeviceGetCount\0")) {
+            (Ok(init), Ok(count)) => match init(0) {
+                0 => {
+                    let mut n = 0;
+                    match count(&mut n) {
+                        0 => Ok(n),
+                        code => Err(format!("cuDeviceGetCount failed with CUDA error {code}")),
+                    }
                 }
-            }
-            code => Err(format!("cuInit failed with CUDA error {code}")),
-        }
+                code => Err(format!("cuInit failed with CUDA error {code}")),
+            },
+            (Err(e), _) | (_, Err(e)) => Err(format!("libcuda.so.1 lacks a basic symbol: {e}")),
+        };
+        DriverProbe { cuda_version, devices }
     };
     std::mem::forget(lib); // a driver library is never unloaded
-    Some(result)
+    Some(probe)
+}
+
+/// One GPU as the driver describes it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GpuInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// "9.0"
+    pub compute_capability: String,
+    pub memory_total_bytes: u64,
+    /// Free now (`None`: no context could be made to ask).
+    pub memory_free_bytes: Option<u64>,
+}
+
+/// Every GPU of the real driver (empty without one; the emulation is never listed). Opens
+/// each device's primary context to ask for its free memory.
+pub fn gpu_inventory() -> std::result::Result<Vec<GpuInfo>, String> {
+    if select()? != DeviceKind::Gpu {
+        return Ok(Vec::new());
+    }
+    let count = CudaContext::device_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
+    let mut gpus = Vec::new();
+    for ordinal in 0..count.max(0) as usize {
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("CudaContext::new({ordinal}): {e:?}"))?;
+        let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+        let (free, total) = match ctx.mem_get_info() {
+            Ok((free, total)) => (Some(free as u64), total as u64),
+            Err(_) => (None, ctx.total_mem().unwrap_or(0) as u64),
+        };
+        gpus.push(GpuInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "?".into()),
+            compute_capability: format!("{major}.{minor}"),
+            memory_total_bytes: total,
+            memory_free_bytes: free,
+        });
+    }
+    Ok(gpus)
 }
 
 /// Decides once per process what backs cudarc. `Err` says why there is no device.
@@ -198,7 +257,7 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
                     .set("the CPU emulation was asked for (--device emu or HRM_CUDA_EMU=1)".into());
                 return Ok(DeviceKind::Emulation);
             }
-            let why_not_gpu = match probe_driver() {
+            let why_not_gpu = match probe_driver().map(|p| p.devices) {
                 Some(Ok(n)) if n > 0 => return Ok(DeviceKind::Gpu),
                 Some(Ok(_)) => "NVIDIA driver found but no CUDA device".to_string(),
                 Some(Err(e)) => format!("NVIDIA driver found but unusable: {e}"),
@@ -212,6 +271,62 @@ pub fn select() -> std::result::Result<DeviceKind, String> {
             Ok(DeviceKind::Emulation)
         })
         .clone()
+}
+
+/// Test only (`HRM_TEST_EMU_AS_GPU=1`): `--device auto` and `--device cuda` treat the CPU
+/// emulation as if it were a GPU, so the handling of an unusable GPU (driver too old, cuBLASLt
+/// missing, no memory) is tested on machines without one. Never set it in normal use.
+pub fn emulation_counts_as_gpu() -> bool {
+    env_on("HRM_TEST_EMU_AS_GPU")
+}
+
+/// The CUDA version the driver supports (`cuDriverGetVersion`: 12040 is CUDA 12.4), through
+/// the library [`select`] chose (the stand-in reports 13000, or `HRM_EMU_DRIVER_VERSION`).
+pub fn driver_cuda_version() -> std::result::Result<i32, String> {
+    select()?;
+    let mut version = 0;
+    // SAFETY: a driver library (or the stand-in) is present, as select() checked.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuDriverGetVersion failed: {status:?}"));
+    }
+    Ok(version)
+}
+
+/// Refuses a driver older than the kernels need, naming both ways out.
+fn check_driver_version() -> std::result::Result<(), String> {
+    let Some(minimum) = module::minimum_driver_cuda_version() else { return Ok(()) };
+    let found = driver_cuda_version()?;
+    if found >= minimum {
+        return Ok(());
+    }
+    Err(driver_too_old_message(found, minimum))
+}
+
+/// The message for a driver of CUDA version `found` when the kernels need `minimum`.
+pub fn driver_too_old_message(found: i32, minimum: i32) -> String {
+    let need = module::format_cuda_version(minimum);
+    let upgrade =
+        module::linux_driver_for(minimum).map_or_else(|| "a newer one".into(), |b| format!(">= {b}"));
+    let mut msg = format!(
+        "the NVIDIA driver supports CUDA {} (cuDriverGetVersion = {found}), but this binary's \
+         kernels were built with CUDA {need} and need a driver for CUDA {need} or newer \
+         (driver {upgrade}). Either upgrade the NVIDIA driver to {upgrade}",
+        module::format_cuda_version(found),
+    );
+    const CUDA12_BUILD: i32 = 12080;
+    if minimum > CUDA12_BUILD && found >= CUDA12_BUILD {
+        msg.push_str(
+            ", or build for CUDA 12.8: `bash scripts/setup-cuda --cuda 12` then \
+             `HRM_CUDA_TOOLKIT=12 cargo build --release` (needs driver >= 570)",
+        );
+    } else if minimum > CUDA12_BUILD {
+        msg.push_str(
+            " (a CUDA 12.8 build, `bash scripts/setup-cuda --cuda 12` then \
+             `HRM_CUDA_TOOLKIT=12 cargo build --release`, needs driver >= 570: this one is older still)",
+        );
+    }
+    msg
 }
 
 /// Why the CPU emulation backs cudarc in this process (`None` when it does not).
@@ -242,6 +357,9 @@ impl CudaDevice {
             Ok(k) => k,
             Err(_) => return Ok(None),
         };
+        // What a GPU node with only the driver lacks, said before anything is opened.
+        check_driver_version().map_err(|e| anyhow!(e))?;
+        super::libraries::ensure_cublaslt(kind).map_err(|e| anyhow!(e))?;
         // A data-parallel rank uses the device of its local rank (modulo the visible devices),
         // and says which: a rank on the wrong GPU is otherwise hard to see.
         let ordinal = match LOCAL_RANK.load(std::sync::atomic::Ordering::SeqCst) {

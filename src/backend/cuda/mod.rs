@@ -12,6 +12,7 @@ pub mod device;
 pub mod gemm;
 pub mod halting;
 pub mod kernels;
+pub mod libraries;
 pub mod module;
 pub mod nccl;
 
