@@ -663,6 +663,12 @@ CUresult hrm_emu_event_elapsed_v1(float* ms, CUevent a, CUevent b) {
   return cuEventElapsedTime_v2(ms, a, b);
 }
 
+// Allocation and free nodes of a graph are not emulated: the capture is invalidated.
+CUresult refuse_memory_node(Stream* st, const char* what) {
+  st->invalidated = true;
+  return static_cast<CUresult>(emu::set_error(
+      CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, std::string(what) + "; the capture is invalidated"));
+}
 CUresult zero_bytes(const char* what) {
   return static_cast<CUresult>(emu::set_error(
       CUDA_ERROR_INVALID_VALUE, std::string(what) + " of 0 bytes (the driver refuses it)"));
@@ -675,11 +681,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
 }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, CUstream s) {
   if (Stream* st = capturing(s)) {
-    st->invalidated = true;
-    return static_cast<CUresult>(emu::set_error(
-        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
-        "cuMemAllocAsync during a stream capture (a graph allocation node) is not emulated: make "
-        "the buffer before capturing; the capture is invalidated"));
+    return refuse_memory_node(st, "cuMemAllocAsync during a stream capture (a graph allocation "
+                                  "node) is not emulated: make the buffer before capturing");
   }
   if (bytes == 0) return zero_bytes("cuMemAllocAsync");
   complete_copies();
@@ -694,11 +697,8 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
 }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream s) {
   if (Stream* st = capturing(s)) {
-    st->invalidated = true;
-    return static_cast<CUresult>(emu::set_error(
-        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
-        "cuMemFreeAsync during a stream capture (a graph free node) is not emulated: keep "
-        "buffers a graph uses alive past the capture; the capture is invalidated"));
+    return refuse_memory_node(st, "cuMemFreeAsync during a stream capture (a graph free node) "
+                                  "is not emulated: keep buffers a graph uses alive past the capture");
   }
   if (p == 0) return ok();
   complete_copies();

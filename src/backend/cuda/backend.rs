@@ -237,6 +237,24 @@ impl Cuda {
         Ok(cache.attention.as_mut().expect("just set"))
     }
 
+    /// `slot` holding at least `need` f32 (the first user writes before it reads), grown when
+    /// too small; growing forgets the recorded graphs, as for the attention scratch.
+    fn grown<'a>(
+        &self,
+        d: &CudaDevice,
+        slot: &'a mut Option<CudaSlice<f32>>,
+        need: usize,
+        what: &str,
+    ) -> Result<&'a mut CudaSlice<f32>> {
+        if slot.as_ref().is_none_or(|b| b.len() < need) {
+            // SAFETY: the caller's kernels write every element they read.
+            *slot =
+                Some(unsafe { d.alloc_uninit::<f32>(need) }.map_err(|e| anyhow!("allocating {what}: {e}"))?);
+            self.forget_all_graphs();
+        }
+        Ok(slot.as_mut().expect("just set"))
+    }
+
     /// Drops every recorded graph (a buffer they captured is about to be freed).
     fn forget_all_graphs(&self) {
         self.graphs.lock().unwrap().clear();
@@ -870,14 +888,7 @@ impl Backend for Cuda {
         self.op("embed_bwd", |d| {
             let need = kernels::embed_bwd_scratch_len(dims, dembed_w.len() / dims.hidden.max(1));
             let mut cache = self.scratch.lock().unwrap();
-            if cache.embed.as_ref().is_none_or(|e| e.len() < need) {
-                // SAFETY: the first pass writes every element the second one reads.
-                let buf = unsafe { d.alloc_uninit::<f32>(need) }
-                    .map_err(|e| anyhow!("allocating the embedding backward's scratch: {e}"))?;
-                cache.embed = Some(buf);
-                self.forget_all_graphs();
-            }
-            let scratch = cache.embed.as_mut().expect("just set");
+            let scratch = self.grown(d, &mut cache.embed, need, "the embedding backward's scratch")?;
             kernels::embed_bwd(d, dx, tokens, puzzle_ids, dembed_w, dpw, dpos_w, scratch, dims)
         });
     }
