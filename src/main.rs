@@ -101,7 +101,20 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+/// Exit status 1 on an error, or 128 + signal when training stopped on SIGINT or SIGTERM
+/// (after writing its checkpoint), as a shell reports a process ended by that signal.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            let interrupted = e.downcast_ref::<hrm::train::interrupt::Interrupted>();
+            std::process::ExitCode::from(interrupted.map_or(1, |i| i.exit_code()))
+        }
+    }
+}
+
+fn run() -> Result<()> {
     hrm::tune_allocator();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {

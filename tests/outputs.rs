@@ -5,9 +5,11 @@
 //! a replaced special file, a damaged input or a touched path other than the output.
 //! `docs/RELIABILITY.md` ("Output paths") lists them.
 
+mod common;
+
+use common::cli::{Snapshot, changes, snapshot};
 use hrm::sudoku::board::board_to_string;
 use hrm::train::data::blanked_puzzles;
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -57,50 +59,6 @@ fn assert_says(o: &Out, wanted: &[&str]) {
     }
 }
 
-/// Everything under a directory: each path with its kind and content (bytes of a file, target
-/// of a symlink), to show that nothing but the named output changed.
-fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
-            let what = if t.is_symlink() {
-                format!("symlink to {}", std::fs::read_link(&p).unwrap().display())
-            } else if t.is_dir() {
-                todo.push(p.clone());
-                "dir".to_string()
-            } else if t.is_file() {
-                let bytes = std::fs::read(&p).unwrap();
-                format!("file of {} bytes, hash {:x}", bytes.len(), fnv(&bytes))
-            } else {
-                format!("special {t:?}")
-            };
-            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), what);
-        }
-    }
-    out
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
-/// What changed between two snapshots, apart from `except` (relative paths).
-fn changes(
-    before: &BTreeMap<PathBuf, String>,
-    after: &BTreeMap<PathBuf, String>,
-    except: &[&str],
-) -> Vec<String> {
-    let keys: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
-    keys.into_iter()
-        .filter(|k| !except.iter().any(|e| k.starts_with(e)))
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| format!("{}: {:?} -> {:?}", k.display(), before.get(k), after.get(k)))
-        .collect()
-}
-
 fn is_symlink(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
 }
@@ -134,7 +92,7 @@ impl Fixture {
     fn p(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
-    fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+    fn snapshot(&self) -> Snapshot {
         snapshot(self.dir.path())
     }
     fn eval(&self, extra: &[&str]) -> Command {

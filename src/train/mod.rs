@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod distributed;
+pub mod interrupt;
 pub mod metrics;
 pub mod run;
 pub mod rundir;

@@ -101,6 +101,8 @@ pub fn run<B: Backend>(
         let keep = summary.last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string());
         e.context(format!("training stopped; last good checkpoint: {keep}"))
     };
+    // Ctrl-C or SIGTERM: finish the step, write a checkpoint, stop (single process only).
+    let interrupt = t.dist.is_none().then(super::interrupt::Guard::install);
     while t.step < end {
         // A step is only enqueued; the backend is read at log, eval and checkpoint boundaries.
         if let Err(e) = t.train_step(be, data) {
@@ -178,6 +180,23 @@ pub fn run<B: Backend>(
         // Data parallel: every rank takes part (its carry rows), rank 0 writes.
         if save_now && let Some(p) = distributed::checkpoint(be, t, &opts.run_dir)? {
             summary.last_checkpoint = Some(p);
+        }
+        if let Some(signal) = interrupt.as_ref().and_then(|g| g.received()) {
+            if !save_now {
+                if let Err(e) = t.report(be) {
+                    return Err(stop(&bar, &summary, e));
+                }
+                if let Some(p) = distributed::checkpoint(be, t, &opts.run_dir)? {
+                    summary.last_checkpoint = Some(p);
+                }
+            }
+            bar.abandon();
+            let saved = summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
+            let resume = format!("hrm train --resume {}", opts.run_dir.display());
+            return Err(anyhow::Error::new(signal).context(format!(
+                "stopped at step {}; checkpoint {saved}; continue with `{resume}`",
+                t.step
+            )));
         }
     }
     bar.finish();

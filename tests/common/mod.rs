@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use hrm::model::checkpoint::{NamedTensor, TensorData, TensorFile};
 use std::path::PathBuf;
 
