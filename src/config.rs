@@ -163,8 +163,47 @@ impl ModelConfig {
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
             bail!("rms_norm_eps must be positive, got {}", self.rms_norm_eps);
         }
+        // Bounds far above any published model of this family (HRM: 16 ACT steps, 2x2 cycles,
+        // 4 layers; TRM: 3x6 cycles): a value past them is a typo that would run for days or
+        // allocate without end, refused before any work.
+        let bounded = [
+            ("halt_max_steps", self.halt_max_steps, 1024),
+            ("H_cycles", self.H_cycles, 64),
+            ("L_cycles", self.L_cycles, 64),
+            ("H_layers", self.H_layers, 256),
+            ("L_layers", self.L_layers, 256),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_heads", self.num_heads, 1024),
+            ("seq_len", self.seq_len, 1 << 16),
+            ("puzzle_emb_ndim", self.puzzle_emb_ndim, 1 << 16),
+            ("num_puzzle_identifiers", self.num_puzzle_identifiers, i32::MAX as usize),
+        ];
+        for (name, v, max) in bounded {
+            if v > max {
+                bail!("config field {name} is {v}; at most {max} is supported");
+            }
+        }
+        if self.expansion > 64.0 {
+            bail!("config field expansion is {}; at most 64 is supported", self.expansion);
+        }
         if self.vocab_size > 256 {
             bail!("vocab_size {} > 256 is not supported (token ids are stored as bytes)", self.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// The model reads Sudoku data: 81 cells, token ids 0..=10 (0 pad, 1 blank, 2..=10 the
+    /// digits). Checked by every command that feeds it puzzles, before any work.
+    pub fn check_sudoku(&self) -> Result<()> {
+        if self.seq_len != 81 {
+            bail!("config field seq_len is {}; Sudoku data has 81 cells per puzzle", self.seq_len);
+        }
+        if self.vocab_size != 11 {
+            bail!(
+                "config field vocab_size is {}; Sudoku data uses 11 token ids (0 pad, 1 blank, \
+                 2..=10 the digits)",
+                self.vocab_size
+            );
         }
         Ok(())
     }

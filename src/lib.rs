@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod backend;
 pub mod commands;
 pub mod config;
+pub mod envvars;
 pub mod fsutil;
 pub mod hrm;
 pub mod infer;

@@ -104,7 +104,21 @@ enum Cmd {
 /// Exit status 1 on an error, or 128 + signal when training stopped on SIGINT or SIGTERM
 /// (after writing its checkpoint), as a shell reports a process ended by that signal.
 fn main() -> std::process::ExitCode {
-    match run() {
+    // A device out of memory unwinds with its own payload: reported below, not as a panic.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<hrm::backend::DeviceOutOfMemory>().is_none() {
+            default_hook(info)
+        }
+    }));
+    let outcome = match std::panic::catch_unwind(run) {
+        Ok(r) => r,
+        Err(payload) => match payload.downcast::<hrm::backend::DeviceOutOfMemory>() {
+            Ok(oom) => Err(anyhow::anyhow!("{oom}")),
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:?}");
@@ -116,7 +130,17 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     hrm::tune_allocator();
-    let cli = Cli::parse();
+    hrm::envvars::check()?;
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `train --resume` honors or refuses each flag given: it needs to know which were typed.
+    if let (Cmd::Train(a), Some(m)) = (&mut cli.cmd, matches.subcommand_matches("train")) {
+        a.given = m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.as_str().to_string())
+            .collect();
+    }
     if let Some(n) = cli.threads {
         let cores = std::thread::available_parallelism().map_or(n, |c| c.get());
         let n = if n > cores {

@@ -25,6 +25,18 @@ pub use cpu::halting::{ActReport, QSlot};
 pub use cpu::loss::LmLossOut;
 pub use cpu::optim::AdamHyper;
 
+/// A buffer the device could not allocate. Buffers are not fallible in the [`Backend`] API
+/// (nothing can stand in for one), so the backend unwinds with this payload; the binary's
+/// `main` catches it and reports it as an ordinary error with exit status 1.
+#[derive(Debug)]
+pub struct DeviceOutOfMemory(pub String);
+
+impl std::fmt::Display for DeviceOutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Per-row ACT state read back from a backend (for checkpoints, tests and validation).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActRows {

@@ -9,6 +9,7 @@ use crate::analysis::trivial::{TrivialReport, trivial};
 use crate::backend::DeviceChoice;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::write_atomic;
+use crate::model::memory::{Purpose, check_host};
 use crate::sudoku::formats::read_eval_set;
 use crate::train::data::examples_of;
 use anyhow::{Context, Result};
@@ -138,6 +139,9 @@ pub fn run_fixed_points(
     seed: u64,
 ) -> Result<FixedPointsReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    // A batch holds all runs of at least one puzzle.
+    let rows = Purpose::Eval { batch: runs.max(c.batch_size) };
+    check_host(&cfg, rows, c.device).with_context(|| format!("--runs {runs}"))?;
     let mut puzzles = read_eval_set(&c.set)?;
     puzzles.truncate(c.limit.unwrap_or(usize::MAX));
     let examples = examples_of(&puzzles);

@@ -11,7 +11,7 @@ use crate::model::HostParams;
 use crate::model::checkpoint::write_atomic;
 use crate::train::sampler::VecSource;
 use crate::train::{TrainConfig, Trainer};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -175,8 +175,12 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
     cfg.validate()?;
     let purpose = crate::model::memory::Purpose::Train { batch: a.batch_size, ema: false };
     crate::model::memory::check_host(&cfg, purpose, a.device)?;
+    let infer = crate::model::memory::Purpose::Eval { batch: a.infer_batch_size };
+    let infer_flag = || format!("--infer-batch-size {}", a.infer_batch_size);
+    crate::model::memory::check_host(&cfg, infer, a.device).with_context(infer_flag)?;
     let r = crate::with_backend!(a.device, |be| {
         crate::model::memory::check_device(be, &cfg, purpose)?;
+        crate::model::memory::check_device(be, &cfg, infer).with_context(infer_flag)?;
         bench(be, a, &cfg)?
     });
     println!("backend {} | {} | batch {}", r.backend, r.preset, r.batch_size);

@@ -8,6 +8,7 @@ use crate::infer::eval::{EvalReport, Example, predict, predict_on, score};
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
+use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
 use crate::sudoku::formats::{read_eval_set, unique_solution};
 use crate::train::data::{example_of, examples_of};
@@ -80,14 +81,7 @@ pub struct EvalArgs {
 pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, HostParams)> {
     let cfg = config.map(ModelConfig::from_json_file).transpose()?;
     let (cfg, params) = load_checkpoint(checkpoint, cfg.as_ref())?;
-    if cfg.seq_len != 81 || cfg.vocab_size != 11 {
-        bail!(
-            "{}: not a Sudoku model (seq_len {}, vocab_size {})",
-            checkpoint.display(),
-            cfg.seq_len,
-            cfg.vocab_size
-        );
-    }
+    cfg.check_sudoku().with_context(|| format!("{}: not a Sudoku model", checkpoint.display()))?;
     Ok((cfg, params))
 }
 
@@ -257,7 +251,10 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
     let (cfg, params) = load_model_checkpoint(&a.checkpoints[0], a.config.as_deref())?;
     let sets = load_sets(a)?;
     let world = env.map_or(1, |e| e.world);
+    let purpose = Purpose::Eval { batch: a.batch_size };
+    check_host(&cfg, purpose, a.device)?;
     crate::with_backend!(a.device, |be| {
+        check_device(be, &cfg, purpose)?;
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
             let model = Hrm::new(be, &cfg, &params);
@@ -299,7 +296,14 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
     let sets = load_sets(a)?;
     let opts = AugmentedOptions { batch_size: a.batch_size, halt: a.halt, min_segments: a.min_segments };
     let world = env.map_or(1, |e| e.world);
+    let purpose = Purpose::Eval { batch: a.batch_size };
+    for (cfg, _) in &loaded {
+        check_host(cfg, purpose, a.device)?;
+    }
     crate::with_backend!(a.device, |be| {
+        for (cfg, _) in &loaded {
+            check_device(be, cfg, purpose)?;
+        }
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
             let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();

@@ -18,7 +18,8 @@ use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_o
 use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{
-    RUN_ENTRIES, RunLock, discard_checkpoints_after, prepare_new_run, resume_checkpoint,
+    RUN_ENTRIES, RunLock, discard_checkpoints_after, prepare_new_run, remove_stale_temporaries,
+    resume_checkpoint,
 };
 use crate::train::sampler::PuzzleSource;
 use crate::train::{TrainConfig, Trainer};
@@ -117,6 +118,51 @@ pub struct TrainArgs {
     /// With --nproc: the rendezvous port on 127.0.0.1 (default: a free one).
     #[arg(long, requires = "nproc")]
     pub master_port: Option<u16>,
+    /// With --resume: go on although the training data differs from the data the run was
+    /// trained on (its content hash, recorded in RUN/run.json, changed).
+    #[arg(long, requires = "resume")]
+    pub allow_other_data: bool,
+    /// The flags typed on the command line (clap ids), filled in by the binary: `--resume`
+    /// honors or refuses each of them.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// Flags a resumed run takes from its checkpoint: given with `--resume`, they are refused
+/// (silently ignoring them would train with other settings than the user asked for).
+const FIXED_BY_CHECKPOINT: &[&str] = &[
+    "batch_size",
+    "epochs",
+    "lr",
+    "lr_min_ratio",
+    "lr_warmup_steps",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "puzzle_emb_lr",
+    "puzzle_emb_weight_decay",
+    "ema",
+    "halt_exploration_prob",
+    "seed",
+];
+
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// `--resume` with flags it cannot honor: refused, naming them, before any work.
+fn check_resume_flags(a: &TrainArgs) -> Result<()> {
+    let fixed: Vec<String> =
+        a.given.iter().filter(|g| FIXED_BY_CHECKPOINT.contains(&g.as_str())).map(|g| flag(g)).collect();
+    if !fixed.is_empty() {
+        bail!(
+            "--resume continues the run with the settings stored in its checkpoint; {} would change \
+             them and cannot be honored on resume (start a new run with `--init \
+             RUN/checkpoints/step_N/model.safetensors` to train on with other settings)",
+            fixed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Data parallel: `Some(env)` for a rank (started by `--nproc` or a scheduler), after checking
@@ -141,11 +187,64 @@ fn run_ranked<B: Backend>(
     distributed::ranked(dist.map(|d| &**d), || run(be, t, data, opts))
 }
 
-/// Paths a run reads, saved as `run.json` so `--resume` needs no repetition.
+/// Paths a run reads, saved as `run.json` so `--resume` needs no repetition: absolute, and
+/// also relative to the run directory (tried first: a run moved together with its data still
+/// finds it), with the training data's content hash, so a resume never silently trains on
+/// other data.
 #[derive(Serialize, Deserialize)]
 struct RunInputs {
     data: PathBuf,
     eval: Vec<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_from_run: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    eval_from_run: Vec<Option<PathBuf>>,
+    /// [`Dataset::content_hash`] of the training data (absent in runs of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data_hash: Option<String>,
+}
+
+impl RunInputs {
+    fn new(run: &Path, data: &Path, eval: &[PathBuf], hash: String) -> Result<RunInputs> {
+        let abs = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()));
+        let run = abs(run)?;
+        let eval_abs = eval.iter().map(|e| abs(e)).collect::<Result<Vec<_>>>()?;
+        let data = abs(data)?;
+        Ok(RunInputs {
+            data_from_run: relative_to(&data, &run),
+            eval_from_run: eval_abs.iter().map(|e| relative_to(e, &run)).collect(),
+            data,
+            eval: eval_abs,
+            data_hash: Some(hash),
+        })
+    }
+
+    /// Where the inputs are now, seen from the current directory: next to the run when they
+    /// are there, else at their absolute path (older runs: relative to the current directory).
+    fn locate(&self, run: &Path) -> (PathBuf, Vec<PathBuf>) {
+        let pick = |rel: Option<&PathBuf>, abs: &Path| match rel.map(|r| run.join(r)) {
+            Some(p) if p.exists() => p,
+            _ => abs.to_path_buf(),
+        };
+        let eval = self
+            .eval
+            .iter()
+            .enumerate()
+            .map(|(i, e)| pick(self.eval_from_run.get(i).and_then(|r| r.as_ref()), e));
+        (pick(self.data_from_run.as_ref(), &self.data), eval.collect())
+    }
+}
+
+/// `path` relative to the directory `base` (both absolute and resolved), as `../x/y`.
+fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
+    let (p, b): (Vec<_>, Vec<_>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return None;
+    }
+    let mut rel: PathBuf = b[common..].iter().map(|_| std::path::Component::ParentDir).collect();
+    rel.extend(&p[common..]);
+    Some(rel)
 }
 
 fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Example>)>> {
@@ -173,6 +272,24 @@ fn check_run_dir(out: &Path, a: &TrainArgs) -> Result<()> {
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
+    if a.resume.is_some() {
+        check_resume_flags(a)?;
+    } else if let Some(from) = &a.resume_from {
+        bail!(
+            "--resume-from {} needs --resume RUN, the run it is a checkpoint of; to start a new \
+             run from its weights, use --init {}",
+            from.display(),
+            from.join("model.safetensors").display()
+        );
+    } else if a.allow_other_data {
+        bail!("--allow-other-data applies to --resume only");
+    }
+    if let Some(n) = a.nproc
+        && a.resume.is_none()
+        && !a.batch_size.is_multiple_of(n)
+    {
+        bail!("--batch-size {} does not split over --nproc {n} ranks: pass a multiple of {n}", a.batch_size);
+    }
     let env = match distributed_setup(a)? {
         Ok(env) => env,
         Err(launched) => return Ok(launched),
@@ -184,15 +301,73 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
             bail!("--resume {}: not a run directory (no run.json)", dir.display());
         }
         let _lock = if main { Some(RunLock::acquire(dir)?) } else { None };
+        if main {
+            for p in remove_stale_temporaries(dir)? {
+                eprintln!("removed {} (left by an interrupted checkpoint write)", p.display());
+            }
+        }
         let inputs: RunInputs = read_json(&dir.join("run.json"))?;
-        let data_path = train_split(&a.data.clone().unwrap_or(inputs.data))?;
-        let eval = if a.eval.is_empty() { inputs.eval } else { a.eval.clone() };
+        let (saved_data, saved_eval) = inputs.locate(dir);
+        let data_path = train_split(&a.data.clone().unwrap_or(saved_data))?;
+        let eval = if a.eval.is_empty() { saved_eval } else { a.eval.clone() };
         let data = Dataset::load(&data_path)?;
+        let hash = data.content_hash();
+        match &inputs.data_hash {
+            Some(h) if *h != hash && !a.allow_other_data => bail!(
+                "--resume {}: the training data {} is not the data this run was trained on (its \
+                 content hash is {hash}, {} records {h}): it was rebuilt or replaced since; pass \
+                 the run's dataset with --data, or add --allow-other-data to go on with this one",
+                dir.display(),
+                data_path.display(),
+                dir.join("run.json").display()
+            ),
+            None => eprintln!(
+                "{}: no content hash of the training data recorded (an older version wrote it); \
+                 {} is not checked",
+                dir.join("run.json").display(),
+                data_path.display()
+            ),
+            _ => {}
+        }
         let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
         return crate::with_backend!(a.device, |be| {
             let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some(), shard)?;
             if let Some(s) = a.steps {
+                if s < t.step {
+                    bail!(
+                        "--steps {s}: the run is already at step {} ({}); a resume trains on from \
+                         there, so --steps must be at least {}",
+                        t.step,
+                        ckpt.display(),
+                        t.step
+                    );
+                }
                 t.cfg.steps = s;
+            }
+            // Settings that do not change the training trajectory are honored.
+            let given = |id: &str| a.given.iter().any(|g| g == id);
+            if given("log_every") {
+                t.cfg.log_every = a.log_every;
+            }
+            if given("checkpoint_every") {
+                t.cfg.checkpoint_every = a.checkpoint_every;
+            }
+            if given("keep") {
+                t.cfg.keep_checkpoints = a.keep;
+            }
+            if given("eval_every") {
+                t.cfg.eval_every = a.eval_every;
+            }
+            if given("eval_limit") {
+                t.cfg.eval_limit = a.eval_limit;
+            }
+            if given("eval_batch_size") {
+                t.cfg.eval_batch_size = a.eval_batch_size;
+            }
+            if main && (a.data.is_some() || !a.eval.is_empty()) {
+                // The run now reads these: a later plain `--resume` must find them.
+                let now = RunInputs::new(dir, &data_path, &eval, hash.clone())?;
+                write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(&now)?.as_bytes())?;
             }
             let dist = env.as_ref().map(connect).transpose()?;
             if let Some(d) = &dist {
@@ -275,7 +450,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     let _lock = if main {
         let lock = RunLock::acquire(out)?;
         prepare_new_run(out, a.overwrite, Some("hrm train --resume"))?;
-        let inputs = RunInputs { data: data_path.clone(), eval: a.eval.clone() };
+        let inputs = RunInputs::new(out, &data_path, &a.eval, data.content_hash())?;
         write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&inputs)?.as_bytes())?;
         Some(lock)
     } else {
@@ -373,6 +548,15 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         bail!("blanks must satisfy min <= max <= 64");
     }
     check_host(&model, Purpose::Train { batch: a.batch_size, ema: false }, a.device)?;
+    let examples = a.train_puzzles as f64 * (1.0 + a.augment as f64) * if a.hints { 2.0 } else { 1.0 };
+    crate::model::memory::check_items(
+        &format!(
+            "--train-puzzles {} x (1 + --augment {}): {examples:.3e} training examples",
+            a.train_puzzles, a.augment
+        ),
+        examples,
+        2.0 * 81.0 + 64.0,
+    )?;
     check_output_dir("--out", &a.out, RUN_ENTRIES, &[])?;
     let _lock = RunLock::acquire(&a.out)?;
     prepare_new_run(&a.out, a.overwrite, None)?;

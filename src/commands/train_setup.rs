@@ -39,6 +39,8 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
         cfg.halt_exploration_prob = p;
     }
     cfg.validate()?;
+    let source = a.config.as_ref().map_or("the model".to_string(), |p| p.display().to_string());
+    cfg.check_sudoku().with_context(|| format!("{source}: cannot train on Sudoku data"))?;
     Ok(cfg)
 }
 

@@ -7,8 +7,9 @@ use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::{NamedTensor, TensorFile, load_checkpoint, write_tensors};
+use crate::model::memory::{Purpose, check_host, check_items};
 use crate::model::{HostParams, TensorKind, tensor_specs};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 /// Read a batch file: `inputs` int32 [B, seq_len], `puzzle_identifiers` int32 [B], optional
@@ -35,6 +36,16 @@ pub fn load_batch(path: &Path, cfg: &ModelConfig) -> Result<Batch> {
         check("labels", l, cfg.vocab_size)?;
     }
     Ok(Batch { inputs, puzzle_ids, labels })
+}
+
+/// The whole batch file is one batch, and its outputs (logits and the carry per puzzle) are
+/// written at once: refused before the work when the machine cannot hold them.
+fn check_batch_memory(path: &Path, cfg: &ModelConfig, purpose: Purpose, device: DeviceChoice) -> Result<()> {
+    let (Purpose::Eval { batch: b } | Purpose::Train { batch: b, .. }) = purpose;
+    let what = || format!("{}: a batch of {b} puzzles", path.display());
+    check_host(cfg, purpose, device).with_context(what)?;
+    let outputs = (cfg.seq_len * cfg.vocab_size + 2 * cfg.total_seq_len() * cfg.hidden_size + 2) as f64;
+    check_items(&what(), b as f64, 4.0 * outputs)
 }
 
 fn load_model(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, HostParams)> {
@@ -133,7 +144,9 @@ pub fn run_forward(
     }
     check_output(out, checkpoint, config, batch)?;
     let (cfg, params) = load_model(checkpoint, config)?;
+    let path = batch;
     let batch = load_batch(batch, &cfg)?;
+    check_batch_memory(path, &cfg, Purpose::Eval { batch: batch.len() }, device)?;
     let tensors = crate::with_backend!(device, |be| forward_outputs(be, &cfg, &params, &batch, segments)?);
     write_tensors(out, &tensors, None)?;
     if let Some(t) = tensors.iter().find(|t| t.name == "exact_correct_per_segment")
@@ -161,6 +174,7 @@ pub fn run_grad(
     check_output(out, checkpoint, config, batch)?;
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch_data = load_batch(batch, &cfg)?;
+    check_batch_memory(batch, &cfg, Purpose::Train { batch: batch_data.len(), ema: false }, device)?;
     if batch_data.labels.is_none() {
         bail!("{}: `hrm grad` needs a 'labels' tensor in the batch", batch.display());
     }

@@ -133,10 +133,18 @@ impl Perturbation {
     }
 }
 
+/// Most passes a spec may ask for: each pass is one full inference of every puzzle, and the
+/// votes keep one answer per pass and puzzle (published settings use tens to hundreds).
+pub const MAX_PASSES: usize = 4096;
+
 fn count_of(term: &str, name: &str) -> Result<usize> {
     let n = &term[name.len() + 1..];
     match n.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if (1..MAX_PASSES).contains(&n) => Ok(n),
+        Ok(n) if n >= 1 => bail!(
+            "--perturb: '{term}': {n} passes per puzzle; at most {MAX_PASSES} are supported \
+             (each pass is a full inference of every puzzle)"
+        ),
         _ => bail!("--perturb: '{term}': expected {name}:N with N a positive integer, got '{n}'"),
     }
 }
@@ -183,6 +191,13 @@ pub fn parse_spec(spec: &str, seed: u64) -> Result<Vec<Perturbation>> {
     let mut passes = vec![Perturbation::IDENTITY];
     for term in spec.split('+') {
         let members = factor(term.trim(), &mut rng)?;
+        if passes.len() * members.len() > MAX_PASSES {
+            bail!(
+                "--perturb {spec}: {} passes per puzzle and more; at most {MAX_PASSES} are \
+                 supported (each pass is a full inference of every puzzle)",
+                passes.len() * members.len()
+            );
+        }
         let mut next = Vec::with_capacity(passes.len() * members.len());
         for p in &passes {
             for m in &members {

@@ -11,6 +11,7 @@ use super::checkpoint::TensorFile;
 use crate::backend::DeviceChoice;
 use crate::config::{ModelConfig, PosEncodings};
 use anyhow::{Result, bail};
+use std::path::Path;
 
 /// Number of f32 values in the parameter set (weights, puzzle embedding table and buffers):
 ///
@@ -98,10 +99,37 @@ pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
     if on_gpu { Need { host: 4.0 * p, device: work } } else { Need { host: 4.0 * p + work, device: 0.0 } }
 }
 
-/// Bytes the OS can give this process now (`MemAvailable` of /proc/meminfo), if known.
+/// Bytes the OS can give this process now, if known: the least of the machine's
+/// `MemAvailable` (/proc/meminfo), the room left under the cgroup's memory limit (containers,
+/// batch schedulers) and the address space left under `RLIMIT_AS` (`ulimit -v`). Past any of
+/// them an allocation fails, and in Rust a failed allocation aborts: hence checked before.
 pub fn host_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_mem_available(&text)
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| parse_mem_available(&t));
+    [machine, cgroup_room(), address_space_room()].into_iter().flatten().min()
+}
+
+/// `memory.max - memory.current` of this process's cgroup (v2), when it has a limit.
+fn cgroup_room() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
+    let dir = Path::new("/sys/fs/cgroup").join(rel);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse::<u64>().ok();
+    // "max" (no limit) does not parse: no bound from here.
+    let (max, current) = (read("memory.max")?, read("memory.current")?);
+    Some(max.saturating_sub(current))
+}
+
+/// `RLIMIT_AS` minus the address space already mapped (`VmSize`), when a limit is set.
+fn address_space_room() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct passed; nothing else is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let used = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+    Some((lim.rlim_cur as u64).saturating_sub(used))
 }
 
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
@@ -143,6 +171,23 @@ fn describe(cfg: &ModelConfig, purpose: Purpose) -> String {
     )
 }
 
+/// Refuse a job that holds `items` things of about `bytes_each` bytes at once when the host
+/// cannot give that much (f64 so that an absurd count cannot overflow). `what` says what is
+/// counted, naming the flag that sets it.
+pub fn check_items(what: &str, items: f64, bytes_each: f64) -> Result<()> {
+    let need = items * bytes_each;
+    if let Some(avail) = host_available()
+        && need > avail as f64
+    {
+        bail!(
+            "{what}: about {} of memory at once; {} is available on this machine",
+            fmt_bytes(need),
+            fmt_bytes(avail as f64)
+        );
+    }
+    Ok(())
+}
+
 /// Refuse when `need` bytes exceed `avail` (where `avail` is known).
 pub fn ensure(need: f64, avail: Option<u64>, place: &str, what: &str) -> Result<()> {
     if let Some(avail) = avail
@@ -161,7 +206,9 @@ pub fn ensure(need: f64, avail: Option<u64>, place: &str, what: &str) -> Result<
 fn on_gpu(device: DeviceChoice) -> bool {
     match device {
         DeviceChoice::Cpu => false,
-        DeviceChoice::Emu => false,
+        // bf16 on the emulated device, checked by `check_device` against both its capacity
+        // and the host memory it lives in.
+        DeviceChoice::Emu => true,
         DeviceChoice::Cuda => true,
         DeviceChoice::Auto => {
             matches!(
@@ -184,7 +231,15 @@ pub fn check_host(cfg: &ModelConfig, purpose: Purpose, device: DeviceChoice) -> 
 pub fn check_device<B: crate::backend::Backend>(be: &B, cfg: &ModelConfig, purpose: Purpose) -> Result<()> {
     let Some(free) = device_available(be) else { return Ok(()) };
     let need = estimate(cfg, purpose, true);
-    ensure(need.device, Some(free), "free GPU", &describe(cfg, purpose))
+    ensure(need.device, Some(free), "free GPU", &describe(cfg, purpose))?;
+    // The emulated device's memory is this machine's memory.
+    if matches!(
+        crate::backend::cuda::device::select(),
+        Ok(crate::backend::cuda::device::DeviceKind::Emulation)
+    ) {
+        ensure(need.device, host_available(), "host (the emulated GPU's)", &describe(cfg, purpose))?;
+    }
+    Ok(())
 }
 
 /// A checkpoint file cannot hold fewer bytes than its config's parameters take at 2 bytes each

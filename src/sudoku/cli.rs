@@ -105,6 +105,34 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Bytes an example takes while a dataset is built: its 162 bytes in `data.bin` and the
+/// question/answer boards it is made from.
+const BUILD_BYTES_PER_EXAMPLE: f64 = 2.0 * 162.0 + 64.0;
+
+/// `data build` holds every example in memory before writing: refused before the work when
+/// they cannot fit (an absurd `--augment` would otherwise wrap or exhaust memory).
+fn check_build_size(
+    available: usize,
+    train: usize,
+    test: usize,
+    augment: usize,
+    test_augment: usize,
+    hints: bool,
+) -> anyhow::Result<()> {
+    let train = train.min(available) as f64;
+    let test = test.min(available) as f64;
+    let examples =
+        train * (1.0 + augment as f64) * if hints { 2.0 } else { 1.0 } + test * (1.0 + test_augment as f64);
+    crate::model::memory::check_items(
+        &format!(
+            "{train} training puzzles x (1 + --augment {augment}) and {test} test puzzles x (1 + \
+             --test-augment {test_augment}): {examples:.3e} examples to build"
+        ),
+        examples,
+        BUILD_BYTES_PER_EXAMPLE,
+    )
+}
+
 fn count_lines(paths: &[PathBuf]) -> u64 {
     paths
         .iter()
@@ -140,6 +168,8 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             if mode == GenMode::Hard && min_rating > max_rating {
                 bail!("--min-rating {min_rating} is above --max-rating {max_rating}: no puzzle can qualify");
             }
+            // Kept in memory until written (with what deduplication keeps per puzzle).
+            crate::model::memory::check_items(&format!("--count {count} puzzles"), count as f64, 512.0)?;
             check_output("--out", &out, &[])?;
             let mode = match mode {
                 GenMode::Minimal => Mode::Minimal,
@@ -221,6 +251,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             check_output_dir("--out", &out, &["train", "test"], &read)?;
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
+            check_build_size(puzzles.len(), train, test, augment, test_augment, hints)?;
             let ex = canonical_set(&exclude)?;
             let names: Vec<String> = exclude.iter().map(|p| p.display().to_string()).collect();
             let cfg = BuildConfig { train, test, augment, hint_twins: hints, test_augment, seed };

@@ -260,16 +260,59 @@ pub fn resume_shard<B: Backend>(be: &B, run_or_ckpt: &Path, rank: usize, world: 
     let mut carry = Carry::fresh(be, &model, hi - lo);
     carry.z_h = be.upload_act(&finite(&f, "carry.z_H", Some(&zshape))?[lo * zrow..hi * zrow]);
     carry.z_l = be.upload_act(&finite(&f, "carry.z_L", Some(&zshape))?[lo * zrow..hi * zrow]);
-    carry.steps = rows(f.i32("carry.steps", Some(&[b]))?, 1).into_iter().map(|s| s as u32).collect();
-    carry.halted = rows(f.i32("carry.halted", Some(&[b]))?, 1).into_iter().map(|h| h != 0).collect();
+    // Integer tensors index embeddings and the loss: a value out of range would read past a
+    // table, so every one is checked like the floats are.
+    let m = &cfg.model;
+    let ints = |name: &str, shape: &[usize], range: std::ops::Range<i64>, what: &str| -> Result<Vec<i32>> {
+        let v = f.i32(name, Some(shape))?;
+        if let Some(i) = v.iter().position(|&x| !range.contains(&(x as i64))) {
+            bail!(
+                "{}: tensor '{name}' holds {} at flat index {i}; expected {what} in [{}, {})",
+                f.path(),
+                v[i],
+                range.start,
+                range.end
+            );
+        }
+        Ok(v)
+    };
+    let vocab = 0..m.vocab_size as i64;
+    let steps = ints("carry.steps", &[b], 0..m.halt_max_steps as i64 + 1, "an ACT step count")?;
+    let halted = ints("carry.halted", &[b], 0..2, "a flag")?;
+    carry.steps = rows(steps, 1).into_iter().map(|s| s as u32).collect();
+    carry.halted = rows(halted, 1).into_iter().map(|h| h != 0).collect();
     carry.data = Batch {
-        inputs: rows(f.i32("carry.inputs", Some(&[b, n]))?, n),
-        puzzle_ids: rows(f.i32("carry.puzzle_identifiers", Some(&[b]))?, 1),
-        labels: Some(rows(f.i32("carry.labels", Some(&[b, n]))?, n)),
+        inputs: rows(ints("carry.inputs", &[b, n], vocab.clone(), "a token id")?, n),
+        puzzle_ids: rows(
+            ints("carry.puzzle_identifiers", &[b], 0..m.num_puzzle_identifiers as i64, "a puzzle id")?,
+            1,
+        ),
+        labels: Some(rows(ints("carry.labels", &[b, n], vocab, "a label id (0: ignored)")?, n)),
     };
     carry.push(be);
     if meta.step == 0 && meta.optimizer_step != 0 {
         bail!("{}: inconsistent step counters", f.path());
+    }
+    // The step is in the directory name, the COMPLETE marker and the state: all must agree.
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step_"));
+    if let Some(named) = named.and_then(|s| s.parse::<u64>().ok())
+        && named != meta.step
+    {
+        bail!(
+            "{}: the trainer state says step {} but its checkpoint directory {} is step {named}; \
+             the state is inconsistent",
+            f.path(),
+            meta.step,
+            dir.display()
+        );
+    }
+    if u64::from(meta.optimizer_step) > meta.step {
+        bail!(
+            "{}: optimizer step {} is past the trainer step {}; the state is inconsistent",
+            f.path(),
+            meta.optimizer_step,
+            meta.step
+        );
     }
     let grads = model.zero_grads(be);
     Ok(Trainer {

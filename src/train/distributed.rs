@@ -659,6 +659,14 @@ pub fn setup(
             if device == DeviceChoice::Cpu {
                 return Err(cpu_refused(format!("--nproc {n}")));
             }
+            check_rank_count(n, device)?;
+            if master_port == Some(0) {
+                bail!(
+                    "--master-port 0: every rank must be told the same port, and 0 means \
+                     \"any free one\" to each; pass a port in 1..=65535, or leave the flag out \
+                     for a free one chosen once by the launcher"
+                );
+            }
             launch(n, master_port)?;
             return Ok(Role::Launched);
         }
@@ -673,6 +681,35 @@ pub fn setup(
     }
     crate::backend::cuda::device::use_ordinal(e.local_rank);
     Ok(Role::Rank(e))
+}
+
+/// Most ranks `--nproc` starts on the emulation: each is a process emulating a whole GPU, so
+/// more only oversubscribe the machine (a real node has up to 8 GPUs).
+pub const MAX_EMULATED_RANKS: usize = 8;
+
+/// `--nproc N` before any rank is started: one rank per GPU of this machine (at most
+/// [`MAX_EMULATED_RANKS`] under the emulation).
+fn check_rank_count(n: usize, device: crate::backend::DeviceChoice) -> Result<()> {
+    use crate::backend::cuda::device::{DeviceKind, select};
+    let emulated = match device {
+        crate::backend::DeviceChoice::Emu => true,
+        _ => !matches!(select(), Ok(DeviceKind::Gpu)),
+    };
+    if emulated {
+        if n > MAX_EMULATED_RANKS {
+            bail!(
+                "--nproc {n}: the emulation runs at most {MAX_EMULATED_RANKS} ranks (each a \
+                 process emulating a whole GPU)"
+            );
+        }
+        return Ok(());
+    }
+    // The count alone: no context is opened (that would take memory on every GPU).
+    let gpus = cudarc::driver::CudaContext::device_count().map_or(0, |c| c.max(0) as usize);
+    if n > gpus {
+        bail!("--nproc {n}: this machine has {gpus} GPU(s); one rank runs per GPU");
+    }
+    Ok(())
 }
 
 /// Joins the data-parallel run (rendezvous, NCCL id from rank 0).

@@ -152,6 +152,24 @@ fn is_checkpoint_dir_name(name: &str) -> bool {
     step(name)
 }
 
+/// Removes the temporary checkpoint directories (`.step_N.tmp.PID`) that a killed trainer left
+/// in `run`. Call with the run's lock held: no live trainer of this run is writing one then.
+pub fn remove_stale_temporaries(run: &Path) -> Result<Vec<PathBuf>> {
+    let dir = checkpoints_dir(run);
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(removed) };
+    for e in entries {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && is_checkpoint_dir_name(&name) && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
 /// The checkpoint a resume of `run` starts from: `explicit` (a checkpoint directory with its
 /// `COMPLETE` marker) or the newest complete one.
 pub fn resume_checkpoint(run: &Path, explicit: Option<&Path>) -> Result<PathBuf> {

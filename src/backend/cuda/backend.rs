@@ -183,12 +183,13 @@ impl Cuda {
         };
         let e = e.to_string();
         let head = if e.contains("OUT_OF_MEMORY") { "out of GPU memory: " } else { "" };
-        panic!(
+        // Unwinds to the binary's `main`, which reports it as an error (exit status 1).
+        std::panic::panic_any(crate::backend::DeviceOutOfMemory(format!(
             "{head}allocating {} on {} failed ({free}; {e}). Use a smaller --batch-size (or \
              model), or free the GPU of other processes",
             fmt_bytes(bytes as f64),
             self.dev.name
-        )
+        )))
     }
 
     fn upload<T: DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
