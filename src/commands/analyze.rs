@@ -9,7 +9,7 @@ use crate::analysis::trivial::{TrivialReport, trivial};
 use crate::backend::DeviceChoice;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::write_atomic;
-use crate::sudoku::formats::read_eval_set;
+use crate::sudoku::formats::read_eval_set_limit;
 use crate::train::data::examples_of;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -138,8 +138,7 @@ pub fn run_fixed_points(
     seed: u64,
 ) -> Result<FixedPointsReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| fixed_points(
         be,
@@ -191,8 +190,7 @@ pub fn write_fixed_points(out: &Path, r: &FixedPointsReport) -> Result<Vec<PathB
 
 pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| trajectory(
         be,
@@ -205,8 +203,7 @@ pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
 
 pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<TrivialReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();
     Ok(crate::with_backend!(c.device, |be| trivial(
         be,

@@ -90,7 +90,7 @@ impl Dataset {
             (dir_or_file.to_path_buf(), dir.join(MANIFEST_FILE))
         };
         let d = data.display();
-        let bytes = std::fs::read(&data).with_context(|| format!("cannot read dataset {d}"))?;
+        let bytes = crate::fsutil::read_regular(&data, "a dataset's data.bin")?;
         if bytes.len() < HEADER {
             bail!("{d}: truncated: {} bytes, header needs {HEADER}", bytes.len());
         }
@@ -126,9 +126,9 @@ impl Dataset {
             bail!("{d}: example {i} holds a token id out of range");
         }
         let m = manifest_path.display();
-        let text =
-            std::fs::read_to_string(&manifest_path).with_context(|| format!("cannot read manifest {m}"))?;
-        let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{m}: bad manifest"))?;
+        let text = crate::fsutil::read_regular(&manifest_path, "a dataset's manifest.json")?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).with_context(|| format!("{m}: bad manifest"))?;
         if manifest.num_examples != n || manifest.num_groups != g {
             bail!(
                 "{m}: manifest says {} examples / {} groups, {d} holds {n} / {g}",
@@ -419,6 +419,7 @@ pub fn read_puzzles(paths: &[PathBuf]) -> anyhow::Result<Vec<Puzzle>> {
         skip_invalid: false,
         rating_samples: super::rating::DEFAULT_SAMPLES,
         rerate: false,
+        limit: None,
     };
     Ok(super::formats::import(paths, &opts, &|_| {})?.0)
 }
