@@ -1,6 +1,6 @@
 //! `hrm data ...`: generate, import, build and inspect Sudoku data.
 
-use super::dataset::{BuildConfig, Dataset, build, canonical_set, read_puzzles};
+use super::dataset::{BuildConfig, Dataset, SPLITS, build, canonical_set, read_puzzles};
 use super::formats::{ImportOptions, Puzzle, import, total_size, write_csv};
 use super::generate::{GenConfig, Mode, generate};
 use super::rating::{DEFAULT_SAMPLES, RatingStats};
@@ -233,8 +233,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             }
             let mut read: Vec<Input> = inputs.iter().map(|f| ("input", f.as_path())).collect();
             read.extend(exclude.iter().map(|f| ("--exclude set", f.as_path())));
-            // The splits replace out/train and out/test wholesale.
-            check_output_dir("--out", &out, &["train", "test"], &read)?;
+            // The splits replace out/train and out/test wholesale (one this build does not
+            // write loses its dataset files).
+            check_output_dir("--out", &out, &SPLITS, &read)?;
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
             let ex = canonical_set(&exclude)?;

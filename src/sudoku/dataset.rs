@@ -402,6 +402,11 @@ pub fn build(
             return Err(e);
         }
     };
+    for name in SPLITS {
+        if !written.iter().any(|(n, _)| *n == name) {
+            remove_stale_split(&out.join(name))?;
+        }
+    }
     for (name, tmp) in written {
         let dst = out.join(name);
         if dst.exists() {
@@ -411,6 +416,37 @@ pub fn build(
             .with_context(|| format!("moving {} to {}", tmp.display(), dst.display()))?;
     }
     Ok(BuildReport { input_puzzles, duplicates, excluded, train, test })
+}
+
+/// The splits a build writes into its output directory.
+pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// Removes a split of an earlier build that this build does not write (`--test 0` over a
+/// directory holding a test split), so the directory holds only what this build made and an
+/// old split cannot overlap the new ones. Only the split's own files go (`data.bin`,
+/// `manifest.json`), then the directory if that leaves it empty; anything else in it is kept.
+fn remove_stale_split(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join(MANIFEST_FILE).is_file() && !dir.join(DATA_FILE).is_file() {
+        return Ok(());
+    }
+    for f in [DATA_FILE, MANIFEST_FILE] {
+        let p = dir.join(f);
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(&p)
+                .with_context(|| format!("removing {} of an earlier build", p.display()))?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {
+            eprintln!("removed {} of an earlier build (this build writes no such split)", dir.display())
+        }
+        Err(_) => eprintln!(
+            "removed the dataset files of {} (an earlier build's split; this build writes none); \
+             other files in it were kept",
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 /// Reads puzzles for the builder (CSV or one-per-line; answers solved when absent).
