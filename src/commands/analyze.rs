@@ -142,7 +142,7 @@ pub fn run_fixed_points(
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| fixed_points(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &examples,
         runs,
@@ -194,7 +194,7 @@ pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| trajectory(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &examples,
         c.batch_size
@@ -207,7 +207,7 @@ pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<Tri
     let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();
     Ok(crate::with_backend!(c.device, |be| trivial(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &grids,
         blanks,

@@ -257,7 +257,7 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
     crate::with_backend!(a.device, |be| {
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
-            let model = Hrm::new(be, &cfg, &params);
+            let model = Hrm::new(be, &cfg, &params).with_origin(&a.checkpoints[0]);
             let mut reports = Vec::new();
             let mut csv = String::from("set,index,puzzle,answer,correct\n");
             for (name, examples) in &sets {
@@ -299,7 +299,11 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
     crate::with_backend!(a.device, |be| {
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
-            let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();
+            let models: Vec<_> = loaded
+                .iter()
+                .zip(&a.checkpoints)
+                .map(|((cfg, p), path)| Hrm::new(be, cfg, p).with_origin(path))
+                .collect();
             let mut reports = Vec::new();
             let mut csv = String::from(
                 "set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct\n",
@@ -408,7 +412,7 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
     let examples: Vec<_> = puzzles.iter().map(|(q, s)| example_of(q, s)).collect();
     let pred = crate::with_backend!(a.device, |be| predict(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&a.checkpoint),
         &examples,
         256,
         |_| {}
