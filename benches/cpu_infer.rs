@@ -37,7 +37,7 @@ fn bench_infer(c: &mut Criterion, name: &str, cfg: ModelConfig, b: usize) {
             let mut carry = Carry::fresh(&be, model, b);
             let mut exact = 0;
             for _ in 0..segments {
-                let s = eval_step(&be, model, &mut carry, &data);
+                let s = eval_step(&be, model, &mut carry, &data).unwrap();
                 exact += s.scored.expect("labels given").exact.iter().filter(|&&e| e).count();
             }
             exact

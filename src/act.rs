@@ -127,12 +127,37 @@ pub struct EvalSegment {
     pub scored: Option<LmLossOut>,
 }
 
+/// The model's outputs must be finite: finite but huge weights (a corrupt or foreign
+/// checkpoint) overflow inside the model to NaN, and answers read from NaN logits would be
+/// scored as plain wrong answers. The q logits are the check: they are read back anyway, and
+/// come from the hidden state after attention has mixed every position into the first, so a
+/// NaN or infinity anywhere in the hidden state (the source of NaN logits) shows in them.
+pub fn check_outputs<B: Backend>(model: &Hrm<B>, q_halt: &[f32], q_continue: &[f32]) -> anyhow::Result<()> {
+    let bad = q_halt.iter().zip(q_continue).filter(|(h, c)| !(h.is_finite() && c.is_finite())).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    let who = model.origin().map_or(String::new(), |o| format!("{o}: "));
+    anyhow::bail!(
+        "{who}the model's outputs are non-finite (NaN/inf) on {bad} of the {} puzzles of a batch: \
+         are its weights too large or corrupt?",
+        q_halt.len()
+    )
+}
+
 /// One eval-mode ACT step (halting only at `halt_max_steps`, no exploration, no target).
-pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: &Batch) -> EvalSegment {
+/// Non-finite outputs are an error ([`check_outputs`]).
+pub fn eval_step<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    carry: &mut Carry<B>,
+    new: &Batch,
+) -> anyhow::Result<EvalSegment> {
     carry.take_new_data(be, model, new);
     carry.embed(be, model);
     model.segment(be, &mut carry.ws, &mut carry.z_h, &mut carry.z_l, false);
     let heads = carry.ws.heads(be);
+    check_outputs(model, &heads.q_halt, &heads.q_continue)?;
     for (b, s) in carry.steps.iter_mut().enumerate() {
         *s += 1;
         carry.halted[b] = *s as usize >= model.cfg.halt_max_steps;
@@ -141,7 +166,7 @@ pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: 
         be.write_i32(labels, &mut carry.ws.labels);
         be.lm_loss(carry.ws.logits(), &carry.ws.labels, model.cfg.vocab_size, model.cfg.seq_len, 0.0, None)
     });
-    EvalSegment { heads, scored }
+    Ok(EvalSegment { heads, scored })
 }
 
 /// Runs `segments` segments on every row of `batch` from a fresh start, without halting
@@ -150,7 +175,8 @@ pub fn eval_step<B: Backend>(be: &B, model: &Hrm<B>, carry: &mut Carry<B>, new: 
 /// and the step count) is the same ops every time, so with `graphs` a device backend records
 /// it once and replays it; the results are read back once, at the end. The same numbers as
 /// `segments` calls of [`eval_step`] (which reads back after each). `carry` must have the
-/// batch's size; its host fields end as after those calls.
+/// batch's size; its host fields end as after those calls. Non-finite outputs are an error
+/// ([`check_outputs`]).
 pub fn infer_segments<B: Backend>(
     be: &B,
     model: &Hrm<B>,
@@ -158,7 +184,7 @@ pub fn infer_segments<B: Backend>(
     batch: &Batch,
     segments: usize,
     graphs: bool,
-) -> EvalRows {
+) -> anyhow::Result<EvalRows> {
     let cfg = &model.cfg;
     let (rows, n) = (batch.len(), cfg.seq_len);
     assert_eq!(carry.ws.batch(), rows, "infer_segments: the carry is for another batch size");
@@ -205,7 +231,8 @@ pub fn infer_segments<B: Backend>(
     carry.steps = vec![segments as u32; rows];
     carry.halted = vec![true; rows];
     carry.data = batch.clone();
-    out
+    check_outputs(model, &out.q_halt, &out.q_continue)?;
+    Ok(out)
 }
 
 /// The exploration minimums of a training step (the reference draws `(rand < prob) *

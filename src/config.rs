@@ -111,8 +111,9 @@ impl ModelConfig {
 
     /// Read a JSON file holding exactly the reference's arch keys, and validate it.
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading model config {}", path.display()))?;
+        let bytes = crate::fsutil::read_regular(path, "a model config (JSON)")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
         Self::from_json_str(&text).with_context(|| format!("in model config {}", path.display()))
     }
 

@@ -12,6 +12,10 @@
 //!   FIFO or socket (`/dev/null`, `/dev/stdout` on a pipe) is opened and written through, never
 //!   replaced, and a failed write (ENOSPC from `/dev/full`) is an error; the file this process
 //!   already writes as standard output or error is written through that stream.
+//!
+//! And the input side: [`open_input`] (a stream read once; a directory refused),
+//! [`read_regular`] (a whole regular file; a device, FIFO or directory refused before reading)
+//! and [`TextLines`] (lines with a bounded buffer, named `file:line` in errors).
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::fs::{File, Metadata};
@@ -275,4 +279,186 @@ pub fn check_distinct_outputs(outputs: &[(&str, &Path)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs: every file a command reads is opened here, so a directory, a device that never ends
+// (`/dev/zero`) or a pipe is handled the same way by every command.
+
+/// What an input path is, for messages ("a directory", "a character device", ...).
+fn kind_of(m: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open an input to read it once, front to back: a regular file, or a pipe, FIFO or device
+/// (read as a stream). A directory is refused, naming the path and what was `expected`.
+/// Returns the file and its size when it is a regular file (for a progress measure).
+pub fn open_input(path: &Path, expected: &str) -> Result<(File, Option<u64>)> {
+    let m = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if m.is_dir() {
+        bail!("{}: is a directory; expected {expected}", path.display());
+    }
+    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((f, m.is_file().then_some(m.len())))
+}
+
+/// The whole of a regular file, for formats that need all of it at once (safetensors, the
+/// dataset, JSON). Anything else (a directory, `/dev/zero`, a FIFO) is refused before reading:
+/// its size is unknown, so reading it whole could take unbounded memory or never end.
+pub fn read_regular(path: &Path, expected: &str) -> Result<Vec<u8>> {
+    let m = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !m.is_file() {
+        bail!("{}: is {}; expected {expected}", path.display(), kind_of(&m));
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The longest line a text input may hold. Lines of puzzle files and JSON-lines logs are a few
+/// hundred bytes; a longer one means the input is not such a file (binary data, `/dev/zero`),
+/// and reading on to its end could take unbounded memory.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+
+/// The lines of a text input, read once and front to back with a bounded buffer: a line over
+/// [`MAX_LINE_BYTES`], a NUL byte or invalid UTF-8 is an error naming `file:line` and what was
+/// expected. `\n` and `\r\n` ends are removed.
+pub struct TextLines<R> {
+    reader: R,
+    name: String,
+    expected: &'static str,
+    line: usize,
+    bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::BufRead> TextLines<R> {
+    /// `name` shows the input in errors; `expected` says what it should be ("a puzzle file").
+    pub fn new(reader: R, name: &Path, expected: &'static str) -> Self {
+        TextLines { reader, name: name.display().to_string(), expected, line: 0, bytes: 0, buf: Vec::new() }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next line with its 1-based number, or `None` at the end of the input.
+    pub fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
+        use std::io::{BufRead, Read};
+        self.buf.clear();
+        let limit = MAX_LINE_BYTES as u64 + 1;
+        let n = (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)
+            .with_context(|| format!("cannot read {} (after line {})", self.name, self.line))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.bytes += n as u64;
+        self.line += 1;
+        let (name, line, expected) = (&self.name, self.line, self.expected);
+        let mut s = &self.buf[..];
+        let ended = s.last() == Some(&b'\n');
+        if ended {
+            s = &s[..s.len() - 1];
+        }
+        if let Some(i) = s.iter().position(|&b| b == 0) {
+            bail!("{name}:{line}: a NUL byte at column {}: binary data; expected {expected}", i + 1);
+        }
+        if !ended && n as u64 == limit {
+            bail!("{name}:{line}: line longer than {MAX_LINE_BYTES} bytes; expected {expected}");
+        }
+        let s = s.strip_suffix(b"\r").unwrap_or(s);
+        let text = std::str::from_utf8(s).map_err(|e| {
+            anyhow!(
+                "{name}:{line}: not UTF-8 text (invalid byte at column {}); expected {expected}",
+                e.valid_up_to() + 1
+            )
+        })?;
+        Ok(Some((line, text)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Result<Vec<(usize, String)>> {
+        let mut r = TextLines::new(input, Path::new("in.txt"), "a puzzle file");
+        let mut out = Vec::new();
+        while let Some((n, l)) = r.next_line()? {
+            out.push((n, l.to_string()));
+        }
+        assert_eq!(r.bytes_read(), input.len() as u64);
+        Ok(out)
+    }
+
+    #[test]
+    fn text_lines_strip_line_ends_and_count_lines() {
+        let got = lines(b"a\r\nb\n\nc").unwrap();
+        assert_eq!(got, vec![(1, "a".into()), (2, "b".into()), (3, "".into()), (4, "c".into())]);
+        assert!(lines(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn text_lines_bound_the_line_and_name_file_and_line() {
+        let ok = vec![b'x'; MAX_LINE_BYTES];
+        assert_eq!(lines(&[&ok[..], b"\n"].concat()).unwrap().len(), 1);
+        assert_eq!(lines(&ok).unwrap().len(), 1);
+        // An endless input (the shape of /dev/zero without its NULs) stops at the bound.
+        let mut endless = TextLines::new(
+            std::io::BufReader::new(std::io::repeat(b'x')),
+            Path::new("in.txt"),
+            "a puzzle file",
+        );
+        let e = endless.next_line().unwrap_err().to_string();
+        assert!(e.contains("in.txt:1: line longer than"), "{e}");
+        assert!(endless.bytes_read() <= MAX_LINE_BYTES as u64 + 1);
+        let e = lines(b"ok\nx\0y\n").unwrap_err().to_string();
+        assert!(e.contains("in.txt:2: a NUL byte at column 2"), "{e}");
+        let mut zero = TextLines::new(
+            std::io::BufReader::new(std::io::repeat(0)),
+            Path::new("/dev/zero"),
+            "a puzzle file",
+        );
+        assert!(zero.next_line().unwrap_err().to_string().contains("/dev/zero:1: a NUL byte"));
+        let e = lines(b"ok\n\xffab\n").unwrap_err().to_string();
+        assert!(e.contains("in.txt:2: not UTF-8 text (invalid byte at column 1)"), "{e}");
+        assert!(e.contains("expected a puzzle file"), "{e}");
+    }
+
+    #[test]
+    fn special_inputs_are_refused_or_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_regular(Path::new("/dev/zero"), "a safetensors file").unwrap_err().to_string();
+        assert_eq!(e, "/dev/zero: is a character device; expected a safetensors file");
+        let e = read_regular(dir.path(), "a safetensors file").unwrap_err().to_string();
+        assert!(e.ends_with(": is a directory; expected a safetensors file"), "{e}");
+        let e = open_input(dir.path(), "a puzzle file").unwrap_err().to_string();
+        assert!(e.ends_with(": is a directory; expected a puzzle file"), "{e}");
+        let (_, size) = open_input(Path::new("/dev/null"), "a puzzle file").unwrap();
+        assert_eq!(size, None);
+        let f = dir.path().join("f");
+        std::fs::write(&f, "abc").unwrap();
+        assert_eq!(open_input(&f, "x").unwrap().1, Some(3));
+        assert_eq!(read_regular(&f, "x").unwrap(), b"abc");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let e = format!("{:#}", read_regular(&a, "x").unwrap_err());
+        assert!(e.contains(&a.display().to_string()), "{e}");
+    }
 }

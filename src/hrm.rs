@@ -288,6 +288,9 @@ pub struct Hrm<B: Backend> {
     rope: bool,
     cos: B::F32,
     sin: B::F32,
+    /// Where the weights came from (a checkpoint path), named by errors about the model's
+    /// outputs.
+    origin: Option<String>,
 }
 
 impl<B: Backend> Hrm<B> {
@@ -299,7 +302,25 @@ impl<B: Backend> Hrm<B> {
             cfg.rope_theta as f32,
         );
         let rope = cfg.pos_encodings == PosEncodings::Rope;
-        Hrm { cfg: cfg.clone(), params, rope, cos: be.upload_f32(&cos), sin: be.upload_f32(&sin) }
+        Hrm {
+            cfg: cfg.clone(),
+            params,
+            rope,
+            cos: be.upload_f32(&cos),
+            sin: be.upload_f32(&sin),
+            origin: None,
+        }
+    }
+
+    /// The model with the file its weights were read from, for errors about its outputs.
+    pub fn with_origin(mut self, path: &std::path::Path) -> Self {
+        self.origin = Some(path.display().to_string());
+        self
+    }
+
+    /// The file the weights were read from, if any.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
     }
 
     pub fn to_host(&self, be: &B) -> HostParams {

@@ -103,7 +103,7 @@ fn forward<B: Backend>(be: &B, cfg: &ModelConfig, p: &HostParams, batch: &Batch,
     let mut carry = Carry::fresh(be, &model, batch.len());
     let mut last = None;
     for _ in 0..segments {
-        last = Some(eval_step(be, &model, &mut carry, batch).heads);
+        last = Some(eval_step(be, &model, &mut carry, batch).unwrap().heads);
     }
     let h = last.unwrap();
     be.check().unwrap();
@@ -532,7 +532,7 @@ fn eval_by_steps<B: Backend>(be: &B, model: &Hrm<B>, batch: &Batch) -> EvalRows 
     let mut carry = Carry::fresh(be, model, batch.len());
     let mut out = EvalRows::default();
     for _ in 0..model.cfg.halt_max_steps {
-        let s = eval_step(be, model, &mut carry, batch);
+        let s = eval_step(be, model, &mut carry, batch).unwrap();
         let scored = s.scored.expect("labels given");
         out.exact_per_segment.push(scored.exact);
         out.argmax = scored.argmax;
@@ -571,7 +571,7 @@ fn inference_on_the_backend_equals_eval_steps() {
     for batch in &batches {
         let want = eval_by_steps(&Cpu, &cpu_model, batch);
         assert_eq!(want.exact_per_segment.len(), segments);
-        let got = infer_segments(&Cpu, &cpu_model, &mut carry, batch, segments, true);
+        let got = infer_segments(&Cpu, &cpu_model, &mut carry, batch, segments, true).unwrap();
         assert_eq!(got, want, "CPU: infer_segments vs eval_step");
     }
     assert!(eval_by_steps(&Cpu, &cpu_model, &batches[0]).exact_per_segment[segments - 1][0]);
@@ -586,7 +586,7 @@ fn inference_on_the_backend_equals_eval_steps() {
         for (round, batch) in batches.iter().chain(&batches).enumerate() {
             let want = eval_by_steps(&gpu, &model, batch);
             let (reads, launches) = (gpu.host_reads(), hrm::backend::cuda::device::emulated_launch_counts());
-            let got = infer_segments(&gpu, &model, &mut carry, batch, segments, graphs);
+            let got = infer_segments(&gpu, &model, &mut carry, batch, segments, graphs).unwrap();
             gpu.check().unwrap();
             // argmax, exact history and q logits: three reads, all after the last segment
             assert_eq!(gpu.host_reads() - reads, 3, "reads of one inference batch");

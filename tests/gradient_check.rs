@@ -54,7 +54,7 @@ fn loss(cfg: &ModelConfig, params: &HostParams, batch: &Batch, seq_correct: &[f3
     let model = Hrm::new(&be, cfg, params);
     let b = batch.len();
     let mut carry = Carry::fresh(&be, &model, b);
-    let seg = eval_step(&be, &model, &mut carry, batch);
+    let seg = eval_step(&be, &model, &mut carry, batch).unwrap();
     let heads = seg.heads;
     let labels = batch.labels.clone().unwrap();
     let lm = be.lm_loss(carry.logits(), &labels, cfg.vocab_size, cfg.seq_len, 0.0, None);

@@ -183,3 +183,20 @@ fn generation_does_not_depend_on_thread_count() {
         }
     }
 }
+
+#[test]
+fn a_rebuild_without_a_split_removes_the_old_one_but_keeps_foreign_files() {
+    let input = puzzles(20, 4);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    build_to(a.path(), input.clone(), 1);
+    build_to(b.path(), input.clone(), 1);
+    std::fs::write(b.path().join("test/notes.txt"), "mine").unwrap();
+    let no_test = BuildConfig { test: 0, ..cfg(1) };
+    for d in [a.path(), b.path()] {
+        build(input.clone(), &HashSet::new(), &[], &no_test, d, &|_| {}).unwrap();
+        assert!(Dataset::load(&d.join("train")).is_ok());
+    }
+    assert!(!a.path().join("test").exists(), "the old test split is still there");
+    assert!(!b.path().join("test/data.bin").exists() && !b.path().join("test/manifest.json").exists());
+    assert_eq!(std::fs::read_to_string(b.path().join("test/notes.txt")).unwrap(), "mine");
+}

@@ -152,3 +152,31 @@ fn missing_file_is_an_error_naming_it() {
     let e = err_of(Path::new("/nonexistent/dir/puzzles.txt"));
     assert!(e.contains("/nonexistent/dir/puzzles.txt"), "{e}");
 }
+
+#[test]
+fn a_limit_reads_no_further_and_empty_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "lim.txt", &format!("# c\n{GOOD}\nnot a puzzle\n"));
+    let v = hrm::sudoku::formats::read_eval_set_limit(&p, Some(1)).unwrap();
+    assert_eq!(v.len(), 1);
+    assert!(err_of(&p).contains("lim.txt:3:"));
+    for (name, text) in [
+        ("empty.txt", ""),
+        ("comments.txt", "# a\n\n# b\n"),
+        ("header.csv", "source,question,answer,rating\n"),
+    ] {
+        let e = err_of(&write(dir.path(), name, text));
+        assert!(e.contains(name) && e.contains("no puzzles"), "{name}: {e}");
+    }
+}
+
+#[test]
+fn binary_data_stops_the_reader_at_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = write(dir.path(), "long.txt", &format!("{GOOD}\n{}\n", "1".repeat(100_000)));
+    let e = err_of(&long);
+    assert!(e.contains("long.txt:2: line longer than 65536 bytes"), "{e}");
+    let nul = dir.path().join("nul.txt");
+    std::fs::write(&nul, format!("{GOOD}\n{GOOD}\0\n")).unwrap();
+    assert!(err_of(&nul).contains("nul.txt:2: a NUL byte at column 82"), "{}", err_of(&nul));
+}

@@ -108,7 +108,7 @@ pub fn fixed_points<B: Backend>(
             if k + 1 == segs {
                 before_last = be.download_act(&carry.z_h);
             }
-            last = Some(eval_step(be, model, &mut carry, &batch).scored.expect("labels given"));
+            last = Some(eval_step(be, model, &mut carry, &batch)?.scored.expect("labels given"));
         }
         let scored = last.expect("halt_max_steps >= 1");
         let after = be.download_act(&carry.z_h);

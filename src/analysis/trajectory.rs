@@ -82,7 +82,7 @@ pub fn trajectory<B: Backend>(
         let (mut zh, mut zl) = (be.download_act(&carry.z_h), be.download_act(&carry.z_l));
         let mut ok = vec![Vec::with_capacity(segs); b];
         for (k, s) in sums.iter_mut().enumerate() {
-            let seg = eval_step(be, model, &mut carry, &batch);
+            let seg = eval_step(be, model, &mut carry, &batch)?;
             let scored = seg.scored.expect("labels given");
             let (zh2, zl2) = (be.download_act(&carry.z_h), be.download_act(&carry.z_l));
             be.check()?;

@@ -10,7 +10,7 @@ use crate::backend::DeviceChoice;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::write_atomic;
 use crate::model::memory::{Purpose, check_host};
-use crate::sudoku::formats::read_eval_set;
+use crate::sudoku::formats::read_eval_set_limit;
 use crate::train::data::examples_of;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -142,12 +142,11 @@ pub fn run_fixed_points(
     // A batch holds all runs of at least one puzzle.
     let rows = Purpose::Eval { batch: runs.max(c.batch_size) };
     check_host(&cfg, rows, c.device).with_context(|| format!("--runs {runs}"))?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| fixed_points(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &examples,
         runs,
@@ -195,12 +194,11 @@ pub fn write_fixed_points(out: &Path, r: &FixedPointsReport) -> Result<Vec<PathB
 
 pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
     Ok(crate::with_backend!(c.device, |be| trajectory(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &examples,
         c.batch_size
@@ -209,12 +207,11 @@ pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
 
 pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<TrivialReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let mut puzzles = read_eval_set(&c.set)?;
-    puzzles.truncate(c.limit.unwrap_or(usize::MAX));
+    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();
     Ok(crate::with_backend!(c.device, |be| trivial(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
         &grids,
         blanks,

@@ -122,7 +122,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
         let mut carry = Carry::fresh(be, &model, b);
         let graphs = crate::train::graphs_enabled();
         let mut run_once = || -> Result<()> {
-            infer_segments(be, &model, &mut carry, &batch, segments, graphs);
+            infer_segments(be, &model, &mut carry, &batch, segments, graphs)?;
             be.check()
         };
         run_once()?; // warm-up: GEMM plans, allocator, the recorded segment

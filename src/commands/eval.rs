@@ -10,7 +10,7 @@ use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
-use crate::sudoku::formats::{read_eval_set, unique_solution};
+use crate::sudoku::formats::{read_eval_set, read_eval_set_limit, unique_solution};
 use crate::train::data::{example_of, examples_of};
 use crate::train::distributed::{self, DistEnv, Role, connect};
 use anyhow::{Context, Result, bail};
@@ -166,10 +166,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
 fn load_sets(a: &EvalArgs) -> Result<Vec<(String, Vec<crate::infer::eval::Example>)>> {
     let mut sets = Vec::new();
     for path in &a.sets {
-        let mut puzzles = read_eval_set(path)?;
-        if let Some(n) = a.limit {
-            puzzles.truncate(n);
-        }
+        let puzzles = read_eval_set_limit(path, a.limit)?;
         let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
         sets.push((name, examples_of(&puzzles)));
     }
@@ -257,7 +254,7 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
         check_device(be, &cfg, purpose)?;
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
-            let model = Hrm::new(be, &cfg, &params);
+            let model = Hrm::new(be, &cfg, &params).with_origin(&a.checkpoints[0]);
             let mut reports = Vec::new();
             let mut csv = String::from("set,index,puzzle,answer,correct\n");
             for (name, examples) in &sets {
@@ -306,7 +303,11 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
         }
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
-            let models: Vec<_> = loaded.iter().map(|(cfg, p)| Hrm::new(be, cfg, p)).collect();
+            let models: Vec<_> = loaded
+                .iter()
+                .zip(&a.checkpoints)
+                .map(|((cfg, p), path)| Hrm::new(be, cfg, p).with_origin(path))
+                .collect();
             let mut reports = Vec::new();
             let mut csv = String::from(
                 "set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct\n",
@@ -388,16 +389,14 @@ fn print_board(b: &Board) -> String {
 }
 
 /// The puzzles `hrm solve` is given, each with its unique solution: a puzzle file (every
-/// puzzle, checked as `hrm eval` checks them) or one puzzle of 81 characters, checked the same
-/// way (contradictory givens, no solution, several solutions). Anything else is reported as a
+/// puzzle, checked as `hrm eval` checks them; any path that exists, so a directory or a device
+/// gets the reader's own error) or one puzzle of 81 characters, checked the same way
+/// (contradictory givens, no solution, several solutions). Anything else is reported as a
 /// missing file.
 pub fn solve_inputs(arg: &str) -> Result<Vec<(Board, Board)>> {
     let path = Path::new(arg);
-    if path.is_file() {
+    if path.symlink_metadata().is_ok() {
         return Ok(read_eval_set(path)?.into_iter().map(|p| (p.question, p.answer)).collect());
-    }
-    if path.exists() {
-        bail!("{arg}: not a puzzle file (a directory?)");
     }
     let t = arg.trim();
     if t.chars().count() != 81 || t.contains(['/', '\\']) {
@@ -417,7 +416,7 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
     let examples: Vec<_> = puzzles.iter().map(|(q, s)| example_of(q, s)).collect();
     let pred = crate::with_backend!(a.device, |be| predict(
         be,
-        &Hrm::new(be, &cfg, &params),
+        &Hrm::new(be, &cfg, &params).with_origin(&a.checkpoint),
         &examples,
         256,
         |_| {}

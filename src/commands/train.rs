@@ -12,7 +12,7 @@ use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::dataset::Dataset;
-use crate::sudoku::formats::read_eval_set;
+use crate::sudoku::formats::read_eval_set_limit;
 use crate::train::checkpoint::complete_checkpoints;
 use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
 use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
@@ -251,10 +251,7 @@ fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Ex
     paths
         .iter()
         .map(|p| {
-            let mut puzzles = read_eval_set(p)?;
-            if limit > 0 {
-                puzzles.truncate(limit);
-            }
+            let puzzles = read_eval_set_limit(p, (limit > 0).then_some(limit))?;
             let name = p.file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned());
             Ok((name, examples_of(&puzzles)))
         })

@@ -46,7 +46,7 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
 
 /// A JSON file of the run, with the file named when it is malformed.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = crate::fsutil::read_regular(path, "a JSON file")?;
     serde_json::from_slice(&bytes).with_context(|| format!("{}: malformed JSON", path.display()))
 }
 

@@ -62,13 +62,23 @@ pub fn forward_outputs<B: Backend>(
     batch: &Batch,
     segments: usize,
 ) -> Result<Vec<NamedTensor>> {
-    let model = Hrm::new(be, cfg, params);
+    forward_outputs_of(be, &Hrm::new(be, cfg, params), batch, segments)
+}
+
+/// [`forward_outputs`] of a model already on the backend.
+pub fn forward_outputs_of<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    batch: &Batch,
+    segments: usize,
+) -> Result<Vec<NamedTensor>> {
+    let cfg = &model.cfg;
     let b = batch.len();
-    let mut carry = Carry::fresh(be, &model, b);
+    let mut carry = Carry::fresh(be, model, b);
     let mut exact = Vec::new();
     let mut last = None;
     for _ in 0..segments {
-        let seg = eval_step(be, &model, &mut carry, batch);
+        let seg = eval_step(be, model, &mut carry, batch)?;
         if let Some(s) = &seg.scored {
             exact.extend(s.exact.iter().map(|&x| x as u8));
         }
@@ -147,7 +157,9 @@ pub fn run_forward(
     let path = batch;
     let batch = load_batch(batch, &cfg)?;
     check_batch_memory(path, &cfg, Purpose::Eval { batch: batch.len() }, device)?;
-    let tensors = crate::with_backend!(device, |be| forward_outputs(be, &cfg, &params, &batch, segments)?);
+    let tensors = crate::with_backend!(device, |be| {
+        forward_outputs_of(be, &Hrm::new(be, &cfg, &params).with_origin(checkpoint), &batch, segments)?
+    });
     write_tensors(out, &tensors, None)?;
     if let Some(t) = tensors.iter().find(|t| t.name == "exact_correct_per_segment")
         && let crate::model::checkpoint::TensorData::U8(v) = &t.data

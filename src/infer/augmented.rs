@@ -172,7 +172,7 @@ pub fn run_passes<B: Backend>(
                 break;
             }
             let t = Instant::now();
-            let seg = eval_step(be, model, cr, &new);
+            let seg = eval_step(be, model, cr, &new)?;
             st.row_segments += rows as u64;
             let finished: Vec<usize> = (0..rows)
                 .filter(|&b| {

@@ -81,7 +81,7 @@ pub fn predict<B: Backend>(
                 carry = Some(Carry::fresh(be, model, b));
             }
             let c = carry.as_mut().expect("made above");
-            let r = infer_segments(be, model, c, &batch_of(chunk), segments, graphs);
+            let r = infer_segments(be, model, c, &batch_of(chunk), segments, graphs)?;
             be.check()?;
             for (seg, exact) in r.exact_per_segment.iter().enumerate() {
                 out.exact_per_segment[seg].extend(exact);

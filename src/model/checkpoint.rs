@@ -100,7 +100,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = crate::fsutil::read_regular(path, "a safetensors file")?;
         let shown = path.display().to_string();
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| anyhow!("{shown}: not a valid safetensors file (truncated or corrupt?): {e:?}"))?;

@@ -1,7 +1,7 @@
 //! `hrm data ...`: generate, import, build and inspect Sudoku data.
 
-use super::dataset::{BuildConfig, Dataset, build, canonical_set, read_puzzles};
-use super::formats::{ImportOptions, Puzzle, import, write_csv};
+use super::dataset::{BuildConfig, Dataset, SPLITS, build, canonical_set, read_puzzles};
+use super::formats::{ImportOptions, Puzzle, import, total_size, write_csv};
 use super::generate::{GenConfig, Mode, generate};
 use super::rating::{DEFAULT_SAMPLES, RatingStats};
 use crate::fsutil::{Input, check_output, check_output_dir};
@@ -133,12 +133,23 @@ fn check_build_size(
     )
 }
 
-fn count_lines(paths: &[PathBuf]) -> u64 {
-    paths
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|t| t.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count() as u64)
-        .sum()
+/// A progress bar over the bytes of the inputs when their total size is known (regular files),
+/// else a spinner: the inputs are read once, by the work itself (a pipe cannot be read twice).
+fn bytes_bar(paths: &[PathBuf], what: &str) -> ProgressBar {
+    let pb = match total_size(paths) {
+        Some(len) => {
+            let pb = ProgressBar::new(len);
+            pb.set_style(
+                ProgressStyle::with_template("{msg:>10} [{bar:40}] {bytes}/{total_bytes} eta {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            pb
+        }
+        None => ProgressBar::new_spinner(),
+    };
+    pb.set_message(what.to_string());
+    pb
 }
 
 fn print_stats(name: &str, puzzles: &[Puzzle]) {
@@ -218,9 +229,14 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
         DataCommand::Import { files, out, skip_invalid, rating_samples } => {
             let inputs: Vec<Input> = files.iter().map(|f| ("input", f.as_path())).collect();
             check_output("--out", &out, &inputs)?;
-            let pb = bar(count_lines(&files), "import");
+            let pb = bytes_bar(&files, "import");
             let t = Instant::now();
-            let opts = ImportOptions { skip_invalid, rating_samples: rating_samples.max(1), rerate: true };
+            let opts = ImportOptions {
+                skip_invalid,
+                rating_samples: rating_samples.max(1),
+                rerate: true,
+                limit: None,
+            };
             let (puzzles, skipped) = import(&files, &opts, &|k| pb.inc(k))?;
             pb.finish_and_clear();
             for e in &skipped {
@@ -247,8 +263,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             }
             let mut read: Vec<Input> = inputs.iter().map(|f| ("input", f.as_path())).collect();
             read.extend(exclude.iter().map(|f| ("--exclude set", f.as_path())));
-            // The splits replace out/train and out/test wholesale.
-            check_output_dir("--out", &out, &["train", "test"], &read)?;
+            // The splits replace out/train and out/test wholesale (one this build does not
+            // write loses its dataset files).
+            check_output_dir("--out", &out, &SPLITS, &read)?;
             let t = Instant::now();
             let puzzles = read_puzzles(&inputs)?;
             check_build_size(puzzles.len(), train, test, augment, test_augment, hints)?;
@@ -296,8 +313,9 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
                         skip_invalid: true,
                         rating_samples: rating_samples.max(1),
                         rerate: true,
+                        limit: None,
                     };
-                    let pb = bar(count_lines(std::slice::from_ref(&p)), "stats");
+                    let pb = bytes_bar(std::slice::from_ref(&p), "stats");
                     let (puzzles, skipped) = import(std::slice::from_ref(&p), &opts, &|k| pb.inc(k))?;
                     pb.finish_and_clear();
                     print_stats(&p.display().to_string(), &puzzles);

@@ -90,7 +90,7 @@ impl Dataset {
             (dir_or_file.to_path_buf(), dir.join(MANIFEST_FILE))
         };
         let d = data.display();
-        let bytes = std::fs::read(&data).with_context(|| format!("cannot read dataset {d}"))?;
+        let bytes = crate::fsutil::read_regular(&data, "a dataset's data.bin")?;
         if bytes.len() < HEADER {
             bail!("{d}: truncated: {} bytes, header needs {HEADER}", bytes.len());
         }
@@ -126,9 +126,9 @@ impl Dataset {
             bail!("{d}: example {i} holds a token id out of range");
         }
         let m = manifest_path.display();
-        let text =
-            std::fs::read_to_string(&manifest_path).with_context(|| format!("cannot read manifest {m}"))?;
-        let manifest: Manifest = serde_json::from_str(&text).with_context(|| format!("{m}: bad manifest"))?;
+        let text = crate::fsutil::read_regular(&manifest_path, "a dataset's manifest.json")?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).with_context(|| format!("{m}: bad manifest"))?;
         if manifest.num_examples != n || manifest.num_groups != g {
             bail!(
                 "{m}: manifest says {} examples / {} groups, {d} holds {n} / {g}",
@@ -419,6 +419,11 @@ pub fn build(
             return Err(e);
         }
     };
+    for name in SPLITS {
+        if !written.iter().any(|(n, _)| *n == name) {
+            remove_stale_split(&out.join(name))?;
+        }
+    }
     for (name, tmp) in written {
         let dst = out.join(name);
         if dst.exists() {
@@ -430,12 +435,44 @@ pub fn build(
     Ok(BuildReport { input_puzzles, duplicates, excluded, train, test })
 }
 
+/// The splits a build writes into its output directory.
+pub const SPLITS: [&str; 2] = ["train", "test"];
+
+/// Removes a split of an earlier build that this build does not write (`--test 0` over a
+/// directory holding a test split), so the directory holds only what this build made and an
+/// old split cannot overlap the new ones. Only the split's own files go (`data.bin`,
+/// `manifest.json`), then the directory if that leaves it empty; anything else in it is kept.
+fn remove_stale_split(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join(MANIFEST_FILE).is_file() && !dir.join(DATA_FILE).is_file() {
+        return Ok(());
+    }
+    for f in [DATA_FILE, MANIFEST_FILE] {
+        let p = dir.join(f);
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(&p)
+                .with_context(|| format!("removing {} of an earlier build", p.display()))?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {
+            eprintln!("removed {} of an earlier build (this build writes no such split)", dir.display())
+        }
+        Err(_) => eprintln!(
+            "removed the dataset files of {} (an earlier build's split; this build writes none); \
+             other files in it were kept",
+            dir.display()
+        ),
+    }
+    Ok(())
+}
+
 /// Reads puzzles for the builder (CSV or one-per-line; answers solved when absent).
 pub fn read_puzzles(paths: &[PathBuf]) -> anyhow::Result<Vec<Puzzle>> {
     let opts = super::formats::ImportOptions {
         skip_invalid: false,
         rating_samples: super::rating::DEFAULT_SAMPLES,
         rerate: false,
+        limit: None,
     };
     Ok(super::formats::import(paths, &opts, &|_| {})?.0)
 }

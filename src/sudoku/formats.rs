@@ -6,7 +6,7 @@
 
 use super::board::{Board, board_to_string, is_solution_of, parse_board};
 use super::rating::rate;
-use anyhow::Context;
+use crate::fsutil::TextLines;
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,18 +49,6 @@ pub enum Format {
     Lines,
 }
 
-/// CSV if the first non-comment line is the Sudoku-Extreme header or the extension is `.csv`.
-pub fn detect_format(path: &Path, text: &str) -> Format {
-    let first = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#'));
-    if first.is_some_and(|l| l.trim().starts_with("source,question"))
-        || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-    {
-        Format::Csv
-    } else {
-        Format::Lines
-    }
-}
-
 /// The file stem, used as `source` for one-per-line files.
 pub fn file_stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
@@ -94,18 +82,106 @@ fn parse_csv_line(line: &str) -> Result<(String, Board, Option<Board>, Option<f3
     Ok((fields[0].to_string(), q, a, r))
 }
 
-/// Parses a file into raw entries. With `skip_invalid`, bad lines are returned as errors next
-/// to the good entries; without it the first bad line is the error.
+/// What a puzzle input is expected to be, in errors of the line reader.
+const EXPECTED: &str = "a puzzle file (CSV or one puzzle per line)";
+
+/// The records of one puzzle input, parsed line by line as they are read (each input is read
+/// once, front to back, so a pipe or FIFO works and `--limit` reads no further than it needs).
+/// A line too long, a NUL byte or invalid UTF-8 ends the input with an error naming `file:line`
+/// (see [`TextLines`]); a bad record is a [`LineError`] the caller keeps or skips.
+pub struct RawReader<R> {
+    lines: TextLines<R>,
+    path: PathBuf,
+    stem: String,
+    /// Decided at the first record: CSV if it is the Sudoku-Extreme header or the extension
+    /// is `.csv`.
+    format: Option<Format>,
+    header_seen: bool,
+}
+
+impl RawReader<std::io::BufReader<std::fs::File>> {
+    /// Opens `path` (a directory is refused); also returns its size when it is a regular file.
+    pub fn open(path: &Path) -> anyhow::Result<(Self, Option<u64>)> {
+        let (file, size) = crate::fsutil::open_input(path, EXPECTED)?;
+        Ok((RawReader::new(std::io::BufReader::new(file), path), size))
+    }
+}
+
+impl<R: std::io::BufRead> RawReader<R> {
+    /// Records of `reader`; `path` names it in errors (and gives the format by its extension).
+    pub fn new(reader: R, path: &Path) -> Self {
+        RawReader {
+            lines: TextLines::new(reader, path, EXPECTED),
+            path: path.to_path_buf(),
+            stem: file_stem(path),
+            format: None,
+            header_seen: false,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.lines.bytes_read()
+    }
+
+    /// The next record (or the error of its line), `None` at the end of the input. Blank lines,
+    /// `#` comments, the CSV header and a UTF-8 byte order mark at the start are skipped.
+    pub fn next_record(&mut self) -> anyhow::Result<Option<Result<RawEntry, LineError>>> {
+        loop {
+            let Some((lineno, line)) = self.lines.next_line()? else { return Ok(None) };
+            let line = if lineno == 1 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                continue;
+            }
+            let format = *self.format.get_or_insert_with(|| {
+                let csv_ext = self.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+                if csv_ext || t.starts_with("source,question") { Format::Csv } else { Format::Lines }
+            });
+            let parsed = match format {
+                Format::Csv => {
+                    if !self.header_seen && t.starts_with("source,") {
+                        self.header_seen = true;
+                        if t == CSV_HEADER {
+                            continue;
+                        }
+                        Err(format!("expected header {CSV_HEADER:?}, found {t:?}"))
+                    } else {
+                        self.header_seen = true;
+                        parse_csv_line(t)
+                    }
+                }
+                Format::Lines => parse_board(t)
+                    .map(|q| (self.stem.clone(), q, None, None))
+                    .map_err(|e| format!("{e}; expected 81 characters of '1'-'9' and '.'")),
+            };
+            return Ok(Some(match parsed {
+                Ok((source, question, answer, rating)) => {
+                    Ok(RawEntry { line: lineno, source, question, answer, rating })
+                }
+                Err(msg) => Err(LineError { file: self.path.clone(), line: lineno, msg }),
+            }));
+        }
+    }
+
+    /// Every record. With `skip_invalid`, bad lines are returned as errors next to the good
+    /// entries; without it the first bad line is the error.
+    pub fn read_all(mut self, skip_invalid: bool) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
+        let (mut entries, mut errors) = (Vec::new(), Vec::new());
+        while let Some(r) = self.next_record()? {
+            match r {
+                Ok(e) => entries.push(e),
+                Err(e) if skip_invalid => errors.push(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((entries, errors))
+    }
+}
+
+/// Parses a file into raw entries (see [`RawReader::read_all`]).
 pub fn read_raw(path: &Path, skip_invalid: bool) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    parse_raw(path, &text, skip_invalid)
+    RawReader::open(path)?.0.read_all(skip_invalid)
 }
 
 /// [`read_raw`] on text already in memory (`path` names it in errors). A UTF-8 byte order mark
@@ -115,50 +191,7 @@ pub fn parse_raw(
     text: &str,
     skip_invalid: bool,
 ) -> anyhow::Result<(Vec<RawEntry>, Vec<LineError>)> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let format = detect_format(path, text);
-    let stem = file_stem(path);
-    let mut entries = Vec::new();
-    let mut errors = Vec::new();
-    let mut header_seen = false;
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let parsed = match format {
-            Format::Csv => {
-                if !header_seen && t.starts_with("source,") {
-                    header_seen = true;
-                    if t != CSV_HEADER {
-                        Err(format!("expected header {CSV_HEADER:?}, found {t:?}"))
-                    } else {
-                        continue;
-                    }
-                } else {
-                    header_seen = true;
-                    parse_csv_line(t)
-                }
-            }
-            Format::Lines => parse_board(t)
-                .map(|q| (stem.clone(), q, None, None))
-                .map_err(|e| format!("{e}; expected 81 characters of '1'-'9' and '.'")),
-        };
-        match parsed {
-            Ok((source, question, answer, rating)) => {
-                entries.push(RawEntry { line: lineno, source, question, answer, rating })
-            }
-            Err(msg) => {
-                let e = LineError { file: path.to_path_buf(), line: lineno, msg };
-                if !skip_invalid {
-                    return Err(e.into());
-                }
-                errors.push(e);
-            }
-        }
-    }
-    Ok((entries, errors))
+    RawReader::new(text.as_bytes(), path).read_all(skip_invalid)
 }
 
 /// How to import.
@@ -170,11 +203,18 @@ pub struct ImportOptions {
     pub rating_samples: usize,
     /// Recompute ratings even when a CSV supplies one.
     pub rerate: bool,
+    /// Take at most this many puzzles of each file; the rest of the file is not read.
+    pub limit: Option<usize>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { skip_invalid: false, rating_samples: super::rating::DEFAULT_SAMPLES, rerate: true }
+        ImportOptions {
+            skip_invalid: false,
+            rating_samples: super::rating::DEFAULT_SAMPLES,
+            rerate: true,
+            limit: None,
+        }
     }
 }
 
@@ -208,9 +248,21 @@ fn check_entry(path: &Path, e: &RawEntry, opts: &ImportOptions) -> Result<Puzzle
     Ok(Puzzle { source: e.source.clone(), question: e.question, answer: solution, rating })
 }
 
+/// Records solved together (in parallel) as they are read.
+const CHUNK: usize = 1024;
+
+/// The total size of `paths` when every one is a regular file (a progress bar's length for
+/// [`import`]'s byte count), else `None`. Only the metadata is looked at: each input is read
+/// once, by the import.
+pub fn total_size(paths: &[PathBuf]) -> Option<u64> {
+    paths.iter().map(|p| std::fs::metadata(p).ok().filter(|m| m.is_file()).map(|m| m.len())).sum()
+}
+
 /// Reads, solves, checks and rates every puzzle of `paths` (in parallel, output in file and
-/// line order). Without `skip_invalid` the first bad line (in file order) is the error; with
-/// it, bad lines come back as the second element.
+/// line order), reading each file once as a stream; `progress` gets the bytes read since its
+/// last call. Without `skip_invalid` the first bad line (in file order) is the error; with it,
+/// bad lines come back as the second element. A file without a single puzzle line (empty, only
+/// comments or a header) is an error naming it.
 pub fn import(
     paths: &[PathBuf],
     opts: &ImportOptions,
@@ -219,22 +271,48 @@ pub fn import(
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
-        let (entries, mut errs) = read_raw(path, opts.skip_invalid)?;
-        skipped.append(&mut errs);
-        let results: Vec<Result<Puzzle, LineError>> = entries
-            .par_chunks(256)
-            .flat_map_iter(|chunk| {
-                let v: Vec<_> = chunk.iter().map(|e| check_entry(path, e, opts)).collect();
-                progress(chunk.len() as u64);
-                v
-            })
-            .collect();
-        for r in results {
-            match r {
-                Ok(p) => out.push(p),
-                Err(e) if opts.skip_invalid => skipped.push(e),
-                Err(e) => return Err(e.into()),
+        let (mut reader, _) = RawReader::open(path)?;
+        let (mut taken, mut records, mut reported) = (0usize, 0usize, 0u64);
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        loop {
+            // Without skipping, every record read is a puzzle or the error, so a chunk never
+            // reads past the limit.
+            let want = CHUNK.min(limit - taken);
+            let mut chunk = Vec::with_capacity(want);
+            while chunk.len() < want {
+                match reader.next_record()? {
+                    Some(Ok(e)) => chunk.push(e),
+                    Some(Err(e)) if opts.skip_invalid => skipped.push(e),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => break,
+                }
+                records += 1;
             }
+            let more = chunk.len() == want;
+            let results: Vec<Result<Puzzle, LineError>> =
+                chunk.par_iter().map(|e| check_entry(path, e, opts)).collect();
+            for r in results {
+                match r {
+                    Ok(p) if taken < limit => {
+                        out.push(p);
+                        taken += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) if opts.skip_invalid => skipped.push(e),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            progress(reader.bytes_read() - reported);
+            reported = reader.bytes_read();
+            if !more || taken >= limit {
+                break;
+            }
+        }
+        if records == 0 && limit > 0 {
+            anyhow::bail!(
+                "{}: no puzzles (the file is empty or holds only comments or a header)",
+                path.display()
+            );
         }
     }
     skipped.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
@@ -290,13 +368,11 @@ pub fn write_lines(path: &Path, puzzles: &[Board], comment: &str) -> anyhow::Res
 /// guess count (1 sample, to keep loading fast; `hrm data import` computes the 8-sample one).
 /// A set without a single puzzle (an empty file, only comments or a header) is an error.
 pub fn read_eval_set(path: &Path) -> anyhow::Result<Vec<Puzzle>> {
-    let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false };
-    let puzzles = import(&[path.to_path_buf()], &opts, &|_| {})?.0;
-    if puzzles.is_empty() {
-        anyhow::bail!(
-            "{}: no puzzles (the file is empty or holds only comments or a header)",
-            path.display()
-        );
-    }
-    Ok(puzzles)
+    read_eval_set_limit(path, None)
+}
+
+/// [`read_eval_set`] of the first `limit` puzzles only: the lines after them are not read.
+pub fn read_eval_set_limit(path: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Puzzle>> {
+    let opts = ImportOptions { skip_invalid: false, rating_samples: 1, rerate: false, limit };
+    Ok(import(&[path.to_path_buf()], &opts, &|_| {})?.0)
 }
