@@ -129,7 +129,7 @@ fn address_space_room() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
     let used = line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
-    Some((lim.rlim_cur as u64).saturating_sub(used))
+    Some(lim.rlim_cur.saturating_sub(used))
 }
 
 fn parse_mem_available(meminfo: &str) -> Option<u64> {
