@@ -756,6 +756,61 @@ fn a_killed_rank_stops_the_others_naming_it_and_keeps_the_last_checkpoint() {
     assert!(ok, "{text}");
 }
 
+/// The launcher alone is signalled, as `timeout` and schedulers do: SIGTERM is passed on to
+/// the ranks (the launcher ends with 128 + 15), and a launcher killed outright (SIGKILL, which
+/// it cannot handle) takes its ranks with it: none is left running, holding the run's lock.
+#[test]
+fn ranks_end_with_their_launcher() {
+    if !emulation_available() {
+        return;
+    }
+    let f = fixture();
+    for (signal, out) in [(libc::SIGTERM, "term"), (libc::SIGKILL, "kill")] {
+        let log = f.path(&format!("{out}.log"));
+        let mut c = f.train(out, 2, 100_000, &[]);
+        c.stderr(std::fs::File::create(&log).unwrap()).stdout(Stdio::null());
+        let mut launcher = c.spawn().unwrap();
+        // Both ranks started and training (the first checkpoint is written).
+        let start = Instant::now();
+        let first = f.path(&format!("{out}/checkpoints/step_00000002/COMPLETE"));
+        while !first.exists() {
+            assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint within 120 s");
+            assert!(launcher.try_wait().unwrap().is_none(), "{}", std::fs::read_to_string(&log).unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        let pids: Vec<i32> = (0..2)
+            .map(|r| {
+                let key = format!("rank {r}: pid ");
+                let line = text.lines().find(|l| l.starts_with(&key)).unwrap();
+                line[key.len()..].trim().parse().unwrap()
+            })
+            .collect();
+        // SAFETY: signalling a child process of this test.
+        assert_eq!(unsafe { libc::kill(launcher.id() as i32, signal) }, 0);
+        let status = launcher.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        if signal == libc::SIGTERM {
+            assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{text}");
+            assert!(text.contains("passed on to the ranks"), "{text}");
+        }
+        // The ranks are gone within seconds (a rank that is a zombie of the launcher's, not
+        // yet reaped by init, counts as gone: it runs nothing and holds nothing).
+        let gone = |pid: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'))
+        };
+        let killed = Instant::now();
+        while !pids.iter().all(|&p| gone(p)) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "signal {signal} to the launcher left ranks {pids:?} running:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn rendezvous_failures_are_clear_errors() {
     if !emulation_available() {

@@ -767,9 +767,27 @@ pub fn launch(nproc: usize, master_port: Option<u16>) -> Result<()> {
         (Some(d), None) => Some(d.into_os_string()),
         (None, old) => old,
     };
+    // SIGINT/SIGTERM to the launcher (Ctrl-C, `timeout`, a scheduler) are forwarded to the
+    // ranks; a launcher that dies anyway (SIGKILL) takes them with it (PR_SET_PDEATHSIG).
+    let interrupt = super::interrupt::Guard::install();
+    let launcher = std::process::id() as libc::pid_t;
     let mut children = Vec::new();
     for r in 0..nproc {
         let mut c = std::process::Command::new(&exe);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before the line above: nothing would kill this rank later.
+                if libc::getppid() != launcher {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         c.args(&args)
             .env("RANK", r.to_string())
             .env("WORLD_SIZE", nproc.to_string())
@@ -789,7 +807,20 @@ pub fn launch(nproc: usize, master_port: Option<u16>) -> Result<()> {
     let mut first_failure: Option<String> = None;
     let mut failed_at: Option<Instant> = None;
     let mut report = Vec::new();
+    let mut forwarded: Option<(super::interrupt::Interrupted, Instant)> = None;
     loop {
+        if forwarded.is_none()
+            && let Some(sig) = interrupt.received()
+        {
+            for (r, slot) in children.iter().enumerate() {
+                if slot.is_some() {
+                    // SAFETY: kill(2) of a child of this process that has not been reaped.
+                    unsafe { libc::kill(pids[r] as libc::pid_t, sig.signal) };
+                }
+            }
+            eprintln!("{sig}: passed on to the ranks");
+            forwarded = Some((sig, Instant::now()));
+        }
         let mut running = 0;
         for (r, slot) in children.iter_mut().enumerate() {
             let Some(child) = slot else { continue };
@@ -817,7 +848,8 @@ pub fn launch(nproc: usize, master_port: Option<u16>) -> Result<()> {
         if running == 0 {
             break;
         }
-        if let Some(t) = failed_at
+        let since = failed_at.or(forwarded.as_ref().map(|f| f.1));
+        if let Some(t) = since
             && t.elapsed() > grace
         {
             for (r, slot) in children.iter_mut().enumerate() {
@@ -831,6 +863,10 @@ pub fn launch(nproc: usize, master_port: Option<u16>) -> Result<()> {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some((sig, _)) = forwarded {
+        eprintln!("ranks: {}", if report.is_empty() { "all ended".to_string() } else { report.join("; ") });
+        return Err(sig.into());
     }
     match first_failure {
         None => Ok(()),
