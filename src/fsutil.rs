@@ -126,6 +126,38 @@ pub fn write_atomic_with(
     }
 }
 
+/// Removes the temporaries `.NAME.tmp.PID` in `dir` that a killed writer of `name` left: those
+/// whose process is gone (a live one may still be writing its own). Returns what was removed.
+pub fn remove_dead_temporaries(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!(".{name}.tmp.");
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid <= 0 || process_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if gone.is_ok() {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
+/// Whether process `pid` exists (signal 0 probes without sending anything).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for the process.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 fn replace_atomically(
     path: &Path,
     real: &Path,
@@ -135,6 +167,7 @@ fn replace_atomically(
     let name = real.file_name().ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot write {}: creating directory {}", path.display(), dir.display()))?;
+    remove_dead_temporaries(dir, &name.to_string_lossy());
     let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let file = File::create(&tmp)?;
@@ -395,6 +428,25 @@ impl<R: std::io::BufRead> TextLines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporaries_of_dead_writers_go_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // pid 999999999 is above any pid_max: no such process.
+        std::fs::create_dir(d.join(".train.tmp.999999999")).unwrap();
+        std::fs::write(d.join(".train.tmp.999999999/data.bin"), b"partial").unwrap();
+        std::fs::write(d.join(".out.csv.tmp.999999999"), b"partial").unwrap();
+        let live = format!(".train.tmp.{}", std::process::id());
+        std::fs::create_dir(d.join(&live)).unwrap();
+        std::fs::write(d.join(".train.tmp.x"), b"not ours").unwrap();
+        let removed = remove_dead_temporaries(d, "train");
+        assert_eq!(removed, vec![d.join(".train.tmp.999999999")]);
+        assert!(d.join(&live).exists() && d.join(".train.tmp.x").exists());
+        assert!(d.join(".out.csv.tmp.999999999").exists(), "another name's temporary is left alone");
+        write_atomic(&d.join("out.csv"), b"x\n").unwrap();
+        assert!(!d.join(".out.csv.tmp.999999999").exists(), "the writer of out.csv removes it");
+    }
 
     fn lines(input: &[u8]) -> Result<Vec<(usize, String)>> {
         let mut r = TextLines::new(input, Path::new("in.txt"), "a puzzle file");

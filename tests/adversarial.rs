@@ -608,6 +608,17 @@ fn runs_resume_honestly_or_refuse() {
         },
         Case {
             class: "D28",
+            args: &["data", "build", "train.txt", "--out", "ds", "--train", "10", "--augment", "1"],
+            setup: |d| {
+                std::fs::create_dir_all(d.join("ds/.train.tmp.999999999")).unwrap();
+                std::fs::write(d.join("ds/.train.tmp.999999999/data.bin"), b"partial").unwrap();
+            },
+            outputs: &["ds"],
+            after: |d, _| absent(d, "ds/.train.tmp.999999999"),
+            ..CASE
+        },
+        Case {
+            class: "D28",
             args: RESUME,
             setup: |d| {
                 std::fs::create_dir_all(d.join("run/checkpoints/.step_00000005.tmp.999999999")).unwrap();

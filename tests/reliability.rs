@@ -140,6 +140,25 @@ fn checkpoint_names(run: &Path) -> Vec<String> {
     v
 }
 
+/// A run killed before its first checkpoint: neither the refusal of a new run in its directory
+/// nor `--resume` sends the user to the other; both say to start it again with --overwrite.
+#[test]
+fn a_run_without_a_checkpoint_is_restarted_with_overwrite_not_resumed() {
+    let f = Fixture::new();
+    ok(&mut f.train("run", 2, &[]));
+    std::fs::remove_dir_all(f.p("run").join("checkpoints")).unwrap();
+    let o = fails(&mut f.train("run", 2, &[]));
+    assert!(o.stderr.contains("nothing to resume") && o.stderr.contains("--overwrite"), "{}", o.stderr);
+    assert!(!o.stderr.contains("continue it with"), "{}", o.stderr);
+    let o = fails(hrm().args(["train", "--resume"]).arg(f.p("run")));
+    assert!(
+        o.stderr.contains("stopped before its first") && o.stderr.contains("--overwrite"),
+        "{}",
+        o.stderr
+    );
+    ok(&mut f.train("run", 2, &["--overwrite"]));
+}
+
 #[test]
 fn train_refuses_a_directory_holding_a_run_and_overwrite_starts_afresh() {
     let f = Fixture::new();
@@ -276,21 +295,24 @@ fn absurd_model_and_batch_sizes_are_refused_before_allocating() {
     let big = |field: &str, value: serde_json::Value| {
         let mut v = serde_json::to_value(ModelConfig::tiny()).unwrap();
         v[field] = value;
-        let p = f.p(&format!("{field}.json"));
+        let p = f.p(&format!("{field}_{}.json", v[field]));
         std::fs::write(&p, v.to_string()).unwrap();
         p
     };
+    // Past the config's bounds: refused by its validation, naming the field; within them but
+    // too large for the machine: refused by the memory estimate.
     let configs = [
-        big("hidden_size", 1_000_000_000u64.into()),
-        big("expansion", 1e12.into()),
-        big("H_layers", 1_000_000_000u64.into()),
+        (big("hidden_size", 1_000_000_000u64.into()), "hidden_size is 1000000000; at most"),
+        (big("expansion", 1e12.into()), "expansion is 1000000000000; at most"),
+        (big("H_layers", 1_000_000_000u64.into()), "H_layers is 1000000000; at most"),
+        (big("hidden_size", 65536u64.into()), "needs at least"),
     ];
-    for cfg in &configs {
+    for (cfg, says) in &configs {
         let t0 = std::time::Instant::now();
         let o = fails(f.train("r", 2, &[]).arg("--config").arg(cfg));
-        assert!(o.stderr.contains("needs at least") && o.stderr.contains("is available"), "{}", o.stderr);
+        assert!(o.stderr.contains(says), "{}", o.stderr);
         let o = fails(hrm().args(["init", "--config"]).arg(cfg).arg("--out").arg(f.p("w.safetensors")));
-        assert!(o.stderr.contains("needs at least"), "{}", o.stderr);
+        assert!(o.stderr.contains(says), "{}", o.stderr);
         assert!(t0.elapsed().as_secs() < 30, "refused before any allocation");
     }
     let o = fails(&mut f.train("r", 2, &["--batch-size", "100000000"]));

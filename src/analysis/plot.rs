@@ -25,11 +25,16 @@ pub fn read_metrics(path: &Path) -> Result<BTreeMap<String, Series>> {
                 eprintln!("{}:{}: skipped a torn (unterminated) last line", path.display(), i + 1);
                 continue;
             }
+            // A damaged line (no writer of ours makes one) costs its point, not the charts.
             Err(e) => {
-                return Err(e).with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1));
+                eprintln!("{}:{}: skipped a line that is not a JSON object ({e})", path.display(), i + 1);
+                continue;
             }
         };
-        let step = v["step"].as_f64().with_context(|| format!("{}:{}: no step", path.display(), i + 1))?;
+        let Some(step) = v["step"].as_f64() else {
+            eprintln!("{}:{}: skipped a record without a step", path.display(), i + 1);
+            continue;
+        };
         let kind = v["kind"].as_str().unwrap_or("train");
         let prefix = match kind {
             "eval" => format!("eval/{}", v["name"].as_str().unwrap_or("set")),

@@ -380,6 +380,13 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
             } else {
                 Default::default()
             };
+            if !fixed.damaged.is_empty() {
+                eprintln!(
+                    "metrics.jsonl: moved damaged line(s) {:?} (not JSON records) to {}",
+                    fixed.damaged,
+                    dir.join(crate::train::metrics::DAMAGED_FILE).display()
+                );
+            }
             if fixed.torn_line || fixed.dropped > 0 {
                 eprintln!(
                     "metrics.jsonl: cut {} and {} records past step {}",

@@ -380,6 +380,11 @@ pub fn build(
     // Splits are written under temporary names and moved into place only once all of them
     // are complete, so a failed build leaves a previous dataset in `out` as it was.
     let staged = |name: &str| out.join(format!(".{name}.tmp.{}", std::process::id()));
+    for split in ["train", "test"] {
+        for p in crate::fsutil::remove_dead_temporaries(out, split) {
+            eprintln!("removed {} (left by an interrupted build)", p.display());
+        }
+    }
     let mut written: Vec<(&str, PathBuf)> = Vec::new();
     let result = (|| -> anyhow::Result<(Option<Manifest>, Option<Manifest>)> {
         let train = if cfg.train > 0 {

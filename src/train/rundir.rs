@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = ".lock";
 
 /// Files and directories that make a directory a run (what `--overwrite` removes).
-pub const RUN_ENTRIES: &[&str] = &["config.json", "run.json", "metrics.jsonl", "checkpoints", "plots"];
+pub const RUN_ENTRIES: &[&str] =
+    &["config.json", "run.json", "metrics.jsonl", "metrics.jsonl.damaged", "checkpoints", "plots"];
 
 /// An exclusive advisory lock (`flock`) on `RUN/.lock`, held while the value lives. The OS
 /// drops it when the process exits in any way (kill -9 included), so a dead trainer never
@@ -82,8 +83,13 @@ pub fn prepare_new_run(dir: &Path, overwrite: bool, resume_hint: Option<&str>) -
         return Ok(());
     }
     if !overwrite {
-        let resume =
-            resume_hint.map_or(String::new(), |h| format!("continue it with `{h} {}`, ", dir.display()));
+        // A run stopped before its first checkpoint has nothing to continue from.
+        let resumable = complete_checkpoints(dir).is_ok_and(|c| !c.is_empty());
+        let resume = match resume_hint {
+            Some(h) if resumable => format!("continue it with `{h} {}`, ", dir.display()),
+            Some(_) => "it stopped before its first checkpoint, so there is nothing to resume; ".into(),
+            None => String::new(),
+        };
         bail!(
             "{} already holds a run ({}); {resume}pass a new directory, or add --overwrite to delete \
              the old run first",
@@ -201,10 +207,15 @@ pub fn resume_checkpoint(run: &Path, explicit: Option<&Path>) -> Result<PathBuf>
         }
         return Ok(c.to_path_buf());
     }
-    complete_checkpoints(run)?
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| anyhow::anyhow!("{}: no complete checkpoint to resume from", run.display()))
+    complete_checkpoints(run)?.pop().map(|(_, p)| p).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no complete checkpoint to resume from (the run stopped before its first); \
+                 start it again with `hrm train --data DATA --out {} --overwrite` and the flags it \
+                 was started with",
+            run.display(),
+            run.display()
+        )
+    })
 }
 
 fn list(run: &Path) -> String {
