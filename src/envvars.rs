@@ -29,6 +29,7 @@ const VARIABLES: &[(&str, Kind, &str)] = &[
     ("HRM_REQUIRE_GPU", Kind::Switch, "refuse anything but a real GPU"),
     ("HRM_EMU_RACECHECK", Kind::Switch, "shared-memory race checking in the emulation"),
     ("HRM_EMU_NO_CUBLASLT", Kind::Switch, "an emulated machine without cuBLASLt"),
+    ("HRM_TEST_EMU_AS_GPU", Kind::Switch, "the emulated device treated as a GPU (tests)"),
     ("HRM_EMU_DEVICE_MEM_MB", Kind::Positive, "the emulated device's memory in MiB"),
     ("HRM_EMU_DRIVER_VERSION", Kind::Positive, "the emulated driver's version, e.g. 12040"),
     ("HRM_EMU_ORDER", Kind::OneOf(&["shuffle", "forward", "reverse"]), "the emulated block order"),

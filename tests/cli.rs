@@ -95,3 +95,46 @@ fn init_writes_a_loadable_checkpoint_and_bad_input_is_reported() {
     assert!(msg.contains("bad_batch.safetensors") && msg.contains("'inputs'") && msg.contains("42"), "{msg}");
     assert!(!dir.path().join("o.safetensors").exists(), "no output on failure");
 }
+
+/// A batch whose labels are all 0 (ignored) has nothing to be right about: `forward` says the
+/// accuracy is not measured, and leaves unlabeled puzzles out of the count otherwise (it used
+/// to print them as correct: 2/2).
+#[test]
+fn forward_does_not_count_unlabeled_puzzles_as_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("tiny.safetensors");
+    assert!(hrm().args(["init", "--preset", "tiny", "--out"]).arg(&ck).status().unwrap().success());
+    let forward = |labels: Vec<i32>| {
+        let batch = dir.path().join("batch.safetensors");
+        hrm::model::checkpoint::write_tensors(
+            &batch,
+            &[
+                hrm::model::checkpoint::NamedTensor::i32("inputs", vec![2, 81], vec![1; 2 * 81]),
+                hrm::model::checkpoint::NamedTensor::i32("puzzle_identifiers", vec![2], vec![0, 0]),
+                hrm::model::checkpoint::NamedTensor::i32("labels", vec![2, 81], labels),
+            ],
+            None,
+        )
+        .unwrap();
+        let out = dir.path().join("o.safetensors");
+        let _ = std::fs::remove_file(&out);
+        let o = hrm()
+            .args(["forward", "--checkpoint"])
+            .arg(&ck)
+            .arg("--batch")
+            .arg(&batch)
+            .args(["--segments", "1", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = forward(vec![0; 2 * 81]);
+    assert!(err.contains("not measured"), "{err}");
+    // One labeled puzzle: counted out of 1, the other left out.
+    let mut one = vec![0; 2 * 81];
+    one[81..].fill(5);
+    let err = forward(one);
+    assert!(err.contains("/1 (1 without labels left out)"), "{err}");
+}

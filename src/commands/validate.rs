@@ -166,10 +166,21 @@ pub fn run_forward(
     {
         let b = batch.len();
         let last = &v[(segments - 1) * b..];
-        eprintln!(
-            "exact accuracy after {segments} segments: {}/{b}",
-            last.iter().map(|&x| x as usize).sum::<usize>()
-        );
+        // A puzzle whose labels are all 0 (ignored) has nothing to be right about: it is left
+        // out of the count rather than called correct.
+        let n = batch.labels.as_ref().map_or(0, |l| l.len() / b.max(1));
+        let labeled: Vec<bool> = (0..b)
+            .map(|i| batch.labels.as_ref().is_some_and(|l| l[i * n..(i + 1) * n].iter().any(|&x| x != 0)))
+            .collect();
+        let count = labeled.iter().filter(|&&l| l).count();
+        if count == 0 {
+            eprintln!("exact accuracy: not measured (every label of the batch is 0, i.e. ignored)");
+        } else {
+            let right = last.iter().zip(&labeled).filter(|&(&x, &l)| l && x != 0).count();
+            let unlabeled =
+                if count < b { format!(" ({} without labels left out)", b - count) } else { String::new() };
+            eprintln!("exact accuracy after {segments} segments: {right}/{count}{unlabeled}");
+        }
     }
     eprintln!("wrote {}", out.display());
     Ok(())
