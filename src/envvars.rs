@@ -33,6 +33,7 @@ const VARIABLES: &[(&str, Kind, &str)] = &[
     ("HRM_EMU_DEVICE_MEM_MB", Kind::Positive, "the emulated device's memory in MiB"),
     ("HRM_EMU_DRIVER_VERSION", Kind::Positive, "the emulated driver's version, e.g. 12040"),
     ("HRM_EMU_ORDER", Kind::OneOf(&["shuffle", "forward", "reverse"]), "the emulated block order"),
+    ("HRM_PROGRESS_S", Kind::Seconds, "seconds between progress lines when stderr is not a terminal"),
     ("HRM_DIST_TIMEOUT_S", Kind::Seconds, "the longest a data-parallel collective may wait"),
     ("HRM_DIST_JOIN_TIMEOUT_S", Kind::Positive, "seconds data-parallel ranks wait to join"),
     ("HRM_NCCL_EMU_TIMEOUT_S", Kind::Seconds, "the emulated NCCL's timeout"),

@@ -257,6 +257,31 @@ fn demo_with_hints_ends_with_the_side_by_side_table() {
     }
 }
 
+/// With its output captured (not a terminal, as in a log file or CI), training prints plain
+/// progress lines at a steady interval (`HRM_PROGRESS_S`, 10 s by default) and one at the end:
+/// step of total, loss, exact accuracy, speed and time left.
+#[test]
+fn demo_training_prints_progress_lines_when_not_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = hrm()
+        .args(["demo", "--steps", "40", "--batch-size", "8", "--train-puzzles", "16", "--augment", "1"])
+        .args(["--eval-puzzles", "4", "--out"])
+        .arg(dir.path().join("demo"))
+        .env("HRM_PROGRESS_S", "0.05")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("step ") && l.contains("/40 | ")).collect();
+    assert!(lines.len() >= 2, "progress lines at the interval and at the end:\n{err}");
+    for l in &lines {
+        for w in ["lm ", "exact ", "step/s", "s elapsed", "s left"] {
+            assert!(l.contains(w), "{w:?} missing in {l:?}");
+        }
+    }
+    assert!(lines.last().unwrap().starts_with("step 40/40 | "), "{err}");
+}
+
 #[test]
 fn fixed_points_count_answers_runs_and_states_consistently() {
     use hrm::analysis::fixed_points::fixed_points;

@@ -59,6 +59,51 @@ pub fn eval_all<B: Backend>(
     sets.iter().map(|(name, ex)| evaluate_on(be, model, name, ex, batch, dist, |_| {})).collect()
 }
 
+/// Seconds between plain progress lines: `HRM_PROGRESS_S`, else 10.
+fn plain_progress_interval() -> std::time::Duration {
+    let s = std::env::var("HRM_PROGRESS_S").ok().and_then(|v| v.trim().parse::<f64>().ok());
+    std::time::Duration::from_secs_f64(s.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(10.0))
+}
+
+/// One plain line of progress at a steady interval (and at the end), for output that is not a
+/// terminal: step, the last logged window's losses and accuracy, speed, time left.
+struct PlainProgress {
+    every: std::time::Duration,
+    start: Instant,
+    first_step: u64,
+    end: u64,
+    last_line: Instant,
+    last_message: String,
+}
+
+impl PlainProgress {
+    fn new(step: u64, end: u64) -> Self {
+        let now = Instant::now();
+        PlainProgress {
+            every: plain_progress_interval(),
+            start: now,
+            first_step: step,
+            end,
+            last_line: now,
+            last_message: String::new(),
+        }
+    }
+
+    fn tick(&mut self, step: u64, last: bool) {
+        if self.last_message.is_empty() || !(last || self.last_line.elapsed() >= self.every) {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let rate = (step - self.first_step) as f64 / secs.max(1e-9);
+        let left = self.end.saturating_sub(step) as f64 / rate.max(1e-9);
+        eprintln!(
+            "step {step}/{} | {} | {:.0} s elapsed, about {:.0} s left",
+            self.end, self.last_message, secs, left
+        );
+        self.last_line = Instant::now();
+    }
+}
+
 pub fn run<B: Backend>(
     be: &B,
     t: &mut Trainer<B>,
@@ -103,6 +148,9 @@ pub fn run<B: Backend>(
     };
     // Ctrl-C or SIGTERM: finish the step, write a checkpoint, stop (single process only).
     let interrupt = t.dist.is_none().then(super::interrupt::Guard::install);
+    // Where stderr is not a terminal (a log file, CI) the bar draws nothing: a plain line then.
+    let mut plain = (opts.progress && main && !std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| PlainProgress::new(t.step, end));
     while t.step < end {
         // A step is only enqueued; the backend is read at log, eval and checkpoint boundaries.
         if let Err(e) = t.train_step(be, data) {
@@ -146,7 +194,7 @@ pub fn run<B: Backend>(
                 append_jsonl(&metrics, &line)?;
             }
             let mfu_text = mfu.map_or(String::new(), |m| format!(" MFU {:.1}%", 100.0 * m));
-            bar.set_message(format!(
+            let message = format!(
                 "lm {:.3} qh {:.3} qc {:.3} exact {:.3} halt@{:.1} {:.2} step/s {:.0} tok/s{mfu_text}",
                 per(w.lm_loss),
                 per(w.q_halt_loss),
@@ -155,9 +203,16 @@ pub fn run<B: Backend>(
                 w.steps_sum as f64 / cnt,
                 w.steps as f64 / secs,
                 w.steps as f64 * tokens_per_step / secs
-            ));
+            );
+            if let Some(p) = &mut plain {
+                p.last_message = message.clone();
+            }
+            bar.set_message(message);
             window = ActReport::default();
             window_start = Instant::now();
+        }
+        if let Some(p) = &mut plain {
+            p.tick(t.step, last);
         }
         // Data parallel: every rank evaluates its share of the puzzles, rank 0 writes.
         if eval_now {
@@ -169,10 +224,12 @@ pub fn run<B: Backend>(
                     v["kind"] = json!("eval");
                     v["step"] = json!(t.step);
                     append_jsonl(&metrics, &v)?;
-                    bar.println(format!(
+                    let line = format!(
                         "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4} ({} puzzles)",
                         t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.puzzles
-                    ));
+                    );
+                    // (the hidden bar of a non-terminal prints nothing)
+                    if plain.is_some() { eprintln!("{line}") } else { bar.println(line) }
                 }
             }
             summary.last_eval = reports;
