@@ -234,6 +234,12 @@ fn verify_prefers_valid_solutions_keeping_the_givens() {
     // No valid candidate: falls back to vote.
     let ps = vec![with(wrong, 1.0), with(other, 2.0), with(wrong, 0.5)];
     assert_eq!(select_verify(&ps, &q).unwrap().tokens, wrong);
+    // `vote_all` counts every pass: two right but not halting outvote one halting wrong answer,
+    // which `vote` (halting passes only) picks.
+    let ps = vec![with(wrong, 1.0), with(sol, -1.0), with(sol, -2.0)];
+    assert_eq!(select_vote(&ps).unwrap().tokens, wrong);
+    let c = hrm::infer::select::select_vote_all(&ps).unwrap();
+    assert_eq!((c.tokens, c.votes, c.pool), (sol, 2, 3));
 }
 
 #[test]
@@ -283,6 +289,9 @@ fn oracle_needs_a_strict_majority_of_halting_passes_and_ors_checkpoints() {
     // Halting: right x3, 3 x3, 4 x1: tie 3:3 at equal mean q_halt; the first seen (right) wins.
     assert_eq!(sel[0].vote.tokens, labels);
     assert_eq!(acc.vote, 1.0);
+    // All 8 passes: right x3, 3 x3, 4, 2: the same tie, the same winner.
+    assert_eq!((sel[0].vote_all.tokens, sel[0].vote_all.pool), (labels, 8));
+    assert_eq!(acc.vote_all, 1.0);
     // Checkpoint 0: 2 of 4 (no); checkpoint 1: 1 of 3 (no).
     assert_eq!(acc.oracle, 0.0);
 }

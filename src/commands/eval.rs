@@ -118,12 +118,13 @@ pub enum EvalOutput {
 /// The side-by-side table of perturbed inference: exact accuracy per selection mode.
 pub fn augmented_table(reports: &[AugmentedReport]) -> String {
     let mut s = format!(
-        "{:<24} {:>7} {:>6} {:>7} {:>7} {:>7} {:>8} {:>6} {:>9} {:>9} {:>8}\n",
+        "{:<24} {:>7} {:>6} {:>7} {:>7} {:>8} {:>7} {:>8} {:>6} {:>9} {:>9} {:>8}\n",
         "set",
         "puzzles",
         "passes",
         "single",
         "vote",
+        "vote-all",
         "verify",
         "oracle*",
         "segs",
@@ -134,12 +135,13 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
     for r in reports {
         let a = &r.exact_accuracy;
         s += &format!(
-            "{:<24} {:>7} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>6.2} {:>9.1} {:>9.1} {:>7.3}%\n",
+            "{:<24} {:>7} {:>6} {:>7.4} {:>7.4} {:>8.4} {:>7.4} {:>8.4} {:>6.2} {:>9.1} {:>9.1} {:>7.3}%\n",
             r.name,
             r.puzzles,
             r.passes_per_puzzle,
             a.single,
             a.vote,
+            a.vote_all,
             a.verify,
             a.oracle,
             r.mean_segments,
@@ -157,7 +159,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
             format!("{:?}", r.halt).to_lowercase()
         );
         s += "exact accuracy per mode: single = unperturbed pass of the first checkpoint; vote = majority \
-              of halting passes; verify = vote among valid solutions; *oracle uses the labels (strict \
+              of halting passes; vote-all = majority of all passes; verify = vote among valid solutions; *oracle uses the labels (strict \
               majority of halting passes per checkpoint, OR over checkpoints: the paper's metric)\n";
     }
     s

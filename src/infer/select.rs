@@ -3,6 +3,8 @@
 //! - `vote`: label-free majority over the passes that would halt (q_halt > q_continue after
 //!   their last segment), or over all passes when none would; ties go to the answer with the
 //!   higher mean q_halt, then to the answer seen first.
+//! - `vote_all`: label-free majority over all passes, halting or not (same ties): the Q head's
+//!   halting verdict left out of the selection, for the comparison with `vote`.
 //! - `verify`: label-free; the passes whose answer is a valid Sudoku solution keeping the
 //!   givens are the candidates (voted as `vote` does); without any, the same as `vote`.
 //! - `oracle` (uses the labels): the Augmented HRM paper's metric. Per checkpoint, the puzzle
@@ -16,7 +18,7 @@ use crate::sudoku::board::{Board, is_solution_of};
 use serde::Serialize;
 
 /// The selection modes, in report order.
-pub const MODES: [&str; 4] = ["single", "vote", "verify", "oracle"];
+pub const MODES: [&str; 5] = ["single", "vote", "vote_all", "verify", "oracle"];
 
 /// A chosen answer and how strongly the passes backed it.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +77,11 @@ pub fn select_vote(passes: &[Pass]) -> Option<Choice> {
     }
 }
 
+/// `vote_all`: majority over every pass.
+pub fn select_vote_all(passes: &[Pass]) -> Option<Choice> {
+    majority(passes)
+}
+
 /// `verify`: `vote` among the passes whose answer solves `question` (0 = blank); `vote` over
 /// all passes when none does.
 pub fn select_verify(passes: &[Pass], question: &Board) -> Option<Choice> {
@@ -99,6 +106,7 @@ pub fn oracle_correct(passes: &[Pass], labels: &[u8]) -> bool {
 pub struct ModeAccuracy {
     pub single: f64,
     pub vote: f64,
+    pub vote_all: f64,
     pub verify: f64,
     pub oracle: f64,
 }
@@ -108,6 +116,7 @@ impl ModeAccuracy {
         match mode {
             "single" => self.single,
             "vote" => self.vote,
+            "vote_all" => self.vote_all,
             "verify" => self.verify,
             _ => self.oracle,
         }
@@ -119,6 +128,7 @@ impl ModeAccuracy {
 pub struct Selected {
     pub single: Choice,
     pub vote: Choice,
+    pub vote_all: Choice,
     pub verify: Choice,
 }
 
@@ -131,11 +141,13 @@ pub fn score(table: &PassTable, questions: &[Board], labels: &[[u8; 81]]) -> (Mo
         let sel = Selected {
             single: select_single(passes).expect("a pass table has pass 0 of checkpoint 0"),
             vote: select_vote(passes).expect("passes"),
+            vote_all: select_vote_all(passes).expect("passes"),
             verify: select_verify(passes, &questions[p]).expect("passes"),
         };
         let l = &labels[p];
         acc.single += (sel.single.tokens == *l) as u8 as f64;
         acc.vote += (sel.vote.tokens == *l) as u8 as f64;
+        acc.vote_all += (sel.vote_all.tokens == *l) as u8 as f64;
         acc.verify += (sel.verify.tokens == *l) as u8 as f64;
         acc.oracle += oracle_correct(passes, l) as u8 as f64;
         out.push(sel);
@@ -143,6 +155,7 @@ pub fn score(table: &PassTable, questions: &[Board], labels: &[[u8; 81]]) -> (Mo
     let n = table.puzzles.max(1) as f64;
     acc.single /= n;
     acc.vote /= n;
+    acc.vote_all /= n;
     acc.verify /= n;
     acc.oracle /= n;
     (acc, out)
