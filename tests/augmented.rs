@@ -7,7 +7,9 @@ use hrm::hrm::Hrm;
 use hrm::infer::augmented::{AugmentedOptions, HaltMode, Pass, PassTable, run_passes};
 use hrm::infer::eval::predict;
 use hrm::infer::perturb::{Perturbation, parse_spec, tokens_to_board};
-use hrm::infer::select::{majority, oracle_correct, score, select_single, select_verify, select_vote};
+use hrm::infer::select::{
+    majority, oracle_correct, score, select_single, select_verify, select_vote, select_vote_halt,
+};
 use hrm::model::HostParams;
 use hrm::sudoku::board::{Board, to_tokens};
 use hrm::sudoku::symmetry::Transform;
@@ -188,7 +190,7 @@ fn single_is_the_unperturbed_pass_of_the_first_checkpoint() {
 }
 
 #[test]
-fn vote_counts_halting_passes_only_and_breaks_ties_by_mean_q_halt() {
+fn vote_halt_counts_halting_passes_only_and_breaks_ties_by_mean_q_halt() {
     // Two non-halting passes say 3; the halting ones say 4 (x2) and 5 (x1).
     let ps = vec![
         pass(0, 0, 3, -1.0, 0.0),
@@ -198,21 +200,21 @@ fn vote_counts_halting_passes_only_and_breaks_ties_by_mean_q_halt() {
         pass(0, 4, 5, 2.0, 0.0),
         pass(0, 5, 4, 0.2, 0.0),
     ];
-    let c = select_vote(&ps).unwrap();
+    let c = select_vote_halt(&ps).unwrap();
     assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(4), 2, 3));
     // Tie 1:1 among halting passes: the higher mean q_halt (5 at 2.0 over 4 at 0.5) wins.
     let tie = vec![pass(0, 0, 4, 0.5, 0.0), pass(0, 1, 5, 2.0, 0.0), pass(0, 2, 3, -3.0, 0.0)];
-    assert_eq!(select_vote(&tie).unwrap().tokens, board_tokens(5));
+    assert_eq!(select_vote_halt(&tie).unwrap().tokens, board_tokens(5));
     // Tie in count and mean q_halt: the first answer seen.
     let exact_tie = vec![pass(0, 0, 6, 1.0, 0.0), pass(0, 1, 7, 1.0, 0.0)];
-    assert_eq!(select_vote(&exact_tie).unwrap().tokens, board_tokens(6));
+    assert_eq!(select_vote_halt(&exact_tie).unwrap().tokens, board_tokens(6));
     // No pass halts: all passes vote (3 wins 2:1 although its q_halt is lower).
     let none = vec![pass(0, 0, 3, -4.0, 0.0), pass(0, 1, 3, -4.0, 0.0), pass(0, 2, 8, -0.1, 0.0)];
-    let c = select_vote(&none).unwrap();
+    let c = select_vote_halt(&none).unwrap();
     assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(3), 2, 3));
     // q_halt == q_continue is not halting.
     let eq = vec![pass(0, 0, 3, 0.0, 0.0), pass(0, 1, 3, 0.0, 0.0), pass(0, 2, 8, 1.0, 0.5)];
-    assert_eq!(select_vote(&eq).unwrap().tokens, board_tokens(8));
+    assert_eq!(select_vote_halt(&eq).unwrap().tokens, board_tokens(8));
     assert!(majority(std::iter::empty()).is_none());
 }
 
@@ -225,20 +227,20 @@ fn verify_prefers_valid_solutions_keeping_the_givens() {
     assert!(hrm::sudoku::board::is_valid_solution(&tokens_to_board(&other)));
     let with = |t: [u8; 81], qh: f32| Pass { tokens: t, ..pass(0, 0, 0, qh, 0.0) };
     let wrong = board_tokens(2);
-    // Three halting wrong answers outvote the one right (but not halting) answer in `vote`;
+    // Three halting wrong answers outvote the one right (but not halting) answer in `vote_halt`;
     // `verify` keeps only the right one.
     let ps = vec![with(wrong, 1.0), with(wrong, 1.0), with(wrong, 1.0), with(other, 1.0), with(sol, -1.0)];
-    assert_eq!(select_vote(&ps).unwrap().tokens, wrong);
+    assert_eq!(select_vote_halt(&ps).unwrap().tokens, wrong);
     let c = select_verify(&ps, &q).unwrap();
     assert_eq!((c.tokens, c.votes, c.pool), (sol, 1, 1));
     // No valid candidate: falls back to vote.
     let ps = vec![with(wrong, 1.0), with(other, 2.0), with(wrong, 0.5)];
     assert_eq!(select_verify(&ps, &q).unwrap().tokens, wrong);
-    // `vote_all` counts every pass: two right but not halting outvote one halting wrong answer,
-    // which `vote` (halting passes only) picks.
+    // `vote` counts every pass: two right but not halting outvote one halting wrong answer,
+    // which `vote_halt` (halting passes only) picks.
     let ps = vec![with(wrong, 1.0), with(sol, -1.0), with(sol, -2.0)];
-    assert_eq!(select_vote(&ps).unwrap().tokens, wrong);
-    let c = hrm::infer::select::select_vote_all(&ps).unwrap();
+    assert_eq!(select_vote_halt(&ps).unwrap().tokens, wrong);
+    let c = select_vote(&ps).unwrap();
     assert_eq!((c.tokens, c.votes, c.pool), (sol, 2, 3));
 }
 
@@ -287,11 +289,11 @@ fn oracle_needs_a_strict_majority_of_halting_passes_and_ors_checkpoints() {
     let (acc, sel) = score(&table, &[q], &[labels]);
     assert_eq!(acc.single, 1.0);
     // Halting: right x3, 3 x3, 4 x1: tie 3:3 at equal mean q_halt; the first seen (right) wins.
-    assert_eq!(sel[0].vote.tokens, labels);
-    assert_eq!(acc.vote, 1.0);
+    assert_eq!(sel[0].vote_halt.tokens, labels);
+    assert_eq!(acc.vote_halt, 1.0);
     // All 8 passes: right x3, 3 x3, 4, 2: the same tie, the same winner.
-    assert_eq!((sel[0].vote_all.tokens, sel[0].vote_all.pool), (labels, 8));
-    assert_eq!(acc.vote_all, 1.0);
+    assert_eq!((sel[0].vote.tokens, sel[0].vote.pool), (labels, 8));
+    assert_eq!(acc.vote, 1.0);
     // Checkpoint 0: 2 of 4 (no); checkpoint 1: 1 of 3 (no).
     assert_eq!(acc.oracle, 0.0);
 }

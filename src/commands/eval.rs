@@ -27,7 +27,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Perturbed inference: run each puzzle under these input perturbations, map every answer
-    /// back through the inverse and report the selection modes single / vote / verify / oracle.
+    /// back through the inverse and report the selection modes single / vote / vote_halt / verify / oracle.
     /// SPEC is factors joined by '+' (their product; pass 0 is always the unperturbed puzzle):
     /// `relabel9` (the 9 cyclic digit relabelings d -> (d - 1 + k) mod 9 + 1), `perm:N` (the
     /// identity and N random digit permutations), `sym:N` (the identity and N random geometric
@@ -124,7 +124,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
         "passes",
         "single",
         "vote",
-        "vote-all",
+        "vote-halt",
         "verify",
         "oracle*",
         "segs",
@@ -141,7 +141,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
             r.passes_per_puzzle,
             a.single,
             a.vote,
-            a.vote_all,
+            a.vote_halt,
             a.verify,
             a.oracle,
             r.mean_segments,
@@ -159,7 +159,7 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
             format!("{:?}", r.halt).to_lowercase()
         );
         s += "exact accuracy per mode: single = unperturbed pass of the first checkpoint; vote = majority \
-              of halting passes; vote-all = majority of all passes; verify = vote among valid solutions; *oracle uses the labels (strict \
+              of all passes; vote-halt = majority of halting passes; verify = vote-halt among valid solutions; *oracle uses the labels (strict \
               majority of halting passes per checkpoint, OR over checkpoints: the paper's metric)\n";
     }
     s
