@@ -280,6 +280,18 @@ fn demo_training_prints_progress_lines_when_not_on_a_terminal() {
         }
     }
     assert!(lines.last().unwrap().starts_with("step 40/40 | "), "{err}");
+    // The figures, for checks without parsing the text.
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("demo/demo.json")).unwrap()).unwrap();
+    assert!(v["held_out"]["exact_accuracy"].is_number(), "{v}");
+    let by = v["held_out_exact_by_blanks"].as_array().unwrap();
+    let n: u64 = by.iter().map(|b| b["puzzles"].as_u64().unwrap()).sum();
+    assert_eq!(n, v["held_out"]["puzzles"].as_u64().unwrap(), "every held-out puzzle counted once: {v}");
+    assert!(by.iter().all(|b| (3..=8).contains(&b["blanks"].as_u64().unwrap())), "{v}");
+    assert!(v["selection"][0]["exact_accuracy"]["vote"].is_number(), "{v}");
+    for phase in ["generate", "train_and_evaluate", "closing_table", "total"] {
+        assert!(v["seconds"][phase].as_f64().unwrap() >= 0.0, "{phase}: {v}");
+    }
 }
 
 #[test]

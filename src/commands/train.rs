@@ -5,7 +5,7 @@ use super::train_setup::{model_config, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
 use crate::fsutil::{Input, check_output_dir};
-use crate::infer::augmented::{AugmentedOptions, evaluate_augmented};
+use crate::infer::augmented::{AugmentedOptions, evaluate_augmented_on};
 use crate::infer::eval::Example;
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
@@ -539,6 +539,7 @@ pub struct DemoArgs {
 /// The demo: make k-blank puzzles, train the small model on the CPU, evaluate on held-out
 /// puzzles of the same difficulty.
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
+    let t_start = std::time::Instant::now();
     let mut model = ModelConfig::preset(&a.preset)?;
     if let Some(p) = &a.pos_encodings {
         model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
@@ -608,6 +609,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         data.num_groups()
     );
     let eval: Vec<Example> = held_out.iter().map(|(q, s)| example_of(q, s)).collect();
+    let generate_seconds = t_start.elapsed().as_secs_f64();
     let opts = RunOptions {
         run_dir: a.out.clone(),
         eval_sets: vec![("held_out".to_string(), eval.clone())],
@@ -620,11 +622,14 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         &held_out.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
         "held-out demo puzzles (never trained on)",
     )?;
+    let t_train = std::time::Instant::now();
     let summary = crate::with_backend!(a.device, |be| {
         eprintln!("device: {}", be.name());
         let mut t = Trainer::new(be, cfg, &params);
         run(be, &mut t, &data, &opts)?
     });
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    let t_table = std::time::Instant::now();
     print!("{}", report_table(&summary.last_eval));
     if let Some(c) = &summary.last_checkpoint {
         println!("model: {}", c.join("model.safetensors").display());
@@ -637,13 +642,16 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         .iter()
         .map(|(_, dir)| load_checkpoint(&dir.join("model.safetensors"), None))
         .collect::<Result<Vec<_>>>()?;
+    let mut reports = Vec::new();
+    let mut singles = Vec::new();
     if !loaded.is_empty() {
         let opts = AugmentedOptions { batch_size: 512, ..Default::default() };
-        let reports = crate::with_backend!(a.device, |be| {
+        (reports, singles) = crate::with_backend!(a.device, |be| {
             let models: Vec<_> = loaded.iter().map(|(cfg, p)| crate::hrm::Hrm::new(be, cfg, p)).collect();
             let mut reports = Vec::new();
+            let mut singles = Vec::new();
             for n in [1, models.len()] {
-                let mut r = evaluate_augmented(
+                let (mut r, selected) = evaluate_augmented_on(
                     be,
                     &models[..n],
                     "held_out",
@@ -651,18 +659,57 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
                     &a.perturb,
                     &perts,
                     &opts,
+                    None,
                     |_| {},
                 )?;
+                if n == 1 {
+                    singles = selected.iter().map(|s| s.single.tokens).collect();
+                }
                 r.name = format!("held_out ({n} checkpoint{})", if n == 1 { "" } else { "s" });
                 reports.push(r);
                 if models.len() == 1 {
                     break;
                 }
             }
-            reports
+            (reports, singles)
         });
         println!("\nAugmented HRM on the held-out puzzles (--perturb {}):", a.perturb);
         print!("{}", super::eval::augmented_table(&reports));
     }
+    let table_seconds = t_table.elapsed().as_secs_f64();
+    let figures = serde_json::json!({
+        "held_out": summary.last_eval.first(),
+        "held_out_exact_by_blanks": exact_by_blanks(&held_out, &singles),
+        "selection": reports,
+        "seconds": {
+            "generate": generate_seconds,
+            "train_and_evaluate": train_seconds,
+            "closing_table": table_seconds,
+            "total": t_start.elapsed().as_secs_f64(),
+        },
+        "args": format!("{a:?}"),
+    });
+    let path = a.out.join("demo.json");
+    write_atomic(&path, serde_json::to_string_pretty(&figures)?.as_bytes())?;
+    println!("figures: {}", path.display());
     Ok(summary)
+}
+
+/// Exact accuracy of the final model's unperturbed answers (`answers`, token ids, in the order
+/// of `held_out`) by number of blanks of the puzzle.
+fn exact_by_blanks(
+    held_out: &[(crate::sudoku::board::Board, crate::sudoku::board::Board)],
+    answers: &[[u8; 81]],
+) -> serde_json::Value {
+    let mut by: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+    for ((q, s), t) in held_out.iter().zip(answers) {
+        let e = by.entry(q.iter().filter(|&&c| c == 0).count()).or_default();
+        e.0 += 1;
+        e.1 += (crate::infer::perturb::tokens_to_board(t) == *s) as usize;
+    }
+    by.into_iter()
+        .map(|(k, (n, right))| {
+            serde_json::json!({"blanks": k, "puzzles": n, "exact": right as f64 / n.max(1) as f64})
+        })
+        .collect()
 }

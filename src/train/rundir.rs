@@ -10,8 +10,15 @@ use std::path::{Path, PathBuf};
 pub const LOCK_FILE: &str = ".lock";
 
 /// Files and directories that make a directory a run (what `--overwrite` removes).
-pub const RUN_ENTRIES: &[&str] =
-    &["config.json", "run.json", "metrics.jsonl", "metrics.jsonl.damaged", "checkpoints", "plots"];
+pub const RUN_ENTRIES: &[&str] = &[
+    "config.json",
+    "run.json",
+    "metrics.jsonl",
+    "metrics.jsonl.damaged",
+    "demo.json",
+    "checkpoints",
+    "plots",
+];
 
 /// An exclusive advisory lock (`flock`) on `RUN/.lock`, held while the value lives. The OS
 /// drops it when the process exits in any way (kill -9 included), so a dead trainer never
