@@ -139,16 +139,17 @@ pub fn remove_dead_temporaries(dir: &Path, name: &str) -> Vec<PathBuf> {
             continue;
         }
         let p = e.path();
-        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        if gone.is_ok() {
+        if remove_path(&p).is_ok() {
             removed.push(p);
         }
     }
     removed
+}
+
+/// Removes `p`: a directory with its contents, anything else (a symlink included, not its
+/// target) as a file.
+pub fn remove_path(p: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(p)?.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) }
 }
 
 /// Whether process `pid` exists (signal 0 probes without sending anything).

@@ -132,12 +132,7 @@ fn remove_run_entry(p: &Path) -> Result<()> {
             continue;
         }
         let q = e.path();
-        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&q)
-        } else {
-            std::fs::remove_file(&q)
-        };
-        r.with_context(|| format!("--overwrite: removing {}", q.display()))?;
+        crate::fsutil::remove_path(&q).with_context(|| format!("--overwrite: removing {}", q.display()))?;
     }
     let left: Vec<String> = std::fs::read_dir(p)
         .with_context(context)?
