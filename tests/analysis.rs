@@ -202,6 +202,33 @@ fn analyze_and_perturbed_eval_commands_write_the_documented_fields() {
     }
     assert!(std::fs::read_to_string(out.join("trivial.svg")).unwrap().starts_with("<svg"));
 
+    let table = ok(hrm()
+        .args(["analyze", "landscape", "--puzzle", "2", "--runs", "4", "--segments", "3", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--out")
+        .arg(&out));
+    assert!(table.contains("puzzle 2: 4 runs") && table.contains("PC1"), "{table}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("landscape.json")).unwrap()).unwrap();
+    assert_eq!(
+        (j["puzzle"].as_u64(), j["runs"].as_u64(), j["segments"].as_u64()),
+        (Some(2), Some(4), Some(3))
+    );
+    assert_eq!(j["per_run"][0]["path"].as_array().unwrap().len(), 4);
+    let svg = std::fs::read_to_string(out.join("landscape.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("PC1") && svg.contains("answer 0"), "{svg}");
+    let o = hrm()
+        .args(["analyze", "landscape", "--puzzle", "4", "--checkpoint"])
+        .arg(d.join("a.safetensors"))
+        .arg(d.join("held.txt"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--puzzle 4") && err.contains("holds 4 puzzles"), "{err}");
+
     // Perturbed eval bootstrapped over two checkpoints.
     let json = d.join("aug.json");
     let table = ok(hrm()
@@ -289,8 +316,32 @@ fn demo_training_prints_progress_lines_when_not_on_a_terminal() {
     assert_eq!(n, v["held_out"]["puzzles"].as_u64().unwrap(), "every held-out puzzle counted once: {v}");
     assert!(by.iter().all(|b| (3..=8).contains(&b["blanks"].as_u64().unwrap())), "{v}");
     assert!(v["selection"][0]["exact_accuracy"]["vote"].is_number(), "{v}");
-    for phase in ["generate", "train_and_evaluate", "closing_table", "total"] {
+    for phase in ["generate", "train_and_evaluate", "closing_table", "findings", "total"] {
         assert!(v["seconds"][phase].as_f64().unwrap() >= 0.0, "{phase}: {v}");
+    }
+    // The three findings: trivial puzzles by 1, 2, 4, 8 blanks over every held-out grid, the
+    // critical step (none: 4 logged points are no curve), the noisy starts and the landscape.
+    let f = &v["findings"];
+    let ks: Vec<u64> =
+        f["trivial"]["rows"].as_array().unwrap().iter().map(|r| r["blanks"].as_u64().unwrap()).collect();
+    assert_eq!(ks, [1, 2, 4, 8], "{f}");
+    assert_eq!(f["trivial"]["rows"][0]["puzzles"], v["held_out"]["puzzles"], "{f}");
+    assert!(f["critical_step"].is_null(), "{f}");
+    assert_eq!(f["fixed_points"]["puzzles"], v["held_out"]["puzzles"], "{f}");
+    assert_eq!(f["fixed_points"]["runs_per_puzzle"], 8, "{f}");
+    assert_eq!(f["landscape"]["runs"], 16, "{f}");
+    for file in [
+        "trivial.json",
+        "trivial.svg",
+        "fixed_points.json",
+        "fixed_points.svg",
+        "landscape.json",
+        "landscape.svg",
+    ] {
+        assert!(dir.path().join("demo/analysis").join(file).is_file(), "{file}");
+    }
+    for w in ["Finding (a)", "Finding (b)", "Finding (c)"] {
+        assert!(String::from_utf8_lossy(&o.stdout).contains(w), "{w}");
     }
 }
 
@@ -328,4 +379,38 @@ fn fixed_points_count_answers_runs_and_states_consistently() {
     assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&r).unwrap());
     assert!(fixed_points(&be, &model, "set", &examples, 0, 2.0, 1e-3, 1, 8).is_err());
     assert!(fixed_points(&be, &model, "set", &examples, 2, f64::NAN, 1e-3, 1, 8).is_err());
+}
+
+#[test]
+fn landscape_paths_answers_and_projection_are_consistent() {
+    use hrm::analysis::landscape::landscape;
+    let be = Cpu;
+    let (cfg, params) = tiny();
+    let model = Hrm::new(&be, &cfg, &params);
+    let puzzles = blanked_puzzles(2, 10..30, 7);
+    let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
+    // Past halt_max_steps (3): no halting, every run keeps going.
+    let r = landscape(&be, &model, "set", &examples[1], 1, 5, 6, 2.0, 3).unwrap();
+    assert_eq!((r.runs, r.segments, r.per_run.len(), r.puzzle), (5, 6, 5, 1));
+    assert!(r.per_run.iter().all(|p| p.path.len() == 7 && p.answer < r.answers.len()));
+    assert!(r.per_run.iter().flat_map(|p| &p.path).all(|c| c[0].is_finite() && c[1].is_finite()));
+    assert_eq!(r.answers.iter().map(|a| a.runs).sum::<usize>(), 5);
+    let v = r.explained_variance;
+    assert!(v[0] >= v[1] && v[1] >= 0.0 && v[0] + v[1] <= 1.0 + 1e-9, "{v:?}");
+    // Noisy starts are spread out: the start points differ.
+    assert!(r.per_run[0].path[0] != r.per_run[1].path[0]);
+    // Same seed, same picture.
+    let again = landscape(&be, &model, "set", &examples[1], 1, 5, 6, 2.0, 3).unwrap();
+    assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&r).unwrap());
+    // Without noise, over halt_max_steps segments, every run is the model's own evaluation:
+    // one answer, the one `predict` gives, right when it is the label.
+    let own = own_answers_as_labels(&model, &examples);
+    let r0 = landscape(&be, &model, "own", &own[0], 0, 3, cfg.halt_max_steps, 0.0, 3).unwrap();
+    assert_eq!(r0.answers.len(), 1, "{:?}", r0.answers);
+    let want: String =
+        own[0].labels.iter().map(|&t| char::from(b'0' + (t as u8).saturating_sub(1))).collect();
+    assert_eq!(r0.answers[0].board, want);
+    assert!(r0.answers[0].correct);
+    assert!(r0.per_run.windows(2).all(|w| w[0].path == w[1].path), "identical runs, identical paths");
+    assert!(landscape(&be, &model, "set", &examples[0], 0, 1, 3, 2.0, 3).is_err(), "one run is no landscape");
 }

@@ -62,6 +62,27 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// A carry holding `batch` whose states start at H_init / L_init plus Gaussian noise of
+/// standard deviation `noise_std` (the noise drawn from `rng`, z_H first). Its rows are not
+/// halted, so the first eval step keeps the noisy start.
+pub fn noisy_start<B: Backend>(
+    be: &B,
+    model: &Hrm<B>,
+    batch: &Batch,
+    noise_std: f64,
+    rng: &mut ChaCha8Rng,
+) -> Carry<B> {
+    let mut carry = Carry::fresh(be, model, batch.len());
+    carry.take_new_data(be, model, batch);
+    carry.halted.fill(false);
+    for z in [&mut carry.z_h, &mut carry.z_l] {
+        let mut host = be.download_act(z);
+        host.iter_mut().for_each(|v| *v += noise_std as f32 * normal(rng));
+        *z = be.upload_act(&host);
+    }
+    carry
+}
+
 /// Runs the analysis: `runs` noisy starts per puzzle, batched `batch_size` rows at a time.
 #[allow(clippy::too_many_arguments)]
 pub fn fixed_points<B: Backend>(
@@ -93,15 +114,7 @@ pub fn fixed_points<B: Backend>(
             puzzle_ids: vec![0; rows],
             labels: Some(rep(&|e| e.labels.clone())),
         };
-        let mut carry = Carry::fresh(be, model, rows);
-        carry.take_new_data(be, model, &batch);
-        // Rows keep their (noisy) start: the first eval step must not reset them again.
-        carry.halted.fill(false);
-        for z in [&mut carry.z_h, &mut carry.z_l] {
-            let mut host = be.download_act(z);
-            host.iter_mut().for_each(|v| *v += noise_std as f32 * normal(&mut rng));
-            *z = be.upload_act(&host);
-        }
+        let mut carry = noisy_start(be, model, &batch, noise_std, &mut rng);
         let mut before_last = Vec::new();
         let mut last = None;
         for k in 0..segs {

@@ -1,8 +1,9 @@
-//! `hrm analyze trajectory|trivial`: the Augmented HRM paper's mechanistic analyses, written
-//! as JSON plus SVG charts.
+//! `hrm analyze trajectory|trivial|fixed-points|landscape`: the Augmented HRM paper's
+//! mechanistic analyses, written as JSON plus SVG charts.
 
 use super::eval::load_model_checkpoint;
 use crate::analysis::fixed_points::{FixedPointsReport, fixed_points};
+use crate::analysis::landscape::{LandscapeReport, landscape};
 use crate::analysis::plot::{Series, chart_xy};
 use crate::analysis::trajectory::{TrajectoryReport, trajectory};
 use crate::analysis::trivial::{TrivialReport, trivial};
@@ -78,6 +79,30 @@ pub enum AnalyzeCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// One puzzle from R noisy starts (as fixed-points), S segments without halting: the z_H
+    /// path of every run projected on the first two principal components of all the states,
+    /// coloured by the run's final answer, so the attractors show. Writes landscape.json and
+    /// landscape.svg.
+    Landscape {
+        #[command(flatten)]
+        common: AnalyzeCommon,
+        /// Index of the puzzle in the set (from 0).
+        #[arg(long, default_value_t = 0)]
+        puzzle: usize,
+        /// Noisy starts.
+        #[arg(long, default_value_t = 16)]
+        runs: usize,
+        /// Segments per run (default: twice the model's halt_max_steps, to see where the state
+        /// settles).
+        #[arg(long)]
+        segments: Option<usize>,
+        /// Standard deviation of the noise added to the initial states.
+        #[arg(long, default_value_t = 2.0)]
+        noise_std: f64,
+        /// Seed of the noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn set_name(p: &Path) -> String {
@@ -105,6 +130,7 @@ pub fn run_analyze(cmd: &AnalyzeCommand) -> Result<Vec<PathBuf>> {
         ),
         AnalyzeCommand::Trivial { common, .. } => (common, &["trivial.json", "trivial.svg"]),
         AnalyzeCommand::FixedPoints { common, .. } => (common, &["fixed_points.json", "fixed_points.svg"]),
+        AnalyzeCommand::Landscape { common, .. } => (common, &["landscape.json", "landscape.svg"]),
     };
     let mut inputs =
         vec![("--checkpoint", common.checkpoint.as_path()), ("puzzle set", common.set.as_path())];
@@ -128,7 +154,72 @@ pub fn run_analyze(cmd: &AnalyzeCommand) -> Result<Vec<PathBuf>> {
             print!("{}", fixed_points_table(&r));
             write_fixed_points(&common.out, &r)
         }
+        AnalyzeCommand::Landscape { common, puzzle, runs, segments, noise_std, seed } => {
+            let r = run_landscape(common, *puzzle, *runs, *segments, *noise_std, *seed)?;
+            print!("{}", landscape_table(&r));
+            write_landscape(&common.out, &r)
+        }
     }
+}
+
+pub fn run_landscape(
+    c: &AnalyzeCommon,
+    puzzle: usize,
+    runs: usize,
+    segments: Option<usize>,
+    noise_std: f64,
+    seed: u64,
+) -> Result<LandscapeReport> {
+    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    check_host(&cfg, Purpose::Eval { batch: runs }, c.device).with_context(|| format!("--runs {runs}"))?;
+    let puzzles = read_eval_set_limit(&c.set, Some(puzzle.saturating_add(1)))?;
+    let Some(p) = puzzles.get(puzzle) else {
+        anyhow::bail!("--puzzle {puzzle}: {} holds {} puzzles", c.set.display(), puzzles.len());
+    };
+    let example = crate::train::data::example_of(&p.question, &p.answer);
+    let segments = segments.unwrap_or(2 * cfg.halt_max_steps);
+    Ok(crate::with_backend!(c.device, |be| landscape(
+        be,
+        &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
+        &set_name(&c.set),
+        &example,
+        puzzle,
+        runs,
+        segments,
+        noise_std,
+        seed
+    )?))
+}
+
+pub fn landscape_table(r: &LandscapeReport) -> String {
+    let mut s = format!(
+        "{} puzzle {}: {} runs from H_init/L_init + N(0, {}^2), {} segments without halting; \
+         PCA of z_H: PC1 {:.1}%, PC2 {:.1}% of the variance\n{:>6} {:>5} {:>8} {:>6}\n",
+        r.name,
+        r.puzzle,
+        r.runs,
+        r.noise_std,
+        r.segments,
+        100.0 * r.explained_variance[0],
+        100.0 * r.explained_variance[1],
+        "answer",
+        "runs",
+        "right",
+        "valid"
+    );
+    for (i, a) in r.answers.iter().enumerate() {
+        s += &format!("{:>6} {:>5} {:>8} {:>6}\n", i, a.runs, a.correct, a.valid);
+    }
+    let settled = r.per_run.iter().filter(|p| p.last_change < 1e-2).count();
+    s += &format!("runs settled (z_H moved < 1% in the last segment): {settled} of {}\n", r.runs);
+    s
+}
+
+pub fn write_landscape(out: &Path, r: &LandscapeReport) -> Result<Vec<PathBuf>> {
+    let json = write_json(out, "landscape.json", r)?;
+    let p = out.join("landscape.svg");
+    crate::analysis::plot::landscape_svg(&p, r)?;
+    Ok(vec![json, p])
 }
 
 pub fn run_fixed_points(

@@ -512,6 +512,9 @@ pub struct DemoArgs {
     pub lr: f64,
     #[arg(long, default_value = "demo")]
     pub preset: String,
+    /// Model config JSON (the reference's arch keys) instead of --preset.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
     /// Override the preset's segment limit (ACT halts at the latest here; evaluation runs
     /// this many segments).
     #[arg(long)]
@@ -540,7 +543,10 @@ pub struct DemoArgs {
 /// puzzles of the same difficulty.
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let t_start = std::time::Instant::now();
-    let mut model = ModelConfig::preset(&a.preset)?;
+    let mut model = match &a.config {
+        Some(path) => ModelConfig::from_json_file(path)?,
+        None => ModelConfig::preset(&a.preset)?,
+    };
     if let Some(p) = &a.pos_encodings {
         model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
             .with_context(|| format!("--pos-encodings {p}: expected rope or learned"))?;
@@ -562,7 +568,8 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         examples,
         2.0 * 81.0 + 64.0,
     )?;
-    check_output_dir("--out", &a.out, RUN_ENTRIES, &[])?;
+    let inputs: Vec<(&str, &Path)> = a.config.iter().map(|c| ("--config", c.as_path())).collect();
+    check_output_dir("--out", &a.out, RUN_ENTRIES, &inputs)?;
     let _lock = RunLock::acquire(&a.out)?;
     prepare_new_run(&a.out, a.overwrite, None)?;
     eprintln!(
@@ -602,7 +609,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let params = HostParams::init(&model, &mut crate::rng::seeded(a.seed));
     eprintln!(
         "training the '{}' model ({} parameters) for {} steps of batch {} on {} groups",
-        a.preset,
+        a.config.as_ref().map_or(a.preset.clone(), |c| c.display().to_string()),
         params.num_trainable(&model),
         cfg.steps,
         cfg.batch_size,
@@ -677,14 +684,22 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         print!("{}", super::eval::augmented_table(&reports));
     }
     let table_seconds = t_table.elapsed().as_secs_f64();
+    let t_findings = std::time::Instant::now();
+    let findings = match loaded.first() {
+        Some((cfg, params)) => Some(demo_findings(a, cfg, params, &held_out, &eval, &summary)?),
+        None => None,
+    };
+    let findings_seconds = t_findings.elapsed().as_secs_f64();
     let figures = serde_json::json!({
         "held_out": summary.last_eval.first(),
         "held_out_exact_by_blanks": exact_by_blanks(&held_out, &singles),
         "selection": reports,
+        "findings": findings,
         "seconds": {
             "generate": generate_seconds,
             "train_and_evaluate": train_seconds,
             "closing_table": table_seconds,
+            "findings": findings_seconds,
             "total": t_start.elapsed().as_secs_f64(),
         },
         "args": format!("{a:?}"),
@@ -693,6 +708,107 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     write_atomic(&path, serde_json::to_string_pretty(&figures)?.as_bytes())?;
     println!("figures: {}", path.display());
     Ok(summary)
+}
+
+/// Puzzles of the fixed-points probe in the demo's report, and its noisy starts per puzzle.
+const DEMO_FIXED_POINT_PUZZLES: usize = 100;
+const DEMO_FIXED_POINT_RUNS: usize = 8;
+
+/// The paper's three findings measured on the demo's final model, printed and written to
+/// `RUN/analysis/` (the files of `hrm analyze trivial|fixed-points|landscape`): (a) solved
+/// held-out grids with 1, 2, 4 and 8 blanks, next to the demo's own difficulty; (b) the
+/// critical step of the training curve; (c) noisy starts: distinct answers and wrong fixed
+/// points per puzzle, and the landscape of one puzzle (the first whose runs disagree, else the
+/// first). Returns the figures for `demo.json`.
+fn demo_findings(
+    a: &DemoArgs,
+    cfg: &ModelConfig,
+    params: &HostParams,
+    held_out: &[(crate::sudoku::board::Board, crate::sudoku::board::Board)],
+    eval: &[Example],
+    summary: &RunSummary,
+) -> Result<serde_json::Value> {
+    use super::analyze::{fixed_points_table, landscape_table, trivial_table};
+    let out = a.out.join("analysis");
+    let grids: Vec<_> = held_out.iter().map(|(_, s)| *s).collect();
+    let probe = &eval[..eval.len().min(DEMO_FIXED_POINT_PUZZLES)];
+    let (trivial, fixed, landscape) = crate::with_backend!(a.device, |be| {
+        let model = crate::hrm::Hrm::new(be, cfg, params);
+        let trivial =
+            crate::analysis::trivial::trivial(be, &model, "held_out", &grids, &[1, 2, 4, 8], a.seed, 512)?;
+        let fixed = crate::analysis::fixed_points::fixed_points(
+            be,
+            &model,
+            "held_out",
+            probe,
+            DEMO_FIXED_POINT_RUNS,
+            2.0,
+            1e-2,
+            a.seed,
+            512,
+        )?;
+        let pick = fixed
+            .per_puzzle
+            .iter()
+            .position(|p| p.distinct_answers > 1)
+            .or_else(|| fixed.per_puzzle.iter().position(|p| p.correct_runs < DEMO_FIXED_POINT_RUNS))
+            .unwrap_or(0);
+        let segments = 2 * cfg.halt_max_steps;
+        let landscape = crate::analysis::landscape::landscape(
+            be,
+            &model,
+            "held_out",
+            &eval[pick],
+            pick,
+            16,
+            segments,
+            2.0,
+            a.seed,
+        )?;
+        (trivial, fixed, landscape)
+    });
+    let held = summary.last_eval.first().map_or(f64::NAN, |r| r.exact_accuracy);
+    println!(
+        "\nFinding (a), failures on trivial puzzles: the held-out solutions with k blanks (the demo's own \
+         puzzles, {}..={} blanks: exact {held:.4})",
+        a.min_blanks, a.max_blanks
+    );
+    print!("{}", trivial_table(&trivial));
+    println!("\nFinding (b), the critical step of the training exact accuracy:");
+    match &summary.critical_step {
+        Some(c) => println!(
+            "  {} at step {} (of {}): {:.3} -> {:.3} over {} steps ({:.0}% of the curve's range)",
+            if c["sudden"].as_bool() == Some(true) { "sudden rise" } else { "no sudden rise; steepest" },
+            c["at_step"],
+            c["step"],
+            c["before"].as_f64().unwrap_or(f64::NAN),
+            c["after"].as_f64().unwrap_or(f64::NAN),
+            c["window_steps"],
+            100.0 * c["share_of_range"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None => println!("  none: the curve is too short or never rises"),
+    }
+    println!("\nFinding (c), multiple fixed points (noisy starts):");
+    print!("{}", fixed_points_table(&fixed));
+    print!("{}", landscape_table(&landscape));
+    let mut files = super::analyze::write_trivial(&out, &trivial)?;
+    files.extend(super::analyze::write_fixed_points(&out, &fixed)?);
+    files.extend(super::analyze::write_landscape(&out, &landscape)?);
+    println!("analysis: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    let mut fixed_summary = serde_json::to_value(&fixed)?;
+    fixed_summary.as_object_mut().map(|o| o.remove("per_puzzle"));
+    Ok(serde_json::json!({
+        "trivial": trivial,
+        "critical_step": summary.critical_step,
+        "fixed_points": fixed_summary,
+        "landscape": {
+            "puzzle": landscape.puzzle,
+            "runs": landscape.runs,
+            "segments": landscape.segments,
+            "explained_variance": landscape.explained_variance,
+            "answers": landscape.answers.iter().map(|x| serde_json::json!({"runs": x.runs, "correct": x.correct, "valid": x.valid})).collect::<Vec<_>>(),
+        },
+    }))
 }
 
 /// Exact accuracy of the final model's unperturbed answers (`answers`, token ids, in the order

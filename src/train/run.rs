@@ -30,6 +30,9 @@ pub struct RunSummary {
     pub final_step: u64,
     pub last_checkpoint: Option<PathBuf>,
     pub last_eval: Vec<EvalReport>,
+    /// The `critical_step` record written when the run reached its last step
+    /// ([`crate::analysis::critical`]).
+    pub critical_step: Option<serde_json::Value>,
 }
 
 /// Adds one report's sums into the window's.
@@ -258,5 +261,12 @@ pub fn run<B: Backend>(
     }
     bar.finish();
     summary.final_step = t.step;
+    if main
+        && t.step == t.cfg.steps
+        && let Some(v) = crate::analysis::critical::record(&metrics, t.step)?
+    {
+        append_jsonl(&metrics, &v)?;
+        summary.critical_step = Some(v);
+    }
     Ok(summary)
 }

@@ -18,6 +18,7 @@ pub const RUN_ENTRIES: &[&str] = &[
     "demo.json",
     "checkpoints",
     "plots",
+    "analysis",
 ];
 
 /// An exclusive advisory lock (`flock`) on `RUN/.lock`, held while the value lives. The OS
@@ -113,7 +114,8 @@ pub fn prepare_new_run(dir: &Path, overwrite: bool, resume_hint: Option<&str>) -
 
 /// Remove one of [`RUN_ENTRIES`] for `--overwrite`: a file by its name; in `checkpoints/` only
 /// the checkpoint directories a run writes (`step_N`, `discarded_step_N*` and the temporary
-/// `.step_N.tmp.PID`), in `plots/` only the charts `hrm plot` draws; the directory itself goes
+/// `.step_N.tmp.PID`), in `plots/` only the charts `hrm plot` draws, in `analysis/` only the
+/// demo's analysis files; the directory itself goes
 /// only when nothing else is left in it.
 fn remove_run_entry(p: &Path) -> Result<()> {
     let context = || format!("--overwrite: removing {}", p.display());
@@ -122,6 +124,8 @@ fn remove_run_entry(p: &Path) -> Result<()> {
     }
     let ours: fn(&str) -> bool = if p.ends_with("plots") {
         |name| crate::analysis::plot::PLOT_FILES.contains(&name)
+    } else if p.ends_with("analysis") {
+        |name| crate::analysis::DEMO_FILES.contains(&name)
     } else {
         is_checkpoint_dir_name
     };
