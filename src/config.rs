@@ -1,4 +1,5 @@
-//! Model configuration with the reference code's field names (`HierarchicalReasoningModel_ACTV1Config`).
+//! Model configuration with the reference code's field names (`HierarchicalReasoningModel_ACTV1Config`,
+//! and for TRM `TinyRecursiveReasoningModel_ACTV1Config`'s extra keys).
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,39 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub pos_encodings: PosEncodings,
+    /// `hrm` (the default, left out of HRM configs) or `trm`. Our key: the reference tells the
+    /// two apart by the model class it names.
+    #[serde(default, skip_serializing_if = "Arch::is_hrm")]
+    pub arch: Arch,
+    /// TRM: the token-mixing SwiGLU across the sequence (normalized over the sequence) in
+    /// place of attention. Absent: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_t: Option<bool>,
+    /// TRM: prefix positions holding the puzzle embedding (0: ceil(puzzle_emb_ndim / hidden)
+    /// as HRM). Absent: 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub puzzle_emb_len: Option<usize>,
+    /// TRM: halt when q_halt > 0 and train no q_continue (true), or HRM's rule and target-Q
+    /// loss (false). Absent: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_ACT_continue: Option<bool>,
+}
+
+/// The model of the family a config describes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Two modules (H and L), one-step gradient.
+    #[default]
+    Hrm,
+    /// One network for both updates, gradient through the whole last recursion.
+    Trm,
+}
+
+impl Arch {
+    pub fn is_hrm(&self) -> bool {
+        *self == Arch::Hrm
+    }
 }
 
 /// Position encoding: rotary (the Sudoku setting) or a learned table added to the input.
@@ -33,6 +67,8 @@ pub struct ModelConfig {
 pub enum PosEncodings {
     Rope,
     Learned,
+    /// No position information (TRM with `mlp_t`, whose token mixing is position-specific).
+    None,
 }
 
 impl ModelConfig {
@@ -55,7 +91,33 @@ impl ModelConfig {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-5,
             pos_encodings: PosEncodings::Rope,
+            arch: Arch::Hrm,
+            mlp_t: None,
+            puzzle_emb_len: None,
+            no_ACT_continue: None,
         }
+    }
+
+    /// TRM's Sudoku-Attention model (`config/arch/trm.yaml` with the README command's
+    /// overrides): one 2-block network, T = 3 recursions of n = 6 z-updates, 16 prefix
+    /// positions, RoPE. 6,828,034 trainable parameters.
+    pub fn trm_sudoku_att() -> Self {
+        ModelConfig {
+            L_layers: 2,
+            H_cycles: 3,
+            L_cycles: 6,
+            arch: Arch::Trm,
+            mlp_t: Some(false),
+            puzzle_emb_len: Some(16),
+            no_ACT_continue: Some(true),
+            ..Self::sudoku()
+        }
+    }
+
+    /// TRM's Sudoku-MLP model: the attention replaced by the token-mixing SwiGLU, no position
+    /// encoding. 5,028,866 trainable parameters.
+    pub fn trm_sudoku_mlp() -> Self {
+        ModelConfig { mlp_t: Some(true), pos_encodings: PosEncodings::None, ..Self::trm_sudoku_att() }
     }
 
     /// A tiny model for tests and gradient checks (the shape of the PyTorch `tiny` fixture).
@@ -118,6 +180,17 @@ impl ModelConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
+        let cfg = Self::parse_json(text)?;
+        if cfg.is_trm() {
+            bail!(
+                "arch trm: the TRM model is not implemented in this version (its config keys are read and checked)"
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate, whatever the architecture.
+    pub fn parse_json(text: &str) -> Result<Self> {
         let cfg: ModelConfig = serde_json::from_str(text).context("invalid model config JSON")?;
         cfg.validate()?;
         Ok(cfg)
@@ -187,6 +260,39 @@ impl ModelConfig {
         if self.expansion > 64.0 {
             bail!("config field expansion is {}; at most 64 is supported", self.expansion);
         }
+        match self.arch {
+            Arch::Hrm => {
+                let trm_keys = [
+                    ("mlp_t", self.mlp_t.is_some()),
+                    ("puzzle_emb_len", self.puzzle_emb_len.is_some()),
+                    ("no_ACT_continue", self.no_ACT_continue.is_some()),
+                ];
+                if let Some((k, _)) = trm_keys.iter().find(|(_, present)| *present) {
+                    bail!("config field {k} belongs to TRM; add \"arch\": \"trm\" or remove it");
+                }
+                if self.pos_encodings == PosEncodings::None {
+                    bail!("pos_encodings none needs arch trm (HRM uses rope or learned)");
+                }
+            }
+            Arch::Trm => {
+                if let Some(n) = self.puzzle_emb_len
+                    && n != 0
+                    && n * self.hidden_size < self.puzzle_emb_ndim
+                {
+                    bail!(
+                        "puzzle_emb_len {n} x hidden_size {} cannot hold puzzle_emb_ndim {}",
+                        self.hidden_size,
+                        self.puzzle_emb_ndim
+                    );
+                }
+                if self.puzzle_emb_len.is_some_and(|n| n > 4096) {
+                    bail!(
+                        "config field puzzle_emb_len is {:?}; at most 4096 is supported",
+                        self.puzzle_emb_len
+                    );
+                }
+            }
+        }
         if self.vocab_size > 256 {
             bail!("vocab_size {} > 256 is not supported (token ids are stored as bytes)", self.vocab_size);
         }
@@ -213,9 +319,43 @@ impl ModelConfig {
         self.hidden_size / self.num_heads
     }
 
-    /// Number of prefix positions holding the puzzle embedding: ceil(puzzle_emb_ndim / hidden).
+    /// Number of prefix positions holding the puzzle embedding: ceil(puzzle_emb_ndim / hidden)
+    /// for HRM (and TRM's `puzzle_emb_len: 0`), TRM's `puzzle_emb_len` otherwise (16 when
+    /// absent). The positions past the embedding are zero.
     pub fn puzzle_emb_len(&self) -> usize {
-        self.puzzle_emb_ndim.div_ceil(self.hidden_size)
+        let fitted = self.puzzle_emb_ndim.div_ceil(self.hidden_size);
+        match (self.arch, self.puzzle_emb_len) {
+            (Arch::Hrm, _) | (Arch::Trm, Some(0)) => fitted,
+            (Arch::Trm, Some(n)) => n,
+            (Arch::Trm, None) => 16,
+        }
+    }
+
+    pub fn is_trm(&self) -> bool {
+        self.arch == Arch::Trm
+    }
+
+    /// TRM with the token-mixing SwiGLU in place of attention.
+    pub fn uses_mlp_t(&self) -> bool {
+        self.is_trm() && self.mlp_t == Some(true)
+    }
+
+    /// TRM's halting rule q_halt > 0 with no q_continue loss and no target-Q pass.
+    pub fn no_act_continue(&self) -> bool {
+        self.is_trm() && self.no_ACT_continue != Some(false)
+    }
+
+    /// Blocks of the network(s): H_layers + L_layers for HRM; TRM's one network has L_layers
+    /// (its H_layers is ignored, as in the reference).
+    pub fn num_blocks(&self) -> usize {
+        if self.is_trm() { self.L_layers } else { self.H_layers + self.L_layers }
+    }
+
+    /// Width of the token-mixing SwiGLU (`mlp_t`): the channel rule applied to the sequence
+    /// length, round(expansion * S * 2/3) rounded up to a multiple of 256 (S = 97: 512).
+    pub fn token_intermediate_size(&self) -> usize {
+        let inter = (self.expansion * self.total_seq_len() as f64 * 2.0 / 3.0).round() as usize;
+        inter.div_ceil(256) * 256
     }
 
     /// Full sequence length seen by the transformer: prefix + cells.
@@ -237,12 +377,18 @@ impl ModelConfig {
     pub fn num_trainable_params(&self) -> usize {
         let d = self.hidden_size;
         let i = self.intermediate_size();
-        let per_layer = d * 3 * d + d * d + d * 2 * i + i * d;
+        let mixer = if self.uses_mlp_t() {
+            let (sq, it) = (self.total_seq_len(), self.token_intermediate_size());
+            sq * 2 * it + it * sq
+        } else {
+            d * 3 * d + d * d
+        };
+        let per_layer = mixer + d * 2 * i + i * d;
         let pos = match self.pos_encodings {
             PosEncodings::Learned => self.total_seq_len() * d,
-            PosEncodings::Rope => 0,
+            PosEncodings::Rope | PosEncodings::None => 0,
         };
-        per_layer * (self.H_layers + self.L_layers) + 2 * self.vocab_size * d + 2 * d + 2 + pos
+        per_layer * self.num_blocks() + 2 * self.vocab_size * d + 2 * d + 2 + pos
     }
 }
 
@@ -257,6 +403,50 @@ mod tests {
         assert_eq!(c.puzzle_emb_len(), 1);
         assert_eq!(c.total_seq_len(), 82);
         assert_eq!(c.num_trainable_params(), 27_275_266);
+    }
+
+    #[test]
+    fn trm_configs_match_the_reference_parameter_counts() {
+        let mlp = ModelConfig::trm_sudoku_mlp();
+        assert_eq!((mlp.puzzle_emb_len(), mlp.total_seq_len()), (16, 97));
+        assert_eq!(mlp.token_intermediate_size(), 512);
+        assert_eq!(mlp.num_trainable_params(), 5_028_866);
+        assert_eq!(ModelConfig::trm_sudoku_att().num_trainable_params(), 6_828_034);
+        // H_layers is ignored by TRM: one network of L_layers blocks.
+        let mut four = ModelConfig::trm_sudoku_att();
+        four.H_layers = 4;
+        assert_eq!(four.num_trainable_params(), 6_828_034);
+        for c in [mlp, ModelConfig::trm_sudoku_att()] {
+            c.validate().unwrap();
+            let j = c.to_json();
+            for k in ["\"arch\": \"trm\"", "\"mlp_t\"", "\"puzzle_emb_len\": 16", "\"no_ACT_continue\": true"]
+            {
+                assert!(j.contains(k), "{k} in {j}");
+            }
+            assert_eq!(ModelConfig::parse_json(&j).unwrap(), c);
+            let e = ModelConfig::from_json_str(&j).unwrap_err().to_string();
+            assert!(e.contains("arch trm") && e.contains("not implemented"), "{e}");
+        }
+        // puzzle_emb_len 0 fits the prefix to the embedding, as HRM.
+        let mut fit = ModelConfig::trm_sudoku_att();
+        fit.puzzle_emb_len = Some(0);
+        assert_eq!(fit.puzzle_emb_len(), 1);
+    }
+
+    #[test]
+    fn trm_keys_and_no_positions_are_refused_in_an_hrm_config() {
+        let j = ModelConfig::tiny().to_json();
+        assert!(!j.contains("arch") && !j.contains("mlp_t"), "HRM configs keep the reference's keys: {j}");
+        let with = j.replacen('{', "{\"mlp_t\": true,", 1);
+        let e = format!("{:#}", ModelConfig::from_json_str(&with).unwrap_err());
+        assert!(e.contains("mlp_t") && e.contains("arch"), "{e}");
+        let none = j.replace("\"rope\"", "\"none\"");
+        let e = format!("{:#}", ModelConfig::from_json_str(&none).unwrap_err());
+        assert!(e.contains("pos_encodings none"), "{e}");
+        let mut small = ModelConfig::trm_sudoku_att();
+        small.puzzle_emb_ndim = 2048;
+        small.puzzle_emb_len = Some(2);
+        assert!(small.validate().unwrap_err().to_string().contains("puzzle_emb_len 2"));
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn config(pos: PosEncodings) -> ModelConfig {
         rope_theta: 10000.0,
         rms_norm_eps: 1e-5,
         pos_encodings: pos,
+        ..ModelConfig::sudoku()
     }
 }
 

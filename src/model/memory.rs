@@ -30,7 +30,7 @@ pub fn param_count(cfg: &ModelConfig) -> f64 {
     let layers = cfg.H_layers as f64 + cfg.L_layers as f64;
     let pos = match cfg.pos_encodings {
         PosEncodings::Learned => seq(cfg) * d,
-        PosEncodings::Rope => 0.0,
+        PosEncodings::Rope | PosEncodings::None => 0.0,
     };
     layers * (4.0 * d * d + 3.0 * d * i)
         + 2.0 * cfg.vocab_size as f64 * d
