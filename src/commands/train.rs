@@ -777,13 +777,13 @@ fn demo_findings(
     println!("\nFinding (b), the critical step of the training exact accuracy:");
     match &summary.critical_step {
         Some(c) => println!(
-            "  {} at step {} (of {}): {:.3} -> {:.3} over {} steps ({:.0}% of the curve's range)",
+            "  {} at step {:.0} (of {}): {:.3} -> {:.3} over {:.0} steps ({:.0}% of the curve's range)",
             if c["sudden"].as_bool() == Some(true) { "sudden rise" } else { "no sudden rise; steepest" },
-            c["at_step"],
+            c["at_step"].as_f64().unwrap_or(f64::NAN),
             c["step"],
             c["before"].as_f64().unwrap_or(f64::NAN),
             c["after"].as_f64().unwrap_or(f64::NAN),
-            c["window_steps"],
+            c["window_steps"].as_f64().unwrap_or(f64::NAN),
             100.0 * c["share_of_range"].as_f64().unwrap_or(f64::NAN)
         ),
         None => println!("  none: the curve is too short or never rises"),
