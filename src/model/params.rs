@@ -9,9 +9,10 @@ use crate::rng::{HrmRng, trunc_normal};
 /// Weights of one transformer block (no norms weights: HRM's RMSNorm has none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerParams<T> {
-    /// [3*hidden, hidden]: q heads, k heads, v heads.
+    /// The token mixer's first weight. Attention: [3*hidden, hidden], q heads, k heads, v heads.
+    /// TRM's `mlp_t`: [2*token_inter, S], the token SwiGLU's gate then up.
     pub qkv: T,
-    /// [hidden, hidden]
+    /// The token mixer's second weight. Attention: [hidden, hidden]. `mlp_t`: [S, token_inter].
     pub o: T,
     /// [2*inter, hidden]: gate then up.
     pub gate_up: T,
@@ -84,11 +85,18 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     if cfg.pos_encodings == PosEncodings::Learned {
         push("embed_pos.embedding_weight".into(), vec![cfg.total_seq_len(), d], Trainable);
     }
-    for (level, n) in [("H_level", cfg.H_layers), ("L_level", cfg.L_layers)] {
+    let (h_layers, l_layers) = module_layers(cfg);
+    for (level, n) in [("H_level", h_layers), ("L_level", l_layers)] {
         for l in 0..n {
             let p = format!("{level}.layers.{l}.");
-            push(format!("{p}self_attn.qkv_proj.weight"), vec![3 * d, d], Trainable);
-            push(format!("{p}self_attn.o_proj.weight"), vec![d, d], Trainable);
+            if cfg.uses_mlp_t() {
+                let (sq, it) = (cfg.total_seq_len(), cfg.token_intermediate_size());
+                push(format!("{p}mlp_t.gate_up_proj.weight"), vec![2 * it, sq], Trainable);
+                push(format!("{p}mlp_t.down_proj.weight"), vec![sq, it], Trainable);
+            } else {
+                push(format!("{p}self_attn.qkv_proj.weight"), vec![3 * d, d], Trainable);
+                push(format!("{p}self_attn.o_proj.weight"), vec![d, d], Trainable);
+            }
             push(format!("{p}mlp.gate_up_proj.weight"), vec![2 * i, d], Trainable);
             push(format!("{p}mlp.down_proj.weight"), vec![d, i], Trainable);
         }
@@ -96,6 +104,12 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     push("H_init".into(), vec![d], Buffer);
     push("L_init".into(), vec![d], Buffer);
     specs
+}
+
+/// Blocks of the H and L modules: HRM's H_layers and L_layers; TRM has only `L_level` (its
+/// one network, used for both updates; H_layers is ignored as in the reference).
+pub fn module_layers(cfg: &ModelConfig) -> (usize, usize) {
+    if cfg.is_trm() { (0, cfg.L_layers) } else { (cfg.H_layers, cfg.L_layers) }
 }
 
 impl<T> ParamSet<T> {
@@ -137,8 +151,9 @@ impl<T> ParamSet<T> {
         let mut layers = |n: usize| -> Vec<LayerParams<T>> {
             (0..n).map(|_| LayerParams { qkv: next(), o: next(), gate_up: next(), down: next() }).collect()
         };
-        let h_layers = layers(cfg.H_layers);
-        let l_layers = layers(cfg.L_layers);
+        let (h, l) = module_layers(cfg);
+        let h_layers = layers(h);
+        let l_layers = layers(l);
         let h_init = next();
         let l_init = next();
         ParamSet {
