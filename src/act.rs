@@ -372,7 +372,11 @@ pub fn train_step_ops<B: Backend>(
     );
     model.embed(be, ws);
     model.segment(be, ws, &mut carry.z_h, &mut carry.z_l, true);
-    be.act_halt(&mut ws.act, cfg.halt_max_steps);
+    if cfg.no_act_continue() {
+        be.act_halt_no_continue(&mut ws.act, cfg.halt_max_steps);
+    } else {
+        be.act_halt(&mut ws.act, cfg.halt_max_steps);
+    }
 
     // The LM loss and its gradient (of lm / global_batch), before the target segment reuses
     // the logits buffer.
@@ -381,10 +385,15 @@ pub fn train_step_ops<B: Backend>(
         let v = ws.loss_views().expect("training buffers exist after a kept segment");
         be.lm_loss_rows(v.logits, v.labels, cfg.vocab_size, cfg.seq_len, scale, v.dlogits, v.act);
     }
-    // Target Q: one more segment from the new carry with the same data (no gradient).
-    model.target_segment(be, ws, &carry.z_h, &carry.z_l);
-    // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
-    be.act_q_loss(&mut ws.act, cfg.halt_max_steps, 0.5 * scale);
+    if cfg.no_act_continue() {
+        // TRM: no target segment; the q_halt loss alone, gradient of 0.5 q_halt / global_batch.
+        be.act_q_halt_loss(&mut ws.act, 0.5 * scale);
+    } else {
+        // Target Q: one more segment from the new carry with the same data (no gradient).
+        model.target_segment(be, ws, &carry.z_h, &carry.z_l);
+        // Q losses; gradients of 0.5 (q_halt + q_continue) / global_batch.
+        be.act_q_loss(&mut ws.act, cfg.halt_max_steps, 0.5 * scale);
+    }
     model.segment_bwd(be, ws, grads);
 }
 

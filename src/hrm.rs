@@ -5,6 +5,12 @@
 //! One segment (H_cycles = L_cycles = 2): no-grad updates L, L, H, L; then with gradient
 //! `z_L = L(z_L, z_H + x)` and `z_H = H(z_H, z_L)`; logits = lm_head(z_H) without the prefix
 //! positions; (q_halt, q_continue) = q_head(z_H[:, 0]).
+//!
+//! TRM (`arch: trm`) is the same schedule of the same two updates with one network (the L
+//! module's blocks) for both, and a different gradient: T = H_cycles recursions of n = L_cycles
+//! z-updates and one y-update, the first T-1 without gradient and the whole last one (n + 1
+//! network calls) with it. Its blocks may mix tokens with a SwiGLU across the sequence
+//! (`mlp_t`, normalized over the sequence) in place of attention.
 
 use crate::backend::{Backend, EmbedDims, QSlot};
 use crate::config::{ModelConfig, PosEncodings};
@@ -20,6 +26,9 @@ pub struct Shape {
     pub heads: usize,
     pub head_dim: usize,
     pub inter: usize,
+    /// TRM's token-mixing SwiGLU instead of attention, and its width.
+    pub mlp_t: bool,
+    pub tok_inter: usize,
 }
 
 impl Shape {
@@ -31,6 +40,8 @@ impl Shape {
             heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
             inter: cfg.intermediate_size(),
+            mlp_t: cfg.uses_mlp_t(),
+            tok_inter: cfg.token_intermediate_size(),
         }
     }
     pub fn rows(&self) -> usize {
@@ -56,15 +67,44 @@ pub struct LayerActs<B: Backend> {
     /// block output
     out: B::Act,
     rstd2: B::F32,
+    /// The token-mixing SwiGLU's tensors (TRM's `mlp_t`; then qkv, attn and lse are empty).
+    tok: Option<TokenActs<B>>,
+}
+
+/// What TRM's token-mixing SwiGLU keeps, in the transposed layout [batch * hidden, seq].
+struct TokenActs<B: Backend> {
+    /// the block input, transposed
+    xt: B::Act,
+    gate_up: B::Act,
+    act: B::Act,
+    proj: B::Act,
+    /// after the residual and the norm over the sequence, transposed
+    h1t: B::Act,
+    rstd: B::F32,
+}
+
+impl<B: Backend> TokenActs<B> {
+    fn new(be: &B, s: &Shape) -> Self {
+        let cols = s.batch * s.hidden;
+        TokenActs {
+            xt: be.zeros(cols * s.seq),
+            gate_up: be.zeros(cols * 2 * s.tok_inter),
+            act: be.zeros(cols * s.tok_inter),
+            proj: be.zeros(cols * s.seq),
+            h1t: be.zeros(cols * s.seq),
+            rstd: be.zeros_f32(cols),
+        }
+    }
 }
 
 impl<B: Backend> LayerActs<B> {
     fn new(be: &B, s: &Shape) -> Self {
         let (r, d) = (s.rows(), s.hidden);
+        let attn = !s.mlp_t as usize;
         LayerActs {
-            qkv: be.zeros(r * 3 * d),
-            attn: be.zeros(r * d),
-            lse: be.zeros_f32(s.batch * s.heads * s.seq),
+            qkv: be.zeros(attn * r * 3 * d),
+            attn: be.zeros(attn * r * d),
+            lse: be.zeros_f32(attn * s.batch * s.heads * s.seq),
             proj: be.zeros(r * d),
             h1: be.zeros(r * d),
             rstd1: be.zeros_f32(r),
@@ -72,6 +112,7 @@ impl<B: Backend> LayerActs<B> {
             act: be.zeros(r * s.inter),
             out: be.zeros(r * d),
             rstd2: be.zeros_f32(r),
+            tok: s.mlp_t.then(|| TokenActs::new(be, s)),
         }
     }
 }
@@ -103,13 +144,27 @@ struct GradScratch<B: Backend> {
     dqkv: B::Act,
     /// d(block output) on entry to a block's backward, d(block input) on return
     dnext: B::Act,
+    /// TRM's token-mixing SwiGLU, transposed layout (then dattn and dqkv are empty)
+    tok: Option<TokenGrads<B>>,
+}
+
+/// Gradient buffers of the token-mixing SwiGLU, [batch * hidden, seq] and its widths.
+struct TokenGrads<B: Backend> {
+    dh1t: B::Act,
+    ds1t: B::Act,
+    dact: B::Act,
+    dgate_up: B::Act,
+    dxt: B::Act,
 }
 
 /// What only a training step needs: the saved activations of the gradient-carrying L and H
-/// updates, the backward's scratch, and the target-Q segment's copy of the carry.
+/// updates (HRM: the last of each; TRM: the n z-updates and the y-update of the last
+/// recursion), the backward's scratch, and the target-Q segment's copy of the carry.
 struct TrainBuffers<B: Backend> {
-    l: ModuleActs<B>,
+    l: Vec<ModuleActs<B>>,
     h: ModuleActs<B>,
+    /// TRM with n > 1: the gradient of x summed over the n z-updates
+    dx: Option<B::Act>,
     g: GradScratch<B>,
     dlogits: B::Act,
     dcells: B::Act,
@@ -188,18 +243,30 @@ impl<B: Backend> Workspace<B> {
         let s = self.shape;
         let (r, d) = (s.rows(), s.hidden);
         let n = s.batch * cfg.seq_len;
+        let (h_layers, l_layers) = crate::model::params::module_layers(cfg);
+        let (grad_l_calls, h_layers) = if cfg.is_trm() { (cfg.L_cycles, l_layers) } else { (1, h_layers) };
+        let attn = !s.mlp_t as usize;
+        let cols = s.batch * s.hidden;
         self.train = Some(TrainBuffers {
-            l: ModuleActs::new(be, &s, cfg.L_layers),
-            h: ModuleActs::new(be, &s, cfg.H_layers),
+            l: (0..grad_l_calls).map(|_| ModuleActs::new(be, &s, l_layers)).collect(),
+            h: ModuleActs::new(be, &s, h_layers),
+            dx: (grad_l_calls > 1).then(|| be.zeros(r * d)),
             g: GradScratch {
                 ds2: be.zeros(r * d),
                 dact: be.zeros(r * s.inter),
                 dgate_up: be.zeros(r * 2 * s.inter),
                 dh1: be.zeros(r * d),
                 ds1: be.zeros(r * d),
-                dattn: be.zeros(r * d),
-                dqkv: be.zeros(r * 3 * d),
+                dattn: be.zeros(attn * r * d),
+                dqkv: be.zeros(attn * r * 3 * d),
                 dnext: be.zeros(r * d),
+                tok: s.mlp_t.then(|| TokenGrads {
+                    dh1t: be.zeros(cols * s.seq),
+                    ds1t: be.zeros(cols * s.seq),
+                    dact: be.zeros(cols * s.tok_inter),
+                    dgate_up: be.zeros(cols * 2 * s.tok_inter),
+                    dxt: be.zeros(cols * s.seq),
+                }),
             },
             dlogits: be.zeros(n * cfg.vocab_size),
             dcells: be.zeros(n * d),
@@ -295,6 +362,11 @@ pub struct Hrm<B: Backend> {
 
 impl<B: Backend> Hrm<B> {
     pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
+        assert!(
+            !cfg.is_trm() || be.supports_trm(),
+            "arch trm does not run on the {} backend yet (the CPU backend runs it)",
+            be.name()
+        );
         let params = host.map(cfg, |_, t| be.upload_param(t));
         let (cos, sin) = crate::backend::cpu::rope::rope_tables(
             cfg.total_seq_len(),
@@ -366,6 +438,19 @@ impl<B: Backend> Hrm<B> {
     /// One transformer block: input `a.h0` given separately; results in `a`.
     fn block_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Param>, input: &B::Act, a: &mut LayerActs<B>) {
         let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
+        if let Some(t) = a.tok.as_mut() {
+            // TRM's token mixing: per (row, channel) the SwiGLU across the sequence, then the
+            // residual and the norm over the sequence, in the transposed layout.
+            let (cols, sq, it) = (s.batch * d, s.seq, s.tok_inter);
+            be.transpose(input, &mut t.xt, s.batch, sq, d);
+            be.linear_fwd(&t.xt, &w.qkv, &mut t.gate_up, cols, sq, 2 * it);
+            be.swiglu_fwd(&t.gate_up, &mut t.act, it);
+            be.linear_fwd(&t.act, &w.o, &mut t.proj, cols, it, sq);
+            be.add_rms_norm_fwd(&t.xt, &t.proj, &mut t.h1t, &mut t.rstd, sq, eps);
+            be.transpose(&t.h1t, &mut a.h1, s.batch, d, sq);
+            self.channel_mlp_fwd(be, s, w, a);
+            return;
+        }
         be.linear_fwd(input, &w.qkv, &mut a.qkv, r, d, 3 * d);
         if self.rope && be.fuses_rope_attention(s.head_dim) {
             // q and k rotated inside attention; `qkv` stays un-rotated
@@ -389,6 +474,12 @@ impl<B: Backend> Hrm<B> {
         }
         be.linear_fwd(&a.attn, &w.o, &mut a.proj, r, d, d);
         be.add_rms_norm_fwd(input, &a.proj, &mut a.h1, &mut a.rstd1, d, eps);
+        self.channel_mlp_fwd(be, s, w, a);
+    }
+
+    /// The block's second half: `out = rms_norm(h1 + down(swiglu(gate_up(h1))))`.
+    fn channel_mlp_fwd(&self, be: &B, s: &Shape, w: &LayerParams<B::Param>, a: &mut LayerActs<B>) {
+        let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
         be.linear_fwd(&a.h1, &w.gate_up, &mut a.gate_up, r, d, 2 * s.inter);
         be.swiglu_fwd(&a.gate_up, &mut a.act, s.inter);
         be.linear_fwd(&a.act, &w.down, &mut a.proj, r, s.inter, d);
@@ -416,6 +507,20 @@ impl<B: Backend> Hrm<B> {
         be.copy(&g.ds2, &mut g.dh1);
         be.linear_bwd_x(&g.dgate_up, &w.gate_up, &mut g.dh1, r, d, 2 * s.inter, true);
         be.linear_bwd_w(&g.dgate_up, &a.h1, &mut gw.gate_up, r, d, 2 * s.inter);
+        if let (Some(t), Some(tg)) = (a.tok.as_ref(), g.tok.as_mut()) {
+            // TRM's token mixing, backwards in the transposed layout.
+            let (cols, sq, it) = (s.batch * d, s.seq, s.tok_inter);
+            be.transpose(&g.dh1, &mut tg.dh1t, s.batch, sq, d);
+            be.rms_norm_bwd(&tg.dh1t, &t.h1t, &t.rstd, &mut tg.ds1t, sq);
+            be.linear_bwd_x(&tg.ds1t, &w.o, &mut tg.dact, cols, it, sq, false);
+            be.linear_bwd_w(&tg.ds1t, &t.act, &mut gw.o, cols, it, sq);
+            be.swiglu_bwd(&tg.dact, &t.gate_up, &mut tg.dgate_up, it);
+            be.copy(&tg.ds1t, &mut tg.dxt);
+            be.linear_bwd_x(&tg.dgate_up, &w.qkv, &mut tg.dxt, cols, sq, 2 * it, true);
+            be.linear_bwd_w(&tg.dgate_up, &t.xt, &mut gw.qkv, cols, sq, 2 * it);
+            be.transpose(&tg.dxt, &mut g.dnext, s.batch, d, sq);
+            return;
+        }
         be.rms_norm_bwd(&g.dh1, &a.h1, &a.rstd1, &mut g.ds1, d);
         be.linear_bwd_x(&g.ds1, &w.o, &mut g.dattn, r, d, d, false);
         be.linear_bwd_w(&g.ds1, &a.attn, &mut gw.o, r, d, d);
@@ -535,6 +640,24 @@ impl<B: Backend> Hrm<B> {
         let p = &self.params;
         let (hc, lc) = (self.cfg.H_cycles, self.cfg.L_cycles);
         let Workspace { x, scratch, train, .. } = ws;
+        if self.cfg.is_trm() {
+            // One network for both updates; the whole last recursion carries the gradient.
+            let net = &p.l_layers;
+            for _ in 0..hc - keep as usize {
+                for _ in 0..lc {
+                    self.module_nograd(be, &s, net, z_l, Injection::HPlusX(z_h, x), scratch);
+                }
+                self.module_nograd(be, &s, net, z_h, Injection::Of(z_l), scratch);
+            }
+            if keep {
+                let t = train.as_mut().expect("allocated above");
+                for acts in t.l.iter_mut() {
+                    self.module_grad(be, &s, net, z_l, Injection::HPlusX(z_h, x), acts);
+                }
+                self.module_grad(be, &s, net, z_h, Injection::Of(z_l), &mut t.h);
+            }
+            return self.heads(be, ws, z_h, slot);
+        }
         for h in 0..hc {
             for l in 0..lc {
                 let last = h == hc - 1 && l == lc - 1;
@@ -548,7 +671,7 @@ impl<B: Backend> Hrm<B> {
         }
         if keep {
             let t = train.as_mut().expect("allocated above");
-            self.module_grad(be, &s, &p.l_layers, z_l, Injection::HPlusX(z_h, x), &mut t.l);
+            self.module_grad(be, &s, &p.l_layers, z_l, Injection::HPlusX(z_h, x), &mut t.l[0]);
             self.module_grad(be, &s, &p.h_layers, z_h, Injection::Of(z_l), &mut t.h);
         }
         self.heads(be, ws, z_h, slot)
@@ -604,12 +727,28 @@ impl<B: Backend> Hrm<B> {
         );
         // H module, then L module (z_H = H(z_H, z_L): the gradient reaches z_L only).
         let p = &self.params;
-        self.module_bwd(be, &s, &p.h_layers, &t.h, &mut t.g, &mut grads.h_layers);
-        // d(input of H) = d(z_L new) = d(output of L).
-        self.module_bwd(be, &s, &p.l_layers, &t.l, &mut t.g, &mut grads.l_layers);
-        // d(input of L) = d(z_L + z_H + x): the gradient of x.
+        let (h_net, h_grads) = if self.cfg.is_trm() {
+            (&p.l_layers, &mut grads.l_layers)
+        } else {
+            (&p.h_layers, &mut grads.h_layers)
+        };
+        self.module_bwd(be, &s, h_net, &t.h, &mut t.g, h_grads);
+        // d(input of H) = d(z_L new) = d(output of the last L update). Each L update's input is
+        // z_L + z_H + x with z_H constant in the segment: its gradient goes on to the previous
+        // z_L and to x (summed over TRM's n updates; HRM has one).
+        for (k, acts) in t.l.iter().enumerate().rev() {
+            self.module_bwd(be, &s, &p.l_layers, acts, &mut t.g, &mut grads.l_layers);
+            if let Some(dx) = t.dx.as_mut() {
+                if k + 1 == t.l.len() {
+                    be.copy(&t.g.dnext, dx);
+                } else {
+                    be.add_inplace(dx, &t.g.dnext);
+                }
+            }
+        }
+        let dx = t.dx.as_ref().unwrap_or(&t.g.dnext);
         be.embed_bwd(
-            &t.g.dnext,
+            dx,
             &inputs.tokens,
             &inputs.puzzle_ids,
             &mut grads.embed_tokens,

@@ -298,6 +298,32 @@ pub trait Backend {
     fn act_q_loss(&self, st: &mut Self::ActState, max_steps: usize, grad_scale: f64);
     /// Records the first non-finite gradient tensor of the current step in the guard status.
     fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32]);
+
+    // TRM (`arch: trm`): the ops its model adds. A backend without them says so through
+    // `supports_trm` (the model refuses a TRM config there before running anything); their
+    // defaults are never reached.
+    /// Whether this backend runs TRM (the ops below).
+    fn supports_trm(&self) -> bool {
+        false
+    }
+    /// `y[b, c, r] = x[b, r, c]` for `batch` matrices of `rows` x `cols` (TRM's token mixing
+    /// works on the sequence axis: [batch, seq, hidden] <-> [batch, hidden, seq]).
+    fn transpose(&self, x: &Self::Act, y: &mut Self::Act, batch: usize, rows: usize, cols: usize) {
+        let _ = (x, y, batch, rows, cols);
+        unreachable!("{}: transpose is not implemented (supports_trm is false)", self.name())
+    }
+    /// TRM's training halting rule (`no_ACT_continue`): as [`Backend::act_halt`] with
+    /// q_halt > 0 in place of q_halt > q_continue.
+    fn act_halt_no_continue(&self, st: &mut Self::ActState, max_steps: usize) {
+        let _ = (st, max_steps);
+        unreachable!("{}: TRM halting is not implemented (supports_trm is false)", self.name())
+    }
+    /// TRM's Q loss: as [`Backend::act_q_loss`] with the q_halt term only (no target, no
+    /// q_continue loss; its gradient is 0).
+    fn act_q_halt_loss(&self, st: &mut Self::ActState, grad_scale: f64) {
+        let _ = (st, grad_scale);
+        unreachable!("{}: the TRM Q loss is not implemented (supports_trm is false)", self.name())
+    }
     /// Reads (and zeroes) the accumulated metrics, with the guard status.
     fn act_report(&self, st: &mut Self::ActState) -> ActReport;
     /// Inference: scores the segment just run, nothing read back: the stablemax argmax and

@@ -118,12 +118,15 @@ pub fn grad_outputs<B: Backend>(
     let mut out = vec![
         NamedTensor::f32("lm_loss", vec![], vec![st.lm_loss as f32]),
         NamedTensor::f32("q_halt_loss", vec![], vec![st.q_halt_loss as f32]),
-        NamedTensor::f32("q_continue_loss", vec![], vec![st.q_continue_loss as f32]),
         NamedTensor::f32("q_halt_logits", vec![b], st.q_halt.clone()),
         NamedTensor::f32("q_continue_logits", vec![b], st.q_continue.clone()),
-        NamedTensor::f32("target_q_continue", vec![b], st.target_q_continue.clone()),
         NamedTensor::u8("halted", vec![b], st.halted.iter().map(|&h| h as u8).collect()),
     ];
+    if !cfg.no_act_continue() {
+        // (TRM's default trains no q_continue: no target, no loss)
+        out.insert(2, NamedTensor::f32("q_continue_loss", vec![], vec![st.q_continue_loss as f32]));
+        out.insert(5, NamedTensor::f32("target_q_continue", vec![b], st.target_q_continue.clone()));
+    }
     for (spec, g) in tensor_specs(cfg).into_iter().zip(grads.tensors()) {
         if spec.kind != TensorKind::Buffer {
             out.push(NamedTensor::f32(spec.name, spec.shape, be.download_f32(g)));

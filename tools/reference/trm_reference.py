@@ -165,14 +165,14 @@ FIXTURE_CONFIGS = {
                     halt_exploration_prob=0.1, puzzle_emb_ndim=32, vocab_size=11, seq_len=81, num_puzzle_identifiers=3,
                     rope_theta=10000.0, rms_norm_eps=1e-5, pos_encodings="none", arch="trm", mlp_t=True, puzzle_emb_len=16,
                     no_ACT_continue=True),
-        B=6, n_long=6, puzzle_ids=[0, 2, 1, 1, 0, 2], init_seed=2024, data_seed=5),
+        B=6, n_long=2, puzzle_ids=[0, 2, 1, 1, 0, 2], init_seed=2024, data_seed=5),
     # Attention with RoPE; a 3-token prefix holding an 80-wide embedding (2 positions used, 1 zero).
     "trm_att": dict(
         config=dict(hidden_size=64, num_heads=4, expansion=4, H_layers=1, L_layers=2, H_cycles=3, L_cycles=2, halt_max_steps=16,
                     halt_exploration_prob=0.1, puzzle_emb_ndim=80, vocab_size=11, seq_len=81, num_puzzle_identifiers=2,
                     rope_theta=10000.0, rms_norm_eps=1e-5, pos_encodings="rope", arch="trm", mlp_t=False, puzzle_emb_len=3,
                     no_ACT_continue=True),
-        B=8, n_long=16, puzzle_ids=[0, 1, 1, 0, 1, 0, 0, 1], init_seed=2025, data_seed=9),
+        B=8, n_long=6, puzzle_ids=[0, 1, 1, 0, 1, 0, 0, 1], init_seed=2025, data_seed=9),
 }
 
 

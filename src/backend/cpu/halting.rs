@@ -187,6 +187,21 @@ pub fn halt(st: &mut CpuActState, max_steps: usize) {
     }
 }
 
+/// TRM's training rule (`no_ACT_continue`): [`halt`] with q_halt > 0 (the sigmoid above 1/2)
+/// in place of q_halt > q_continue.
+pub fn halt_no_continue(st: &mut CpuActState, max_steps: usize) {
+    for b in 0..st.batch() {
+        let s = st.steps[b] + 1;
+        st.steps[b] = s;
+        let mut h = s as usize >= max_steps;
+        if max_steps > 1 {
+            h |= st.q[2 * b] > 0.0;
+            h &= s >= st.min_halt[b];
+        }
+        st.halted[b] = h as u8;
+    }
+}
+
 /// Inference: the exact flags of the segment just scored (`st.lm`) into column `steps[b]` of
 /// the history [batch, max_segments] (grown to that size).
 pub fn exact_hist(st: &mut CpuActState, max_segments: usize) {
@@ -252,6 +267,39 @@ pub fn q_loss(st: &mut CpuActState, max_steps: usize, grad_scale: f64) {
         m[8] += ((st.q[2 * b] >= 0.0) == st.lm.exact[b]) as u8 as f64;
     }
     if !(lm + 0.5 * (qh + qc)).is_finite() && st.status[0] >= step {
+        st.status[0] = step;
+        st.status[1] = 1;
+    }
+}
+
+/// TRM's Q loss: [`q_loss`] with the q_halt term only. The q_continue logit gets no loss and
+/// a zero gradient (its weights then only decay, as in the reference); the metrics are
+/// [`q_loss`]'s with q_continue's term 0.
+pub fn q_halt_loss(st: &mut CpuActState, grad_scale: f64) {
+    let step = st.step_now;
+    let batch = st.batch();
+    let qh_logits: Vec<f32> = (0..batch).map(|b| st.q[2 * b]).collect();
+    let exact: Vec<f32> = (0..batch).map(|b| st.lm.exact[b] as u8 as f32).collect();
+    let mut dh = vec![0.0f32; batch];
+    let qh = bce_with_logits(&qh_logits, &exact, grad_scale, Some(&mut dh));
+    st.target.fill(0.0);
+    for (b, &d) in dh.iter().enumerate() {
+        st.dq[2 * b] = d;
+        st.dq[2 * b + 1] = 0.0;
+    }
+    let lm: f64 = st.lm.loss_per_row.iter().sum();
+    let m = &mut st.metrics;
+    m[0] += 1.0;
+    m[1] += lm;
+    m[2] += qh;
+    for b in (0..batch).filter(|&b| st.halted[b] != 0 && st.lm.n_valid[b] > 0) {
+        m[4] += 1.0;
+        m[5] += st.lm.exact[b] as u8 as f64;
+        m[6] += st.lm.n_correct[b] as f64 / st.lm.n_valid[b] as f64;
+        m[7] += st.steps[b] as f64;
+        m[8] += ((st.q[2 * b] >= 0.0) == st.lm.exact[b]) as u8 as f64;
+    }
+    if !(lm + 0.5 * qh).is_finite() && st.status[0] >= step {
         st.status[0] = step;
         st.status[1] = 1;
     }

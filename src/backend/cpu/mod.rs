@@ -284,6 +284,29 @@ impl Backend for Cpu {
     fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
         halting::guard(st, grads);
     }
+    fn supports_trm(&self) -> bool {
+        true
+    }
+    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, batch: usize, rows: usize, cols: usize) {
+        let n = rows * cols;
+        assert!(
+            x.len() >= batch * n && y.len() >= batch * n,
+            "transpose: buffers shorter than {batch} x {rows} x {cols}"
+        );
+        y[..batch * n].par_chunks_mut(n).zip(x[..batch * n].par_chunks(n)).for_each(|(y, x)| {
+            for r in 0..rows {
+                for c in 0..cols {
+                    y[c * rows + r] = x[r * cols + c];
+                }
+            }
+        });
+    }
+    fn act_halt_no_continue(&self, st: &mut CpuActState, max_steps: usize) {
+        halting::halt_no_continue(st, max_steps);
+    }
+    fn act_q_halt_loss(&self, st: &mut CpuActState, grad_scale: f64) {
+        halting::q_halt_loss(st, grad_scale);
+    }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         halting::report(st)
     }
