@@ -160,6 +160,24 @@ impl ModelConfig {
         }
     }
 
+    /// TRM for the CPU demo: the `demo` width (hidden 64) with TRM's token-mixing SwiGLU and
+    /// 2 blocks, T = 2 recursions of n = 2 z-updates (6 network calls per segment, the last 3
+    /// with gradient), 4 segments, and a 1-token prefix (S = 82, token-MLP width 256; the
+    /// reference's 16 tokens would add 15 zero positions to mix).
+    pub fn trm_demo() -> Self {
+        ModelConfig {
+            hidden_size: 64,
+            num_heads: 4,
+            H_layers: 1,
+            H_cycles: 2,
+            L_cycles: 2,
+            halt_max_steps: 4,
+            puzzle_emb_ndim: 64,
+            puzzle_emb_len: Some(1),
+            ..Self::trm_sudoku_mlp()
+        }
+    }
+
     /// Look up a named preset.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
@@ -167,7 +185,13 @@ impl ModelConfig {
             "small" => Ok(Self::small()),
             "demo" => Ok(Self::demo()),
             "tiny" => Ok(Self::tiny()),
-            _ => bail!("unknown model preset '{name}' (expected one of: sudoku, small, demo, tiny)"),
+            "trm-sudoku-mlp" => Ok(Self::trm_sudoku_mlp()),
+            "trm-sudoku-att" => Ok(Self::trm_sudoku_att()),
+            "trm-demo" => Ok(Self::trm_demo()),
+            _ => bail!(
+                "unknown model preset '{name}' (expected one of: sudoku, small, demo, tiny, trm-sudoku-mlp, \
+                 trm-sudoku-att, trm-demo)"
+            ),
         }
     }
 
@@ -180,17 +204,6 @@ impl ModelConfig {
     }
 
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let cfg = Self::parse_json(text)?;
-        if cfg.is_trm() {
-            bail!(
-                "arch trm: the TRM model is not implemented in this version (its config keys are read and checked)"
-            );
-        }
-        Ok(cfg)
-    }
-
-    /// Parse and validate, whatever the architecture.
-    pub fn parse_json(text: &str) -> Result<Self> {
         let cfg: ModelConfig = serde_json::from_str(text).context("invalid model config JSON")?;
         cfg.validate()?;
         Ok(cfg)
@@ -423,9 +436,7 @@ mod tests {
             {
                 assert!(j.contains(k), "{k} in {j}");
             }
-            assert_eq!(ModelConfig::parse_json(&j).unwrap(), c);
-            let e = ModelConfig::from_json_str(&j).unwrap_err().to_string();
-            assert!(e.contains("arch trm") && e.contains("not implemented"), "{e}");
+            assert_eq!(ModelConfig::from_json_str(&j).unwrap(), c);
         }
         // puzzle_emb_len 0 fits the prefix to the embedding, as HRM.
         let mut fit = ModelConfig::trm_sudoku_att();

@@ -362,11 +362,12 @@ pub struct Hrm<B: Backend> {
 
 impl<B: Backend> Hrm<B> {
     pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
-        assert!(
-            !cfg.is_trm() || be.supports_trm(),
-            "arch trm does not run on the {} backend yet (the CPU backend runs it)",
-            be.name()
-        );
+        if cfg.is_trm() && !be.supports_trm() {
+            std::panic::panic_any(crate::backend::Unsupported(format!(
+                "arch trm does not run on the {} backend yet: pass --device cpu",
+                be.name()
+            )));
+        }
         let params = host.map(cfg, |_, t| be.upload_param(t));
         let (cos, sin) = crate::backend::cpu::rope::rope_tables(
             cfg.total_seq_len(),
@@ -765,11 +766,17 @@ pub mod flops {
     use crate::config::ModelConfig;
 
     /// One transformer block forward on `batch` sequences: the four projections plus the two
-    /// attention products (QK^T and PV) over the whole sequence.
+    /// attention products (QK^T and PV) over the whole sequence, or TRM's token-mixing SwiGLU
+    /// (S -> 2t -> S per row and channel), then the channel SwiGLU.
     pub fn block_forward(cfg: &ModelConfig, batch: usize) -> f64 {
         let (s, d, i) = (cfg.total_seq_len() as f64, cfg.hidden_size as f64, cfg.intermediate_size() as f64);
         let rows = batch as f64 * s;
-        2.0 * rows * (4.0 * d * d + 3.0 * d * i) + 4.0 * batch as f64 * s * s * d
+        let mixer = if cfg.uses_mlp_t() {
+            2.0 * batch as f64 * d * 3.0 * s * cfg.token_intermediate_size() as f64
+        } else {
+            2.0 * rows * 4.0 * d * d + 4.0 * batch as f64 * s * s * d
+        };
+        mixer + 2.0 * rows * 3.0 * d * i
     }
 
     /// The output heads (lm_head on the cells, q_head on position 0).
@@ -777,17 +784,30 @@ pub mod flops {
         2.0 * batch as f64 * cfg.hidden_size as f64 * (cfg.seq_len * cfg.vocab_size + 2) as f64
     }
 
-    /// One segment forward: H_cycles * (L_cycles L updates + one H update), then the heads.
-    pub fn segment_forward(cfg: &ModelConfig, batch: usize) -> f64 {
-        let blocks = cfg.H_cycles * (cfg.L_cycles * cfg.L_layers + cfg.H_layers);
-        blocks as f64 * block_forward(cfg, batch) + heads_forward(cfg, batch)
+    /// Block applications of one segment: H_cycles * (L_cycles L updates + one H update).
+    fn segment_blocks(cfg: &ModelConfig) -> usize {
+        if cfg.is_trm() {
+            cfg.H_cycles * (cfg.L_cycles + 1) * cfg.L_layers
+        } else {
+            cfg.H_cycles * (cfg.L_cycles * cfg.L_layers + cfg.H_layers)
+        }
     }
 
-    /// One training step: the gradient-carrying segment, the target-Q segment, and the backward
-    /// (twice the forward) of the last L and H updates and the heads.
+    /// One segment forward, then the heads.
+    pub fn segment_forward(cfg: &ModelConfig, batch: usize) -> f64 {
+        segment_blocks(cfg) as f64 * block_forward(cfg, batch) + heads_forward(cfg, batch)
+    }
+
+    /// One training step: the gradient-carrying segment, HRM's target-Q segment, and the
+    /// backward (twice the forward) of the gradient-carrying updates (HRM: the last L and H
+    /// updates; TRM: the whole last recursion, n + 1 network calls) and the heads.
     pub fn train_step(cfg: &ModelConfig, batch: usize) -> f64 {
-        let grad_blocks = (cfg.L_layers + cfg.H_layers) as f64;
-        2.0 * segment_forward(cfg, batch)
+        let (segments, grad_blocks) = if cfg.is_trm() {
+            (1.0, ((cfg.L_cycles + 1) * cfg.L_layers) as f64)
+        } else {
+            (2.0, (cfg.L_layers + cfg.H_layers) as f64)
+        };
+        segments * segment_forward(cfg, batch)
             + 2.0 * (grad_blocks * block_forward(cfg, batch) + heads_forward(cfg, batch))
     }
 
@@ -799,6 +819,22 @@ pub mod flops {
             // ~28.5 ms arithmetic floor at 989 TFLOP/s quoted for the H200.
             let f = super::train_step(&crate::config::ModelConfig::sudoku(), 768);
             assert!((2.7e13..2.9e13).contains(&f), "{f:e}");
+        }
+
+        #[test]
+        fn trm_sudoku_steps_match_the_napkin_math() {
+            // TRM_SPEC section 8: per layer application 469 GF (MLP) / 523 GF (attention) at
+            // batch 768; a step is 21 x 2 forward plus 2 x 14 backward: 32.8 and 36.6 TF.
+            use crate::config::ModelConfig;
+            let (mlp, att) = (ModelConfig::trm_sudoku_mlp(), ModelConfig::trm_sudoku_att());
+            let b = super::block_forward(&mlp, 768);
+            assert!((4.65e11..4.73e11).contains(&b), "{b:e}");
+            let b = super::block_forward(&att, 768);
+            assert!((5.2e11..5.26e11).contains(&b), "{b:e}");
+            let f = super::train_step(&mlp, 768);
+            assert!((3.25e13..3.31e13).contains(&f), "{f:e}");
+            let f = super::train_step(&att, 768);
+            assert!((3.63e13..3.69e13).contains(&f), "{f:e}");
         }
     }
 }

@@ -235,3 +235,49 @@ fn a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint
     let resumed = checkpoint::resume(&be, dir.path()).unwrap();
     assert_eq!(resumed.step, 3);
 }
+
+/// TRM (`mlp_t`, one network, gradient through the whole last recursion, q_halt > 0 halting)
+/// trains on the CPU, and a run resumed from its step-3 checkpoint ends bit-identical to the
+/// uninterrupted one (weights, Adam moments, EMA, carry, sampler).
+#[test]
+fn a_resumed_trm_run_is_bit_identical() {
+    let be = Cpu;
+    let model = ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        L_layers: 2,
+        H_cycles: 2,
+        L_cycles: 2,
+        puzzle_emb_ndim: 32,
+        puzzle_emb_len: Some(2),
+        num_puzzle_identifiers: 1,
+        halt_max_steps: 4,
+        halt_exploration_prob: 0.5,
+        ..ModelConfig::trm_sudoku_mlp()
+    };
+    let mut cfg = train_cfg();
+    cfg.model = model.clone();
+    let src = data(5, 3);
+    let params = HostParams::init(&model, &mut hrm::rng::seeded(4));
+    let opts = |dir: &std::path::Path, stop| RunOptions {
+        run_dir: dir.to_path_buf(),
+        eval_sets: vec![],
+        stop_after: stop,
+        progress: false,
+    };
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = Trainer::new(&be, cfg.clone(), &params);
+    run(&be, &mut full, &src, &opts(full_dir.path(), None)).unwrap();
+    assert_eq!(full.step, 6);
+    assert!(full.carry.steps.iter().any(|&s| s < 6), "halting should have restarted some rows");
+    assert_ne!(full.model.to_host(&be), params, "the weights moved");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(&be, cfg, &params);
+    run(&be, &mut first, &src, &opts(dir.path(), Some(3))).unwrap();
+    let mut resumed = checkpoint::resume(&be, dir.path()).unwrap();
+    assert_eq!((resumed.step, resumed.cfg.model.clone()), (3, model));
+    run(&be, &mut resumed, &src, &opts(dir.path(), None)).unwrap();
+    assert!(bits(&be, &resumed) == bits(&be, &full), "resumed TRM run differs from the uninterrupted one");
+    assert_eq!(resumed.sampler, full.sampler);
+}

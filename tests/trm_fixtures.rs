@@ -11,9 +11,6 @@
 //! 1.6e-4, 1e-3, 8e-3, 5.6e-2, 0.38 after segments 2..6 (`trm_mlp`, about 7x per segment), and
 //! by 1.2e-5 then 1.3e-4 after 6 segments (`trm_att`, 1.6e-2 after 16). So N is 2 (`trm_mlp`)
 //! and 6 (`trm_att`): a semantic error shows at one segment already (1e-3 or more).
-//!
-//! A TRM config from outside (a file, a checkpoint's metadata) is still refused: training,
-//! the device backends and the commands do not run TRM yet.
 
 mod common;
 use common::{compare_all, fixture_dir};
@@ -29,15 +26,14 @@ const BOUND_LONG: f64 = 1e-4;
 fn check(name: &str, mlp_t: bool, long: usize) {
     let dir = fixture_dir(name);
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let cfg = ModelConfig::parse_json(&text).unwrap();
+    let cfg = ModelConfig::from_json_str(&text).unwrap();
     assert!(cfg.is_trm() && cfg.uses_mlp_t() == mlp_t, "{cfg:?}");
     let weights = TensorFile::open(&dir.join("weights.safetensors")).unwrap();
-    let meta = ModelConfig::parse_json(weights.metadata().get("config").unwrap()).unwrap();
+    let meta = ModelConfig::from_json_str(weights.metadata().get("config").unwrap()).unwrap();
     assert_eq!(meta, cfg, "config.json and the checkpoint metadata agree");
-    let e = ModelConfig::from_json_str(&text).unwrap_err().to_string();
-    assert!(e.contains("arch trm") && e.contains("not implemented"), "{e}");
 
-    let (_, params) = load_checkpoint(&dir.join("weights.safetensors"), Some(&cfg)).unwrap();
+    let (loaded, params) = load_checkpoint(&dir.join("weights.safetensors"), None).unwrap();
+    assert_eq!(loaded, cfg);
     let specs = tensor_specs(&cfg);
     assert_eq!(weights.names().len(), specs.len(), "one reference tensor per spec");
     assert!(params.h_layers.is_empty() && params.l_layers.len() == cfg.L_layers);
@@ -79,4 +75,40 @@ fn trm_mlp_matches_pytorch() {
 #[test]
 fn trm_attention_matches_pytorch() {
     check("trm_att", false, 6);
+}
+
+/// `hrm forward` on a TRM checkpoint: the CPU writes the reference's outputs; a device backend
+/// (the emulated CUDA device here) refuses the model with an error naming the backend, not a
+/// panic.
+#[test]
+fn trm_forward_runs_on_the_cpu_and_is_refused_by_device_backends() {
+    let dir = fixture_dir("trm_att");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |device: &str, out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hrm"))
+            .args(["forward", "--segments", "1", "--device", device, "--checkpoint"])
+            .arg(dir.join("weights.safetensors"))
+            .arg("--batch")
+            .arg(dir.join("batch.safetensors"))
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .output()
+            .unwrap()
+    };
+    let o = run("cpu", "cpu.safetensors");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = TensorFile::open(&tmp.path().join("cpu.safetensors")).unwrap();
+    let want = TensorFile::open(&dir.join("forward_1.safetensors")).unwrap();
+    let e = common::rel_err(&ours.f32("logits", None).unwrap(), &want.f32("logits", None).unwrap());
+    assert!(e < BOUND, "logits: {e:e}");
+    // (a device: a GPU, else the emulation; none in a build without kernels, which says so)
+    if hrm::backend::cuda::CudaDevice::for_tests("trm_forward_is_refused_by_device_backends").is_none() {
+        return;
+    }
+    let o = run("emu", "emu.safetensors");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("arch trm does not run on the") && err.contains("--device cpu"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!tmp.path().join("emu.safetensors").exists());
 }

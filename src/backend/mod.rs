@@ -37,6 +37,17 @@ impl std::fmt::Display for DeviceOutOfMemory {
     }
 }
 
+/// What a backend cannot run (a model it lacks the ops for), unwound from where the model is
+/// built and reported by `main` as an error like [`DeviceOutOfMemory`].
+#[derive(Debug, Clone)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Per-row ACT state read back from a backend (for checkpoints, tests and validation).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActRows {

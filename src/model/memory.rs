@@ -16,23 +16,25 @@ use std::path::Path;
 /// Number of f32 values in the parameter set (weights, puzzle embedding table and buffers):
 ///
 /// ```text
-/// P = (H_layers + L_layers) * (4 d^2 + 3 d i)       attention qkv + o, SwiGLU gate_up + down
+/// P = blocks * (4 d^2 + 3 d i)                      attention qkv + o, SwiGLU gate_up + down
 ///   + 2 V d + 2 d + 2                               token embedding, lm head, q head
 ///   + num_puzzle_identifiers * puzzle_emb_ndim      puzzle embedding table
 ///   + S d  (learned positions only) + 2 d           positions, H_init and L_init
 /// ```
 ///
 /// with d = hidden_size, i = SwiGLU width (`ModelConfig::intermediate_size`), V = vocab_size,
-/// S = total sequence length.
+/// S = total sequence length, blocks = H_layers + L_layers (TRM: L_layers). TRM's token-mixing
+/// SwiGLU (`mlp_t`) replaces 4 d^2 by 3 S t (t its width, `ModelConfig::token_intermediate_size`).
 pub fn param_count(cfg: &ModelConfig) -> f64 {
     let d = cfg.hidden_size as f64;
     let i = intermediate(cfg);
-    let layers = cfg.H_layers as f64 + cfg.L_layers as f64;
+    let layers = blocks(cfg);
+    let mixer = if cfg.uses_mlp_t() { 3.0 * seq(cfg) * token_intermediate(cfg) } else { 4.0 * d * d };
     let pos = match cfg.pos_encodings {
         PosEncodings::Learned => seq(cfg) * d,
         PosEncodings::Rope | PosEncodings::None => 0.0,
     };
-    layers * (4.0 * d * d + 3.0 * d * i)
+    layers * (mixer + 3.0 * d * i)
         + 2.0 * cfg.vocab_size as f64 * d
         + 2.0 * d
         + 2.0
@@ -48,7 +50,23 @@ fn intermediate(cfg: &ModelConfig) -> f64 {
 }
 
 fn seq(cfg: &ModelConfig) -> f64 {
-    cfg.seq_len as f64 + (cfg.puzzle_emb_ndim as f64 / cfg.hidden_size.max(1) as f64).ceil()
+    let fitted = (cfg.puzzle_emb_ndim as f64 / cfg.hidden_size.max(1) as f64).ceil();
+    let prefix = match cfg.puzzle_emb_len {
+        Some(n) if cfg.is_trm() && n > 0 => n as f64,
+        None if cfg.is_trm() => 16.0,
+        _ => fitted,
+    };
+    cfg.seq_len as f64 + prefix
+}
+
+/// `ModelConfig::token_intermediate_size` without the `usize` overflow.
+fn token_intermediate(cfg: &ModelConfig) -> f64 {
+    ((cfg.expansion * seq(cfg) * 2.0 / 3.0).round() / 256.0).ceil() * 256.0
+}
+
+/// Blocks holding parameters: H_layers + L_layers (TRM: its one network's L_layers).
+fn blocks(cfg: &ModelConfig) -> f64 {
+    if cfg.is_trm() { cfg.L_layers as f64 } else { cfg.H_layers as f64 + cfg.L_layers as f64 }
 }
 
 /// What a job needs: bytes on the host and, on a GPU, on the device.
@@ -76,6 +94,10 @@ pub enum Purpose {
 ///              + a R (7 d + 3 i) (H_layers + L_layers)    saved block activations of the
 ///                                                          one-step gradient (qkv 3d, attention,
 ///                                                          projection, norm, output 4d, SwiGLU 3i)
+///                                                          (TRM: (L_cycles + 1) L_layers blocks,
+///                                                          the whole last recursion; with
+///                                                          `mlp_t` a block also keeps
+///                                                          d (3 + 3 t / S) per row)
 /// evaluation   + a R (7 d + 3 i)                           one block's working set
 /// both         + 2 a R d + 4 R V                           ACT carry z_H, z_L and the logits
 /// ```
@@ -88,8 +110,9 @@ pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
     let i = intermediate(cfg);
     let v = cfg.vocab_size as f64;
     let a = if on_gpu { 2.0 } else { 4.0 };
-    let layers = cfg.H_layers as f64 + cfg.L_layers as f64;
-    let block = 7.0 * d + 3.0 * i;
+    let layers = if cfg.is_trm() { (cfg.L_cycles as f64 + 1.0) * cfg.L_layers as f64 } else { blocks(cfg) };
+    let token = if cfg.uses_mlp_t() { d * (3.0 + 3.0 * token_intermediate(cfg) / seq(cfg)) } else { 0.0 };
+    let block = 7.0 * d + 3.0 * i + token;
     let (batch, state, saved_blocks) = match purpose {
         Purpose::Train { batch, ema } => (batch as f64, 4.0 * p * (3.0 + ema as u8 as f64), layers),
         Purpose::Eval { batch } => (batch as f64, 0.0, 1.0),
