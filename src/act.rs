@@ -145,6 +145,12 @@ pub fn check_outputs<B: Backend>(model: &Hrm<B>, q_halt: &[f32], q_continue: &[f
     )
 }
 
+/// Whether a model halts on these q logits: q_halt > 0 when `halt_at_zero` (TRM's
+/// `no_ACT_continue`), else q_halt > q_continue (HRM).
+pub fn wants_halt(halt_at_zero: bool, q_halt: f32, q_continue: f32) -> bool {
+    if halt_at_zero { q_halt > 0.0 } else { q_halt > q_continue }
+}
+
 /// One eval-mode ACT step (halting only at `halt_max_steps`, no exploration, no target).
 /// Non-finite outputs are an error ([`check_outputs`]).
 pub fn eval_step<B: Backend>(

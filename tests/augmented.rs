@@ -180,7 +180,15 @@ fn board_tokens(fill: u8) -> [u8; 81] {
 }
 
 fn pass(checkpoint: usize, perturbation: usize, answer: u8, q_halt: f32, q_continue: f32) -> Pass {
-    Pass { checkpoint, perturbation, tokens: board_tokens(answer), q_halt, q_continue, segments: 16 }
+    Pass {
+        checkpoint,
+        perturbation,
+        tokens: board_tokens(answer),
+        q_halt,
+        q_continue,
+        segments: 16,
+        halt_at_zero: false,
+    }
 }
 
 #[test]
@@ -323,4 +331,16 @@ fn hint_twins_follow_every_example_in_its_group() {
             }
         }
     }
+}
+
+/// The halting passes of `vote_halt`, `verify` and the oracle follow the model's own rule:
+/// HRM halts on q_halt > q_continue, TRM (`no_ACT_continue`) on q_halt > 0.
+#[test]
+fn a_pass_halts_by_its_models_rule() {
+    let hrm = pass(0, 0, 1, 0.5, 1.0);
+    assert!(!hrm.halted(), "HRM: 0.5 < q_continue 1.0");
+    let trm = Pass { halt_at_zero: true, ..hrm.clone() };
+    assert!(trm.halted(), "TRM: q_halt 0.5 > 0");
+    let trm_no = Pass { q_halt: -0.1, q_continue: -5.0, ..trm.clone() };
+    assert!(!trm_no.halted() && Pass { halt_at_zero: false, ..trm_no }.halted());
 }

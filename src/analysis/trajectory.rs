@@ -108,7 +108,12 @@ pub fn trajectory<B: Backend>(
                 s.conflicts += super::conflicts(&tokens_to_board(pred)) as f64;
                 s.mean_q_halt += seg.heads.q_halt[j] as f64;
                 s.mean_q_continue += seg.heads.q_continue[j] as f64;
-                s.act_halt_fraction += (seg.heads.q_halt[j] > seg.heads.q_continue[j]) as u8 as f64;
+                let halts = crate::act::wants_halt(
+                    model.cfg.no_act_continue(),
+                    seg.heads.q_halt[j],
+                    seg.heads.q_continue[j],
+                );
+                s.act_halt_fraction += halts as u8 as f64;
                 ok[j].push(scored.exact[j]);
             }
             (zh, zl) = (zh2, zl2);

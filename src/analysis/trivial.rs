@@ -78,7 +78,8 @@ pub fn trivial<B: Backend>(
             let blanks_ok = (0..81).filter(|&c| q[c] == 0 && ans[c] == g[c]).count();
             r.blank_cell_accuracy += blanks_ok as f64 / k as f64;
             r.givens_changed += (0..81).filter(|&c| q[c] != 0 && ans[c] != q[c]).count() as f64;
-            r.act_halt_fraction += (p.q_halt[i] > p.q_continue[i]) as u8 as f64;
+            let halts = crate::act::wants_halt(model.cfg.no_act_continue(), p.q_halt[i], p.q_continue[i]);
+            r.act_halt_fraction += halts as u8 as f64;
         }
         let n = solutions.len().max(1) as f64;
         for v in [

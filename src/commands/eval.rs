@@ -264,7 +264,7 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
                 let p =
                     predict_on(be, &model, examples, a.batch_size, dist.as_deref(), |n| bar.inc(n as u64))?;
                 bar.finish_and_clear();
-                let r = score(name, examples, &p, cfg.seq_len);
+                let r = score(name, examples, &p, &cfg);
                 let last = p.exact_per_segment.last().cloned().unwrap_or_default();
                 for (i, e) in examples.iter().enumerate() {
                     let answer = answer_string(&p.tokens[i * cfg.seq_len..(i + 1) * cfg.seq_len]);

@@ -58,12 +58,16 @@ pub struct Pass {
     pub q_continue: f32,
     /// Segments the pass ran.
     pub segments: u32,
+    /// The model halts on q_halt > 0 alone (TRM's `no_ACT_continue`), not on q_halt >
+    /// q_continue (HRM).
+    pub halt_at_zero: bool,
 }
 
 impl Pass {
-    /// Augmented HRM's act_halt: the model would halt here (q_halt > q_continue).
+    /// Augmented HRM's act_halt: the model would halt here (HRM: q_halt > q_continue; TRM:
+    /// q_halt > 0, see [`crate::act::wants_halt`]).
     pub fn halted(&self) -> bool {
-        self.q_halt > self.q_continue
+        crate::act::wants_halt(self.halt_at_zero, self.q_halt, self.q_continue)
     }
 }
 
@@ -178,7 +182,13 @@ pub fn run_passes<B: Backend>(
                 .filter(|&b| {
                     job[b].is_some() && {
                         let s = cr.steps[b];
-                        s >= max_steps || (s >= min_steps && seg.heads.q_halt[b] > seg.heads.q_continue[b])
+                        s >= max_steps
+                            || (s >= min_steps
+                                && crate::act::wants_halt(
+                                    model.cfg.no_act_continue(),
+                                    seg.heads.q_halt[b],
+                                    seg.heads.q_continue[b],
+                                ))
                     }
                 })
                 .collect();
@@ -203,6 +213,7 @@ pub fn run_passes<B: Backend>(
                     q_halt: seg.heads.q_halt[b],
                     q_continue: seg.heads.q_continue[b],
                     segments: cr.steps[b],
+                    halt_at_zero: model.cfg.no_act_continue(),
                 });
                 cr.halted[b] = true;
             }
@@ -249,7 +260,7 @@ pub struct AugmentedReport {
 
 /// Words per pass in the all-gather of a sharded run: the 81 tokens, checkpoint,
 /// perturbation, q_halt, q_continue, segments.
-const PASS_WORDS: usize = 86;
+const PASS_WORDS: usize = 87;
 
 fn pass_words(p: &Pass, out: &mut Vec<u32>) {
     out.extend(p.tokens.iter().map(|&t| t as u32));
@@ -259,6 +270,7 @@ fn pass_words(p: &Pass, out: &mut Vec<u32>) {
         p.q_halt.to_bits(),
         p.q_continue.to_bits(),
         p.segments,
+        p.halt_at_zero as u32,
     ]);
 }
 
@@ -274,6 +286,7 @@ fn pass_of_words(w: &[u32]) -> Pass {
         q_halt: f32::from_bits(w[83]),
         q_continue: f32::from_bits(w[84]),
         segments: w[85],
+        halt_at_zero: w[86] != 0,
     }
 }
 

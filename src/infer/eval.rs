@@ -175,7 +175,13 @@ pub fn predict_on<B: Backend>(
 }
 
 /// The report of `examples` (named `name`) from their predictions.
-pub fn score(name: &str, examples: &[Example], p: &Predictions, seq_len: usize) -> EvalReport {
+pub fn score(
+    name: &str,
+    examples: &[Example],
+    p: &Predictions,
+    cfg: &crate::config::ModelConfig,
+) -> EvalReport {
+    let seq_len = cfg.seq_len;
     let n = seq_len;
     let count = examples.len().max(1) as f64;
     let (mut cells, mut cells_ok, mut blanks, mut blanks_ok) = (0usize, 0usize, 0usize, 0usize);
@@ -204,7 +210,13 @@ pub fn score(name: &str, examples: &[Example], p: &Predictions, seq_len: usize) 
             .iter()
             .map(|s| s.iter().filter(|&&e| e).count() as f64 / count)
             .collect(),
-        act_halt_fraction: p.q_halt.iter().zip(&p.q_continue).filter(|(h, c)| h > c).count() as f64 / count,
+        act_halt_fraction: p
+            .q_halt
+            .iter()
+            .zip(&p.q_continue)
+            .filter(|&(&h, &c)| crate::act::wants_halt(cfg.no_act_continue(), h, c))
+            .count() as f64
+            / count,
     }
 }
 
@@ -232,5 +244,5 @@ pub fn evaluate_on<B: Backend>(
     on_batch: impl FnMut(usize),
 ) -> Result<EvalReport> {
     let p = predict_on(be, model, examples, batch_size, dist, on_batch)?;
-    Ok(score(name, examples, &p, model.cfg.seq_len))
+    Ok(score(name, examples, &p, &model.cfg))
 }
