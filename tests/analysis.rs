@@ -275,7 +275,7 @@ fn analyze_and_perturbed_eval_commands_write_the_documented_fields() {
 fn demo_with_hints_ends_with_the_side_by_side_table() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(hrm()
-        .args(["demo", "--hints", "--steps", "4", "--batch-size", "4", "--train-puzzles", "8"])
+        .args(["demo", "--hints", "--bootstrap", "--steps", "4", "--batch-size", "4", "--train-puzzles", "8"])
         .args(["--augment", "1", "--eval-puzzles", "6", "--out"])
         .arg(dir.path().join("demo")));
     assert!(out.contains("Augmented HRM on the held-out puzzles (--perturb relabel9)"), "{out}");

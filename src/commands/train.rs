@@ -504,13 +504,16 @@ pub struct DemoArgs {
     /// Most blanks per puzzle.
     #[arg(long, default_value_t = 8)]
     pub max_blanks: usize,
-    #[arg(long, default_value_t = 2500, value_parser = crate::commands::args::positive_u64)]
+    /// Training steps (the HRM `demo` preset of the recipe sweep used 2,500).
+    #[arg(long, default_value_t = 700, value_parser = crate::commands::args::positive_u64)]
     pub steps: u64,
     #[arg(long, default_value_t = 64, value_parser = crate::commands::args::positive_usize)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
     pub lr: f64,
-    #[arg(long, default_value = "demo")]
+    /// Model preset: trm-demo (TRM with the token-mixing MLP, the default) or demo (HRM), or
+    /// any other preset.
+    #[arg(long, default_value = "trm-demo")]
     pub preset: String,
     /// Model config JSON (the reference's arch keys) instead of --preset.
     #[arg(long, conflicts_with = "preset")]
@@ -534,6 +537,9 @@ pub struct DemoArgs {
     /// Perturbations of the closing side-by-side table (the `hrm eval --perturb` grammar).
     #[arg(long, default_value = "relabel9")]
     pub perturb: String,
+    /// Add a row bootstrapped over every kept checkpoint to the closing table (3x its time).
+    #[arg(long)]
+    pub bootstrap: bool,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -641,8 +647,8 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     if let Some(c) = &summary.last_checkpoint {
         println!("model: {}", c.join("model.safetensors").display());
     }
-    // Augmented HRM on the held-out puzzles: perturbed passes with the final checkpoint, then
-    // bootstrapped over every kept checkpoint (newest first, so `single` is the final model).
+    // Augmented HRM on the held-out puzzles: perturbed passes with the final checkpoint, and
+    // with --bootstrap over every kept checkpoint (newest first, so `single` is the final model).
     let mut kept = complete_checkpoints(&a.out)?;
     kept.reverse();
     let loaded = kept
@@ -657,7 +663,8 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
             let models: Vec<_> = loaded.iter().map(|(cfg, p)| crate::hrm::Hrm::new(be, cfg, p)).collect();
             let mut reports = Vec::new();
             let mut singles = Vec::new();
-            for n in [1, models.len()] {
+            let counts: &[usize] = if a.bootstrap { &[1, models.len()] } else { &[1] };
+            for &n in counts {
                 let (mut r, selected) = evaluate_augmented_on(
                     be,
                     &models[..n],
