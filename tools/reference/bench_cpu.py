@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Time the HRM PyTorch reference on CPU (float32), eager and torch.compile:
+"""Time the HRM and TRM PyTorch references on CPU (float32), eager and torch.compile:
 
 - one full training step = pretrain.train_batch: ACT forward segment (no-grad prefix + 1-step
   grad) + loss + the target-Q segment + backward + SignSGD and AdamATan2 steps;
+  (TRM, `trm_sudoku_mlp`: its segment with the last recursion's full gradient, no target-Q);
 - inference as the official evaluate() runs it: eval mode, no grad, a fresh carry, then ACT
   segments until every row halts (halt_max_steps = 16 for the Sudoku config), in puzzles/s.
 
     tools/reference/.venv/bin/python tools/reference/bench_cpu.py [--modes eager compile]
-        [--configs tiny full_sudoku] [--no-infer] [--no-train]
+        [--configs tiny full_sudoku trm_sudoku_mlp] [--no-infer] [--no-train]
 
 The ours-side figures: `cargo bench --bench cpu_step` and `cargo bench --bench cpu_infer`.
 """
@@ -19,18 +20,28 @@ import numpy as np
 import torch
 
 import hrm_reference as ref
+import trm_reference as trm
 
 CONFIGS = {
     "tiny": (dict(ref.FIXTURE_CONFIGS["tiny"]["config"]), 32, 20),
     "full_sudoku": (dict(hidden_size=512, num_heads=8, expansion=4, H_layers=4, L_layers=4, H_cycles=2, L_cycles=2,
                          halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, vocab_size=11, seq_len=81,
                          num_puzzle_identifiers=1, rope_theta=10000.0, rms_norm_eps=1e-5, pos_encodings="rope"), 8, 5),
+    # TRM_SPEC section 4's Sudoku-MLP model (5,028,866 trainable parameters); not in the default run
+    "trm_sudoku_mlp": (dict(hidden_size=512, num_heads=8, expansion=4, H_layers=1, L_layers=2, H_cycles=3, L_cycles=6,
+                            halt_max_steps=16, halt_exploration_prob=0.1, puzzle_emb_ndim=512, vocab_size=11, seq_len=81,
+                            num_puzzle_identifiers=1, rope_theta=10000.0, rms_norm_eps=1e-5, pos_encodings="none",
+                            arch="trm", mlp_t=True, puzzle_emb_len=16, no_ACT_continue=True), 8, 5),
 }
+
+
+def build(cfg, B):
+    return trm.build_model(cfg, B) if cfg.get("arch") == "trm" else ref.build_model(cfg, B)
 
 
 def bench(name, cfg, B, n_steps, mode, warmup=2):
     torch.manual_seed(0)
-    model = ref.build_model(cfg, B)
+    model = build(cfg, B)
     n_params = sum(p.numel() for p in model.parameters())
     tcfg = ref.TrainConfig(lr=1e-4, lr_warmup_steps=0, lr_min_ratio=1.0, weight_decay=1.0, beta1=0.9, beta2=0.95,
                            puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1)
@@ -93,7 +104,7 @@ def bench_infer(name, cfg, B, n_batches, mode, warmup=1):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--configs", nargs="*", default=["tiny", "full_sudoku"], choices=list(CONFIGS))
     ap.add_argument("--modes", nargs="*", default=["eager", "compile"], choices=["eager", "compile"])
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-infer", action="store_true", help="skip the Sudoku-config inference figure")
