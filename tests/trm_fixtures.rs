@@ -77,9 +77,10 @@ fn trm_attention_matches_pytorch() {
     check("trm_att", false, 6);
 }
 
-/// `hrm forward` on a TRM checkpoint: the CPU writes the reference's outputs; a device backend
-/// (the emulated CUDA device here) refuses the model with an error naming the backend, not a
-/// panic.
+/// `hrm forward` on a TRM checkpoint: the CPU writes the reference's outputs; `--device auto`
+/// on a machine with a GPU runs it on the CPU (the CUDA backend lacks TRM's ops); an explicit
+/// device backend (the emulated CUDA device here) refuses the model with an error naming the
+/// backend, not a panic.
 #[test]
 fn trm_forward_runs_on_the_cpu_and_is_refused_by_device_backends() {
     let dir = fixture_dir("trm_att");
@@ -105,6 +106,22 @@ fn trm_forward_runs_on_the_cpu_and_is_refused_by_device_backends() {
     if hrm::backend::cuda::CudaDevice::for_tests("trm_forward_is_refused_by_device_backends").is_none() {
         return;
     }
+    // `auto` on a machine with a GPU (the emulated device posing as one) picks the CPU for TRM.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hrm"))
+        .args(["forward", "--segments", "1", "--device", "auto", "--checkpoint"])
+        .arg(dir.join("weights.safetensors"))
+        .arg("--batch")
+        .arg(dir.join("batch.safetensors"))
+        .arg("--out")
+        .arg(tmp.path().join("auto.safetensors"))
+        .env("HRM_TEST_EMU_AS_GPU", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--device auto uses the CPU"), "{err}");
+    let auto = TensorFile::open(&tmp.path().join("auto.safetensors")).unwrap();
+    assert_eq!(auto.f32("logits", None).unwrap(), ours.f32("logits", None).unwrap(), "the CPU's bits");
     let o = run("emu", "emu.safetensors");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");

@@ -569,6 +569,22 @@ pub enum DeviceChoice {
     Emu,
 }
 
+impl DeviceChoice {
+    /// The choice for a model that only the CPU backend runs yet (`cpu_only`): `auto` becomes
+    /// the CPU, said once; an explicit choice stays (a device backend then refuses the model
+    /// with [`Unsupported`]).
+    pub fn for_model(self, cpu_only: bool) -> DeviceChoice {
+        if self != DeviceChoice::Auto || !cpu_only {
+            return self;
+        }
+        static NOTE: std::sync::Once = std::sync::Once::new();
+        NOTE.call_once(|| {
+            eprintln!("note: the CUDA backend does not run this model yet; --device auto uses the CPU")
+        });
+        DeviceChoice::Cpu
+    }
+}
+
 /// What a [`DeviceChoice`] resolved to on this machine.
 pub enum Resolved {
     Cpu,
