@@ -523,7 +523,7 @@ pub struct DemoArgs {
     /// this many segments).
     #[arg(long)]
     pub halt_max_steps: Option<usize>,
-    /// Override the preset's position encoding (rope or learned).
+    /// Override the preset's position encoding (rope, learned, or none for TRM).
     #[arg(long)]
     pub pos_encodings: Option<String>,
     #[arg(long, default_value_t = 0)]
@@ -556,7 +556,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     };
     if let Some(p) = &a.pos_encodings {
         model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
-            .with_context(|| format!("--pos-encodings {p}: expected rope or learned"))?;
+            .with_context(|| format!("--pos-encodings {p}: expected rope, learned or none"))?;
     }
     if let Some(h) = a.halt_max_steps {
         model.halt_max_steps = h;
