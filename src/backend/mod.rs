@@ -571,16 +571,19 @@ pub enum DeviceChoice {
 
 impl DeviceChoice {
     /// The choice for a model that only the CPU backend runs yet (`cpu_only`): `auto` becomes
-    /// the CPU, said once; an explicit choice stays (a device backend then refuses the model
+    /// the CPU, said once where a GPU is present; an explicit choice stays (a device backend then refuses the model
     /// with [`Unsupported`]).
     pub fn for_model(self, cpu_only: bool) -> DeviceChoice {
         if self != DeviceChoice::Auto || !cpu_only {
             return self;
         }
-        static NOTE: std::sync::Once = std::sync::Once::new();
-        NOTE.call_once(|| {
-            eprintln!("note: the CUDA backend does not run this model yet; --device auto uses the CPU")
-        });
+        // (said only where `auto` would have picked a GPU)
+        if gpu_present(&cuda::device::select()) {
+            static NOTE: std::sync::Once = std::sync::Once::new();
+            NOTE.call_once(|| {
+                eprintln!("note: the CUDA backend does not run this model yet; --device auto uses the CPU")
+            });
+        }
         DeviceChoice::Cpu
     }
 }
