@@ -175,12 +175,18 @@ pub fn take_new(
 
 /// `steps += 1`; halt at the limit or when q_halt > q_continue, never before `min_halt`.
 pub fn halt(st: &mut CpuActState, max_steps: usize) {
+    halt_by(st, max_steps, |q_halt, q_continue| q_halt > q_continue);
+}
+
+/// `steps += 1` and halting at `max_steps`, or where `wants(q_halt, q_continue)` after the
+/// row's exploration minimum.
+fn halt_by(st: &mut CpuActState, max_steps: usize, wants: impl Fn(f32, f32) -> bool) {
     for b in 0..st.batch() {
         let s = st.steps[b] + 1;
         st.steps[b] = s;
         let mut h = s as usize >= max_steps;
         if max_steps > 1 {
-            h |= st.q[2 * b] > st.q[2 * b + 1];
+            h |= wants(st.q[2 * b], st.q[2 * b + 1]);
             h &= s >= st.min_halt[b];
         }
         st.halted[b] = h as u8;
@@ -190,16 +196,7 @@ pub fn halt(st: &mut CpuActState, max_steps: usize) {
 /// TRM's training rule (`no_ACT_continue`): [`halt`] with q_halt > 0 (the sigmoid above 1/2)
 /// in place of q_halt > q_continue.
 pub fn halt_no_continue(st: &mut CpuActState, max_steps: usize) {
-    for b in 0..st.batch() {
-        let s = st.steps[b] + 1;
-        st.steps[b] = s;
-        let mut h = s as usize >= max_steps;
-        if max_steps > 1 {
-            h |= st.q[2 * b] > 0.0;
-            h &= s >= st.min_halt[b];
-        }
-        st.halted[b] = h as u8;
-    }
+    halt_by(st, max_steps, |q_halt, _| q_halt > 0.0);
 }
 
 /// Inference: the exact flags of the segment just scored (`st.lm`) into column `steps[b]` of
@@ -253,13 +250,19 @@ pub fn q_loss(st: &mut CpuActState, max_steps: usize, grad_scale: f64) {
         st.dq[2 * b] = dh[b];
         st.dq[2 * b + 1] = dc[b];
     }
+    record_losses(st, step, qh, qc);
+}
+
+/// The step's metrics (the LM loss, the Q losses `qh` and `qc`, and the halted rows' counts)
+/// into the accumulators, and a non-finite total loss into the guard status.
+fn record_losses(st: &mut CpuActState, step: i32, qh: f64, qc: f64) {
     let lm: f64 = st.lm.loss_per_row.iter().sum();
     let m = &mut st.metrics;
     m[0] += 1.0;
     m[1] += lm;
     m[2] += qh;
     m[3] += qc;
-    for b in (0..batch).filter(|&b| st.halted[b] != 0 && st.lm.n_valid[b] > 0) {
+    for b in (0..st.steps.len()).filter(|&b| st.halted[b] != 0 && st.lm.n_valid[b] > 0) {
         m[4] += 1.0;
         m[5] += st.lm.exact[b] as u8 as f64;
         m[6] += st.lm.n_correct[b] as f64 / st.lm.n_valid[b] as f64;
@@ -287,22 +290,7 @@ pub fn q_halt_loss(st: &mut CpuActState, grad_scale: f64) {
         st.dq[2 * b] = d;
         st.dq[2 * b + 1] = 0.0;
     }
-    let lm: f64 = st.lm.loss_per_row.iter().sum();
-    let m = &mut st.metrics;
-    m[0] += 1.0;
-    m[1] += lm;
-    m[2] += qh;
-    for b in (0..batch).filter(|&b| st.halted[b] != 0 && st.lm.n_valid[b] > 0) {
-        m[4] += 1.0;
-        m[5] += st.lm.exact[b] as u8 as f64;
-        m[6] += st.lm.n_correct[b] as f64 / st.lm.n_valid[b] as f64;
-        m[7] += st.steps[b] as f64;
-        m[8] += ((st.q[2 * b] >= 0.0) == st.lm.exact[b]) as u8 as f64;
-    }
-    if !(lm + 0.5 * qh).is_finite() && st.status[0] >= step {
-        st.status[0] = step;
-        st.status[1] = 1;
-    }
+    record_losses(st, step, qh, 0.0);
 }
 
 /// Records the first tensor of `grads` with a NaN or infinity at the current step, unless an
