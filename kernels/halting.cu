@@ -9,7 +9,8 @@
 //                       the step on the host, so the draw is the same on every backend and a
 //                       resumed run draws what the uninterrupted one drew. Integer math only.
 //   act_halt_i32:       steps[b] += 1; halted[b] = steps >= max_steps, or (max_steps > 1)
-//                       q_halt > q_continue, but never before min_halt[b].
+//                       q_halt > q_continue (rule 0, HRM) or q_halt > 0 (rule 1, TRM's
+//                       no_ACT_continue), but never before min_halt[b].
 //   act_q_loss_f32:     target[b] = sigmoid(last ? q_next_halt : max(q_next_halt,
 //                       q_next_continue)); binary cross-entropy with logits of q_halt against
 //                       exact[b] and of q_continue against target[b] (f64 math, as the CPU);
@@ -17,6 +18,8 @@
 //                       LM and Q losses over all rows; count, exact, token accuracy, steps and
 //                       q_halt agreement over the halted rows with a label) added to the
 //                       window's accumulators; a non-finite loss sets the guard status.
+//                       halt_only (TRM): the q_halt term alone: target 0, no q_continue loss,
+//                       dq_continue 0.
 //                       One block: block_sum in a fixed order, so the sums are deterministic.
 //   act_exact_hist_u8:  inference: hist[b * max_segments + steps[b]] = exact[b] (the exact flag
 //                       of the segment just scored, in the column of the segments the row ran
@@ -75,14 +78,14 @@ EMU_REGISTER(act_explore_i32)
 extern "C" __global__ void __launch_bounds__(256)
     act_halt_i32(const float* __restrict__ q, int* __restrict__ steps,
                  unsigned char* __restrict__ halted, const int* __restrict__ min_halt, int batch,
-                 int max_steps) {
+                 int max_steps, int rule) {
   const int b = blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= batch) return;
   const int s = steps[b] + 1;
   steps[b] = s;
   bool h = s >= max_steps;
   if (max_steps > 1) {
-    h = h || q[2 * b] > q[2 * b + 1];
+    h = h || q[2 * b] > (rule == 1 ? 0.0f : q[2 * b + 1]);
     h = h && s >= min_halt[b];
   }
   halted[b] = h ? 1 : 0;
@@ -109,7 +112,8 @@ extern "C" __global__ void __launch_bounds__(256)
                    const int* __restrict__ steps, const unsigned char* __restrict__ halted,
                    const double* __restrict__ loss_per_row, const unsigned int* __restrict__ n_correct,
                    const unsigned int* __restrict__ n_valid, const unsigned char* __restrict__ exact,
-                   int batch, int max_steps, double grad_scale, const int* __restrict__ step_now,
+                   int batch, int max_steps, int halt_only, double grad_scale,
+                   const int* __restrict__ step_now,
                    float* __restrict__ dq,
                    float* __restrict__ target, double* __restrict__ metrics,
                    int* __restrict__ status) {
@@ -120,14 +124,18 @@ extern "C" __global__ void __launch_bounds__(256)
     const bool last = steps[b] >= max_steps;
     const float nh = q_next[2 * b], nc = q_next[2 * b + 1];
     const float tx = last ? nh : fmaxf(nh, nc);
-    const float tgt = 1.0f / (1.0f + expf(-tx));
+    const float tgt = halt_only ? 0.0f : 1.0f / (1.0f + expf(-tx));
     target[b] = tgt;
     const double xh = q[2 * b], xc = q[2 * b + 1];
     const double th = exact[b] ? 1.0 : 0.0, tc = tgt;
     qh += act_bce(xh, th);
-    qc += act_bce(xc, tc);
     dq[2 * b] = (float)(grad_scale * (1.0 / (1.0 + exp(-xh)) - th));
-    dq[2 * b + 1] = (float)(grad_scale * (1.0 / (1.0 + exp(-xc)) - tc));
+    if (halt_only) {
+      dq[2 * b + 1] = 0.0f;
+    } else {
+      qc += act_bce(xc, tc);
+      dq[2 * b + 1] = (float)(grad_scale * (1.0 / (1.0 + exp(-xc)) - tc));
+    }
     lm += loss_per_row[b];
     if (halted[b] && n_valid[b] > 0) {
       count += 1.0;

@@ -362,12 +362,6 @@ pub struct Hrm<B: Backend> {
 
 impl<B: Backend> Hrm<B> {
     pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
-        if cfg.is_trm() && !be.supports_trm() {
-            std::panic::panic_any(crate::backend::Unsupported(format!(
-                "arch trm does not run on the {} backend yet: pass --device cpu",
-                be.name()
-            )));
-        }
         let params = host.map(cfg, |_, t| be.upload_param(t));
         let (cos, sin) = crate::backend::cpu::rope::rope_tables(
             cfg.total_seq_len(),

@@ -104,14 +104,11 @@ enum Cmd {
 /// Exit status 1 on an error, or 128 + signal when training stopped on SIGINT or SIGTERM
 /// (after writing its checkpoint), as a shell reports a process ended by that signal.
 fn main() -> std::process::ExitCode {
-    // A device out of memory, or a model the backend cannot run, unwinds with its own payload:
-    // reported below, not as a panic.
+    // A device out of memory unwinds with its own payload: reported below, not as a panic.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let p = info.payload();
-        if p.downcast_ref::<hrm::backend::DeviceOutOfMemory>().is_none()
-            && p.downcast_ref::<hrm::backend::Unsupported>().is_none()
-        {
+        if p.downcast_ref::<hrm::backend::DeviceOutOfMemory>().is_none() {
             default_hook(info)
         }
     }));
@@ -119,10 +116,7 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(payload) => match payload.downcast::<hrm::backend::DeviceOutOfMemory>() {
             Ok(oom) => Err(anyhow::anyhow!("{oom}")),
-            Err(other) => match other.downcast::<hrm::backend::Unsupported>() {
-                Ok(u) => Err(anyhow::anyhow!("{u}")),
-                Err(other) => std::panic::resume_unwind(other),
-            },
+            Err(other) => std::panic::resume_unwind(other),
         },
     };
     match outcome {

@@ -259,3 +259,95 @@ fn mib_after(text: &str, marker: &str) -> Option<f64> {
     let (num, unit) = rest.split_once(' ')?;
     if unit.starts_with("MiB") { num.parse().ok() } else { None }
 }
+
+/// TRM on the CUDA path through the binary: `hrm train` (recorded step graphs, q_halt > 0
+/// halting, the whole last recursion's backward) stopped at step 2 and resumed ends with
+/// checkpoints bit-identical to an uninterrupted run's; `hrm eval --perturb` and
+/// `hrm analyze trajectory` run on its checkpoint.
+#[test]
+fn trm_train_resume_is_bit_identical_and_eval_analyze_run_on_the_cuda_path() {
+    if !emulation_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let lines = |v: &[([u8; 81], [u8; 81])]| {
+        v.iter().map(|(q, _)| board_to_string(q, '.') + "\n").collect::<String>()
+    };
+    std::fs::write(d.join("train.txt"), lines(&blanked_puzzles(8, 5..10, 3))).unwrap();
+    std::fs::write(d.join("held.txt"), lines(&blanked_puzzles(2, 3..6, 4))).unwrap();
+    ok(hrm()
+        .args(["data", "build", "--train", "8", "--augment", "1", "--out"])
+        .arg(d.join("ds"))
+        .arg(d.join("train.txt")));
+    // A small TRM with the token-mixing MLP: 1 layer, 2 recursions of 2 z-updates, 3 segments.
+    let arch = hrm::config::ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        L_layers: 1,
+        H_cycles: 2,
+        L_cycles: 2,
+        puzzle_emb_ndim: 32,
+        puzzle_emb_len: Some(2),
+        halt_max_steps: 3,
+        ..hrm::config::ModelConfig::trm_sudoku_mlp()
+    };
+    let cfg = d.join("arch.json");
+    std::fs::write(&cfg, arch.to_json()).unwrap();
+    let train = |out: &str, stop: Option<&str>| {
+        let mut c = hrm();
+        c.args(["train", "--device", "emu", "--data"]).arg(d.join("ds/train")).arg("--config").arg(&cfg);
+        c.args(["--batch-size", "3", "--steps", "4", "--lr-warmup-steps", "1", "--checkpoint-every", "2"]);
+        c.args(["--log-every", "1", "--out"]).arg(d.join(out));
+        if let Some(s) = stop {
+            c.args(["--stop-after", s]);
+        }
+        let (success, _, err) = run(&mut c);
+        assert!(success, "{err}");
+        assert!(err.contains("device: cuda"), "the run must say it runs on CUDA: {err}");
+    };
+    train("full", None);
+    train("split", Some("2"));
+    let (success, _, err) = run(hrm().args(["train", "--device", "emu", "--resume"]).arg(d.join("split")));
+    assert!(success, "{err}");
+    let ck = |run: &str| d.join(run).join("checkpoints/step_00000004");
+    let files: Vec<_> = std::fs::read_dir(ck("full")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut compared = 0;
+    for f in &files {
+        let name = f.to_string_lossy();
+        if !name.ends_with(".safetensors") {
+            continue;
+        }
+        let (a, b) =
+            (TensorFile::open(&ck("full").join(f)).unwrap(), TensorFile::open(&ck("split").join(f)).unwrap());
+        assert_eq!(a.names(), b.names(), "{name}");
+        for t in a.names() {
+            if let (Ok(x), Ok(y)) = (a.f32(&t, None), b.f32(&t, None)) {
+                let (x, y): (Vec<u32>, Vec<u32>) =
+                    (x.iter().map(|v| v.to_bits()).collect(), y.iter().map(|v| v.to_bits()).collect());
+                assert!(x == y, "{name} {t}: the resumed TRM run differs from the uninterrupted one");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared >= 8, "{compared} tensors compared in {files:?}");
+    let model = ck("full").join("model.safetensors");
+    let w0 = hrm::model::HostParams::init(&arch, &mut hrm::rng::seeded(0));
+    let qkv = f32_tensor(&model, "model.inner.L_level.layers.0.mlp_t.gate_up_proj.weight");
+    assert_ne!(qkv, w0.l_layers[0].qkv, "the token-mixing weights were trained");
+
+    let table = ok(hrm()
+        .args(["eval", "--device", "emu", "--perturb", "relabel9", "--checkpoint"])
+        .arg(&model)
+        .arg(d.join("held.txt")));
+    assert!(table.contains("vote") && table.contains("verify"), "{table}");
+    ok(hrm()
+        .args(["analyze", "trajectory", "--device", "emu", "--checkpoint"])
+        .arg(&model)
+        .arg("--out")
+        .arg(d.join("analysis"))
+        .arg(d.join("held.txt")));
+    let traj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("analysis/trajectory.json")).unwrap()).unwrap();
+    assert!(traj.is_object(), "{traj}");
+}

@@ -371,3 +371,79 @@ fn inference_scoring_matches_the_cpu_exactly() {
         }
     }
 }
+
+/// TRM's halting rule (q_halt > 0, `no_ACT_continue`) and its q_halt-only loss: the kernels'
+/// `rule` and `halt_only` variants against the CPU, with the same bounds as HRM's above. The
+/// q logits are drawn so that q_halt > 0 and q_halt > q_continue disagree on many rows, so a
+/// kernel applying HRM's rule fails.
+#[test]
+fn trm_halting_and_q_halt_loss_match_the_cpu() {
+    let Some(gpu) = cuda("kernels_halting") else {
+        return;
+    };
+    let mut r = rng(83);
+    let (vocab, seq, max_steps) = (11usize, 9usize, 16usize);
+    for batch in [1usize, 9, 500] {
+        let steps: Vec<u32> = (0..batch).map(|_| r.gen_range(0..max_steps as u32)).collect();
+        let halted = vec![false; batch];
+        let q = randn(&mut r, 2 * batch, 2.0);
+        let min_halt: Vec<u32> = (0..batch).map(|_| if r.gen_bool(0.2) { 5 } else { 0 }).collect();
+        let labels: Vec<i32> = (0..batch * seq).map(|_| r.gen_range(1..vocab as i32)).collect();
+        let mut logits = round_bf16(&randn(&mut r, batch * seq * vocab, 1.0));
+        for b in (0..batch).step_by(2) {
+            for t in 0..seq {
+                logits[(b * seq + t) * vocab + labels[b * seq + t] as usize] = 8.0;
+            }
+        }
+        let scale = 0.5 / batch as f64;
+
+        let mut want = Cpu.act_state(batch);
+        Cpu.act_set(&mut want, &steps, &halted);
+        Cpu.act_set_min_halt(&mut want, &min_halt);
+        want.q = q.clone();
+        Cpu.act_halt_no_continue(&mut want, max_steps);
+        let mut dl = vec![0.0; logits.len()];
+        Cpu.lm_loss_rows(&logits, &labels, vocab, seq, 1.0, &mut dl, &mut want);
+        Cpu.act_set_step(&mut want, 3);
+        Cpu.act_q_halt_loss(&mut want, scale);
+
+        let s = &gpu.device().stream;
+        let mut got = gpu.act_state(batch);
+        gpu.act_set(&mut got, &steps, &halted);
+        gpu.act_set_min_halt(&mut got, &min_halt);
+        got.q = s.clone_htod(&q).unwrap();
+        gpu.act_halt_no_continue(&mut got, max_steps);
+        let ld = s.clone_htod(&to_bf16(&logits)).unwrap();
+        let lab = upload_i32(&gpu, &labels);
+        let mut dld = poisoned_bf16(gpu.device(), logits.len());
+        gpu.lm_loss_rows(&ld, &lab, vocab, seq, 1.0, &mut dld, &mut got);
+        got.dq = poisoned_f32(gpu.device(), 2 * batch);
+        got.target = poisoned_f32(gpu.device(), batch);
+        gpu.act_set_step(&mut got, 3);
+        gpu.act_q_halt_loss(&mut got, scale);
+        gpu.check().unwrap();
+
+        let (g, w) = (gpu.act_rows(&got), Cpu.act_rows(&want));
+        assert_eq!((&g.steps, &g.halted), (&w.steps, &w.halted), "halting, batch {batch}");
+        if batch == 500 {
+            let hrm_rule = (0..batch).filter(|&b| (q[2 * b] > 0.0) != (q[2 * b] > q[2 * b + 1])).count();
+            assert!(hrm_rule > 50, "the two rules disagree on {hrm_rule} rows only");
+            assert!(w.halted.contains(&true) && w.halted.contains(&false));
+        }
+        assert_eq!(g.target_q_continue, vec![0.0; batch], "no target in TRM's loss");
+        let dq = download(gpu.device(), &got.dq);
+        assert_close("dq", &dq, &want.dq, 1e-6, 1e-3);
+        assert!(dq.iter().skip(1).step_by(2).all(|&d| d == 0.0), "q_continue gets no gradient");
+        let (gr, wr) = (gpu.act_report(&mut got), Cpu.act_report(&mut want));
+        assert_eq!(
+            (gr.steps, gr.count, gr.exact_correct, gr.steps_sum, gr.q_halt_correct),
+            (wr.steps, wr.count, wr.exact_correct, wr.steps_sum, wr.q_halt_correct),
+            "batch {batch}"
+        );
+        assert_eq!(gr.q_continue_loss, 0.0);
+        for (name, a, b) in [("lm", gr.lm_loss, wr.lm_loss), ("q_halt", gr.q_halt_loss, wr.q_halt_loss)] {
+            assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{name}: {a} vs {b} (batch {batch})");
+        }
+        assert_eq!(gr.bad_step, None);
+    }
+}

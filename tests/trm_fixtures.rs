@@ -15,6 +15,7 @@
 mod common;
 use common::{compare_all, fixture_dir};
 use hrm::backend::cpu::Cpu;
+use hrm::backend::cpu::bf16::CpuBf16;
 use hrm::commands::{forward_outputs, grad_outputs, load_batch};
 use hrm::config::ModelConfig;
 use hrm::model::checkpoint::{TensorFile, load_checkpoint};
@@ -67,6 +68,72 @@ fn check(name: &str, mlp_t: bool, long: usize) {
     eprintln!("{name} grad: worst {:?}", report.iter().map(|r| r.1).fold(0.0, f64::max));
 }
 
+/// The CUDA path (a GPU, else the CPU emulation) against the f32 CPU on the fixture's weights
+/// and batch: the forward after 1 and N segments and every gradient of one training step, by
+/// the bf16 rule of `backend_parity.rs` (`common::assert_bf16_rule`; floor 1e-3 of the RMS for
+/// the forward, 2e-3 for gradients, as HRM's). The block weights are scaled by 0.3, as
+/// `backend_parity.rs` does for 16 segments: with the fixtures' own weights the recursion
+/// amplifies any rounding so fast that bf16 on the CPU is off by 0.3 of the logits' RMS after
+/// one segment and decorrelated after two, and the rule would say nothing. The halting
+/// decisions are compared where the q_halt margin is clear of the bf16 error.
+fn check_cuda(name: &str, scale: f32, long: usize) {
+    let Some(dev) = hrm::backend::cuda::CudaDevice::for_tests(&format!("trm_fixtures {name} (CUDA path)"))
+    else {
+        return;
+    };
+    let gpu = hrm::backend::cuda::Cuda::new(dev);
+    let dir = fixture_dir(name);
+    let (cfg, mut params) = load_checkpoint(&dir.join("weights.safetensors"), None).unwrap();
+    for l in params.l_layers.iter_mut() {
+        for w in [&mut l.qkv, &mut l.o, &mut l.gate_up, &mut l.down] {
+            w.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    let batch = load_batch(&dir.join("batch.safetensors"), &cfg).unwrap();
+    for segments in [1, long] {
+        let want = forward_outputs(&Cpu, &cfg, &params, &batch, segments).unwrap();
+        let sim = forward_outputs(&CpuBf16, &cfg, &params, &batch, segments).unwrap();
+        let got = forward_outputs(&gpu, &cfg, &params, &batch, segments).unwrap();
+        let n = common::assert_bf16_rule(&format!("{name} forward {segments}"), &got, &sim, &want, 1e-3);
+        assert!(n >= 4, "{n} tensors compared");
+        // The rule says something only while bf16 rounding has not decorrelated the recursion:
+        // the yardstick's own error must stay well below the signal (hence the scaled weights).
+        let (lw, ls) = (common::f32_of(&want[0]), common::f32_of(&sim[0]));
+        assert_eq!(want[0].name, "logits");
+        let rms = (lw.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / lw.len() as f64).sqrt();
+        let yardstick = lw.iter().zip(&ls).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / rms;
+        assert!(yardstick < 0.2, "{name} after {segments}: the bf16 yardstick is off by {yardstick} RMS");
+    }
+    let want = grad_outputs(&Cpu, &cfg, &params, &batch).unwrap();
+    let sim = grad_outputs(&CpuBf16, &cfg, &params, &batch).unwrap();
+    let got = grad_outputs(&gpu, &cfg, &params, &batch).unwrap();
+    let n = common::assert_bf16_rule(&format!("{name} grad"), &got, &sim, &want, 2e-3);
+    assert!(n >= 10, "{n} tensors compared");
+    let of = |ts: &[hrm::model::checkpoint::NamedTensor], n: &str| {
+        common::f32_of(ts.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("no {n}")))
+    };
+    let (q_want, q_sim) = (of(&want, "q_halt_logits"), of(&sim, "q_halt_logits"));
+    let margin = 2.0 * q_want.iter().zip(&q_sim).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) + 1e-3;
+    let (h_want, h_got) = (of(&want, "halted"), of(&got, "halted"));
+    for (b, q) in q_want.iter().enumerate() {
+        if q.abs() > margin {
+            assert_eq!(h_got[b], h_want[b], "{name}: row {b} halts differently with q_halt {q}");
+        }
+    }
+}
+
+const SCALE: f32 = 0.3;
+
+#[test]
+fn trm_mlp_on_the_cuda_path_matches_the_cpu() {
+    check_cuda("trm_mlp", SCALE, 16);
+}
+
+#[test]
+fn trm_attention_on_the_cuda_path_matches_the_cpu() {
+    check_cuda("trm_att", SCALE, 8);
+}
+
 #[test]
 fn trm_mlp_matches_pytorch() {
     check("trm_mlp", true, 2);
@@ -77,55 +144,43 @@ fn trm_attention_matches_pytorch() {
     check("trm_att", false, 6);
 }
 
-/// `hrm forward` on a TRM checkpoint: the CPU writes the reference's outputs; `--device auto`
-/// on a machine with a GPU runs it on the CPU (the CUDA backend lacks TRM's ops); an explicit
-/// device backend (the emulated CUDA device here) refuses the model with an error naming the
-/// backend, not a panic.
+/// `hrm forward` on a TRM checkpoint through the binary: the CPU writes the reference's
+/// outputs; the CUDA path (`--device emu`, and `auto` where the emulated device poses as a GPU)
+/// runs the same model and writes the same tensors (its accuracy is `check_cuda`'s business).
 #[test]
-fn trm_forward_runs_on_the_cpu_and_is_refused_by_device_backends() {
+fn trm_forward_runs_through_the_binary_on_both_backends() {
     let dir = fixture_dir("trm_att");
     let tmp = tempfile::tempdir().unwrap();
-    let run = |device: &str, out: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_hrm"))
-            .args(["forward", "--segments", "1", "--device", device, "--checkpoint"])
+    let run = |device: &str, out: &str, as_gpu: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hrm"));
+        c.args(["forward", "--segments", "1", "--device", device, "--checkpoint"])
             .arg(dir.join("weights.safetensors"))
             .arg("--batch")
             .arg(dir.join("batch.safetensors"))
             .arg("--out")
-            .arg(tmp.path().join(out))
-            .output()
-            .unwrap()
+            .arg(tmp.path().join(out));
+        if as_gpu {
+            c.env("HRM_TEST_EMU_AS_GPU", "1");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{device}: {}", String::from_utf8_lossy(&o.stderr));
+        TensorFile::open(&tmp.path().join(out)).unwrap()
     };
-    let o = run("cpu", "cpu.safetensors");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours = TensorFile::open(&tmp.path().join("cpu.safetensors")).unwrap();
+    let ours = run("cpu", "cpu.safetensors", false);
     let want = TensorFile::open(&dir.join("forward_1.safetensors")).unwrap();
     let e = common::rel_err(&ours.f32("logits", None).unwrap(), &want.f32("logits", None).unwrap());
     assert!(e < BOUND, "logits: {e:e}");
     // (a device: a GPU, else the emulation; none in a build without kernels, which says so)
-    if hrm::backend::cuda::CudaDevice::for_tests("trm_forward_is_refused_by_device_backends").is_none() {
+    if hrm::backend::cuda::CudaDevice::for_tests("trm_forward_runs_through_the_binary").is_none() {
         return;
     }
-    // `auto` on a machine with a GPU (the emulated device posing as one) picks the CPU for TRM.
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hrm"))
-        .args(["forward", "--segments", "1", "--device", "auto", "--checkpoint"])
-        .arg(dir.join("weights.safetensors"))
-        .arg("--batch")
-        .arg(dir.join("batch.safetensors"))
-        .arg("--out")
-        .arg(tmp.path().join("auto.safetensors"))
-        .env("HRM_TEST_EMU_AS_GPU", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
-    assert!(err.contains("--device auto uses the CPU"), "{err}");
-    let auto = TensorFile::open(&tmp.path().join("auto.safetensors")).unwrap();
-    assert_eq!(auto.f32("logits", None).unwrap(), ours.f32("logits", None).unwrap(), "the CPU's bits");
-    let o = run("emu", "emu.safetensors");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("arch trm does not run on the") && err.contains("--device cpu"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(!tmp.path().join("emu.safetensors").exists());
+    let emu = run("emu", "emu.safetensors", false);
+    let auto = run("auto", "auto.safetensors", true);
+    for name in ["logits", "z_H", "z_L", "q_halt_logits"] {
+        let (a, b) = (emu.f32(name, None).unwrap(), auto.f32(name, None).unwrap());
+        assert_eq!(a, b, "{name}: auto picked the (emulated) GPU, with the same bits");
+        assert_eq!(a.len(), ours.f32(name, None).unwrap().len(), "{name}");
+        assert!(a.iter().all(|v| v.is_finite()), "{name}");
+        assert_ne!(a, ours.f32(name, None).unwrap(), "{name}: bf16, not the CPU's bits");
+    }
 }

@@ -37,17 +37,6 @@ impl std::fmt::Display for DeviceOutOfMemory {
     }
 }
 
-/// What a backend cannot run (a model it lacks the ops for), unwound from where the model is
-/// built and reported by `main` as an error like [`DeviceOutOfMemory`].
-#[derive(Debug, Clone)]
-pub struct Unsupported(pub String);
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Per-row ACT state read back from a backend (for checkpoints, tests and validation).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ActRows {
@@ -310,31 +299,16 @@ pub trait Backend {
     /// Records the first non-finite gradient tensor of the current step in the guard status.
     fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32]);
 
-    // TRM (`arch: trm`): the ops its model adds. A backend without them says so through
-    // `supports_trm` (the model refuses a TRM config there before running anything); their
-    // defaults are never reached.
-    /// Whether this backend runs TRM (the ops below).
-    fn supports_trm(&self) -> bool {
-        false
-    }
+    // TRM (`arch: trm`): the ops its model adds.
     /// `y[b, c, r] = x[b, r, c]` for `batch` matrices of `rows` x `cols` (TRM's token mixing
     /// works on the sequence axis: [batch, seq, hidden] <-> [batch, hidden, seq]).
-    fn transpose(&self, x: &Self::Act, y: &mut Self::Act, batch: usize, rows: usize, cols: usize) {
-        let _ = (x, y, batch, rows, cols);
-        unreachable!("{}: transpose is not implemented (supports_trm is false)", self.name())
-    }
+    fn transpose(&self, x: &Self::Act, y: &mut Self::Act, batch: usize, rows: usize, cols: usize);
     /// TRM's training halting rule (`no_ACT_continue`): as [`Backend::act_halt`] with
     /// q_halt > 0 in place of q_halt > q_continue.
-    fn act_halt_no_continue(&self, st: &mut Self::ActState, max_steps: usize) {
-        let _ = (st, max_steps);
-        unreachable!("{}: TRM halting is not implemented (supports_trm is false)", self.name())
-    }
+    fn act_halt_no_continue(&self, st: &mut Self::ActState, max_steps: usize);
     /// TRM's Q loss: as [`Backend::act_q_loss`] with the q_halt term only (no target, no
     /// q_continue loss; its gradient is 0).
-    fn act_q_halt_loss(&self, st: &mut Self::ActState, grad_scale: f64) {
-        let _ = (st, grad_scale);
-        unreachable!("{}: the TRM Q loss is not implemented (supports_trm is false)", self.name())
-    }
+    fn act_q_halt_loss(&self, st: &mut Self::ActState, grad_scale: f64);
     /// Reads (and zeroes) the accumulated metrics, with the guard status.
     fn act_report(&self, st: &mut Self::ActState) -> ActReport;
     /// Inference: scores the segment just run, nothing read back: the stablemax argmax and
@@ -567,25 +541,6 @@ pub enum DeviceChoice {
     /// The CUDA backend on the CPU emulation of the kernels: for testing the CUDA code path
     /// without a GPU; orders of magnitude slower than either real backend.
     Emu,
-}
-
-impl DeviceChoice {
-    /// The choice for a model that only the CPU backend runs yet (`cpu_only`): `auto` becomes
-    /// the CPU, said once where a GPU is present; an explicit choice stays (a device backend then refuses the model
-    /// with [`Unsupported`]).
-    pub fn for_model(self, cpu_only: bool) -> DeviceChoice {
-        if self != DeviceChoice::Auto || !cpu_only {
-            return self;
-        }
-        // (said only where `auto` would have picked a GPU)
-        if gpu_present(&cuda::device::select()) {
-            static NOTE: std::sync::Once = std::sync::Once::new();
-            NOTE.call_once(|| {
-                eprintln!("note: the CUDA backend does not run this model yet; --device auto uses the CPU")
-            });
-        }
-        DeviceChoice::Cpu
-    }
 }
 
 /// What a [`DeviceChoice`] resolved to on this machine.

@@ -178,7 +178,7 @@ pub fn run_landscape(
     };
     let example = crate::train::data::example_of(&p.question, &p.answer);
     let segments = segments.unwrap_or(2 * cfg.halt_max_steps);
-    Ok(crate::with_backend!(c.device.for_model(cfg.is_trm()), |be| landscape(
+    Ok(crate::with_backend!(c.device, |be| landscape(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
@@ -235,7 +235,7 @@ pub fn run_fixed_points(
     check_host(&cfg, rows, c.device).with_context(|| format!("--runs {runs}"))?;
     let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
-    Ok(crate::with_backend!(c.device.for_model(cfg.is_trm()), |be| fixed_points(
+    Ok(crate::with_backend!(c.device, |be| fixed_points(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
@@ -287,7 +287,7 @@ pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
     let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let examples = examples_of(&puzzles);
-    Ok(crate::with_backend!(c.device.for_model(cfg.is_trm()), |be| trajectory(
+    Ok(crate::with_backend!(c.device, |be| trajectory(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
@@ -300,7 +300,7 @@ pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<Tri
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
     let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();
-    Ok(crate::with_backend!(c.device.for_model(cfg.is_trm()), |be| trivial(
+    Ok(crate::with_backend!(c.device, |be| trivial(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),

@@ -178,7 +178,7 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
     let infer = crate::model::memory::Purpose::Eval { batch: a.infer_batch_size };
     let infer_flag = || format!("--infer-batch-size {}", a.infer_batch_size);
     crate::model::memory::check_host(&cfg, infer, a.device).with_context(infer_flag)?;
-    let r = crate::with_backend!(a.device.for_model(cfg.is_trm()), |be| {
+    let r = crate::with_backend!(a.device, |be| {
         crate::model::memory::check_device(be, &cfg, purpose)?;
         crate::model::memory::check_device(be, &cfg, infer).with_context(infer_flag)?;
         bench(be, a, &cfg)?

@@ -252,7 +252,7 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
     let world = env.map_or(1, |e| e.world);
     let purpose = Purpose::Eval { batch: a.batch_size };
     check_host(&cfg, purpose, a.device)?;
-    crate::with_backend!(a.device.for_model(cfg.is_trm()), |be| {
+    crate::with_backend!(a.device, |be| {
         check_device(be, &cfg, purpose)?;
         let dist = env.map(connect).transpose()?;
         distributed::ranked(dist.as_deref(), || {
@@ -299,7 +299,7 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
     for (cfg, _) in &loaded {
         check_host(cfg, purpose, a.device)?;
     }
-    let device = a.device.for_model(loaded.iter().any(|(c, _)| c.is_trm()));
+    let device = a.device;
     crate::with_backend!(device, |be| {
         for (cfg, _) in &loaded {
             check_device(be, cfg, purpose)?;
@@ -417,7 +417,7 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
     let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
     let questions: Vec<Board> = puzzles.iter().map(|p| p.0).collect();
     let examples: Vec<_> = puzzles.iter().map(|(q, s)| example_of(q, s)).collect();
-    let pred = crate::with_backend!(a.device.for_model(cfg.is_trm()), |be| predict(
+    let pred = crate::with_backend!(a.device, |be| predict(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&a.checkpoint),
         &examples,

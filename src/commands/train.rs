@@ -1,7 +1,7 @@
 //! `hrm train` and `hrm demo`.
 
 use super::eval::report_table;
-use super::train_setup::{checkpoint_config, model_config, read_json, resume_trainer, train_split};
+use super::train_setup::{model_config, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::ModelConfig;
 use crate::fsutil::{Input, check_output_dir};
@@ -327,8 +327,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
             _ => {}
         }
         let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
-        let trm = checkpoint_config(&ckpt.join("model.safetensors")).is_ok_and(|c| c.is_trm());
-        return crate::with_backend!(a.device.for_model(trm), |be| {
+        return crate::with_backend!(a.device, |be| {
             let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some(), shard)?;
             if let Some(s) = a.steps {
                 if s < t.step {
@@ -470,7 +469,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         cfg.batch_size
     );
     let opts = RunOptions { run_dir: out.clone(), eval_sets, stop_after: a.stop_after, progress: true };
-    crate::with_backend!(a.device.for_model(model.is_trm()), |be| {
+    crate::with_backend!(a.device, |be| {
         eprintln!("device: {}", be.name());
         check_device(be, &model, Purpose::Train { batch: cfg.batch_size, ema: cfg.ema.is_some() })?;
         let dist = env.as_ref().map(connect).transpose()?;
@@ -562,7 +561,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         model.halt_max_steps = h;
     }
     model.validate()?;
-    let device = a.device.for_model(model.is_trm());
+    let device = a.device;
     if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
         bail!("blanks must satisfy min <= max <= 64");
     }
@@ -741,7 +740,7 @@ fn demo_findings(
     let out = a.out.join("analysis");
     let grids: Vec<_> = held_out.iter().map(|(_, s)| *s).collect();
     let probe = &eval[..eval.len().min(DEMO_FIXED_POINT_PUZZLES)];
-    let (trivial, fixed, landscape) = crate::with_backend!(a.device.for_model(cfg.is_trm()), |be| {
+    let (trivial, fixed, landscape) = crate::with_backend!(a.device, |be| {
         let model = crate::hrm::Hrm::new(be, cfg, params);
         let trivial =
             crate::analysis::trivial::trivial(be, &model, "held_out", &grids, &[1, 2, 4, 8], a.seed, 512)?;

@@ -160,7 +160,7 @@ pub fn run_forward(
     let path = batch;
     let batch = load_batch(batch, &cfg)?;
     check_batch_memory(path, &cfg, Purpose::Eval { batch: batch.len() }, device)?;
-    let tensors = crate::with_backend!(device.for_model(cfg.is_trm()), |be| {
+    let tensors = crate::with_backend!(device, |be| {
         forward_outputs_of(be, &Hrm::new(be, &cfg, &params).with_origin(checkpoint), &batch, segments)?
     });
     write_tensors(out, &tensors, None)?;
@@ -204,12 +204,7 @@ pub fn run_grad(
     if batch_data.labels.is_none() {
         bail!("{}: `hrm grad` needs a 'labels' tensor in the batch", batch.display());
     }
-    let tensors = crate::with_backend!(device.for_model(cfg.is_trm()), |be| grad_outputs(
-        be,
-        &cfg,
-        &params,
-        &batch_data
-    )?);
+    let tensors = crate::with_backend!(device, |be| grad_outputs(be, &cfg, &params, &batch_data)?);
     write_tensors(out, &tensors, None)?;
     eprintln!("wrote {}", out.display());
     Ok(())

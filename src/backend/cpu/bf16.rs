@@ -201,6 +201,16 @@ impl Backend for CpuBf16 {
     fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
         Cpu.act_guard(st, grads)
     }
+    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, batch: usize, rows: usize, cols: usize) {
+        // a copy: the values stay the rounded ones
+        Cpu.transpose(x, y, batch, rows, cols)
+    }
+    fn act_halt_no_continue(&self, st: &mut CpuActState, max_steps: usize) {
+        Cpu.act_halt_no_continue(st, max_steps)
+    }
+    fn act_q_halt_loss(&self, st: &mut CpuActState, grad_scale: f64) {
+        Cpu.act_q_halt_loss(st, grad_scale)
+    }
     fn act_report(&self, st: &mut CpuActState) -> ActReport {
         Cpu.act_report(st)
     }

@@ -284,9 +284,6 @@ impl Backend for Cpu {
     fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
         halting::guard(st, grads);
     }
-    fn supports_trm(&self) -> bool {
-        true
-    }
     fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, batch: usize, rows: usize, cols: usize) {
         let n = rows * cols;
         assert!(

@@ -640,7 +640,7 @@ impl Backend for Cuda {
         });
     }
     fn act_halt(&self, st: &mut CudaActState, max_steps: usize) {
-        self.op("act_halt", |d| halting::halt(d, st, max_steps));
+        self.op("act_halt", |d| halting::halt(d, st, max_steps, halting::HaltRule::QHaltAboveContinue));
     }
     fn act_set_step(&self, st: &mut CudaActState, step: u32) {
         self.op("act_set_step", |d| {
@@ -649,7 +649,26 @@ impl Backend for Cuda {
         });
     }
     fn act_q_loss(&self, st: &mut CudaActState, max_steps: usize, grad_scale: f64) {
-        self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, grad_scale));
+        self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, false, grad_scale));
+    }
+    fn transpose(
+        &self,
+        x: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        batch: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        self.op("transpose", |d| kernels::transpose(d, x, y, batch, rows, cols));
+    }
+    fn act_halt_no_continue(&self, st: &mut CudaActState, max_steps: usize) {
+        self.op("act_halt_no_continue", |d| {
+            halting::halt(d, st, max_steps, halting::HaltRule::QHaltPositive)
+        });
+    }
+    fn act_q_halt_loss(&self, st: &mut CudaActState, grad_scale: f64) {
+        // (max_steps only picks the target of the q_continue term, which this loss has not)
+        self.op("act_q_halt_loss", |d| halting::q_loss(d, st, 1, true, grad_scale));
     }
     fn act_guard(&self, st: &mut CudaActState, grads: &[&CudaSlice<f32>]) {
         self.op("act_guard", |d| halting::guard(d, st, grads));

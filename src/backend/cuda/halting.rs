@@ -187,7 +187,16 @@ pub fn explore(
     Ok(())
 }
 
-pub fn halt(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize) -> Result<()> {
+/// Which halting rule [`halt`] applies after the exploration minimum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltRule {
+    /// HRM: q_halt > q_continue
+    QHaltAboveContinue = 0,
+    /// TRM's `no_ACT_continue`: q_halt > 0
+    QHaltPositive = 1,
+}
+
+pub fn halt(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize, rule: HaltRule) -> Result<()> {
     if st.batch == 0 {
         return Ok(());
     }
@@ -198,8 +207,9 @@ pub fn halt(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize) -> Result
     let (ph, _g2) = st.halted.device_ptr_mut(s);
     let (pm, _g3) = st.min_halt.device_ptr(s);
     let (bi, mi) = (i32_of(st.batch, "batch")?, i32_of(max_steps, "halt_max_steps")?);
+    let ri = rule as i32;
     let mut lb = s.launch_builder(&f);
-    lb.arg(&pq).arg(&ps).arg(&ph).arg(&pm).arg(&bi).arg(&mi);
+    lb.arg(&pq).arg(&ps).arg(&ph).arg(&pm).arg(&bi).arg(&mi).arg(&ri);
     // SAFETY: as above.
     unsafe { lb.launch(rows_launch(st.batch)) }.map_err(launch_err("act_halt_i32"))?;
     Ok(())
@@ -228,7 +238,14 @@ pub fn exact_hist(dev: &CudaDevice, st: &mut CudaActState, max_segments: usize) 
     Ok(())
 }
 
-pub fn q_loss(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize, grad_scale: f64) -> Result<()> {
+/// The Q losses (see kernels/halting.cu); `halt_only`: TRM's q_halt term alone.
+pub fn q_loss(
+    dev: &CudaDevice,
+    st: &mut CudaActState,
+    max_steps: usize,
+    halt_only: bool,
+    grad_scale: f64,
+) -> Result<()> {
     let lm = st.lm.as_ref().ok_or_else(|| anyhow!("act_q_loss before the step's LM loss"))?;
     let f = dev.func("halting", "act_q_loss_f32")?;
     let s = &dev.stream;
@@ -248,7 +265,8 @@ pub fn q_loss(dev: &CudaDevice, st: &mut CudaActState, max_steps: usize, grad_sc
     let (bi, mi) = (i32_of(st.batch, "batch")?, i32_of(max_steps, "halt_max_steps")?);
     let mut lb = s.launch_builder(&f);
     lb.arg(&pq).arg(&pn).arg(&ps).arg(&ph).arg(&pl).arg(&pc).arg(&pv).arg(&pe);
-    lb.arg(&bi).arg(&mi).arg(&grad_scale).arg(&step_i).arg(&pd).arg(&pt).arg(&pm).arg(&pst);
+    let only = halt_only as i32;
+    lb.arg(&bi).arg(&mi).arg(&only).arg(&grad_scale).arg(&step_i).arg(&pd).arg(&pt).arg(&pm).arg(&pst);
     // SAFETY: as above; one block loops over the rows.
     unsafe { lb.launch(one_block()) }.map_err(launch_err("act_q_loss_f32"))?;
     Ok(())

@@ -90,6 +90,65 @@ pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit the kernel's int"))
 }
 
+/// `y[b, c, r] = x[b, r, c]` for `batch` matrices of `rows` x `cols` (bit-exact copy).
+pub fn transpose(
+    dev: &CudaDevice,
+    x: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    transpose_entry(dev, "transpose_bf16", x, y, batch, rows, cols)
+}
+
+/// The emulation's self-test: [`transpose`] through its broken twin, whose tile barrier is
+/// missing (kernels/transpose.cu); the emulation must not let it pass.
+#[doc(hidden)]
+pub fn transpose_missing_sync_selftest(
+    dev: &CudaDevice,
+    x: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    transpose_entry(dev, "transpose_bf16_missing_sync", x, y, batch, rows, cols)
+}
+
+fn transpose_entry(
+    dev: &CudaDevice,
+    entry: &'static str,
+    x: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    batch: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let n = batch * rows * cols;
+    ensure!(x.len() >= n && y.len() >= n, "transpose {batch} x {rows} x {cols}: buffers too small");
+    if n == 0 {
+        return Ok(());
+    }
+    ensure!(batch <= 65_535, "transpose: batch {batch} exceeds the grid's z limit (65,535)");
+    let f = dev.func("transpose", entry)?;
+    let s = &dev.stream;
+    let (px, _g1) = x.device_ptr(s);
+    let (py, _g2) = y.device_ptr_mut(s);
+    let (ri, ci) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?);
+    i32_of(rows * cols, "rows x cols")?;
+    let mut b = s.launch_builder(&f);
+    b.arg(&px).arg(&py).arg(&ri).arg(&ci);
+    let shape = LaunchConfig {
+        grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(32) as u32, batch as u32),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: argument types and order match the kernel; sizes checked above.
+    unsafe { b.launch(shape) }.map_err(launch_err(entry))?;
+    Ok(())
+}
+
 /// `y = rmsnorm(x + r)` per row of `d` (no weight), `rstd[row] = 1/sqrt(mean((x+r)^2) + eps)`.
 #[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm_fwd(
