@@ -14,6 +14,7 @@
 
 use crate::backend::{Backend, EmbedDims, QSlot};
 use crate::config::{ModelConfig, PosEncodings};
+use crate::model::memory::SavedActivations;
 use crate::model::{HostParams, LayerParams, ParamSet};
 
 /// Batch shapes the workspaces are sized for.
@@ -161,7 +162,12 @@ struct TokenGrads<B: Backend> {
 /// updates (HRM: the last of each; TRM: the n z-updates and the y-update of the last
 /// recursion), the backward's scratch, and the target-Q segment's copy of the carry.
 struct TrainBuffers<B: Backend> {
+    /// the gradient-carrying z-updates' activations: one per update when kept, one shared by
+    /// all when recomputed ([`SavedActivations`])
     l: Vec<ModuleActs<B>>,
+    /// [`SavedActivations::Recompute`]: the inputs of the z-updates but the last (whose
+    /// activations are still in `l[0]` when the backward starts); empty when kept
+    inputs: Vec<B::Act>,
     h: ModuleActs<B>,
     /// TRM with n > 1: the gradient of x summed over the n z-updates
     dx: Option<B::Act>,
@@ -236,7 +242,7 @@ impl<B: Backend> Workspace<B> {
         }
     }
 
-    fn ensure_train(&mut self, be: &B, cfg: &ModelConfig) {
+    fn ensure_train(&mut self, be: &B, cfg: &ModelConfig, saved: SavedActivations) {
         if self.train.is_some() {
             return;
         }
@@ -245,10 +251,13 @@ impl<B: Backend> Workspace<B> {
         let n = s.batch * cfg.seq_len;
         let (h_layers, l_layers) = crate::model::params::module_layers(cfg);
         let (grad_l_calls, h_layers) = if cfg.is_trm() { (cfg.L_cycles, l_layers) } else { (1, h_layers) };
+        let recompute = saved == SavedActivations::Recompute;
+        let (kept, inputs) = if recompute { (1, grad_l_calls - 1) } else { (grad_l_calls, 0) };
         let attn = !s.mlp_t as usize;
         let cols = s.batch * s.hidden;
         self.train = Some(TrainBuffers {
-            l: (0..grad_l_calls).map(|_| ModuleActs::new(be, &s, l_layers)).collect(),
+            l: (0..kept).map(|_| ModuleActs::new(be, &s, l_layers)).collect(),
+            inputs: (0..inputs).map(|_| be.zeros(r * d)).collect(),
             h: ModuleActs::new(be, &s, h_layers),
             dx: (grad_l_calls > 1).then(|| be.zeros(r * d)),
             g: GradScratch {
@@ -358,6 +367,9 @@ pub struct Hrm<B: Backend> {
     /// Where the weights came from (a checkpoint path), named by errors about the model's
     /// outputs.
     origin: Option<String>,
+    /// What a training step keeps of TRM's gradient-carrying recursion (set before the first
+    /// training segment: a workspace's buffers follow it when they are made).
+    pub saved: SavedActivations,
 }
 
 impl<B: Backend> Hrm<B> {
@@ -376,6 +388,7 @@ impl<B: Backend> Hrm<B> {
             cos: be.upload_f32(&cos),
             sin: be.upload_f32(&sin),
             origin: None,
+            saved: SavedActivations::Keep,
         }
     }
 
@@ -587,13 +600,25 @@ impl<B: Backend> Hrm<B> {
             Injection::Of(a) => be.add(z, a, &mut acts.input),
             Injection::HPlusX(z_h, x) => be.add_injection(z, z_h, x, &mut acts.input),
         }
+        self.module_blocks_fwd(be, s, layers, acts);
+        // The saved output stays with the activations (the norm's backward reads it).
+        be.copy(&acts.layers.last().expect("at least one layer").out, z);
+    }
+
+    /// The blocks of a module application from `acts.input`, keeping their activations in
+    /// `acts` (the forward of [`Hrm::module_grad`], and its recomputation in the backward).
+    fn module_blocks_fwd(
+        &self,
+        be: &B,
+        s: &Shape,
+        layers: &[LayerParams<B::Param>],
+        acts: &mut ModuleActs<B>,
+    ) {
         for (k, w) in layers.iter().enumerate() {
             let (done, rest) = acts.layers.split_at_mut(k);
             let inp = done.last().map(|p| &p.out).unwrap_or(&acts.input);
             self.block_fwd(be, s, w, inp, &mut rest[0]);
         }
-        // The saved output stays with the activations (the norm's backward reads it).
-        be.copy(&acts.layers.last().expect("at least one layer").out, z);
     }
 
     fn module_bwd(
@@ -629,7 +654,7 @@ impl<B: Backend> Hrm<B> {
         slot: QSlot,
     ) {
         if keep {
-            ws.ensure_train(be, &self.cfg);
+            ws.ensure_train(be, &self.cfg, self.saved);
         }
         let s = ws.shape;
         let p = &self.params;
@@ -646,8 +671,13 @@ impl<B: Backend> Hrm<B> {
             }
             if keep {
                 let t = train.as_mut().expect("allocated above");
-                for acts in t.l.iter_mut() {
+                for k in 0..lc {
+                    let shared = t.l.len() == 1;
+                    let acts = &mut t.l[if shared { 0 } else { k }];
                     self.module_grad(be, &s, net, z_l, Injection::HPlusX(z_h, x), acts);
+                    if let Some(input) = t.inputs.get_mut(k) {
+                        be.copy(&acts.input, input);
+                    }
                 }
                 self.module_grad(be, &s, net, z_h, Injection::Of(z_l), &mut t.h);
             }
@@ -676,7 +706,7 @@ impl<B: Backend> Hrm<B> {
     /// carry, with the same input, its q logits into the target slot of the ACT state. Leaves
     /// the carry (and the saved activations) untouched.
     pub fn target_segment(&self, be: &B, ws: &mut Workspace<B>, z_h: &B::Act, z_l: &B::Act) {
-        ws.ensure_train(be, &self.cfg);
+        ws.ensure_train(be, &self.cfg, self.saved);
         let t = ws.train.as_mut().expect("allocated above");
         let (mut zh, mut zl) = t.target.take().expect("the target buffers are home between segments");
         be.copy(z_h, &mut zh);
@@ -731,10 +761,20 @@ impl<B: Backend> Hrm<B> {
         // d(input of H) = d(z_L new) = d(output of the last L update). Each L update's input is
         // z_L + z_H + x with z_H constant in the segment: its gradient goes on to the previous
         // z_L and to x (summed over TRM's n updates; HRM has one).
-        for (k, acts) in t.l.iter().enumerate().rev() {
+        // (recomputed: each z-update but the last runs its forward again from its saved input)
+        let calls = t.l.len().max(t.inputs.len() + 1);
+        for k in (0..calls).rev() {
+            let acts = if let Some(input) = t.inputs.get(k) {
+                let acts = &mut t.l[0];
+                be.copy(input, &mut acts.input);
+                self.module_blocks_fwd(be, &s, &p.l_layers, acts);
+                &t.l[0]
+            } else {
+                &t.l[if t.l.len() == 1 { 0 } else { k }]
+            };
             self.module_bwd(be, &s, &p.l_layers, acts, &mut t.g, &mut grads.l_layers);
             if let Some(dx) = t.dx.as_mut() {
-                if k + 1 == t.l.len() {
+                if k + 1 == calls {
                     be.copy(&t.g.dnext, dx);
                 } else {
                     be.add_inplace(dx, &t.g.dnext);

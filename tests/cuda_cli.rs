@@ -261,8 +261,9 @@ fn mib_after(text: &str, marker: &str) -> Option<f64> {
 }
 
 /// TRM on the CUDA path through the binary: `hrm train` (recorded step graphs, q_halt > 0
-/// halting, the whole last recursion's backward) stopped at step 2 and resumed ends with
-/// checkpoints bit-identical to an uninterrupted run's; `hrm eval --perturb` and
+/// halting, the whole last recursion's backward) stopped at step 2 and resumed (recomputing
+/// the activations instead of keeping them) ends with checkpoints bit-identical to an
+/// uninterrupted run's; `hrm eval --perturb` and
 /// `hrm analyze trajectory` run on its checkpoint.
 #[test]
 fn trm_train_resume_is_bit_identical_and_eval_analyze_run_on_the_cuda_path() {
@@ -305,11 +306,16 @@ fn trm_train_resume_is_bit_identical_and_eval_analyze_run_on_the_cuda_path() {
         let (success, _, err) = run(&mut c);
         assert!(success, "{err}");
         assert!(err.contains("device: cuda"), "the run must say it runs on CUDA: {err}");
+        assert!(err.contains("activations: keep the last recursion's"), "the choice is logged: {err}");
     };
     train("full", None);
     train("split", Some("2"));
-    let (success, _, err) = run(hrm().args(["train", "--device", "emu", "--resume"]).arg(d.join("split")));
+    // (resumed recomputing the recursion's z-updates in the backward: the same bits again)
+    let (success, _, err) = run(hrm()
+        .args(["train", "--device", "emu", "--activations", "recompute", "--resume"])
+        .arg(d.join("split")));
     assert!(success, "{err}");
+    assert!(err.contains("activations: recompute (--activations)"), "{err}");
     let ck = |run: &str| d.join(run).join("checkpoints/step_00000004");
     let files: Vec<_> = std::fs::read_dir(ck("full")).unwrap().map(|e| e.unwrap().file_name()).collect();
     let mut compared = 0;

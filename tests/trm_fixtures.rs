@@ -16,7 +16,7 @@ mod common;
 use common::{compare_all, fixture_dir};
 use hrm::backend::cpu::Cpu;
 use hrm::backend::cpu::bf16::CpuBf16;
-use hrm::commands::{forward_outputs, grad_outputs, load_batch};
+use hrm::commands::{forward_outputs, grad_outputs, grad_outputs_of, load_batch};
 use hrm::config::ModelConfig;
 use hrm::model::checkpoint::{TensorFile, load_checkpoint};
 use hrm::model::params::{TensorKind, tensor_specs};
@@ -132,6 +132,39 @@ fn trm_mlp_on_the_cuda_path_matches_the_cpu() {
 #[test]
 fn trm_attention_on_the_cuda_path_matches_the_cpu() {
     check_cuda("trm_att", SCALE, 8);
+}
+
+/// Recomputing the z-updates in the backward (`--activations recompute`) runs the same ops on
+/// the same inputs: every gradient, loss and logit has the bits of the step that kept them, on
+/// the CPU and on the CUDA path.
+fn check_recompute<B: hrm::backend::Backend>(be: &B, name: &str) {
+    use hrm::model::memory::SavedActivations;
+    let dir = fixture_dir(name);
+    let (cfg, params) = load_checkpoint(&dir.join("weights.safetensors"), None).unwrap();
+    let batch = load_batch(&dir.join("batch.safetensors"), &cfg).unwrap();
+    assert!(cfg.L_cycles >= 2, "{name}: more than one z-update to recompute");
+    let run = |saved| {
+        let mut model = hrm::hrm::Hrm::new(be, &cfg, &params);
+        model.saved = saved;
+        grad_outputs_of(be, &model, &batch).unwrap()
+    };
+    let (keep, recompute) = (run(SavedActivations::Keep), run(SavedActivations::Recompute));
+    assert_eq!(keep.len(), recompute.len());
+    for (k, r) in keep.iter().zip(&recompute) {
+        let bits = |t| common::f32_of(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(bits(k) == bits(r), "{name} on {}: {} differs when recomputed", be.name(), k.name);
+    }
+}
+
+#[test]
+fn recomputed_activations_give_the_same_bits() {
+    check_recompute(&Cpu, "trm_mlp");
+    check_recompute(&Cpu, "trm_att");
+    if let Some(dev) = hrm::backend::cuda::CudaDevice::for_tests("trm_fixtures recompute (CUDA path)") {
+        let gpu = hrm::backend::cuda::Cuda::new(dev);
+        check_recompute(&gpu, "trm_mlp");
+        check_recompute(&gpu, "trm_att");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use crate::config::ModelConfig;
 use crate::hrm::{Hrm, flops};
 use crate::model::HostParams;
 use crate::model::checkpoint::write_atomic;
+use crate::model::memory::{SavedActivations, choose_saved};
 use crate::train::sampler::VecSource;
 use crate::train::{TrainConfig, Trainer};
 use anyhow::{Context, Result, bail};
@@ -45,6 +46,10 @@ pub struct BenchArgs {
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// TRM: keep or recompute the gradient-carrying recursion's activations (as `hrm train`;
+    /// default: keep where it fits).
+    #[arg(long, value_enum)]
+    pub activations: Option<SavedActivations>,
 }
 
 /// The measured figures.
@@ -53,6 +58,8 @@ pub struct BenchReport {
     pub backend: String,
     pub preset: String,
     pub batch_size: usize,
+    /// what a training step kept for the backward (TRM: keep or recompute)
+    pub activations: &'static str,
     pub step_ms: f64,
     pub tokens_per_s: f64,
     pub step_tflop: f64,
@@ -89,6 +96,8 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
     tc.steps = (a.warmup + a.steps) as u64;
     let data = random_source(cfg, a.batch_size * 4, 1);
     let mut t = Trainer::new(be, tc, &params);
+    let (auto, _) = choose_saved(be, cfg, a.batch_size, false);
+    t.model.saved = a.activations.unwrap_or(auto);
     for _ in 0..a.warmup {
         t.train_step(be, &data)?;
     }
@@ -145,6 +154,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
         backend: be.name().to_string(),
         preset: a.config.as_ref().map_or(a.preset.clone(), |p| p.display().to_string()),
         batch_size: a.batch_size,
+        activations: if cfg.is_trm() { t.model.saved.name() } else { "keep" },
         step_ms: 1e3 * step_s,
         tokens_per_s: (a.batch_size * cfg.total_seq_len()) as f64 / step_s,
         step_tflop: step_flop / 1e12,
@@ -173,7 +183,8 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
         None => ModelConfig::preset(&a.preset)?,
     };
     cfg.validate()?;
-    let purpose = crate::model::memory::Purpose::Train { batch: a.batch_size, ema: false };
+    let saved = a.activations.unwrap_or(SavedActivations::Recompute);
+    let purpose = crate::model::memory::Purpose::Train { batch: a.batch_size, ema: false, saved };
     crate::model::memory::check_host(&cfg, purpose, a.device)?;
     let infer = crate::model::memory::Purpose::Eval { batch: a.infer_batch_size };
     let infer_flag = || format!("--infer-batch-size {}", a.infer_batch_size);
@@ -183,7 +194,7 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
         crate::model::memory::check_device(be, &cfg, infer).with_context(infer_flag)?;
         bench(be, a, &cfg)?
     });
-    println!("backend {} | {} | batch {}", r.backend, r.preset, r.batch_size);
+    println!("backend {} | {} | batch {} | activations {}", r.backend, r.preset, r.batch_size, r.activations);
     println!(
         "train step: {:.2} ms, {:.0} tokens/s, {:.2} TFLOP/step, {:.2} TFLOP/s{}",
         r.step_ms,

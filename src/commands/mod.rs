@@ -10,4 +10,4 @@ pub mod train;
 pub mod train_setup;
 pub mod validate;
 
-pub use validate::{forward_outputs, grad_outputs, load_batch, run_forward, run_grad};
+pub use validate::{forward_outputs, grad_outputs, grad_outputs_of, load_batch, run_forward, run_grad};

@@ -10,7 +10,7 @@ use crate::infer::eval::Example;
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
-use crate::model::memory::{Purpose, check_device, check_host};
+use crate::model::memory::{Purpose, SavedActivations, check_device, check_host, choose_saved};
 use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set_limit;
 use crate::train::checkpoint::complete_checkpoints;
@@ -110,6 +110,12 @@ pub struct TrainArgs {
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// TRM: keep the block activations of the whole gradient-carrying recursion for the
+    /// backward, or recompute its z-updates there (less memory, about a third more network
+    /// calls per step; the same bits). Default: keep where the memory estimate fits the free
+    /// memory with 10% to spare, else recompute; the log says which.
+    #[arg(long, value_enum)]
+    pub activations: Option<SavedActivations>,
     /// Data-parallel training on N local GPUs: starts N ranks (one process per GPU, NCCL);
     /// see docs/DISTRIBUTED.md. The torchrun variables (RANK, WORLD_SIZE, ...) set by a
     /// scheduler start one rank without it.
@@ -329,6 +335,9 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
         return crate::with_backend!(a.device, |be| {
             let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some(), shard)?;
+            let local_batch = t.carry.steps.len();
+            t.model.saved =
+                saved_activations(be, &t.cfg.model, local_batch, t.cfg.ema.is_some(), a.activations)?;
             if let Some(s) = a.steps {
                 if s < t.step {
                     bail!(
@@ -418,7 +427,9 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     check_run_dir(out, a)?;
     let data_path = train_split(data_path)?;
     let model = model_config(a)?;
-    check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some() }, a.device)?;
+    // (the host side of the least a step could keep; the device side once the device is open)
+    let least = a.activations.unwrap_or(SavedActivations::Recompute);
+    check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some(), saved: least }, a.device)?;
     let data = Dataset::load(&data_path)?;
     if data.num_groups() == 0 {
         bail!("{}: the dataset holds no puzzles", data_path.display());
@@ -471,8 +482,10 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     let opts = RunOptions { run_dir: out.clone(), eval_sets, stop_after: a.stop_after, progress: true };
     crate::with_backend!(a.device, |be| {
         eprintln!("device: {}", be.name());
-        check_device(be, &model, Purpose::Train { batch: cfg.batch_size, ema: cfg.ema.is_some() })?;
         let dist = env.as_ref().map(connect).transpose()?;
+        // (checked before anything is allocated)
+        let local_batch = cfg.batch_size / dist.as_ref().map_or(1, |d| d.world());
+        let saved = saved_activations(be, &model, local_batch, cfg.ema.is_some(), a.activations)?;
         let mut t = match &dist {
             Some(d) => {
                 let mut t = distributed::new_trainer(be, cfg, &params, d.world());
@@ -481,6 +494,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
             }
             None => Trainer::new(be, cfg, &params),
         };
+        t.model.saved = saved;
         run_ranked(be, &mut t, &data, &opts, dist.as_ref())
     })
 }
@@ -565,7 +579,11 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
         bail!("blanks must satisfy min <= max <= 64");
     }
-    check_host(&model, Purpose::Train { batch: a.batch_size, ema: false }, a.device)?;
+    check_host(
+        &model,
+        Purpose::Train { batch: a.batch_size, ema: false, saved: SavedActivations::Recompute },
+        a.device,
+    )?;
     let examples = a.train_puzzles as f64 * (1.0 + a.augment as f64) * if a.hints { 2.0 } else { 1.0 };
     crate::model::memory::check_items(
         &format!(
@@ -836,4 +854,25 @@ fn exact_by_blanks(
             serde_json::json!({"blanks": k, "puzzles": n, "exact": right as f64 / n.max(1) as f64})
         })
         .collect()
+}
+
+/// What a training step keeps for TRM's backward: `--activations`, else the memory estimate's
+/// choice ([`choose_saved`]), said in the log; then the device-memory check for that choice.
+fn saved_activations<B: Backend>(
+    be: &B,
+    model: &ModelConfig,
+    batch: usize,
+    ema: bool,
+    flag: Option<SavedActivations>,
+) -> Result<SavedActivations> {
+    let (auto, why) = choose_saved(be, model, batch, ema);
+    let saved = flag.unwrap_or(auto);
+    if model.is_trm() {
+        match flag {
+            Some(s) => eprintln!("activations: {} (--activations)", s.name()),
+            None => eprintln!("{why}"),
+        }
+    }
+    check_device(be, model, Purpose::Train { batch, ema, saved })?;
+    Ok(saved)
 }

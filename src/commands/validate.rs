@@ -110,11 +110,16 @@ pub fn grad_outputs<B: Backend>(
     params: &HostParams,
     batch: &Batch,
 ) -> Result<Vec<NamedTensor>> {
-    let model = Hrm::new(be, cfg, params);
+    grad_outputs_of(be, &Hrm::new(be, cfg, params), batch)
+}
+
+/// [`grad_outputs`] of a model already on the backend (e.g. with its `saved` mode set).
+pub fn grad_outputs_of<B: Backend>(be: &B, model: &Hrm<B>, batch: &Batch) -> Result<Vec<NamedTensor>> {
+    let cfg = &model.cfg;
     let b = batch.len();
-    let mut carry = Carry::fresh(be, &model, b);
+    let mut carry = Carry::fresh(be, model, b);
     let mut grads = model.zero_grads(be);
-    let st = train_step(be, &model, &mut carry, batch, &vec![0; b], b, &mut grads);
+    let st = train_step(be, model, &mut carry, batch, &vec![0; b], b, &mut grads);
     let mut out = vec![
         NamedTensor::f32("lm_loss", vec![], vec![st.lm_loss as f32]),
         NamedTensor::f32("q_halt_loss", vec![], vec![st.q_halt_loss as f32]),
@@ -200,7 +205,12 @@ pub fn run_grad(
     check_output(out, checkpoint, config, batch)?;
     let (cfg, params) = load_model(checkpoint, config)?;
     let batch_data = load_batch(batch, &cfg)?;
-    check_batch_memory(batch, &cfg, Purpose::Train { batch: batch_data.len(), ema: false }, device)?;
+    check_batch_memory(
+        batch,
+        &cfg,
+        Purpose::Train { batch: batch_data.len(), ema: false, saved: Default::default() },
+        device,
+    )?;
     if batch_data.labels.is_none() {
         bail!("{}: `hrm grad` needs a 'labels' tensor in the batch", batch.display());
     }

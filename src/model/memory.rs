@@ -76,11 +76,36 @@ pub struct Need {
     pub device: f64,
 }
 
+/// What a training step keeps for the backward of TRM's n gradient-carrying z-updates (HRM has
+/// one; both modes are the same for it). Both give the same bits: the recomputation runs the
+/// same ops on the same inputs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SavedActivations {
+    /// every update's block activations, n + 1 network calls' worth (fastest)
+    #[default]
+    Keep,
+    /// one update's activations and the other updates' inputs; each of those updates runs its
+    /// forward again in the backward (about 1/3 more network calls per step, and
+    /// [`estimate`] less memory)
+    Recompute,
+}
+
+impl SavedActivations {
+    pub fn name(self) -> &'static str {
+        match self {
+            SavedActivations::Keep => "keep",
+            SavedActivations::Recompute => "recompute",
+        }
+    }
+}
+
 /// What the memory is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    /// ACT training with batch `batch` (EMA weights when `ema`).
-    Train { batch: usize, ema: bool },
+    /// ACT training with batch `batch` (EMA weights when `ema`), keeping or recomputing TRM's
+    /// gradient-carrying activations.
+    Train { batch: usize, ema: bool, saved: SavedActivations },
     /// Evaluation / inference with batch `batch`.
     Eval { batch: usize },
 }
@@ -94,10 +119,13 @@ pub enum Purpose {
 ///              + a R (7 d + 3 i) (H_layers + L_layers)    saved block activations of the
 ///                                                          one-step gradient (qkv 3d, attention,
 ///                                                          projection, norm, output 4d, SwiGLU 3i)
+///              + 2 a R d                                   and the two updates' inputs
 ///                                                          (TRM: (L_cycles + 1) L_layers blocks,
-///                                                          the whole last recursion; with
-///                                                          `mlp_t` a block also keeps
-///                                                          d (3 + 3 t / S) per row)
+///                                                          the whole last recursion, kept; or
+///                                                          2 L_layers blocks, recomputed; and
+///                                                          L_cycles + 1 inputs; an `mlp_t` block
+///                                                          keeps d (6 + 3 t / S) + 3 i per row
+///                                                          instead)
 /// evaluation   + a R (7 d + 3 i)                           one block's working set
 /// both         + 2 a R d + 4 R V                           ACT carry z_H, z_L and the logits
 /// ```
@@ -110,15 +138,29 @@ pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
     let i = intermediate(cfg);
     let v = cfg.vocab_size as f64;
     let a = if on_gpu { 2.0 } else { 4.0 };
-    let layers = if cfg.is_trm() { (cfg.L_cycles as f64 + 1.0) * cfg.L_layers as f64 } else { blocks(cfg) };
     let token = if cfg.uses_mlp_t() { d * (3.0 + 3.0 * token_intermediate(cfg) / seq(cfg)) } else { 0.0 };
-    let block = 7.0 * d + 3.0 * i + token;
-    let (batch, state, saved_blocks) = match purpose {
-        Purpose::Train { batch, ema } => (batch as f64, 4.0 * p * (3.0 + ema as u8 as f64), layers),
-        Purpose::Eval { batch } => (batch as f64, 0.0, 1.0),
+    // (a token-mixing block keeps no qkv or attention output)
+    let block = if cfg.uses_mlp_t() { 3.0 * d + 3.0 * i + token } else { 7.0 * d + 3.0 * i };
+    // saved blocks, and saved inputs of the gradient-carrying module applications
+    let (batch, state, saved_blocks, saved_inputs) = match purpose {
+        Purpose::Train { batch, ema, saved } => {
+            let l = cfg.L_layers as f64;
+            let calls = cfg.L_cycles as f64 + 1.0;
+            let (layers, inputs) = match (cfg.is_trm(), saved) {
+                (false, _) => (blocks(cfg), 2.0),
+                (true, SavedActivations::Keep) => (calls * l, calls),
+                (true, SavedActivations::Recompute) => ((2.0 * l).min(calls * l), calls),
+            };
+            (batch as f64, 4.0 * p * (3.0 + ema as u8 as f64), layers, inputs)
+        }
+        Purpose::Eval { batch } => (batch as f64, 0.0, 1.0, 0.0),
     };
     let rows = batch * seq(cfg);
-    let work = 4.0 * p + state + a * rows * block * saved_blocks + 2.0 * a * rows * d + 4.0 * rows * v;
+    let work = 4.0 * p
+        + state
+        + a * rows * (block * saved_blocks + d * saved_inputs)
+        + 2.0 * a * rows * d
+        + 4.0 * rows * v;
     if on_gpu { Need { host: 4.0 * p, device: work } } else { Need { host: 4.0 * p + work, device: 0.0 } }
 }
 
@@ -265,6 +307,60 @@ pub fn check_device<B: crate::backend::Backend>(be: &B, cfg: &ModelConfig, purpo
     Ok(())
 }
 
+/// What a training step of `cfg` keeps for its backward on `be` (the `auto` of `--activations`):
+/// everything where the estimate with everything kept fits in the memory there is (the
+/// device's free memory, or the host's on the CPU) with 10% to spare, else the recomputation.
+/// HRM keeps: it has one gradient-carrying update per module. Returns the choice and a line
+/// saying why, for the log.
+pub fn choose_saved<B: crate::backend::Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    batch: usize,
+    ema: bool,
+) -> (SavedActivations, String) {
+    match device_available(be) {
+        Some(free) => choose_saved_in(cfg, batch, ema, true, Some(free), "free on the device"),
+        None => choose_saved_in(cfg, batch, ema, false, host_available(), "available on the host"),
+    }
+}
+
+/// [`choose_saved`] for `avail` bytes (`None`: unknown, then keep) in `place`.
+pub fn choose_saved_in(
+    cfg: &ModelConfig,
+    batch: usize,
+    ema: bool,
+    on_gpu: bool,
+    avail: Option<u64>,
+    place: &str,
+) -> (SavedActivations, String) {
+    if !cfg.is_trm() || cfg.L_cycles < 2 {
+        return (SavedActivations::Keep, String::new());
+    }
+    let need = |saved| {
+        let n = estimate(cfg, Purpose::Train { batch, ema, saved }, on_gpu);
+        n.host + n.device
+    };
+    let (keep, recompute) = (need(SavedActivations::Keep), need(SavedActivations::Recompute));
+    let of = |a: Option<u64>| a.map_or("unknown".to_string(), |a| fmt_bytes(a as f64));
+    if avail.is_none_or(|a| keep * 1.1 <= a as f64) {
+        let line = format!(
+            "activations: keep the last recursion's (about {} in all; {} {place})",
+            fmt_bytes(keep),
+            of(avail)
+        );
+        (SavedActivations::Keep, line)
+    } else {
+        let line = format!(
+            "activations: recompute the last recursion's z-updates in the backward (about {} in all; \
+             keeping them would need {} of {} {place})",
+            fmt_bytes(recompute),
+            fmt_bytes(keep),
+            of(avail)
+        );
+        (SavedActivations::Recompute, line)
+    }
+}
+
 /// A checkpoint file cannot hold fewer bytes than its config's parameters take at 2 bytes each
 /// (bf16/f16, the narrowest dtype accepted): refuse a config that claims more before any
 /// tensor is read or any shape is computed.
@@ -294,6 +390,31 @@ mod tests {
         }
     }
 
+    /// TRM_SPEC section 8: at batch 768 the whole last recursion kept takes about 20-29 GB
+    /// (bf16); recomputing its z-updates needs a fraction of it, and the choice follows the
+    /// memory there is.
+    #[test]
+    fn trm_keeps_its_recursion_where_it_fits_and_recomputes_where_not() {
+        let cfg = ModelConfig::trm_sudoku_mlp();
+        let train = |saved| estimate(&cfg, Purpose::Train { batch: 768, ema: true, saved }, true).device;
+        let (keep, recompute) = (train(SavedActivations::Keep), train(SavedActivations::Recompute));
+        // (the spec's 20-29 GB is a lean backend's; ours also keeps both SwiGLU products and
+        // the transposed copies of the token mixing)
+        assert!((20e9..40e9).contains(&keep), "keep: {}", fmt_bytes(keep));
+        assert!(recompute < 0.45 * keep, "recompute {} vs keep {}", fmt_bytes(recompute), fmt_bytes(keep));
+        let choose = |free: f64| choose_saved_in(&cfg, 768, true, true, Some(free as u64), "free").0;
+        assert_eq!(choose(80e9), SavedActivations::Keep);
+        assert_eq!(choose(keep * 1.05), SavedActivations::Recompute, "10% to spare");
+        assert_eq!(choose(keep * 1.2), SavedActivations::Keep);
+        let (_, why) = choose_saved_in(&cfg, 768, true, true, Some(16 << 30), "free on the device");
+        assert!(why.contains("recompute") && why.contains("16.0 GiB free on the device"), "{why}");
+        // HRM has one gradient-carrying update per module: nothing to recompute.
+        let hrm = ModelConfig::sudoku();
+        assert_eq!(choose_saved_in(&hrm, 768, true, true, Some(1), "free").0, SavedActivations::Keep);
+        let h = |saved| estimate(&hrm, Purpose::Train { batch: 768, ema: false, saved }, true).device;
+        assert_eq!(h(SavedActivations::Keep), h(SavedActivations::Recompute));
+    }
+
     #[test]
     fn meminfo_is_parsed() {
         let t = "MemTotal:       32000000 kB\nMemFree: 1 kB\nMemAvailable:   23161808 kB\n";
@@ -305,7 +426,9 @@ mod tests {
     fn absurd_sizes_are_refused_with_the_figure() {
         let mut cfg = ModelConfig::tiny();
         cfg.hidden_size = 1_000_000_000;
-        let need = estimate(&cfg, Purpose::Train { batch: 1, ema: false }, false).host;
+        let need =
+            estimate(&cfg, Purpose::Train { batch: 1, ema: false, saved: SavedActivations::Keep }, false)
+                .host;
         let e = ensure(need, Some(64 << 30), "host", "x").unwrap_err().to_string();
         assert!(e.contains("needs at least") && e.contains("64.0 GiB"), "{e}");
     }
