@@ -431,19 +431,35 @@ fn recorded_training_steps_equal_direct_ones() {
     let Some(gpu) = cuda("backend_parity graphs") else {
         return;
     };
-    // With a puzzle embedding, and without (whose backward passes a placeholder gradient).
-    for puzzle_emb_ndim in [32, 0] {
-        let model = ModelConfig {
-            hidden_size: 32,
-            num_heads: 2,
-            H_layers: 2,
-            L_layers: 1,
-            puzzle_emb_ndim,
-            num_puzzle_identifiers: 3,
-            halt_max_steps: 3,
-            halt_exploration_prob: 0.3,
-            ..ModelConfig::sudoku()
-        };
+    // HRM with a puzzle embedding, and without (whose backward passes a placeholder gradient);
+    // TRM with the token-mixing MLP, keeping and recomputing the last recursion's activations.
+    let hrm = |puzzle_emb_ndim| ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 2,
+        L_layers: 1,
+        puzzle_emb_ndim,
+        num_puzzle_identifiers: 3,
+        halt_max_steps: 3,
+        halt_exploration_prob: 0.3,
+        ..ModelConfig::sudoku()
+    };
+    let trm = ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        L_layers: 1,
+        H_cycles: 2,
+        L_cycles: 2,
+        puzzle_emb_ndim: 32,
+        puzzle_emb_len: Some(2),
+        num_puzzle_identifiers: 3,
+        halt_max_steps: 3,
+        halt_exploration_prob: 0.3,
+        ..ModelConfig::trm_sudoku_mlp()
+    };
+    use hrm::model::memory::SavedActivations::{Keep, Recompute};
+    for (model, saved) in [(hrm(32), Keep), (hrm(0), Keep), (trm.clone(), Keep), (trm, Recompute)] {
+        let puzzle_emb_ndim = model.puzzle_emb_ndim;
         let mut cfg = TrainConfig::new(model.clone());
         cfg.batch_size = 4;
         cfg.steps = 10;
@@ -454,6 +470,7 @@ fn recorded_training_steps_equal_direct_ones() {
         let run = |graphs: bool| {
             let mut t = Trainer::new(&gpu, cfg.clone(), &p);
             t.graphs = graphs;
+            t.model.saved = saved;
             let mut reports = Vec::new();
             for _ in 0..7 {
                 t.train_step(&gpu, &data).unwrap();
@@ -472,7 +489,8 @@ fn recorded_training_steps_equal_direct_ones() {
         assert_eq!(recorded.0, direct.0, "metrics");
         assert_eq!(recorded.1, direct.1, "ACT state");
         assert_eq!(recorded.3, direct.3, "carry");
-        assert!(recorded.2 == direct.2, "parameters differ (puzzle_emb_ndim {puzzle_emb_ndim})");
+        let what = format!("{:?} {saved:?}, puzzle_emb_ndim {puzzle_emb_ndim}", model.arch);
+        assert!(recorded.2 == direct.2, "parameters differ ({what})");
     }
 }
 

@@ -391,6 +391,17 @@ struct Fixture {
 /// A tiny dataset and model (1 layer per module, hidden 32, 3 segments) so emulated runs
 /// take seconds.
 fn fixture() -> Fixture {
+    let mut arch = hrm::config::ModelConfig::tiny();
+    arch.H_layers = 1;
+    arch.L_layers = 1;
+    arch.hidden_size = 32;
+    arch.num_heads = 2;
+    arch.puzzle_emb_ndim = 32;
+    arch.halt_max_steps = 3;
+    fixture_of(&arch)
+}
+
+fn fixture_of(arch: &hrm::config::ModelConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let train = hrm::train::data::blanked_puzzles(16, 5..10, 1);
@@ -404,13 +415,6 @@ fn fixture() -> Fixture {
             .arg(root.join("train.txt")),
     );
     assert!(ok, "{text}");
-    let mut arch = hrm::config::ModelConfig::tiny();
-    arch.H_layers = 1;
-    arch.L_layers = 1;
-    arch.hidden_size = 32;
-    arch.num_heads = 2;
-    arch.puzzle_emb_ndim = 32;
-    arch.halt_max_steps = 3;
     std::fs::write(root.join("arch.json"), arch.to_json()).unwrap();
     Fixture { _dir: dir, root }
 }
@@ -577,6 +581,44 @@ fn two_ranks_match_one_rank_run_to_run_and_after_resume() {
     let (ok, text) = output(&mut single);
     assert!(!ok, "{text}");
     assert!(text.contains("world size 2") && text.contains("--nproc 2"), "{text}");
+}
+
+/// TRM (token-mixing MLP, the whole last recursion's backward, q_halt > 0 halting) trains
+/// data-parallel as HRM does: two ranks follow one rank within the reduction bound above, with
+/// the same carry, and the planted missing all-reduce breaks the bound.
+#[test]
+fn trm_two_ranks_match_one_rank() {
+    if !emulation_available() {
+        return;
+    }
+    let arch = hrm::config::ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        L_layers: 1,
+        H_cycles: 2,
+        L_cycles: 2,
+        puzzle_emb_ndim: 32,
+        puzzle_emb_len: Some(2),
+        halt_max_steps: 3,
+        ..hrm::config::ModelConfig::trm_sudoku_mlp()
+    };
+    let f = fixture_of(&arch);
+    let steps = 2;
+    for (run, nproc, plant) in [("one", 1, None), ("two", 2, None), ("dropped", 2, Some("drop"))] {
+        let mut c = f.train(run, nproc, steps, &[]);
+        if let Some(p) = plant {
+            c.env("HRM_NCCL_EMU_PLANT", p);
+        }
+        let (ok, text) = output(&mut c);
+        assert!(ok, "{run}: {text}");
+    }
+    let (a, b) = (state(&f.path("one"), steps), state(&f.path("two"), steps));
+    assert_within_reduction_bound("TRM: 2 ranks vs 1", &a, &b, steps);
+    for n in ["carry.steps", "carry.halted", "carry.inputs", "carry.labels"] {
+        assert_eq!(a.i32(n, None).unwrap(), b.i32(n, None).unwrap(), "{n}");
+    }
+    let dropped = reduction_bound("TRM: planted missing reduction", &a, &state(&f.path("dropped"), steps), steps);
+    assert!(dropped.is_err(), "a missing all-reduce went unnoticed");
 }
 
 /// `hrm eval` of the fixture's model on `set` (plain, or perturbed with `perturb`) with
