@@ -44,8 +44,8 @@ pub struct ModelConfig {
     pub no_ACT_continue: Option<bool>,
 }
 
-/// The model of the family a config describes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The model of the family a config describes (also `--arch` of the commands).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     /// Two modules (H and L), one-step gradient.
@@ -58,6 +58,40 @@ pub enum Arch {
 impl Arch {
     pub fn is_hrm(&self) -> bool {
         *self == Arch::Hrm
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Hrm => "hrm",
+            Arch::Trm => "trm",
+        }
+    }
+    fn article_name(self) -> &'static str {
+        match self {
+            Arch::Hrm => "an HRM",
+            Arch::Trm => "a TRM",
+        }
+    }
+    /// The preset a command uses for this architecture when none is named: `hrm` is the HRM
+    /// one given, `trm` the TRM one (`hrm train`: sudoku / trm-sudoku-mlp, TRM_SPEC section 4's
+    /// Sudoku default; `hrm demo`: demo / trm-demo).
+    pub fn preset_or<'a>(arch: Option<Arch>, hrm: &'a str, trm: &'a str, default: &'a str) -> &'a str {
+        match arch {
+            Some(Arch::Hrm) => hrm,
+            Some(Arch::Trm) => trm,
+            None => default,
+        }
+    }
+    /// `--arch` against the model a preset or config file (`source`) gave: they must agree.
+    pub fn check(arch: Option<Arch>, cfg: &ModelConfig, source: &str) -> Result<()> {
+        match arch {
+            Some(a) if a != cfg.arch => bail!(
+                "--arch {}: {source} describes {} model (drop --arch, or name {} preset or config)",
+                a.name(),
+                cfg.arch.article_name(),
+                a.article_name()
+            ),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -328,7 +328,7 @@ fn trm_train_resume_is_bit_identical_and_eval_analyze_run_on_the_cuda_path() {
             (TensorFile::open(&ck("full").join(f)).unwrap(), TensorFile::open(&ck("split").join(f)).unwrap());
         assert_eq!(a.names(), b.names(), "{name}");
         for t in a.names() {
-            if let (Ok(x), Ok(y)) = (a.f32(&t, None), b.f32(&t, None)) {
+            if let (Ok(x), Ok(y)) = (a.f32(t, None), b.f32(t, None)) {
                 let (x, y): (Vec<u32>, Vec<u32>) =
                     (x.iter().map(|v| v.to_bits()).collect(), y.iter().map(|v| v.to_bits()).collect());
                 assert!(x == y, "{name} {t}: the resumed TRM run differs from the uninterrupted one");

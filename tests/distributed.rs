@@ -617,7 +617,8 @@ fn trm_two_ranks_match_one_rank() {
     for n in ["carry.steps", "carry.halted", "carry.inputs", "carry.labels"] {
         assert_eq!(a.i32(n, None).unwrap(), b.i32(n, None).unwrap(), "{n}");
     }
-    let dropped = reduction_bound("TRM: planted missing reduction", &a, &state(&f.path("dropped"), steps), steps);
+    let dropped =
+        reduction_bound("TRM: planted missing reduction", &a, &state(&f.path("dropped"), steps), steps);
     assert!(dropped.is_err(), "a missing all-reduce went unnoticed");
 }
 

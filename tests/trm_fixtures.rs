@@ -217,3 +217,41 @@ fn trm_forward_runs_through_the_binary_on_both_backends() {
         assert_ne!(a, ours.f32(name, None).unwrap(), "{name}: bf16, not the CPU's bits");
     }
 }
+
+/// `--arch trm` picks TRM's Sudoku preset (trm-sudoku-mlp, TRM_SPEC section 4) where no preset
+/// is named, and a preset of the other family is refused, naming both.
+#[test]
+fn arch_flag_picks_the_trm_preset_and_must_agree_with_a_named_one() {
+    let hrm = || std::process::Command::new(env!("CARGO_BIN_EXE_hrm"));
+    let o = hrm()
+        .args(["bench", "--arch", "trm", "--device", "cpu", "--batch-size", "1", "--steps", "1"])
+        .args(["--warmup", "0", "--infer-batch-size", "0", "--threads", "1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("| trm-sudoku-mlp | batch 1 | activations keep"), "{out}");
+    for args in [
+        &["bench", "--arch", "hrm", "--preset", "trm-demo"][..],
+        &["demo", "--arch", "hrm", "--preset", "trm-demo", "--out", "/nonexistent/x"][..],
+        &[
+            "train",
+            "--arch",
+            "trm",
+            "--preset",
+            "sudoku",
+            "--data",
+            "/nonexistent/x",
+            "--out",
+            "/nonexistent/y",
+        ][..],
+    ] {
+        let o = hrm().args(args).env("RUST_BACKTRACE", "0").output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("--arch") && err.contains("describes a") && err.contains("model"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -20,9 +20,14 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Model preset (sudoku, small, demo, tiny).
-    #[arg(long, default_value = "sudoku")]
-    pub preset: String,
+    /// Model preset (sudoku, small, demo, tiny, trm-sudoku-mlp, trm-sudoku-att, trm-demo);
+    /// default: sudoku, or trm-sudoku-mlp with --arch trm.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// The model family: hrm or trm (picks the family's Sudoku preset; with --preset or
+    /// --config the two must agree).
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::config::Arch>,
     /// Architecture JSON (overrides --preset).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -89,6 +94,16 @@ fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
     }
 }
 
+/// The preset `--preset` / `--arch` name.
+fn preset_name(a: &BenchArgs) -> &str {
+    a.preset.as_deref().unwrap_or(crate::config::Arch::preset_or(
+        a.arch,
+        "sudoku",
+        "trm-sudoku-mlp",
+        "sudoku",
+    ))
+}
+
 fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchReport> {
     let params = HostParams::init(cfg, &mut crate::rng::seeded(0));
     let mut tc = TrainConfig::new(cfg.clone());
@@ -152,7 +167,7 @@ fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchRe
     }
     Ok(BenchReport {
         backend: be.name().to_string(),
-        preset: a.config.as_ref().map_or(a.preset.clone(), |p| p.display().to_string()),
+        preset: a.config.as_ref().map_or(preset_name(a).to_string(), |p| p.display().to_string()),
         batch_size: a.batch_size,
         activations: if cfg.is_trm() { t.model.saved.name() } else { "keep" },
         step_ms: 1e3 * step_s,
@@ -180,8 +195,10 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
     }
     let cfg = match &a.config {
         Some(p) => ModelConfig::from_json_file(p)?,
-        None => ModelConfig::preset(&a.preset)?,
+        None => ModelConfig::preset(preset_name(a))?,
     };
+    let source = a.config.as_ref().map_or(format!("preset {}", preset_name(a)), |p| p.display().to_string());
+    crate::config::Arch::check(a.arch, &cfg, &source)?;
     cfg.validate()?;
     let saved = a.activations.unwrap_or(SavedActivations::Recompute);
     let purpose = crate::model::memory::Purpose::Train { batch: a.batch_size, ema: false, saved };

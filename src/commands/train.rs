@@ -40,7 +40,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its newest complete checkpoint.
-    #[arg(long, conflicts_with_all = ["out", "preset", "config", "init", "overwrite"])]
+    #[arg(long, conflicts_with_all = ["out", "preset", "arch", "config", "init", "overwrite"])]
     pub resume: Option<PathBuf>,
     /// With --resume: start from this checkpoint directory (RUN/checkpoints/step_N) instead of
     /// the newest; the run's later checkpoints are set aside as `discarded_step_*`.
@@ -49,9 +49,14 @@ pub struct TrainArgs {
     /// Delete the run already in --out (config, run.json, metrics, checkpoints, plots) first.
     #[arg(long)]
     pub overwrite: bool,
-    /// Model preset: sudoku (the paper's), small, tiny.
+    /// Model preset: sudoku (HRM, the paper's), small, tiny, demo; trm-sudoku-mlp (TRM, its
+    /// Sudoku default), trm-sudoku-att, trm-demo.
     #[arg(long)]
     pub preset: Option<String>,
+    /// The model family: hrm or trm. Without --preset/--config it picks the family's Sudoku
+    /// preset (sudoku, trm-sudoku-mlp); with one, the two must agree.
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::config::Arch>,
     /// Architecture JSON with the reference's keys.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -425,8 +430,8 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
     };
     check_run_dir(out, a)?;
-    let data_path = train_split(data_path)?;
     let model = model_config(a)?;
+    let data_path = train_split(data_path)?;
     // (the host side of the least a step could keep; the device side once the device is open)
     let least = a.activations.unwrap_or(SavedActivations::Recompute);
     check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some(), saved: least }, a.device)?;
@@ -527,8 +532,12 @@ pub struct DemoArgs {
     pub lr: f64,
     /// Model preset: trm-demo (TRM with the token-mixing MLP, the default) or demo (HRM), or
     /// any other preset.
-    #[arg(long, default_value = "trm-demo")]
-    pub preset: String,
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// The model family: trm (the default, preset trm-demo) or hrm (preset demo); with
+    /// --preset or --config the two must agree.
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::config::Arch>,
     /// Model config JSON (the reference's arch keys) instead of --preset.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
@@ -563,10 +572,14 @@ pub struct DemoArgs {
 /// puzzles of the same difficulty.
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let t_start = std::time::Instant::now();
+    let preset =
+        a.preset.as_deref().unwrap_or(crate::config::Arch::preset_or(a.arch, "demo", "trm-demo", "trm-demo"));
     let mut model = match &a.config {
         Some(path) => ModelConfig::from_json_file(path)?,
-        None => ModelConfig::preset(&a.preset)?,
+        None => ModelConfig::preset(preset)?,
     };
+    let source = a.config.as_ref().map_or(format!("preset {preset}"), |c| c.display().to_string());
+    crate::config::Arch::check(a.arch, &model, &source)?;
     if let Some(p) = &a.pos_encodings {
         model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
             .with_context(|| format!("--pos-encodings {p}: expected rope, learned or none"))?;
@@ -634,7 +647,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let params = HostParams::init(&model, &mut crate::rng::seeded(a.seed));
     eprintln!(
         "training the '{}' model ({} parameters) for {} steps of batch {} on {} groups",
-        a.config.as_ref().map_or(a.preset.clone(), |c| c.display().to_string()),
+        a.config.as_ref().map_or(preset.to_string(), |c| c.display().to_string()),
         params.num_trainable(&model),
         cfg.steps,
         cfg.batch_size,

@@ -33,8 +33,19 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
             eprintln!("model config: the one stored in {}", w.display());
             cfg
         }
-        (None, None, None) => ModelConfig::sudoku(),
+        (None, None, None) => {
+            ModelConfig::preset(crate::config::Arch::preset_or(a.arch, "sudoku", "trm-sudoku-mlp", "sudoku"))?
+        }
     };
+    let named = match (&a.config, &a.preset, &a.init) {
+        (Some(p), _, _) => Some(p.display().to_string()),
+        (None, Some(name), _) => Some(format!("preset {name}")),
+        (None, None, Some(w)) => Some(w.display().to_string()),
+        (None, None, None) => None,
+    };
+    if let Some(source) = named {
+        crate::config::Arch::check(a.arch, &cfg, &source)?;
+    }
     if let Some(p) = a.halt_exploration_prob {
         cfg.halt_exploration_prob = p;
     }
