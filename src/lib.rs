@@ -9,6 +9,7 @@ pub mod envvars;
 pub mod fsutil;
 pub mod hrm;
 pub mod infer;
+pub mod maze;
 pub mod model;
 pub mod optim;
 pub mod rng;

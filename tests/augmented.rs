@@ -4,8 +4,9 @@
 use hrm::backend::cpu::Cpu;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
-use hrm::infer::augmented::{AugmentedOptions, HaltMode, Pass, PassTable, run_passes};
+use hrm::infer::augmented::{AugmentedOptions, HaltMode, run_passes};
 use hrm::infer::eval::predict;
+use hrm::infer::passes::{Pass, PassTable};
 use hrm::infer::perturb::{Perturbation, parse_spec, tokens_to_board};
 use hrm::infer::select::{
     majority, oracle_correct, score, select_single, select_verify, select_vote, select_vote_halt,

@@ -162,8 +162,8 @@ fn the_cli_section_passes_end_to_end_on_the_emulation() {
     let tail: String =
         logs.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     assert_eq!(status.status.code(), Some(0), "report:\n{report}\nlog tail:\n{tail}");
-    for label in ["generate", "build", "train", "resume", "eval", "eval-perturb", "forward", "deterministic"]
-    {
+    let labels = ["generate", "build", "train", "resume", "eval", "eval-perturb", "forward", "deterministic"];
+    for label in labels.into_iter().chain(["train-trm", "resume-trm", "eval-perturb-trm"]) {
         assert!(report.contains(&format!("ok   cli {label}")), "{label} missing:\n{report}");
     }
     assert!(!report.contains("FAIL"), "{report}");

@@ -3,5 +3,6 @@
 
 pub mod augmented;
 pub mod eval;
+pub mod passes;
 pub mod perturb;
 pub mod select;

@@ -14,7 +14,7 @@
 //!   halting passes (none halting: not solved); across checkpoints the results are ORed, so it
 //!   scores "any of N checkpoints", not one answer.
 
-use super::augmented::{Pass, PassTable};
+use super::passes::{Pass, PassTable};
 use super::perturb::tokens_to_board;
 use crate::sudoku::board::{Board, is_solution_of};
 use serde::Serialize;

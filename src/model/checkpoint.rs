@@ -231,7 +231,7 @@ pub fn load_checkpoint(path: &Path, config: Option<&ModelConfig>) -> Result<(Mod
         }
     };
     cfg.validate().with_context(|| format!("{}: model config", file.path()))?;
-    super::memory::check_file_size(&file, &cfg, file.byte_len())?;
+    super::memory::check_file_size(file.path(), &cfg, file.byte_len())?;
     let strip = |n: &str| n.strip_prefix(COMPILE_PREFIX).unwrap_or(n).to_string();
     let mut present: HashMap<String, String> = HashMap::new();
     for n in file.names() {

@@ -7,7 +7,6 @@
 //! state and the tensors a step must hold at once take), so a refusal is certain to be right;
 //! allocator overhead and scratch buffers come on top.
 
-use super::checkpoint::TensorFile;
 use crate::backend::DeviceChoice;
 use crate::config::{ModelConfig, PosEncodings};
 use anyhow::{Result, bail};
@@ -364,12 +363,11 @@ pub fn choose_saved_in(
 /// A checkpoint file cannot hold fewer bytes than its config's parameters take at 2 bytes each
 /// (bf16/f16, the narrowest dtype accepted): refuse a config that claims more before any
 /// tensor is read or any shape is computed.
-pub fn check_file_size(file: &TensorFile, cfg: &ModelConfig, file_bytes: usize) -> Result<()> {
+pub fn check_file_size(path: &str, cfg: &ModelConfig, file_bytes: usize) -> Result<()> {
     let need = 2.0 * param_count(cfg);
     if need > file_bytes as f64 {
         bail!(
-            "{}: the config ({:.3e} parameters) needs at least {} but the file holds {} bytes",
-            file.path(),
+            "{path}: the config ({:.3e} parameters) needs at least {} but the file holds {} bytes",
             param_count(cfg),
             fmt_bytes(need),
             file_bytes

@@ -85,6 +85,11 @@ pub enum DataCommand {
         #[arg(long, num_args = 1..)]
         exclude: Vec<PathBuf>,
     },
+    /// Maze-Hard: generate sets, check maze CSVs (`hrm data maze --help`).
+    Maze {
+        #[command(subcommand)]
+        cmd: crate::maze::cli::MazeCommand,
+    },
     /// Print counts and rating statistics of puzzle files or dataset directories.
     Stats {
         #[arg(required = true)]
@@ -291,6 +296,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             eprintln!("built {} in {:.1}s", out.display(), t.elapsed().as_secs_f64());
             Ok(())
         }
+        DataCommand::Maze { cmd } => crate::maze::cli::run(cmd),
         DataCommand::Stats { paths, rating_samples } => {
             for p in paths {
                 if p.is_dir() || p.extension().is_some_and(|e| e == "bin") {

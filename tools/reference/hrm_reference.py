@@ -830,15 +830,18 @@ def _nograd_prefix(model: ACTLossHead, batch):
     return z_H, z_L
 
 
-def fd_check(cfg: dict, state: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor], B: int, grads32: Dict[str, torch.Tensor], log) -> Dict[str, float]:
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        m64 = build_model(cfg, B, "float64")
-    finally:
-        torch.set_default_dtype(prev)
-    m64.model.config.halt_exploration_prob = 0.0
-    m64.load_state_dict(state)
+def fd_check_frozen(m64, batch: Dict[str, torch.Tensor], B: int, grads32: Dict[str, torch.Tensor], log, nograd_prefix, frozen_loss,
+                    names: List[str], agree_relative: bool) -> Dict[str, float]:
+    """The finite-difference check of a model's gradient-carrying part, shared by HRM and TRM.
+
+    `m64`: the fixture's model in float64 (exploration off). `nograd_prefix(m64, batch)` gives
+    the carry before the gradient-carrying updates; `frozen_loss(m64, z_H0, z_L0, batch, out64)`
+    is the loss as autograd sees it from there (the no-grad prefix and the targets in `out64`
+    constants). Checks: the official path in float64 against the float32 fixture gradients
+    (logged), the frozen loss's autograd against the official path's (to 1e-12: absolute, or
+    relative to each tensor's largest gradient with `agree_relative`), and central finite
+    differences of the frozen loss on 3 entries of each tensor in `names` (the largest and 2
+    random; to 1e-6 of the tensor's largest gradient)."""
     # 1) official path in float64 vs the float32 fixture grads
     _c, _l, _m, out64, g64 = train_step_grads(m64, batch, B)
     worst = 0.0
@@ -847,30 +850,26 @@ def fd_check(cfg: dict, state: Dict[str, torch.Tensor], batch: Dict[str, torch.T
         rel = float((g.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
         worst = max(worst, rel)
     log(f"  f32 vs f64 grads: worst max-abs-err / max-abs = {worst:.2e}")
-    # 2) frozen one-step loss reproduces the official path (value and autograd)
-    z_H0, z_L0 = _nograd_prefix(m64, batch)
-    sc = out64["seq_is_correct"]
-    tq = out64["target_q_continue"]
+    # 2) the frozen loss reproduces the official path (value and autograd)
+    z_H0, z_L0 = nograd_prefix(m64, batch)
     m64.train()
     params = dict(m64.named_parameters())
     emb = m64.model.inner.puzzle_emb
     m64.zero_grad(set_to_none=True)
     emb.local_weights.grad = None
-    L0 = _frozen_one_step_loss(m64, z_H0, z_L0, batch, sc, tq, B)
-    L0.backward()
+    frozen_loss(m64, z_H0, z_L0, batch, out64).backward()
     ga = {n: p.grad.detach().clone() for n, p in params.items()}
     ga["model.inner.puzzle_emb.weights"] = dense_puzzle_emb_grad(emb)
-    agree = max(float((ga[n] - g64[n]).abs().max()) for n in ga)
-    log(f"  frozen-loss autograd vs official-path autograd (f64): max abs diff {agree:.2e}")
+    if agree_relative:
+        # relative to each tensor's largest gradient: a deep recursion has large gradients in f64
+        agree = max(float((ga[n] - g64[n]).abs().max() / g64[n].abs().max().clamp_min(1e-30)) for n in ga)
+        log(f"  frozen-loss autograd vs official-path autograd (f64): max |diff| / max |g| {agree:.2e}")
+    else:
+        agree = max(float((ga[n] - g64[n]).abs().max()) for n in ga)
+        log(f"  frozen-loss autograd vs official-path autograd (f64): max abs diff {agree:.2e}")
     assert agree < 1e-12
     # 3) central finite differences
     gen = torch.Generator().manual_seed(0)
-    names = ["model.inner.lm_head.weight", "model.inner.q_head.weight", "model.inner.q_head.bias", "model.inner.embed_tokens.embedding_weight",
-             "model.inner.H_level.layers.0.self_attn.qkv_proj.weight", "model.inner.H_level.layers.0.self_attn.o_proj.weight",
-             "model.inner.L_level.layers.1.mlp.gate_up_proj.weight", "model.inner.L_level.layers.0.mlp.down_proj.weight",
-             "model.inner.puzzle_emb.weights"]
-    if cfg["pos_encodings"] == "learned":
-        names.append("model.inner.embed_pos.embedding_weight")
     eps = 1e-6
     worst_fd = 0.0
     n_checked = 0
@@ -883,9 +882,9 @@ def fd_check(cfg: dict, state: Dict[str, torch.Tensor], batch: Dict[str, torch.T
             with torch.no_grad():
                 orig = tensor.view(-1)[idx].item()
                 tensor.view(-1)[idx] = orig + eps
-                lp = float(_frozen_one_step_loss(m64, z_H0, z_L0, batch, sc, tq, B))
+                lp = float(frozen_loss(m64, z_H0, z_L0, batch, out64))
                 tensor.view(-1)[idx] = orig - eps
-                lm_ = float(_frozen_one_step_loss(m64, z_H0, z_L0, batch, sc, tq, B))
+                lm_ = float(frozen_loss(m64, z_H0, z_L0, batch, out64))
                 tensor.view(-1)[idx] = orig
             fd = (lp - lm_) / (2 * eps)
             an = float(g.view(-1)[idx])
@@ -897,6 +896,34 @@ def fd_check(cfg: dict, state: Dict[str, torch.Tensor], batch: Dict[str, torch.T
     log(f"  FD: {n_checked} entries, worst |fd-autograd|/max|g| {worst_fd:.2e}")
     assert worst_fd < 1e-6, worst_fd
     return dict(f32_vs_f64=worst, fd_worst=worst_fd)
+
+
+def build_model_f64(build, cfg: dict, state: Dict[str, torch.Tensor], B: int):
+    """`build(cfg, B, "float64")` with float64 parameters, the fixture's weights and exploration off."""
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        m64 = build(cfg, B, "float64")
+    finally:
+        torch.set_default_dtype(prev)
+    m64.model.config.halt_exploration_prob = 0.0
+    m64.load_state_dict(state)
+    return m64
+
+
+def fd_check(cfg: dict, state: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor], B: int, grads32: Dict[str, torch.Tensor], log) -> Dict[str, float]:
+    names = ["model.inner.lm_head.weight", "model.inner.q_head.weight", "model.inner.q_head.bias", "model.inner.embed_tokens.embedding_weight",
+             "model.inner.H_level.layers.0.self_attn.qkv_proj.weight", "model.inner.H_level.layers.0.self_attn.o_proj.weight",
+             "model.inner.L_level.layers.1.mlp.gate_up_proj.weight", "model.inner.L_level.layers.0.mlp.down_proj.weight",
+             "model.inner.puzzle_emb.weights"]
+    if cfg["pos_encodings"] == "learned":
+        names.append("model.inner.embed_pos.embedding_weight")
+
+    def frozen(m, z_H0, z_L0, b, out64):
+        return _frozen_one_step_loss(m, z_H0, z_L0, b, out64["seq_is_correct"], out64["target_q_continue"], B)
+
+    return fd_check_frozen(build_model_f64(build_model, cfg, state, B), batch, B, grads32, log, _nograd_prefix, frozen, names,
+                           agree_relative=False)
 
 
 # ---- main fixture writer ---------------------------------------------------------------------------

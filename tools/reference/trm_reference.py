@@ -222,59 +222,17 @@ def nograd_prefix(model, batch):
 
 
 def fd_check(cfg, state, batch, B, grads32, log):
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        m64 = build_model(cfg, B, "float64")
-    finally:
-        torch.set_default_dtype(prev)
-    m64.model.config.halt_exploration_prob = 0.0
-    m64.load_state_dict(state)
-    _c, _l, _m, out64, g64 = H.train_step_grads(m64, batch, B)
-    worst = max(float((g.double() - g64[n]).abs().max() / g64[n].abs().max().clamp_min(1e-30)) for n, g in grads32.items())
-    log(f"  f32 vs f64 grads: worst max-abs-err / max-abs = {worst:.2e}")
-    z_H0, z_L0 = nograd_prefix(m64, batch)
-    sc = out64["seq_is_correct"]
-    m64.train()
-    params = dict(m64.named_parameters())
-    emb = m64.model.inner.puzzle_emb
-    m64.zero_grad(set_to_none=True)
-    emb.local_weights.grad = None
-    frozen_last_recursion_loss(m64, z_H0, z_L0, batch, sc, B).backward()
-    ga = {n: p.grad.detach().clone() for n, p in params.items()}
-    ga["model.inner.puzzle_emb.weights"] = dense_puzzle_emb_grad(emb)
-    # relative to each tensor's largest gradient: the deep recursion has large gradients in f64
-    agree = max(float((ga[n] - g64[n]).abs().max() / g64[n].abs().max().clamp_min(1e-30)) for n in ga)
-    log(f"  frozen-loss autograd vs official-path autograd (f64): max |diff| / max |g| {agree:.2e}")
-    assert agree < 1e-12
-    gen = torch.Generator().manual_seed(0)
     mixer = ("mlp_t.gate_up_proj.weight", "mlp_t.down_proj.weight") if cfg["mlp_t"] else ("self_attn.qkv_proj.weight", "self_attn.o_proj.weight")
     names = ["model.inner.lm_head.weight", "model.inner.q_head.weight", "model.inner.q_head.bias", "model.inner.embed_tokens.embedding_weight",
              f"model.inner.L_level.layers.0.{mixer[0]}", f"model.inner.L_level.layers.1.{mixer[1]}",
              "model.inner.L_level.layers.1.mlp.gate_up_proj.weight", "model.inner.L_level.layers.0.mlp.down_proj.weight",
              "model.inner.puzzle_emb.weights"]
-    eps, worst_fd, n_checked = 1e-6, 0.0, 0
-    for n in names:
-        tensor = emb.weights if n == "model.inner.puzzle_emb.weights" else params[n]
-        g = ga[n]
-        flat = g.abs().flatten()
-        for idx in [int(flat.argmax())] + [int(i) for i in torch.randint(0, flat.numel(), (2,), generator=gen)]:
-            with torch.no_grad():
-                orig = tensor.view(-1)[idx].item()
-                tensor.view(-1)[idx] = orig + eps
-                lp = float(frozen_last_recursion_loss(m64, z_H0, z_L0, batch, sc, B))
-                tensor.view(-1)[idx] = orig - eps
-                lm_ = float(frozen_last_recursion_loss(m64, z_H0, z_L0, batch, sc, B))
-                tensor.view(-1)[idx] = orig
-            fd = (lp - lm_) / (2 * eps)
-            err = abs(fd - float(g.view(-1)[idx])) / max(float(flat.max()), 1e-12)
-            worst_fd = max(worst_fd, err)
-            n_checked += 1
-            if err > 1e-7:
-                log(f"  FD {n}[{idx}]: autograd {float(g.view(-1)[idx]):+.9e}  fd {fd:+.9e}  |diff|/max|g| {err:.1e}")
-    log(f"  FD: {n_checked} entries, worst |fd-autograd|/max|g| {worst_fd:.2e}")
-    assert worst_fd < 1e-6, worst_fd
-    return dict(f32_vs_f64=worst, fd_worst=worst_fd)
+
+    def frozen(m, z_H0, z_L0, b, out64):
+        return frozen_last_recursion_loss(m, z_H0, z_L0, b, out64["seq_is_correct"], B)
+
+    return H.fd_check_frozen(H.build_model_f64(build_model, cfg, state, B), batch, B, grads32, log, nograd_prefix, frozen, names,
+                             agree_relative=True)
 
 
 def generate(name: str, out_root: str, log, do_fd: bool = True):

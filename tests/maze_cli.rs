@@ -1,0 +1,88 @@
+//! `hrm data maze generate` and `hrm data maze check` through the binary: the official CSV
+//! layout, every generated maze valid, hard and labeled by the rule, the same bytes from the
+//! same seed, splits without a shared wall layout, and bad files named by line.
+
+use hrm::maze::formats::read_csv;
+use hrm::maze::{WALL, check_answer, label};
+use std::path::Path;
+use std::process::Command;
+
+fn hrm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hrm"))
+}
+
+fn generate(out: &Path, seed: &str) -> std::process::Output {
+    hrm()
+        .args(["data", "maze", "generate", "--train", "24", "--test", "12", "--side", "12"])
+        .args(["--min-moves", "30", "--seed", seed, "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn generated_sets_are_valid_hard_reproducible_and_disjoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    for (out, seed) in [(&a, "3"), (&b, "3"), (&c, "4")] {
+        let o = generate(out, seed);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(a.join("train.csv")).unwrap();
+    assert!(text.starts_with("source,q,a,rating\n"), "the official header");
+    for split in ["train.csv", "test.csv"] {
+        let (x, y) = (std::fs::read(a.join(split)).unwrap(), std::fs::read(b.join(split)).unwrap());
+        assert!(x == y, "{split}: the same seed gives the same bytes");
+        assert_ne!(x, std::fs::read(c.join(split)).unwrap(), "{split}: another seed, another set");
+    }
+    let train = read_csv(&a.join("train.csv")).unwrap();
+    let test = read_csv(&a.join("test.csv")).unwrap();
+    assert_eq!((train.len(), test.len()), (24, 12));
+    for r in train.iter().chain(&test) {
+        assert_eq!(r.side, 12);
+        let chk = check_answer(&r.question, &r.answer, r.side);
+        assert!(chk.valid && chk.optimal, "{}: label not a shortest path", r.source);
+        let moves: u32 = r.rating.parse().unwrap();
+        assert_eq!(chk.moves, Some(moves), "{}: rating = moves", r.source);
+        assert!(moves >= 30, "{}: {moves} moves", r.source);
+        assert_eq!(label(&r.question, r.side).unwrap(), r.answer, "{}: the labeling rule", r.source);
+    }
+    let layout =
+        |r: &hrm::maze::formats::MazeRow| r.question.iter().map(|&t| t == WALL).collect::<Vec<bool>>();
+    let train_layouts: std::collections::HashSet<_> = train.iter().map(layout).collect();
+    assert_eq!(train_layouts.len(), train.len(), "one maze per layout");
+    assert!(test.iter().all(|r| !train_layouts.contains(&layout(r))), "no layout in both splits");
+
+    let o = hrm()
+        .args(["data", "maze", "check"])
+        .arg(a.join("train.csv"))
+        .arg(a.join("test.csv"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("24 mazes of 12 x 12") && out.contains("shortest 24/24"), "{out}");
+    assert!(out.contains("by this project's rule 24/24"), "{out}");
+
+    // an existing set is not overwritten
+    let o = generate(&a, "3");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("train.csv exists"));
+}
+
+#[test]
+fn check_names_bad_lines_and_counts_wrong_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3 x 3: S above a wall above G; the labels go round the far side (valid, 6 moves, not 4)
+    let q = "S  #  G  ";
+    let p = dir.path().join("m.csv");
+    std::fs::write(&p, format!("source,q,a,rating\nx,{q},Soo# oGoo,6\ny,{q},So #o Go ,4\n")).unwrap();
+    let o = hrm().args(["data", "maze", "check"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 maze(s) whose label is not a valid shortest path"), "{err}");
+    std::fs::write(&p, format!("source,q,a,rating\nx,{q},{},4\n", q.replace('#', "X"))).unwrap();
+    let o = hrm().args(["data", "maze", "check"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("m.csv:2: a: character 'X' at cell 3 (row 1, column 0)"), "{err}");
+}
