@@ -132,7 +132,7 @@ pub fn generate(
         .map(|k| {
             let m = generate_one(cfg, seed, first + k);
             let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if d % 16 == 0 || d == count {
+            if d.is_multiple_of(16) || d == count {
                 progress(d);
             }
             m
