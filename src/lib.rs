@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod envvars;
 pub mod fsutil;
+pub mod grid;
 pub mod hrm;
 pub mod infer;
 pub mod maze;

@@ -189,6 +189,19 @@ mod tests {
         let layouts: std::collections::HashSet<Vec<bool>> =
             mazes.iter().map(|m| m.question.iter().map(|&t| t == WALL).collect()).collect();
         assert_eq!(layouts.len(), mazes.len());
+        // the 8 dihedral transforms keep every label a valid shortest path, and invert
+        for m in &mazes[..8] {
+            for t in 0..8 {
+                let (q, a) = (
+                    crate::maze::dihedral(&m.question, cfg.side, t),
+                    crate::maze::dihedral(&m.answer, cfg.side, t),
+                );
+                let c = check_answer(&q, &a, cfg.side);
+                assert_eq!((c.valid, c.optimal, c.moves), (true, true, Some(m.moves)), "transform {t}");
+                let back = crate::grid::inverse_dihedral(&q, cfg.side, cfg.side, t).0;
+                assert_eq!(back, m.question, "transform {t} inverted");
+            }
+        }
     }
 
     #[test]

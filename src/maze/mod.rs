@@ -136,6 +136,13 @@ pub fn label(question: &[u8], side: usize) -> Option<Vec<u8>> {
     Some(answer)
 }
 
+/// A maze grid (question or answer) under the dihedral transform `tid` (`crate::grid`; the
+/// optional training augmentation of TASKS_SPEC section 2). A transformed label is still a valid
+/// shortest path, though not always the one the labeling rule picks in the new orientation.
+pub fn dihedral(tokens: &[u8], side: usize, tid: usize) -> Vec<u8> {
+    crate::grid::dihedral(tokens, side, side, tid).0
+}
+
 /// What an answer grid says about its question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathCheck {
