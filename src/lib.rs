@@ -2,6 +2,7 @@
 
 pub mod act;
 pub mod analysis;
+pub mod arc;
 pub mod backend;
 pub mod commands;
 pub mod config;

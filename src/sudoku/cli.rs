@@ -85,6 +85,11 @@ pub enum DataCommand {
         #[arg(long, num_args = 1..)]
         exclude: Vec<PathBuf>,
     },
+    /// ARC-AGI: check task folders (`hrm data arc --help`).
+    Arc {
+        #[command(subcommand)]
+        cmd: crate::arc::cli::ArcCommand,
+    },
     /// Maze-Hard: generate sets, check maze CSVs (`hrm data maze --help`).
     Maze {
         #[command(subcommand)]
@@ -297,6 +302,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Maze { cmd } => crate::maze::cli::run(cmd),
+        DataCommand::Arc { cmd } => crate::arc::cli::run(cmd),
         DataCommand::Stats { paths, rating_samples } => {
             for p in paths {
                 if p.is_dir() || p.extension().is_some_and(|e| e == "bin") {
