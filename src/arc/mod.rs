@@ -4,10 +4,12 @@
 //!
 //! A task file is `{"train": [{"input": grid, "output": grid}, ...], "test": [...]}`, a grid a
 //! list of rows of colors 0-9, at most 30 x 30. What is here so far: reading and checking
-//! them, the variants of a task with duplicates removed, and `hrm data arc check`; the
-//! training-set builder (30 x 30 canvas, translation, puzzle identifiers) comes next.
+//! them, the variants of a task with duplicates removed, a grid as a sequence and back
+//! (`sequence`), and `hrm data arc check`; the training-set builder (puzzle identifiers,
+//! splits, the dataset file) comes next.
 
 pub mod cli;
+pub mod sequence;
 
 use anyhow::{Context, Result, bail};
 use rand::Rng;
