@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod sequence;
+pub mod vote;
 
 use anyhow::{Context, Result, bail};
 use rand::Rng;
