@@ -29,6 +29,15 @@ pub struct Grid {
     pub cells: Vec<u8>,
 }
 
+impl Grid {
+    /// A grid from its rows (all of one length).
+    pub fn from_rows(rows: &[&[u8]]) -> Grid {
+        let cols = rows.first().map_or(0, |r| r.len());
+        assert!(rows.iter().all(|r| r.len() == cols), "rows of different lengths");
+        Grid { rows: rows.len(), cols, cells: rows.iter().flat_map(|r| r.iter().copied()).collect() }
+    }
+}
+
 /// An input and its output (the test outputs of the public files are there too).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pair {
@@ -218,11 +227,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn g(rows: &[&[u8]]) -> Grid {
-        Grid {
-            rows: rows.len(),
-            cols: rows[0].len(),
-            cells: rows.iter().flat_map(|r| r.iter().copied()).collect(),
-        }
+        Grid::from_rows(rows)
     }
 
     #[test]

@@ -130,11 +130,7 @@ mod tests {
     use super::*;
 
     fn g(rows: &[&[u8]]) -> Grid {
-        Grid {
-            rows: rows.len(),
-            cols: rows[0].len(),
-            cells: rows.iter().flat_map(|r| r.iter().copied()).collect(),
-        }
+        Grid::from_rows(rows)
     }
 
     /// A prediction of `answer` (in the original frame) as a model under `aug` would emit it:
