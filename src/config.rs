@@ -71,14 +71,12 @@ impl Arch {
             Arch::Trm => "a TRM",
         }
     }
-    /// The preset a command uses for this architecture when none is named: `hrm` is the HRM
-    /// one given, `trm` the TRM one (`hrm train`: sudoku / trm-sudoku-mlp, TRM_SPEC section 4's
-    /// Sudoku default; `hrm demo`: demo / trm-demo).
-    pub fn preset_or<'a>(arch: Option<Arch>, hrm: &'a str, trm: &'a str, default: &'a str) -> &'a str {
-        match arch {
-            Some(Arch::Hrm) => hrm,
-            Some(Arch::Trm) => trm,
-            None => default,
+    /// This architecture's one of a command's two presets (`hrm train`: sudoku /
+    /// trm-sudoku-mlp, TRM_SPEC section 4's Sudoku default; `hrm demo`: demo / trm-demo).
+    pub fn pick<'a>(self, hrm: &'a str, trm: &'a str) -> &'a str {
+        match self {
+            Arch::Hrm => hrm,
+            Arch::Trm => trm,
         }
     }
     /// `--arch` against the model a preset or config file (`source`) gave: they must agree.

@@ -178,6 +178,18 @@ struct TrainBuffers<B: Backend> {
     target: Option<(B::Act, B::Act)>,
 }
 
+impl<B: Backend> TrainBuffers<B> {
+    /// The gradient-carrying z-updates (TRM: n, HRM: 1), kept or recomputed.
+    fn z_updates(&self) -> usize {
+        self.l.len().max(self.inputs.len() + 1)
+    }
+    /// Where z-update `k` keeps its activations: its own, or the one buffer all share when they
+    /// are recomputed.
+    fn slot(&self, k: usize) -> usize {
+        if self.l.len() == 1 { 0 } else { k }
+    }
+}
+
 /// What a module application adds to its state before the layers: the H module adds z_L; the
 /// L module adds the input injection z_H + x (one fused op, `Backend::add_injection`).
 enum Injection<'a, B: Backend> {
@@ -672,8 +684,8 @@ impl<B: Backend> Hrm<B> {
             if keep {
                 let t = train.as_mut().expect("allocated above");
                 for k in 0..lc {
-                    let shared = t.l.len() == 1;
-                    let acts = &mut t.l[if shared { 0 } else { k }];
+                    let slot = t.slot(k);
+                    let acts = &mut t.l[slot];
                     self.module_grad(be, &s, net, z_l, Injection::HPlusX(z_h, x), acts);
                     if let Some(input) = t.inputs.get_mut(k) {
                         be.copy(&acts.input, input);
@@ -762,17 +774,14 @@ impl<B: Backend> Hrm<B> {
         // z_L + z_H + x with z_H constant in the segment: its gradient goes on to the previous
         // z_L and to x (summed over TRM's n updates; HRM has one).
         // (recomputed: each z-update but the last runs its forward again from its saved input)
-        let calls = t.l.len().max(t.inputs.len() + 1);
+        let calls = t.z_updates();
         for k in (0..calls).rev() {
-            let acts = if let Some(input) = t.inputs.get(k) {
-                let acts = &mut t.l[0];
-                be.copy(input, &mut acts.input);
-                self.module_blocks_fwd(be, &s, &p.l_layers, acts);
-                &t.l[0]
-            } else {
-                &t.l[if t.l.len() == 1 { 0 } else { k }]
-            };
-            self.module_bwd(be, &s, &p.l_layers, acts, &mut t.g, &mut grads.l_layers);
+            let slot = t.slot(k);
+            if let Some(input) = t.inputs.get(k) {
+                be.copy(input, &mut t.l[slot].input);
+                self.module_blocks_fwd(be, &s, &p.l_layers, &mut t.l[slot]);
+            }
+            self.module_bwd(be, &s, &p.l_layers, &t.l[slot], &mut t.g, &mut grads.l_layers);
             if let Some(dx) = t.dx.as_mut() {
                 if k + 1 == calls {
                     be.copy(&t.g.dnext, dx);

@@ -14,6 +14,8 @@
 //! RMS) covers quantities whose yardstick error happens to be near zero. A wrong kernel (a
 //! missing term, a transposed index) is off by O(1) of the RMS and fails by orders of magnitude.
 
+mod common;
+use common::{assert_bf16_rule, assert_rule, max_err, rms};
 use hrm::act::{Batch, Carry, eval_step, infer_segments};
 use hrm::backend::cpu::Cpu;
 use hrm::backend::cpu::bf16::CpuBf16;
@@ -23,7 +25,6 @@ use hrm::commands::grad_outputs;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
 use hrm::model::HostParams;
-use hrm::model::checkpoint::TensorData;
 use hrm::train::sampler::VecSource;
 use hrm::train::{TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
@@ -43,29 +44,6 @@ fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 fn cuda(test: &str) -> Option<Cuda> {
     CudaDevice::for_tests(test).map(Cuda::new)
-}
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
-}
-
-fn max_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| if g.is_finite() { (*g as f64 - *w as f64).abs() } else { f64::INFINITY })
-        .fold(0.0, f64::max)
-}
-
-/// Asserts the rule above for one quantity; returns err(cuda) / bound.
-fn assert_rule(what: &str, cuda: &[f32], sim: &[f32], reference: &[f32], floor_frac: f64) -> f64 {
-    assert!(reference.iter().all(|v| v.is_finite()), "{what}: reference not finite");
-    let (e_cuda, e_sim) = (max_err(cuda, reference), max_err(sim, reference));
-    let floor = floor_frac * rms(reference);
-    let bound = 2.0 * e_sim + floor;
-    eprintln!("{what}: err cuda {e_cuda:.3e}, err cpu-bf16 {e_sim:.3e}, floor {floor:.3e}");
-    assert!(e_cuda <= bound, "{what}: CUDA error {e_cuda:e} > 2 x {e_sim:e} (bf16 CPU) + {floor:e}");
-    e_cuda / bound
 }
 
 fn random_batch(rng: &mut ChaCha8Rng, b: usize, ids: usize) -> Batch {
@@ -159,16 +137,6 @@ fn forward_sixteen_segments_matches_cpu() {
 
 const SIXTEEN_SEGMENT_SCALE: f32 = 0.3;
 
-fn f32_of(t: &TensorData) -> Vec<f32> {
-    match t {
-        TensorData::F32(v) => v.clone(),
-        TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
-        TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
-        #[allow(unreachable_patterns)]
-        _ => panic!("unexpected tensor type"),
-    }
-}
-
 #[test]
 fn gradient_of_one_step_matches_cpu() {
     let _stream = shared();
@@ -181,21 +149,9 @@ fn gradient_of_one_step_matches_cpu() {
     let want = grad_outputs(&Cpu, &cfg, &p, &batch).unwrap();
     let sim = grad_outputs(&CpuBf16, &cfg, &p, &batch).unwrap();
     let got = grad_outputs(&gpu, &cfg, &p, &batch).unwrap();
-    let mut compared = 0;
-    for ((w, s), g) in want.iter().zip(&sim).zip(&got) {
-        assert_eq!((&w.name, &w.name), (&s.name, &g.name));
-        let (wv, sv, gv) = (f32_of(&w.data), f32_of(&s.data), f32_of(&g.data));
-        if w.name == "halted" {
-            continue; // decisions: compared where the q margin is clear, in the training test
-        }
-        if rms(&wv) == 0.0 {
-            // e.g. the puzzle-embedding rows of ids not in the batch: exactly zero everywhere
-            assert_eq!(gv, wv, "{}: expected exact zeros", w.name);
-            continue;
-        }
-        assert_rule(&w.name, &gv, &sv, &wv, 2e-3);
-        compared += 1;
-    }
+    // (`halted`, the decisions, is compared where the q margin is clear, in the training test;
+    // all-zero gradients, e.g. the puzzle-embedding rows of ids not in the batch, exactly)
+    let compared = assert_bf16_rule("grad", &got, &sim, &want, 2e-3);
     assert!(compared >= 20, "only {compared} tensors compared");
 }
 
@@ -444,19 +400,7 @@ fn recorded_training_steps_equal_direct_ones() {
         halt_exploration_prob: 0.3,
         ..ModelConfig::sudoku()
     };
-    let trm = ModelConfig {
-        hidden_size: 32,
-        num_heads: 2,
-        L_layers: 1,
-        H_cycles: 2,
-        L_cycles: 2,
-        puzzle_emb_ndim: 32,
-        puzzle_emb_len: Some(2),
-        num_puzzle_identifiers: 3,
-        halt_max_steps: 3,
-        halt_exploration_prob: 0.3,
-        ..ModelConfig::trm_sudoku_mlp()
-    };
+    let trm = ModelConfig { num_puzzle_identifiers: 3, halt_exploration_prob: 0.3, ..common::small_trm() };
     use hrm::model::memory::SavedActivations::{Keep, Recompute};
     for (model, saved) in [(hrm(32), Keep), (hrm(0), Keep), (trm.clone(), Keep), (trm, Recompute)] {
         let puzzle_emb_ndim = model.puzzle_emb_ndim;

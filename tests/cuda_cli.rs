@@ -3,6 +3,7 @@
 //! scripts/device-check): `hrm train` stopped and resumed, `hrm eval`, `hrm forward`,
 //! `hrm grad` and `hrm solve`, with the outputs checked against the CPU backend's.
 
+mod common;
 use hrm::backend::cuda::{CudaDevice, DeviceKind};
 use hrm::model::checkpoint::TensorFile;
 use hrm::sudoku::board::board_to_string;
@@ -282,17 +283,7 @@ fn trm_train_resume_is_bit_identical_and_eval_analyze_run_on_the_cuda_path() {
         .arg(d.join("ds"))
         .arg(d.join("train.txt")));
     // A small TRM with the token-mixing MLP: 1 layer, 2 recursions of 2 z-updates, 3 segments.
-    let arch = hrm::config::ModelConfig {
-        hidden_size: 32,
-        num_heads: 2,
-        L_layers: 1,
-        H_cycles: 2,
-        L_cycles: 2,
-        puzzle_emb_ndim: 32,
-        puzzle_emb_len: Some(2),
-        halt_max_steps: 3,
-        ..hrm::config::ModelConfig::trm_sudoku_mlp()
-    };
+    let arch = common::small_trm();
     let cfg = d.join("arch.json");
     std::fs::write(&cfg, arch.to_json()).unwrap();
     let train = |out: &str, stop: Option<&str>| {

@@ -5,6 +5,7 @@
 //! killed mid-run, a wrong port, a mismatched world size at the rendezvous and on resume).
 //! Every run goes through the binary (`hrm train --nproc N --device emu`), as CI runs it.
 
+mod common;
 use hrm::backend::Backend;
 use hrm::backend::collective::{Collective, GroupComm, ProcessGroup};
 use hrm::backend::cuda::nccl::{NcclComm, comm_of};
@@ -591,17 +592,7 @@ fn trm_two_ranks_match_one_rank() {
     if !emulation_available() {
         return;
     }
-    let arch = hrm::config::ModelConfig {
-        hidden_size: 32,
-        num_heads: 2,
-        L_layers: 1,
-        H_cycles: 2,
-        L_cycles: 2,
-        puzzle_emb_ndim: 32,
-        puzzle_emb_len: Some(2),
-        halt_max_steps: 3,
-        ..hrm::config::ModelConfig::trm_sudoku_mlp()
-    };
+    let arch = common::small_trm();
     let f = fixture_of(&arch);
     let steps = 2;
     for (run, nproc, plant) in [("one", 1, None), ("two", 2, None), ("dropped", 2, Some("drop"))] {

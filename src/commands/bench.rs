@@ -96,12 +96,8 @@ fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
 
 /// The preset `--preset` / `--arch` name.
 fn preset_name(a: &BenchArgs) -> &str {
-    a.preset.as_deref().unwrap_or(crate::config::Arch::preset_or(
-        a.arch,
-        "sudoku",
-        "trm-sudoku-mlp",
-        "sudoku",
-    ))
+    let arch = a.arch.unwrap_or(crate::config::Arch::Hrm);
+    a.preset.as_deref().unwrap_or(arch.pick("sudoku", "trm-sudoku-mlp"))
 }
 
 fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchReport> {

@@ -299,8 +299,7 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
     for (cfg, _) in &loaded {
         check_host(cfg, purpose, a.device)?;
     }
-    let device = a.device;
-    crate::with_backend!(device, |be| {
+    crate::with_backend!(a.device, |be| {
         for (cfg, _) in &loaded {
             check_device(be, cfg, purpose)?;
         }

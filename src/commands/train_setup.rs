@@ -25,27 +25,20 @@ pub fn checkpoint_config(path: &Path) -> Result<ModelConfig> {
 /// The model of a new run: `--config`, else `--preset`, else the config stored in `--init`
 /// weights, else the paper's Sudoku model; then `--halt-exploration-prob`.
 pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
-    let mut cfg = match (&a.config, &a.preset, &a.init) {
-        (Some(p), _, _) => ModelConfig::from_json_file(p)?,
-        (None, Some(name), _) => ModelConfig::preset(name)?,
+    let (mut cfg, origin) = match (&a.config, &a.preset, &a.init) {
+        (Some(p), _, _) => (ModelConfig::from_json_file(p)?, p.display().to_string()),
+        (None, Some(name), _) => (ModelConfig::preset(name)?, format!("preset {name}")),
         (None, None, Some(w)) => {
             let cfg = checkpoint_config(w)?;
             eprintln!("model config: the one stored in {}", w.display());
-            cfg
+            (cfg, w.display().to_string())
         }
         (None, None, None) => {
-            ModelConfig::preset(crate::config::Arch::preset_or(a.arch, "sudoku", "trm-sudoku-mlp", "sudoku"))?
+            let name = a.arch.unwrap_or(crate::config::Arch::Hrm).pick("sudoku", "trm-sudoku-mlp");
+            (ModelConfig::preset(name)?, format!("preset {name}"))
         }
     };
-    let named = match (&a.config, &a.preset, &a.init) {
-        (Some(p), _, _) => Some(p.display().to_string()),
-        (None, Some(name), _) => Some(format!("preset {name}")),
-        (None, None, Some(w)) => Some(w.display().to_string()),
-        (None, None, None) => None,
-    };
-    if let Some(source) = named {
-        crate::config::Arch::check(a.arch, &cfg, &source)?;
-    }
+    crate::config::Arch::check(a.arch, &cfg, &origin)?;
     if let Some(p) = a.halt_exploration_prob {
         cfg.halt_exploration_prob = p;
     }

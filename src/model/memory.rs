@@ -85,8 +85,8 @@ pub enum SavedActivations {
     #[default]
     Keep,
     /// one update's activations and the other updates' inputs; each of those updates runs its
-    /// forward again in the backward (about 1/3 more network calls per step, and
-    /// [`estimate`] less memory)
+    /// forward again in the backward (n - 1 more network calls per step, and [`estimate`] less
+    /// memory)
     Recompute,
 }
 
