@@ -134,10 +134,10 @@ fn main() {
     };
 
     run("add_rms_norm_fwd", nb * 6.0 + rows as f64 * 4.0, &mut || {
-        kernels::add_rms_norm_fwd(dev, &x, &r, &mut y, &mut rstd, rows, hidden, 1e-5).unwrap()
+        kernels::add_rms_norm_fwd(dev, &x, &r, &mut y, &mut rstd, rows, (hidden, hidden), 1e-5).unwrap()
     });
     run("rms_norm_bwd", nb * 6.0 + rows as f64 * 4.0, &mut || {
-        kernels::rms_norm_bwd(dev, &x, &r, &rstd, &mut dx, rows, hidden).unwrap()
+        kernels::rms_norm_bwd(dev, &x, &r, &rstd, &mut dx, rows, (hidden, hidden)).unwrap()
     });
     let ni = (rows * inter) as f64;
     run("swiglu_fwd", ni * 6.0, &mut || kernels::swiglu_fwd(dev, &gate_up, &mut act, rows, inter).unwrap());

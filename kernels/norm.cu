@@ -2,6 +2,9 @@
 //   forward:  s = x + r (f32);  rstd = 1/sqrt(mean(s^2) + eps);  y = bf16(s * rstd)
 //             (the sum is kept in f32, not rounded to bf16 before the norm)
 //   backward: dx = rstd * (dy - y * mean(dy * y))   (gradient w.r.t. s = x + r, f32 math)
+// The means divide by `n` <= d: rows of d that end in d - n zero pads (TRM's norm over the
+// sequence on rows padded to a multiple of 8) are normed over their n real entries, and their
+// pads stay 0 (s = 0 gives y = 0; dy = y = 0 gives dx = 0).
 // One WARP per row (8 rows per 256-thread block), no shared memory, no block barrier. Fast path
 // (d a multiple of 8, d <= 1024, 16-byte aligned rows): each lane loads its d/256 vectors of
 // 8 bf16 with 128-bit loads and keeps the row in registers, so every byte is read once; a warp
@@ -23,8 +26,8 @@ static __device__ __forceinline__ int norm_row() {
 template <int NV>
 static __device__ __forceinline__ float norm_fwd_regs(const bf16* __restrict__ xr,
                                                       const bf16* __restrict__ rr,
-                                                      bf16* __restrict__ yr, int d, float eps,
-                                                      int lane) {
+                                                      bf16* __restrict__ yr, int d, int n,
+                                                      float eps, int lane) {
   const int nv = d >> 3;
   float s[NV][8];
   float ss = 0.0f;
@@ -43,7 +46,7 @@ static __device__ __forceinline__ float norm_fwd_regs(const bf16* __restrict__ x
     }
   }
   ss = warp_sum(ss);
-  const float rstd = rsqrtf(ss / (float)d + eps);
+  const float rstd = rsqrtf(ss / (float)n + eps);
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int v = lane + 32 * i;
@@ -61,7 +64,7 @@ template <int NV>
 static __device__ __forceinline__ void norm_bwd_regs(const bf16* __restrict__ dyr,
                                                      const bf16* __restrict__ yr,
                                                      bf16* __restrict__ dxr, float rs, int d,
-                                                     int lane) {
+                                                     int n, int lane) {
   const int nv = d >> 3;
   float g[NV][8], o[NV][8];
   float dot = 0.0f;
@@ -75,7 +78,7 @@ static __device__ __forceinline__ void norm_bwd_regs(const bf16* __restrict__ dy
       for (int e = 0; e < 8; ++e) dot += g[i][e] * o[i][e];
     }
   }
-  dot = warp_sum(dot) / (float)d;
+  dot = warp_sum(dot) / (float)n;
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     const int v = lane + 32 * i;
@@ -91,7 +94,7 @@ static __device__ __forceinline__ void norm_bwd_regs(const bf16* __restrict__ dy
 extern "C" __global__ void __launch_bounds__(256)
     add_rms_norm_fwd_bf16(const bf16* __restrict__ x, const bf16* __restrict__ r,
                           bf16* __restrict__ y, float* __restrict__ rstd_out, int rows, int d,
-                          float eps) {
+                          int n, float eps) {
   const int row = norm_row();
   if (row >= rows) return;  // whole warps leave together: no barrier follows
   const int lane = threadIdx.x & 31;
@@ -102,10 +105,10 @@ extern "C" __global__ void __launch_bounds__(256)
   float rstd;
   if ((d & 7) == 0 && d <= NORM_MAX_VEC * 256 && aligned16(xr) && aligned16(rr) && aligned16(yr)) {
     switch ((d + 255) >> 8) {
-      case 1: rstd = norm_fwd_regs<1>(xr, rr, yr, d, eps, lane); break;
-      case 2: rstd = norm_fwd_regs<2>(xr, rr, yr, d, eps, lane); break;
-      case 3: rstd = norm_fwd_regs<3>(xr, rr, yr, d, eps, lane); break;
-      default: rstd = norm_fwd_regs<4>(xr, rr, yr, d, eps, lane); break;
+      case 1: rstd = norm_fwd_regs<1>(xr, rr, yr, d, n, eps, lane); break;
+      case 2: rstd = norm_fwd_regs<2>(xr, rr, yr, d, n, eps, lane); break;
+      case 3: rstd = norm_fwd_regs<3>(xr, rr, yr, d, n, eps, lane); break;
+      default: rstd = norm_fwd_regs<4>(xr, rr, yr, d, n, eps, lane); break;
     }
   } else {
     float ss = 0.0f;
@@ -114,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(256)
       ss += s * s;
     }
     ss = warp_sum(ss);
-    rstd = rsqrtf(ss / (float)d + eps);
+    rstd = rsqrtf(ss / (float)n + eps);
     for (int j = lane; j < d; j += 32) yr[j] = f2bf((bf2f(xr[j]) + bf2f(rr[j])) * rstd);
   }
   if (lane == 0) rstd_out[row] = rstd;
@@ -123,7 +126,8 @@ EMU_REGISTER(add_rms_norm_fwd_bf16)
 
 extern "C" __global__ void __launch_bounds__(256)
     rms_norm_bwd_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ y,
-                      const float* __restrict__ rstd, bf16* __restrict__ dx, int rows, int d) {
+                      const float* __restrict__ rstd, bf16* __restrict__ dx, int rows, int d,
+                      int n) {
   const int row = norm_row();
   if (row >= rows) return;
   const int lane = threadIdx.x & 31;
@@ -135,15 +139,15 @@ extern "C" __global__ void __launch_bounds__(256)
   if ((d & 7) == 0 && d <= NORM_MAX_VEC * 256 && aligned16(dyr) && aligned16(yr) &&
       aligned16(dxr)) {
     switch ((d + 255) >> 8) {
-      case 1: norm_bwd_regs<1>(dyr, yr, dxr, rs, d, lane); break;
-      case 2: norm_bwd_regs<2>(dyr, yr, dxr, rs, d, lane); break;
-      case 3: norm_bwd_regs<3>(dyr, yr, dxr, rs, d, lane); break;
-      default: norm_bwd_regs<4>(dyr, yr, dxr, rs, d, lane); break;
+      case 1: norm_bwd_regs<1>(dyr, yr, dxr, rs, d, n, lane); break;
+      case 2: norm_bwd_regs<2>(dyr, yr, dxr, rs, d, n, lane); break;
+      case 3: norm_bwd_regs<3>(dyr, yr, dxr, rs, d, n, lane); break;
+      default: norm_bwd_regs<4>(dyr, yr, dxr, rs, d, n, lane); break;
     }
   } else {
     float dot = 0.0f;
     for (int j = lane; j < d; j += 32) dot += bf2f(dyr[j]) * bf2f(yr[j]);
-    dot = warp_sum(dot) / (float)d;
+    dot = warp_sum(dot) / (float)n;
     for (int j = lane; j < d; j += 32) dxr[j] = f2bf(rs * (bf2f(dyr[j]) - bf2f(yr[j]) * dot));
   }
 }

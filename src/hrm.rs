@@ -12,7 +12,7 @@
 //! network calls) with it. Its blocks may mix tokens with a SwiGLU across the sequence
 //! (`mlp_t`, normalized over the sequence) in place of attention.
 
-use crate::backend::{Backend, EmbedDims, QSlot};
+use crate::backend::{Backend, EmbedDims, QSlot, TokenDims, TransposeDims};
 use crate::config::{ModelConfig, PosEncodings};
 use crate::model::memory::SavedActivations;
 use crate::model::{HostParams, LayerParams, ParamSet};
@@ -30,23 +30,46 @@ pub struct Shape {
     /// TRM's token-mixing SwiGLU instead of attention, and its width.
     pub mlp_t: bool,
     pub tok_inter: usize,
+    /// The row length of its transposed rows of `seq` positions (`Backend::seq_row_len`).
+    pub seq_ld: usize,
 }
 
 impl Shape {
-    pub fn new(cfg: &ModelConfig, batch: usize) -> Self {
+    pub fn new<B: Backend>(be: &B, cfg: &ModelConfig, batch: usize) -> Self {
+        let seq = cfg.total_seq_len();
         Shape {
             batch,
-            seq: cfg.total_seq_len(),
+            seq,
             hidden: cfg.hidden_size,
             heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
             inter: cfg.intermediate_size(),
             mlp_t: cfg.uses_mlp_t(),
             tok_inter: cfg.token_intermediate_size(),
+            seq_ld: be.seq_row_len(seq),
         }
     }
     pub fn rows(&self) -> usize {
         self.batch * self.seq
+    }
+    /// [batch, seq, hidden] -> [batch, hidden, seq_ld] (pads written 0).
+    fn seq_to_channels(&self) -> TransposeDims {
+        let (batch, rows, cols) = (self.batch, self.seq, self.hidden);
+        TransposeDims { batch, rows, cols, x_ld: cols, y_ld: self.seq_ld }
+    }
+    /// [batch, hidden, seq_ld] -> [batch, seq, hidden] (pads not read).
+    fn channels_to_seq(&self) -> TransposeDims {
+        let (batch, rows, cols) = (self.batch, self.hidden, self.seq);
+        TransposeDims { batch, rows, cols, x_ld: self.seq_ld, y_ld: rows }
+    }
+    /// The token mixing's shapes (TRM's `mlp_t`).
+    fn tok(&self) -> TokenDims {
+        TokenDims {
+            cols: self.batch * self.hidden,
+            seq: self.seq,
+            seq_ld: self.seq_ld,
+            inter: self.tok_inter,
+        }
     }
 }
 
@@ -72,7 +95,7 @@ pub struct LayerActs<B: Backend> {
     tok: Option<TokenActs<B>>,
 }
 
-/// What TRM's token-mixing SwiGLU keeps, in the transposed layout [batch * hidden, seq].
+/// What TRM's token-mixing SwiGLU keeps, in the transposed layout [batch * hidden, seq_ld].
 struct TokenActs<B: Backend> {
     /// the block input, transposed
     xt: B::Act,
@@ -88,11 +111,11 @@ impl<B: Backend> TokenActs<B> {
     fn new(be: &B, s: &Shape) -> Self {
         let cols = s.batch * s.hidden;
         TokenActs {
-            xt: be.zeros(cols * s.seq),
+            xt: be.zeros(cols * s.seq_ld),
             gate_up: be.zeros(cols * 2 * s.tok_inter),
             act: be.zeros(cols * s.tok_inter),
-            proj: be.zeros(cols * s.seq),
-            h1t: be.zeros(cols * s.seq),
+            proj: be.zeros(cols * s.seq_ld),
+            h1t: be.zeros(cols * s.seq_ld),
             rstd: be.zeros_f32(cols),
         }
     }
@@ -149,7 +172,7 @@ struct GradScratch<B: Backend> {
     tok: Option<TokenGrads<B>>,
 }
 
-/// Gradient buffers of the token-mixing SwiGLU, [batch * hidden, seq] and its widths.
+/// Gradient buffers of the token-mixing SwiGLU, [batch * hidden, seq_ld] and its widths.
 struct TokenGrads<B: Backend> {
     dh1t: B::Act,
     ds1t: B::Act,
@@ -228,7 +251,7 @@ impl<B: Backend> Workspace<B> {
     /// Buffers for inference at this batch size; the training buffers come with the first
     /// training segment.
     pub fn new(be: &B, cfg: &ModelConfig, batch: usize) -> Self {
-        let s = Shape::new(cfg, batch);
+        let s = Shape::new(be, cfg, batch);
         let (r, d) = (s.rows(), s.hidden);
         static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Workspace {
@@ -282,11 +305,11 @@ impl<B: Backend> Workspace<B> {
                 dqkv: be.zeros(attn * r * 3 * d),
                 dnext: be.zeros(r * d),
                 tok: s.mlp_t.then(|| TokenGrads {
-                    dh1t: be.zeros(cols * s.seq),
-                    ds1t: be.zeros(cols * s.seq),
+                    dh1t: be.zeros(cols * s.seq_ld),
+                    ds1t: be.zeros(cols * s.seq_ld),
                     dact: be.zeros(cols * s.tok_inter),
                     dgate_up: be.zeros(cols * 2 * s.tok_inter),
-                    dxt: be.zeros(cols * s.seq),
+                    dxt: be.zeros(cols * s.seq_ld),
                 }),
             },
             dlogits: be.zeros(n * cfg.vocab_size),
@@ -460,14 +483,15 @@ impl<B: Backend> Hrm<B> {
         let (r, d, eps) = (s.rows(), s.hidden, self.cfg.rms_norm_eps as f32);
         if let Some(t) = a.tok.as_mut() {
             // TRM's token mixing: per (row, channel) the SwiGLU across the sequence, then the
-            // residual and the norm over the sequence, in the transposed layout.
-            let (cols, sq, it) = (s.batch * d, s.seq, s.tok_inter);
-            be.transpose(input, &mut t.xt, s.batch, sq, d);
-            be.linear_fwd(&t.xt, &w.qkv, &mut t.gate_up, cols, sq, 2 * it);
-            be.swiglu_fwd(&t.gate_up, &mut t.act, it);
-            be.linear_fwd(&t.act, &w.o, &mut t.proj, cols, it, sq);
-            be.add_rms_norm_fwd(&t.xt, &t.proj, &mut t.h1t, &mut t.rstd, sq, eps);
-            be.transpose(&t.h1t, &mut a.h1, s.batch, d, sq);
+            // residual and the norm over the sequence, in the transposed layout (rows of seq_ld,
+            // the pads 0 throughout).
+            let tk = s.tok();
+            be.transpose(input, &mut t.xt, &s.seq_to_channels());
+            be.token_up_fwd(&t.xt, &w.qkv, &mut t.gate_up, &tk);
+            be.swiglu_fwd(&t.gate_up, &mut t.act, tk.inter);
+            be.token_down_fwd(&t.act, &w.o, &mut t.proj, &tk);
+            be.seq_norm_fwd(&t.xt, &t.proj, &mut t.h1t, &mut t.rstd, &tk, eps);
+            be.transpose(&t.h1t, &mut a.h1, &s.channels_to_seq());
             self.channel_mlp_fwd(be, s, w, a);
             return;
         }
@@ -529,16 +553,14 @@ impl<B: Backend> Hrm<B> {
         be.linear_bwd_w(&g.dgate_up, &a.h1, &mut gw.gate_up, r, d, 2 * s.inter);
         if let (Some(t), Some(tg)) = (a.tok.as_ref(), g.tok.as_mut()) {
             // TRM's token mixing, backwards in the transposed layout.
-            let (cols, sq, it) = (s.batch * d, s.seq, s.tok_inter);
-            be.transpose(&g.dh1, &mut tg.dh1t, s.batch, sq, d);
-            be.rms_norm_bwd(&tg.dh1t, &t.h1t, &t.rstd, &mut tg.ds1t, sq);
-            be.linear_bwd_x(&tg.ds1t, &w.o, &mut tg.dact, cols, it, sq, false);
-            be.linear_bwd_w(&tg.ds1t, &t.act, &mut gw.o, cols, it, sq);
-            be.swiglu_bwd(&tg.dact, &t.gate_up, &mut tg.dgate_up, it);
+            let tk = s.tok();
+            be.transpose(&g.dh1, &mut tg.dh1t, &s.seq_to_channels());
+            be.seq_norm_bwd(&tg.dh1t, &t.h1t, &t.rstd, &mut tg.ds1t, &tk);
+            be.token_down_bwd(&tg.ds1t, &w.o, &t.act, &mut tg.dact, &mut gw.o, &tk);
+            be.swiglu_bwd(&tg.dact, &t.gate_up, &mut tg.dgate_up, tk.inter);
             be.copy(&tg.ds1t, &mut tg.dxt);
-            be.linear_bwd_x(&tg.dgate_up, &w.qkv, &mut tg.dxt, cols, sq, 2 * it, true);
-            be.linear_bwd_w(&tg.dgate_up, &t.xt, &mut gw.qkv, cols, sq, 2 * it);
-            be.transpose(&tg.dxt, &mut g.dnext, s.batch, d, sq);
+            be.token_up_bwd(&tg.dgate_up, &w.qkv, &t.xt, &mut tg.dxt, &mut gw.qkv, &tk);
+            be.transpose(&tg.dxt, &mut g.dnext, &s.channels_to_seq());
             return;
         }
         be.rms_norm_bwd(&g.dh1, &a.h1, &a.rstd1, &mut g.ds1, d);

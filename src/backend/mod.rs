@@ -73,6 +73,37 @@ pub enum OptimRule {
 }
 
 /// Scalars of one optimizer step over all tensors.
+/// Rows and leading dimensions of a batched transpose: `y[b, c, r] = x[b, r, c]` for `batch`
+/// matrices of `rows` x `cols`, x stored with rows of `x_ld` (>= cols; the columns past `cols`
+/// are not read) and y with rows of `y_ld` (>= rows; its pad columns `rows..y_ld` written 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransposeDims {
+    pub batch: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub x_ld: usize,
+    pub y_ld: usize,
+}
+
+/// TRM's token mixing in the transposed layout: `cols` (= batch x hidden) rows of `seq`
+/// positions, stored `seq_ld` apart (see [`Backend::seq_row_len`]; the pad columns hold 0), and
+/// the width `inter` of its SwiGLU. The token weights are `w_in` [2 inter, seq] and `w_out`
+/// [seq, inter], as in the checkpoint, whatever `seq_ld` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenDims {
+    pub cols: usize,
+    pub seq: usize,
+    pub seq_ld: usize,
+    pub inter: usize,
+}
+
+impl TokenDims {
+    /// Unpadded rows, the only layout the default token ops take.
+    fn check_packed(&self, op: &str) {
+        assert_eq!(self.seq, self.seq_ld, "{op}: this backend keeps rows of seq positions unpadded");
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimStep {
     pub adam: AdamHyper,
@@ -300,9 +331,83 @@ pub trait Backend {
     fn act_guard(&self, st: &mut Self::ActState, grads: &[&Self::F32]);
 
     // TRM (`arch: trm`): the ops its model adds.
-    /// `y[b, c, r] = x[b, r, c]` for `batch` matrices of `rows` x `cols` (TRM's token mixing
-    /// works on the sequence axis: [batch, seq, hidden] <-> [batch, hidden, seq]).
-    fn transpose(&self, x: &Self::Act, y: &mut Self::Act, batch: usize, rows: usize, cols: usize);
+    /// The row length TRM's token mixing stores its rows of `seq` positions with (the pad
+    /// columns hold 0). The CPU keeps them unpadded; the CUDA backend rounds up to a multiple of
+    /// 8, which tensor-core GEMMs over that axis want (Sudoku: 97 -> 104).
+    fn seq_row_len(&self, seq: usize) -> usize {
+        seq
+    }
+    /// The batched transpose of [`TransposeDims`] (TRM's token mixing works on the sequence
+    /// axis: [batch, seq, hidden] <-> [batch, hidden, seq_ld]).
+    fn transpose(&self, x: &Self::Act, y: &mut Self::Act, t: &TransposeDims);
+    /// `gate_up[cols, 2 inter] = xt[cols, :seq] w_in^T`.
+    fn token_up_fwd(&self, xt: &Self::Act, w_in: &Self::Param, gate_up: &mut Self::Act, t: &TokenDims) {
+        t.check_packed("token_up_fwd");
+        self.linear_fwd(xt, w_in, gate_up, t.cols, t.seq, 2 * t.inter);
+    }
+    /// `proj[cols, :seq] = act[cols, inter] w_out^T`, the pad columns 0.
+    fn token_down_fwd(&self, act: &Self::Act, w_out: &Self::Param, proj: &mut Self::Act, t: &TokenDims) {
+        t.check_packed("token_down_fwd");
+        self.linear_fwd(act, w_out, proj, t.cols, t.inter, t.seq);
+    }
+    /// Backward of [`Backend::token_down_fwd`]: `dact = ds[:, :seq] w_out`,
+    /// `dw_out += ds[:, :seq]^T act`.
+    #[allow(clippy::too_many_arguments)]
+    fn token_down_bwd(
+        &self,
+        ds: &Self::Act,
+        w_out: &Self::Param,
+        act: &Self::Act,
+        dact: &mut Self::Act,
+        dw_out: &mut Self::F32,
+        t: &TokenDims,
+    ) {
+        t.check_packed("token_down_bwd");
+        self.linear_bwd_x(ds, w_out, dact, t.cols, t.inter, t.seq, false);
+        self.linear_bwd_w(ds, act, dw_out, t.cols, t.inter, t.seq);
+    }
+    /// Backward of [`Backend::token_up_fwd`]: `dxt[:, :seq] += dgate_up w_in` (the pad
+    /// columns stay as they are), `dw_in += dgate_up^T xt[:, :seq]`.
+    #[allow(clippy::too_many_arguments)]
+    fn token_up_bwd(
+        &self,
+        dgate_up: &Self::Act,
+        w_in: &Self::Param,
+        xt: &Self::Act,
+        dxt: &mut Self::Act,
+        dw_in: &mut Self::F32,
+        t: &TokenDims,
+    ) {
+        t.check_packed("token_up_bwd");
+        self.linear_bwd_x(dgate_up, w_in, dxt, t.cols, t.seq, 2 * t.inter, true);
+        self.linear_bwd_w(dgate_up, xt, dw_in, t.cols, t.seq, 2 * t.inter);
+    }
+    /// The norm over the sequence: [`Backend::add_rms_norm_fwd`] on rows of `seq_ld` whose
+    /// means count the `seq` real positions (the pads of x and r are 0, and so are y's).
+    fn seq_norm_fwd(
+        &self,
+        x: &Self::Act,
+        r: &Self::Act,
+        y: &mut Self::Act,
+        rstd: &mut Self::F32,
+        t: &TokenDims,
+        eps: f32,
+    ) {
+        t.check_packed("seq_norm_fwd");
+        self.add_rms_norm_fwd(x, r, y, rstd, t.seq, eps);
+    }
+    /// Backward of [`Backend::seq_norm_fwd`] (zero pads of dy and y give zero pads of dx).
+    fn seq_norm_bwd(
+        &self,
+        dy: &Self::Act,
+        y: &Self::Act,
+        rstd: &Self::F32,
+        dx: &mut Self::Act,
+        t: &TokenDims,
+    ) {
+        t.check_packed("seq_norm_bwd");
+        self.rms_norm_bwd(dy, y, rstd, dx, t.seq);
+    }
     /// TRM's training halting rule (`no_ACT_continue`): as [`Backend::act_halt`] with
     /// q_halt > 0 in place of q_halt > q_continue.
     fn act_halt_no_continue(&self, st: &mut Self::ActState, max_steps: usize);

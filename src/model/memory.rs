@@ -123,8 +123,10 @@ pub enum Purpose {
 ///                                                          the whole last recursion, kept; or
 ///                                                          2 L_layers blocks, recomputed; and
 ///                                                          L_cycles + 1 inputs; an `mlp_t` block
-///                                                          keeps d (6 + 3 t / S) + 3 i per row
-///                                                          instead)
+///                                                          keeps d (3 + 3 (S' + t) / S) + 3 i
+///                                                          per row instead, S' = S rounded up
+///                                                          to a multiple of 8 on a GPU, where
+///                                                          its transposed rows are padded)
 /// evaluation   + a R (7 d + 3 i)                           one block's working set
 /// both         + 2 a R d + 4 R V                           ACT carry z_H, z_L and the logits
 /// ```
@@ -137,7 +139,10 @@ pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
     let i = intermediate(cfg);
     let v = cfg.vocab_size as f64;
     let a = if on_gpu { 2.0 } else { 4.0 };
-    let token = if cfg.uses_mlp_t() { d * (3.0 + 3.0 * token_intermediate(cfg) / seq(cfg)) } else { 0.0 };
+    // (xt, proj and h1t have rows of S' = seq_ld, `Backend::seq_row_len`; the GPU's is this)
+    let seq_ld = if on_gpu { (seq(cfg) / 8.0).ceil() * 8.0 } else { seq(cfg) };
+    let token =
+        if cfg.uses_mlp_t() { d * (3.0 + 3.0 * (seq_ld + token_intermediate(cfg)) / seq(cfg)) } else { 0.0 };
     // (a token-mixing block keeps no qkv or attention output)
     let block = if cfg.uses_mlp_t() { 3.0 * d + 3.0 * i + token } else { 7.0 * d + 3.0 * i };
     // saved blocks, and saved inputs of the gradient-carrying module applications

@@ -10,6 +10,7 @@ use super::Cpu;
 use super::halting::CpuActState;
 use crate::backend::{
     ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
+    TransposeDims,
 };
 use anyhow::Result;
 use half::bf16;
@@ -201,9 +202,9 @@ impl Backend for CpuBf16 {
     fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
         Cpu.act_guard(st, grads)
     }
-    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, batch: usize, rows: usize, cols: usize) {
+    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, t: &TransposeDims) {
         // a copy: the values stay the rounded ones
-        Cpu.transpose(x, y, batch, rows, cols)
+        Cpu.transpose(x, y, t)
     }
     fn act_halt_no_continue(&self, st: &mut CpuActState, max_steps: usize) {
         Cpu.act_halt_no_continue(st, max_steps)

@@ -16,6 +16,7 @@ pub mod swiglu;
 
 use super::{
     ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
+    TransposeDims,
 };
 use anyhow::Result;
 use halting::CpuActState;
@@ -284,16 +285,19 @@ impl Backend for Cpu {
     fn act_guard(&self, st: &mut CpuActState, grads: &[&Vec<f32>]) {
         halting::guard(st, grads);
     }
-    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, batch: usize, rows: usize, cols: usize) {
-        let n = rows * cols;
-        assert!(
-            x.len() >= batch * n && y.len() >= batch * n,
-            "transpose: buffers shorter than {batch} x {rows} x {cols}"
-        );
-        y[..batch * n].par_chunks_mut(n).zip(x[..batch * n].par_chunks(n)).for_each(|(y, x)| {
-            for r in 0..rows {
-                for c in 0..cols {
-                    y[c * rows + r] = x[r * cols + c];
+    fn transpose(&self, x: &Vec<f32>, y: &mut Vec<f32>, t: &TransposeDims) {
+        let TransposeDims { batch, rows, cols, x_ld, y_ld } = *t;
+        let (nx, ny) = (rows * x_ld, cols * y_ld);
+        assert!(x_ld >= cols && y_ld >= rows, "transpose {t:?}: a leading dimension below its row");
+        assert!(x.len() >= batch * nx && y.len() >= batch * ny, "transpose {t:?}: buffers too short");
+        if ny == 0 {
+            return;
+        }
+        y[..batch * ny].par_chunks_mut(ny).enumerate().for_each(|(b, y)| {
+            let x = &x[b * nx..];
+            for (c, yc) in y.chunks_mut(y_ld).enumerate() {
+                for (r, v) in yc.iter_mut().enumerate() {
+                    *v = if r < rows { x[r * x_ld + c] } else { 0.0 };
                 }
             }
         });

@@ -18,10 +18,12 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use super::device::{CudaDevice, DeviceKind};
+use super::gemm::Ld;
 use super::halting::{self, CudaActState, OptTensor, OptimTables};
 use super::{act, attention, kernels};
 use crate::backend::{
     ActReport, ActRows, AdamHyper, Backend, EmbedDims, EvalRows, LmLossOut, OptimRule, OptimStep, QSlot,
+    TokenDims, TransposeDims,
 };
 
 /// A parameter tensor on the device: the f32 master and its bf16 copy for the GEMMs.
@@ -40,6 +42,11 @@ struct Scratch {
     attention: Option<attention::AttentionScratch>,
     /// per-position-group token sums of the embedding backward
     embed: Option<CudaSlice<f32>>,
+    /// a token weight of TRM's token mixing zero-padded to rows of `seq_ld` (made before each
+    /// GEMM that reads it, so it never holds a stale copy)
+    token_w: Option<CudaSlice<bf16>>,
+    /// a token weight's gradient over the padded rows, before it is added into its real shape
+    token_dw: Option<CudaSlice<f32>>,
 }
 
 /// The CUDA backend over one device (a GPU, or the CPU emulation in tests).
@@ -240,20 +247,39 @@ impl Cuda {
 
     /// `slot` holding at least `need` f32 (the first user writes before it reads), grown when
     /// too small; growing forgets the recorded graphs, as for the attention scratch.
-    fn grown<'a>(
+    fn grown<'a, T: cudarc::driver::DeviceRepr>(
         &self,
         d: &CudaDevice,
-        slot: &'a mut Option<CudaSlice<f32>>,
+        slot: &'a mut Option<CudaSlice<T>>,
         need: usize,
         what: &str,
-    ) -> Result<&'a mut CudaSlice<f32>> {
+    ) -> Result<&'a mut CudaSlice<T>> {
         if slot.as_ref().is_none_or(|b| b.len() < need) {
             // SAFETY: the caller's kernels write every element they read.
             *slot =
-                Some(unsafe { d.alloc_uninit::<f32>(need) }.map_err(|e| anyhow!("allocating {what}: {e}"))?);
+                Some(unsafe { d.alloc_uninit::<T>(need) }.map_err(|e| anyhow!("allocating {what}: {e}"))?);
             self.forget_all_graphs();
         }
         Ok(slot.as_mut().expect("just set"))
+    }
+
+    /// The bf16 copy of a token weight stored `(rows, cols)`, as a GEMM over rows of `t.seq_ld`
+    /// reads it: zero-padded to `(rows_ld, cols_ld)` in the scratch, or the copy itself where
+    /// nothing is padded.
+    fn token_weight<'a>(
+        &self,
+        d: &CudaDevice,
+        w: &'a CudaParam,
+        slot: &'a mut Option<CudaSlice<bf16>>,
+        (rows, cols): (usize, usize),
+        (rows_ld, cols_ld): (usize, usize),
+    ) -> Result<&'a CudaSlice<bf16>> {
+        if (rows, cols) == (rows_ld, cols_ld) {
+            return Ok(&w.shadow);
+        }
+        let padded = self.grown(d, slot, rows_ld * cols_ld, "the padded token weight")?;
+        kernels::pad_bf16(d, &w.shadow, padded, (rows, cols), (rows_ld, cols_ld))?;
+        Ok(padded)
     }
 
     /// Drops every recorded graph (a buffer they captured is about to be freed).
@@ -651,15 +677,109 @@ impl Backend for Cuda {
     fn act_q_loss(&self, st: &mut CudaActState, max_steps: usize, grad_scale: f64) {
         self.op("act_q_loss", |d| halting::q_loss(d, st, max_steps, false, grad_scale));
     }
-    fn transpose(
+    fn seq_row_len(&self, seq: usize) -> usize {
+        seq.next_multiple_of(8)
+    }
+    fn transpose(&self, x: &CudaSlice<bf16>, y: &mut CudaSlice<bf16>, t: &TransposeDims) {
+        self.op("transpose", |d| kernels::transpose(d, x, y, t));
+    }
+    fn token_up_fwd(
+        &self,
+        xt: &CudaSlice<bf16>,
+        w_in: &CudaParam,
+        gate_up: &mut CudaSlice<bf16>,
+        t: &TokenDims,
+    ) {
+        let n = 2 * t.inter;
+        self.op("token_up_fwd", |d| {
+            let mut cache = self.scratch.lock().unwrap();
+            let w = self.token_weight(d, w_in, &mut cache.token_w, (n, t.seq), (n, t.seq_ld))?;
+            d.gemm()?.matmul(t.cols, n, t.seq_ld, xt, false, w, true, gate_up, 1.0, 0.0)
+        });
+    }
+    fn token_down_fwd(
+        &self,
+        act: &CudaSlice<bf16>,
+        w_out: &CudaParam,
+        proj: &mut CudaSlice<bf16>,
+        t: &TokenDims,
+    ) {
+        self.op("token_down_fwd", |d| {
+            let mut cache = self.scratch.lock().unwrap();
+            let w = self.token_weight(d, w_out, &mut cache.token_w, (t.seq, t.inter), (t.seq_ld, t.inter))?;
+            // the zero rows of the padded weight write the zero pads of proj
+            d.gemm()?.matmul(t.cols, t.seq_ld, t.inter, act, false, w, true, proj, 1.0, 0.0)
+        });
+    }
+    fn token_down_bwd(
+        &self,
+        ds: &CudaSlice<bf16>,
+        w_out: &CudaParam,
+        act: &CudaSlice<bf16>,
+        dact: &mut CudaSlice<bf16>,
+        dw_out: &mut CudaSlice<f32>,
+        t: &TokenDims,
+    ) {
+        self.op("token_down_bwd", |d| {
+            let mut cache = self.scratch.lock().unwrap();
+            let w = self.token_weight(d, w_out, &mut cache.token_w, (t.seq, t.inter), (t.seq_ld, t.inter))?;
+            let g = d.gemm()?;
+            g.matmul(t.cols, t.inter, t.seq_ld, ds, false, w, false, dact, 1.0, 0.0)?;
+            // dw_out [seq, inter] += ds[:, :seq]^T act: ds read as a window of its padded rows
+            let ld = Ld { a: t.seq_ld, b: t.inter, c: t.inter };
+            g.matmul_ld(t.seq, t.inter, t.cols, ds, true, act, false, dw_out, ld, 1.0, 1.0)
+        });
+    }
+    fn token_up_bwd(
+        &self,
+        dgate_up: &CudaSlice<bf16>,
+        w_in: &CudaParam,
+        xt: &CudaSlice<bf16>,
+        dxt: &mut CudaSlice<bf16>,
+        dw_in: &mut CudaSlice<f32>,
+        t: &TokenDims,
+    ) {
+        let n = 2 * t.inter;
+        self.op("token_up_bwd", |d| {
+            let mut cache = self.scratch.lock().unwrap();
+            let cache = &mut *cache;
+            let w = self.token_weight(d, w_in, &mut cache.token_w, (n, t.seq), (n, t.seq_ld))?;
+            let g = d.gemm()?;
+            // the zero columns of the padded weight add 0 to the pads of dxt
+            g.matmul(t.cols, t.seq_ld, n, dgate_up, false, w, false, dxt, 1.0, 1.0)?;
+            if t.seq_ld == t.seq {
+                return g.matmul(n, t.seq, t.cols, dgate_up, true, xt, false, dw_in, 1.0, 1.0);
+            }
+            // dw_in [2 inter, seq] has rows of 97: the GEMM writes rows of seq_ld (aligned, the
+            // zero pads of xt give zero columns), then only the real columns are added in; the
+            // sum is the one the GEMM's beta = 1 would form (acc + dw_in, rounded once).
+            let tmp = self.grown(d, &mut cache.token_dw, n * t.seq_ld, "the token weight's gradient")?;
+            g.matmul(n, t.seq_ld, t.cols, dgate_up, true, xt, false, tmp, 1.0, 0.0)?;
+            kernels::add_unpad_f32(d, tmp, dw_in, n, t.seq, t.seq_ld)
+        });
+    }
+    fn seq_norm_fwd(
         &self,
         x: &CudaSlice<bf16>,
+        r: &CudaSlice<bf16>,
         y: &mut CudaSlice<bf16>,
-        batch: usize,
-        rows: usize,
-        cols: usize,
+        rstd: &mut CudaSlice<f32>,
+        t: &TokenDims,
+        eps: f32,
     ) {
-        self.op("transpose", |d| kernels::transpose(d, x, y, batch, rows, cols));
+        let dims = (t.seq_ld, t.seq);
+        self.op("seq_norm_fwd", |dev| kernels::add_rms_norm_fwd(dev, x, r, y, rstd, t.cols, dims, eps));
+    }
+    fn seq_norm_bwd(
+        &self,
+        dy: &CudaSlice<bf16>,
+        y: &CudaSlice<bf16>,
+        rstd: &CudaSlice<f32>,
+        dx: &mut CudaSlice<bf16>,
+        t: &TokenDims,
+    ) {
+        let dims = (t.seq_ld, t.seq);
+        self.op("seq_norm_bwd", |dev| kernels::rms_norm_bwd(dev, dy, y, rstd, dx, t.cols, dims));
     }
     fn act_halt_no_continue(&self, st: &mut CudaActState, max_steps: usize) {
         self.op("act_halt_no_continue", |d| {
@@ -732,7 +852,9 @@ impl Backend for Cuda {
         d: usize,
         eps: f32,
     ) {
-        self.op("add_rms_norm_fwd", |dev| kernels::add_rms_norm_fwd(dev, x, r, y, rstd, x.len() / d, d, eps));
+        self.op("add_rms_norm_fwd", |dev| {
+            kernels::add_rms_norm_fwd(dev, x, r, y, rstd, x.len() / d, (d, d), eps)
+        });
     }
     fn rms_norm_bwd(
         &self,
@@ -742,7 +864,7 @@ impl Backend for Cuda {
         dx: &mut CudaSlice<bf16>,
         d: usize,
     ) {
-        self.op("rms_norm_bwd", |dev| kernels::rms_norm_bwd(dev, dy, y, rstd, dx, dy.len() / d, d));
+        self.op("rms_norm_bwd", |dev| kernels::rms_norm_bwd(dev, dy, y, rstd, dx, dy.len() / d, (d, d)));
     }
     fn swiglu_fwd(&self, gate_up: &CudaSlice<bf16>, out: &mut CudaSlice<bf16>, inter: usize) {
         self.op("swiglu_fwd", |d| kernels::swiglu_fwd(d, gate_up, out, out.len() / inter, inter));

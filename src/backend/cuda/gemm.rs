@@ -10,6 +10,12 @@
 //! `matmul(rows, out, in, x, false, w, true)`; `dx = dy W` is `(rows, in, out, dy, false, w,
 //! false)`; `dW = dy^T x` is `(out, in, rows, dy, true, x, false)` (f32 output, beta 1 to
 //! accumulate).
+//!
+//! [`Gemm::matmul_ld`] takes explicit row strides (leading dimensions) for operands that are a
+//! window of a wider buffer (TRM's token mixing, rows of 97 positions stored 104 apart).
+//! Tensor-core kernels want every leading dimension a multiple of 8 elements (16 bytes of
+//! bf16); [`Gemm::unaligned_plans`] counts the plans that break that, so a test can hold a
+//! model's GEMMs to it.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -39,6 +45,27 @@ struct Key {
     a_trans: bool,
     b_trans: bool,
     out_f32: bool,
+    ld: Ld,
+}
+
+/// Row strides (leading dimensions, in elements) of the row-major A, B and C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ld {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl Ld {
+    /// The packed strides of `matmul`'s shapes.
+    pub fn packed(m: usize, n: usize, k: usize, a_trans: bool, b_trans: bool) -> Self {
+        Ld { a: if a_trans { m } else { k }, b: if b_trans { k } else { n }, c: n }
+    }
+
+    /// Whether every stride is a multiple of 8 elements (16 bytes of bf16, 32 of f32).
+    pub fn aligned(&self) -> bool {
+        [self.a, self.b, self.c].iter().all(|v| v.is_multiple_of(8))
+    }
 }
 
 struct Plan {
@@ -99,23 +126,31 @@ impl Gemm {
         self.plans.lock().unwrap().len()
     }
 
+    /// The cached plans with a leading dimension that is not a multiple of 8 (which keeps
+    /// cuBLASLt off its fastest tensor-core kernels), as `([m, n, k], leading dimensions)`.
+    pub fn unaligned_plans(&self) -> Vec<([usize; 3], Ld)> {
+        let plans = self.plans.lock().unwrap();
+        plans.keys().filter(|k| !k.ld.aligned()).map(|k| ([k.m, k.n, k.k], k.ld)).collect()
+    }
+
     fn plan(&self, key: Key, out: sys::cudaDataType) -> Result<()> {
         let mut plans = self.plans.lock().unwrap();
         if plans.contains_key(&key) {
             return Ok(());
         }
-        let Key { m, n, k, a_trans, b_trans, .. } = key;
+        let Key { m, n, k, a_trans, b_trans, ld, .. } = key;
         let bf = sys::cudaDataType::CUDA_R_16BF;
         let e = |what: &str, err: result::CublasError| anyhow!("cuBLASLt {what}: {err:?}");
         // cuBLASLt "A" = our B, "B" = our A, "C/D" = C^T (column-major n x m).
         let (ar, ac) = if b_trans { (k, n) } else { (n, k) };
         let (br, bc) = if a_trans { (m, k) } else { (k, m) };
-        let la = result::create_matrix_layout(bf, ar as u64, ac as u64, ar as i64)
+        // (a row-major row stride is the column-major leading dimension)
+        let la = result::create_matrix_layout(bf, ar as u64, ac as u64, ld.b as i64)
             .map_err(|x| e("layout A", x))?;
-        let lb = result::create_matrix_layout(bf, br as u64, bc as u64, br as i64)
+        let lb = result::create_matrix_layout(bf, br as u64, bc as u64, ld.a as i64)
             .map_err(|x| e("layout B", x))?;
-        let lc =
-            result::create_matrix_layout(out, n as u64, m as u64, n as i64).map_err(|x| e("layout C", x))?;
+        let lc = result::create_matrix_layout(out, n as u64, m as u64, ld.c as i64)
+            .map_err(|x| e("layout C", x))?;
         let desc = result::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
@@ -173,13 +208,45 @@ impl Gemm {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
-        if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-            bail!("gemm {m}x{n}x{k}: buffers too small (a {}, b {}, c {})", a.len(), b.len(), c.len());
+        let ld = Ld::packed(m, n, k, a_trans, b_trans);
+        self.matmul_ld(m, n, k, a, a_trans, b, b_trans, c, ld, alpha, beta)
+    }
+
+    /// [`Gemm::matmul`] with explicit row strides: A's stored rows (`[m, k]`, or `[k, m]` when
+    /// `a_trans`) are `ld.a` apart, B's `ld.b`, C's `ld.c`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_ld<C: GemmOutput>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &impl DevicePtr<bf16>,
+        a_trans: bool,
+        b: &impl DevicePtr<bf16>,
+        b_trans: bool,
+        c: &mut impl DevicePtrMut<C>,
+        ld: Ld,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        // stored rows x row length of each operand
+        let (a_rows, a_cols) = if a_trans { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if b_trans { (n, k) } else { (k, n) };
+        if ld.a < a_cols || ld.b < b_cols || ld.c < n {
+            bail!("gemm {m}x{n}x{k}: a leading dimension below its row ({ld:?})");
+        }
+        let span = |rows: usize, cols: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+        if a.len() < span(a_rows, a_cols, ld.a)
+            || b.len() < span(b_rows, b_cols, ld.b)
+            || c.len() < span(m, n, ld.c)
+        {
+            bail!("gemm {m}x{n}x{k} {ld:?}: buffers too small (a {}, b {}, c {})", a.len(), b.len(), c.len());
         }
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let key = Key { m, n, k, a_trans, b_trans, out_f32: C::DTYPE == sys::cudaDataType::CUDA_R_32F };
+        let out_f32 = C::DTYPE == sys::cudaDataType::CUDA_R_32F;
+        let key = Key { m, n, k, a_trans, b_trans, out_f32, ld };
         self.plan(key, C::DTYPE)?;
         let plans = self.plans.lock().unwrap();
         let p = &plans[&key];

@@ -9,6 +9,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::device::CudaDevice;
+pub use crate::backend::TransposeDims;
 use crate::backend::cpu::embed::EmbedDims;
 use crate::backend::cpu::optim::AdamHyper;
 
@@ -90,16 +91,14 @@ pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit the kernel's int"))
 }
 
-/// `y[b, c, r] = x[b, r, c]` for `batch` matrices of `rows` x `cols` (bit-exact copy).
+/// The batched transpose of [`TransposeDims`] (a bit-exact copy).
 pub fn transpose(
     dev: &CudaDevice,
     x: &impl DevicePtr<bf16>,
     y: &mut impl DevicePtrMut<bf16>,
-    batch: usize,
-    rows: usize,
-    cols: usize,
+    t: &TransposeDims,
 ) -> Result<()> {
-    transpose_entry(dev, "transpose_bf16", x, y, batch, rows, cols)
+    transpose_entry(dev, "transpose_bf16", x, y, t)
 }
 
 /// The emulation's self-test: [`transpose`] through its broken twin, whose tile barrier is
@@ -109,11 +108,9 @@ pub fn transpose_missing_sync_selftest(
     dev: &CudaDevice,
     x: &impl DevicePtr<bf16>,
     y: &mut impl DevicePtrMut<bf16>,
-    batch: usize,
-    rows: usize,
-    cols: usize,
+    t: &TransposeDims,
 ) -> Result<()> {
-    transpose_entry(dev, "transpose_bf16_missing_sync", x, y, batch, rows, cols)
+    transpose_entry(dev, "transpose_bf16_missing_sync", x, y, t)
 }
 
 fn transpose_entry(
@@ -121,13 +118,13 @@ fn transpose_entry(
     entry: &'static str,
     x: &impl DevicePtr<bf16>,
     y: &mut impl DevicePtrMut<bf16>,
-    batch: usize,
-    rows: usize,
-    cols: usize,
+    t: &TransposeDims,
 ) -> Result<()> {
-    let n = batch * rows * cols;
-    ensure!(x.len() >= n && y.len() >= n, "transpose {batch} x {rows} x {cols}: buffers too small");
-    if n == 0 {
+    let TransposeDims { batch, rows, cols, x_ld, y_ld } = *t;
+    ensure!(x_ld >= cols && y_ld >= rows, "transpose {t:?}: a leading dimension below its row");
+    let (nx, ny) = (batch * rows * x_ld, batch * cols * y_ld);
+    ensure!(x.len() >= nx && y.len() >= ny, "transpose {t:?}: buffers too small");
+    if ny == 0 {
         return Ok(());
     }
     ensure!(batch <= 65_535, "transpose: batch {batch} exceeds the grid's z limit (65,535)");
@@ -136,11 +133,14 @@ fn transpose_entry(
     let (px, _g1) = x.device_ptr(s);
     let (py, _g2) = y.device_ptr_mut(s);
     let (ri, ci) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?);
-    i32_of(rows * cols, "rows x cols")?;
+    let (xl, yl) = (i32_of(x_ld, "x_ld")?, i32_of(y_ld, "y_ld")?);
+    i32_of(rows * x_ld, "rows x x_ld")?;
+    i32_of(cols * y_ld, "cols x y_ld")?;
     let mut b = s.launch_builder(&f);
-    b.arg(&px).arg(&py).arg(&ri).arg(&ci);
+    b.arg(&px).arg(&py).arg(&ri).arg(&ci).arg(&xl).arg(&yl);
     let shape = LaunchConfig {
-        grid_dim: (cols.div_ceil(32) as u32, rows.div_ceil(32) as u32, batch as u32),
+        // the y axis covers y_ld, so the tiles past `rows` write the pads
+        grid_dim: (cols.div_ceil(32) as u32, y_ld.div_ceil(32) as u32, batch as u32),
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     };
@@ -149,7 +149,64 @@ fn transpose_entry(
     Ok(())
 }
 
-/// `y = rmsnorm(x + r)` per row of `d` (no weight), `rstd[row] = 1/sqrt(mean((x+r)^2) + eps)`.
+/// `dst[r, c] = src[r, c]` for r < rows, c < cols, else 0: `src` [rows, cols] into `dst`
+/// [rows_ld, cols_ld] (kernels/pad.cu).
+pub fn pad_bf16(
+    dev: &CudaDevice,
+    src: &impl DevicePtr<bf16>,
+    dst: &mut impl DevicePtrMut<bf16>,
+    (rows, cols): (usize, usize),
+    (rows_ld, cols_ld): (usize, usize),
+) -> Result<()> {
+    ensure!(rows_ld >= rows && cols_ld >= cols, "pad {rows} x {cols} to {rows_ld} x {cols_ld}");
+    let n = rows_ld * cols_ld;
+    ensure!(src.len() >= rows * cols && dst.len() >= n, "pad_bf16: buffers too small");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = dev.func("pad", "pad_bf16")?;
+    let s = &dev.stream;
+    let (ps, _g1) = src.device_ptr(s);
+    let (pd, _g2) = dst.device_ptr_mut(s);
+    let (r, c) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?);
+    let (rl, cl) = (i32_of(rows_ld, "rows_ld")?, i32_of(cols_ld, "cols_ld")?);
+    let mut b = s.launch_builder(&f);
+    b.arg(&ps).arg(&pd).arg(&r).arg(&c).arg(&rl).arg(&cl);
+    // SAFETY: argument types and order match the kernel; sizes checked above.
+    unsafe { b.launch(elementwise(n)) }.map_err(launch_err("pad_bf16"))?;
+    Ok(())
+}
+
+/// `dst[r, c] += src[r, c]` for `dst` [rows, cols] and `src` with rows of `src_ld`
+/// (kernels/pad.cu).
+pub fn add_unpad_f32(
+    dev: &CudaDevice,
+    src: &impl DevicePtr<f32>,
+    dst: &mut impl DevicePtrMut<f32>,
+    rows: usize,
+    cols: usize,
+    src_ld: usize,
+) -> Result<()> {
+    ensure!(src_ld >= cols, "add_unpad_f32: leading dimension {src_ld} below {cols} columns");
+    let n = rows * cols;
+    ensure!(src.len() >= rows * src_ld && dst.len() >= n, "add_unpad_f32: buffers too small");
+    if n == 0 {
+        return Ok(());
+    }
+    let f = dev.func("pad", "add_unpad_f32")?;
+    let s = &dev.stream;
+    let (ps, _g1) = src.device_ptr(s);
+    let (pd, _g2) = dst.device_ptr_mut(s);
+    let (r, c, l) = (i32_of(rows, "rows")?, i32_of(cols, "cols")?, i32_of(src_ld, "src_ld")?);
+    let mut b = s.launch_builder(&f);
+    b.arg(&ps).arg(&pd).arg(&r).arg(&c).arg(&l);
+    // SAFETY: argument types and order match the kernel; sizes checked above.
+    unsafe { b.launch(elementwise(n)) }.map_err(launch_err("add_unpad_f32"))?;
+    Ok(())
+}
+
+/// `y = rmsnorm(x + r)` per row of `d` (no weight), `rstd[row] = 1/sqrt(sum((x+r)^2) / count +
+/// eps)`: `count` = d, or fewer where the rows end in zero pads (TRM's rows of seq_ld).
 #[allow(clippy::too_many_arguments)]
 pub fn add_rms_norm_fwd(
     dev: &CudaDevice,
@@ -158,10 +215,11 @@ pub fn add_rms_norm_fwd(
     y: &mut impl DevicePtrMut<bf16>,
     rstd: &mut impl DevicePtrMut<f32>,
     rows: usize,
-    d: usize,
+    (d, count): (usize, usize),
     eps: f32,
 ) -> Result<()> {
     ensure!(x.len() >= rows * d && r.len() >= rows * d && y.len() >= rows * d);
+    ensure!(count <= d && count > 0, "norm over {count} of rows of {d}");
     ensure!(rstd.len() >= rows);
     if rows == 0 {
         return Ok(());
@@ -172,15 +230,16 @@ pub fn add_rms_norm_fwd(
     let (pr, _g2) = r.device_ptr(s);
     let (py, _g3) = y.device_ptr_mut(s);
     let (ps, _g4) = rstd.device_ptr_mut(s);
-    let (rows_i, d_i) = (i32_of(rows, "rows")?, i32_of(d, "d")?);
+    let (rows_i, d_i, n_i) = (i32_of(rows, "rows")?, i32_of(d, "d")?, i32_of(count, "count")?);
     let mut b = s.launch_builder(&f);
-    b.arg(&px).arg(&pr).arg(&py).arg(&ps).arg(&rows_i).arg(&d_i).arg(&eps);
+    b.arg(&px).arg(&pr).arg(&py).arg(&ps).arg(&rows_i).arg(&d_i).arg(&n_i).arg(&eps);
     // SAFETY: argument types and order match the kernel; sizes checked above.
     unsafe { b.launch(warp_per_row(rows)) }.map_err(launch_err("add_rms_norm_fwd_bf16"))?;
     Ok(())
 }
 
-/// `dx = rstd * (dy - y * mean(dy * y))`: the gradient w.r.t. `x + r`.
+/// `dx = rstd * (dy - y * sum(dy * y) / count)`: the gradient w.r.t. `x + r` (`count` as in
+/// [`add_rms_norm_fwd`]; zero pads of dy and y give zero pads of dx).
 pub fn rms_norm_bwd(
     dev: &CudaDevice,
     dy: &impl DevicePtr<bf16>,
@@ -188,9 +247,10 @@ pub fn rms_norm_bwd(
     rstd: &impl DevicePtr<f32>,
     dx: &mut impl DevicePtrMut<bf16>,
     rows: usize,
-    d: usize,
+    (d, count): (usize, usize),
 ) -> Result<()> {
     ensure!(dy.len() >= rows * d && y.len() >= rows * d && dx.len() >= rows * d);
+    ensure!(count <= d && count > 0, "norm over {count} of rows of {d}");
     ensure!(rstd.len() >= rows);
     if rows == 0 {
         return Ok(());
@@ -201,9 +261,9 @@ pub fn rms_norm_bwd(
     let (py, _g2) = y.device_ptr(s);
     let (ps, _g3) = rstd.device_ptr(s);
     let (pdx, _g4) = dx.device_ptr_mut(s);
-    let (rows_i, d_i) = (i32_of(rows, "rows")?, i32_of(d, "d")?);
+    let (rows_i, d_i, n_i) = (i32_of(rows, "rows")?, i32_of(d, "d")?, i32_of(count, "count")?);
     let mut b = s.launch_builder(&f);
-    b.arg(&pdy).arg(&py).arg(&ps).arg(&pdx).arg(&rows_i).arg(&d_i);
+    b.arg(&pdy).arg(&py).arg(&ps).arg(&pdx).arg(&rows_i).arg(&d_i).arg(&n_i);
     // SAFETY: as above.
     unsafe { b.launch(warp_per_row(rows)) }.map_err(launch_err("rms_norm_bwd_bf16"))?;
     Ok(())

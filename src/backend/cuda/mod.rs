@@ -18,4 +18,4 @@ pub mod nccl;
 
 pub use backend::{Cuda, CudaParam};
 pub use device::{CudaDevice, DeviceKind};
-pub use gemm::Gemm;
+pub use gemm::{Gemm, Ld};
