@@ -240,6 +240,31 @@ fn attention_seq_256() {
     check(Shape { batch: 1, seq: 256, heads: 2, hd: 64 }, 6, 1.0);
 }
 
+/// Any sequence length: Maze-Hard and ARC-AGI have 900 cells plus the puzzle prefix (HRM 901,
+/// TRM 916). Keys (queries in dK/dV) stream through shared memory in tiles with the online
+/// softmax, each head's rows spread over several blocks; nothing is S x S. The tensor-core
+/// kernels at hd 64 and 32, and the f32 kernels at hd 8, whose tiles are capped at 256 rows
+/// (the dK/dV kernel's per-row statistics), at an odd length. Inputs x2 for peaked rows.
+#[test]
+fn attention_long_sequences() {
+    for (i, sh) in [
+        Shape { batch: 1, seq: 901, heads: 1, hd: 64 },
+        Shape { batch: 1, seq: 916, heads: 2, hd: 32 },
+        Shape { batch: 1, seq: 1031, heads: 1, hd: 8 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        check(sh, 40 + i as u64, 2.0);
+    }
+}
+
+/// The longest length tested, 4,096 (one head of 16: the cost grows as S^2).
+#[test]
+fn attention_sequence_of_4096() {
+    check(Shape { batch: 1, seq: 4096, heads: 1, hd: 16 }, 50, 1.0);
+}
+
 #[test]
 fn attention_head_dim_128_several_tiles() {
     // hd 128 stages 32 rows per tile: 40 keys are two tiles, 256 keys eight; inputs x2 give
@@ -365,7 +390,9 @@ fn attention_unsupported_shapes_are_errors() {
     let mut lse = poisoned_f32(&dev, big);
     let mut fwd =
         |b: usize, s: usize, h: usize, hd: usize| attention_fwd(&dev, &qkv, &mut out, &mut lse, b, s, h, hd);
-    assert!(fwd(1, 257, 1, 64).is_err(), "seq 257");
+    let too_long = hrm::backend::cuda::attention::MAX_SEQ + 1;
+    let e = fwd(1, too_long, 1, 8).expect_err("seq past MAX_SEQ").to_string();
+    assert!(e.contains(&format!("seq {too_long}")), "{e}");
     assert!(fwd(1, 0, 1, 64).is_err(), "seq 0");
     assert!(fwd(1, 16, 1, 12).is_err(), "head_dim 12");
     assert!(fwd(1, 16, 1, 136).is_err(), "head_dim 136");
@@ -426,6 +453,7 @@ fn attention_fused_rope_matches_composed_ops() {
         Shape { batch: 2, seq: 82, heads: 2, hd: 64 },
         Shape { batch: 1, seq: 17, heads: 3, hd: 32 },
         Shape { batch: 1, seq: 130, heads: 1, hd: 128 },
+        Shape { batch: 1, seq: 901, heads: 1, hd: 64 }, // HRM Maze / ARC: positions 0..900
     ]
     .into_iter()
     .enumerate()

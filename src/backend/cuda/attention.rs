@@ -11,8 +11,11 @@ use half::bf16;
 use super::device::CudaDevice;
 use super::kernels::launch_err;
 
-/// Longest sequence the kernels handle (their shared-memory statistics hold this many rows).
-pub const MAX_SEQ: usize = 256;
+/// Longest sequence accepted. The kernels stream keys (queries in dK/dV) through shared memory
+/// in tiles and split each head's rows over blocks, so nothing but time grows with the length;
+/// this bound keeps the kernels' int row arithmetic far from overflow. Tested to 4,096
+/// (`tests/kernels_attention.rs`).
+pub const MAX_SEQ: usize = 32_768;
 /// Largest head dimension (a multiple of 8) the kernels handle.
 pub const MAX_HEAD_DIM: usize = 128;
 /// Threads per block (4 warps) and rows a block handles per pass (4 per warp), as in the kernel.
