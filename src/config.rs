@@ -93,6 +93,33 @@ impl Arch {
     }
 }
 
+/// The benchmark a model is shaped for (`--task` of `hrm bench`): with the family it names a
+/// preset (TASKS_SPEC section 4, TRM_SPEC section 4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    /// Sudoku-Extreme, 9 x 9 (S = 82 for HRM, 97 for TRM)
+    #[default]
+    Sudoku,
+    /// Maze-Hard, 30 x 30 (S = 901 / 916)
+    Maze,
+    /// ARC-AGI-1, 30 x 30 canvases, 876,408 puzzle identifiers
+    Arc1,
+    /// ARC-AGI-2, 1,045,833 puzzle identifiers
+    Arc2,
+}
+
+impl Task {
+    /// The preset of this task for `arch`.
+    pub fn preset(self, arch: Arch) -> &'static str {
+        match self {
+            Task::Sudoku => arch.pick("sudoku", "trm-sudoku-mlp"),
+            Task::Maze => arch.pick("maze", "trm-maze"),
+            Task::Arc1 => arch.pick("arc1", "trm-arc1"),
+            Task::Arc2 => arch.pick("arc2", "trm-arc2"),
+        }
+    }
+}
+
 /// Position encoding: rotary (the Sudoku setting) or a learned table added to the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +237,53 @@ impl ModelConfig {
         }
     }
 
+    /// HRM on Maze-Hard (TASKS_SPEC section 4): the Sudoku model on 30 x 30 grids of `# SGo`
+    /// (900 cells + 1 prefix position, 6 tokens with PAD), one puzzle identifier.
+    pub fn maze() -> Self {
+        ModelConfig { seq_len: 900, vocab_size: 6, ..Self::sudoku() }
+    }
+
+    /// HRM on ARC-AGI (TASKS_SPEC section 4): 30 x 30 canvases (12 tokens: PAD, EOS and 10
+    /// colors) and one puzzle identifier per augmented task variant, `ids` with the blank (HRM's
+    /// ARC-1 build: 876,408; ARC-2: 1,045,833; a built dataset states its own count).
+    pub fn arc(ids: usize) -> Self {
+        ModelConfig { seq_len: 900, vocab_size: 12, num_puzzle_identifiers: ids, ..Self::sudoku() }
+    }
+
+    /// TRM's Maze and ARC model (the README's commands): the attention variant with
+    /// T = 3 recursions of n = 4 z-updates, 16 prefix positions (S = 916).
+    fn trm_grid(task: Self) -> Self {
+        ModelConfig {
+            seq_len: task.seq_len,
+            vocab_size: task.vocab_size,
+            num_puzzle_identifiers: task.num_puzzle_identifiers,
+            L_cycles: 4,
+            ..Self::trm_sudoku_att()
+        }
+    }
+
+    /// Puzzle identifiers (with the blank) of the reference builder's ARC-AGI-1 set.
+    pub const ARC1_IDS: usize = 876_408;
+    /// The same for ARC-AGI-2.
+    pub const ARC2_IDS: usize = 1_045_833;
+
+    /// The named presets, with what each is.
+    pub const PRESETS: [(&'static str, &'static str); 13] = [
+        ("sudoku", "HRM, Sudoku-Extreme (27.3M parameters)"),
+        ("small", "HRM, hidden 128"),
+        ("demo", "HRM for the CPU demo"),
+        ("tiny", "HRM for tests"),
+        ("maze", "HRM, Maze-Hard 30 x 30"),
+        ("arc1", "HRM, ARC-AGI-1 (876,408 puzzle identifiers)"),
+        ("arc2", "HRM, ARC-AGI-2 (1,045,833 puzzle identifiers)"),
+        ("trm-sudoku-mlp", "TRM, Sudoku, token-mixing MLP"),
+        ("trm-sudoku-att", "TRM, Sudoku, attention"),
+        ("trm-demo", "TRM for the CPU demo"),
+        ("trm-maze", "TRM, Maze-Hard 30 x 30"),
+        ("trm-arc1", "TRM, ARC-AGI-1"),
+        ("trm-arc2", "TRM, ARC-AGI-2 (HRM's ARC-2 identifier count; TRM adds ConceptARC)"),
+    ];
+
     /// Look up a named preset.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
@@ -217,13 +291,19 @@ impl ModelConfig {
             "small" => Ok(Self::small()),
             "demo" => Ok(Self::demo()),
             "tiny" => Ok(Self::tiny()),
+            "maze" => Ok(Self::maze()),
+            "arc1" => Ok(Self::arc(Self::ARC1_IDS)),
+            "arc2" => Ok(Self::arc(Self::ARC2_IDS)),
             "trm-sudoku-mlp" => Ok(Self::trm_sudoku_mlp()),
             "trm-sudoku-att" => Ok(Self::trm_sudoku_att()),
             "trm-demo" => Ok(Self::trm_demo()),
-            _ => bail!(
-                "unknown model preset '{name}' (expected one of: sudoku, small, demo, tiny, trm-sudoku-mlp, \
-                 trm-sudoku-att, trm-demo)"
-            ),
+            "trm-maze" => Ok(Self::trm_grid(Self::maze())),
+            "trm-arc1" => Ok(Self::trm_grid(Self::arc(Self::ARC1_IDS))),
+            "trm-arc2" => Ok(Self::trm_grid(Self::arc(Self::ARC2_IDS))),
+            _ => {
+                let names: Vec<&str> = Self::PRESETS.iter().map(|p| p.0).collect();
+                bail!("unknown model preset '{name}' (expected one of: {})", names.join(", "))
+            }
         }
     }
 
@@ -440,6 +520,54 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// TASKS_SPEC section 4's table: sequence (cells + prefix), vocabulary, puzzle identifiers
+    /// and, for TRM, one 2-block attention network with T = 3, n = 4.
+    #[test]
+    fn maze_and_arc_presets_follow_the_spec_table() {
+        let cases = [
+            ("maze", 901, 6, 1),
+            ("arc1", 901, 12, 876_408),
+            ("arc2", 901, 12, 1_045_833),
+            ("trm-maze", 916, 6, 1),
+            ("trm-arc1", 916, 12, 876_408),
+            ("trm-arc2", 916, 12, 1_045_833),
+        ];
+        for (name, seq, vocab, ids) in cases {
+            let c = ModelConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            assert_eq!(
+                (c.total_seq_len(), c.vocab_size, c.num_puzzle_identifiers),
+                (seq, vocab, ids),
+                "{name}"
+            );
+            assert_eq!(
+                (c.hidden_size, c.num_heads, c.expansion, c.puzzle_emb_ndim),
+                (512, 8, 4.0, 512),
+                "{name}"
+            );
+            assert_eq!((c.halt_max_steps, c.halt_exploration_prob), (16, 0.1), "{name}");
+            if c.is_trm() {
+                assert_eq!((c.L_layers, c.H_cycles, c.L_cycles), (2, 3, 4), "{name}");
+                assert!(!c.uses_mlp_t() && c.pos_encodings == PosEncodings::Rope, "{name}: attention, RoPE");
+            } else {
+                assert_eq!((c.H_layers, c.L_layers, c.H_cycles, c.L_cycles), (4, 4, 2, 2), "{name}");
+            }
+        }
+        for (task, hrm, trm) in [
+            (Task::Sudoku, "sudoku", "trm-sudoku-mlp"),
+            (Task::Maze, "maze", "trm-maze"),
+            (Task::Arc1, "arc1", "trm-arc1"),
+            (Task::Arc2, "arc2", "trm-arc2"),
+        ] {
+            assert_eq!((task.preset(Arch::Hrm), task.preset(Arch::Trm)), (hrm, trm));
+        }
+        for (name, _) in ModelConfig::PRESETS {
+            ModelConfig::preset(name).unwrap().validate().unwrap();
+        }
+        let e = ModelConfig::preset("mazes").unwrap_err().to_string();
+        assert!(e.contains("trm-arc2") && e.contains("maze"), "{e}");
+    }
 
     #[test]
     fn sudoku_config_matches_paper_parameter_count() {

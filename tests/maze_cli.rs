@@ -86,3 +86,28 @@ fn check_names_bad_lines_and_counts_wrong_labels() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("m.csv:2: a: character 'X' at cell 3 (row 1, column 0)"), "{err}");
 }
+
+/// `hrm bench --task maze` times the Maze model (S = 916 for TRM: 900 cells and 16 prefix
+/// positions) end to end on the CPU; `--task` and `--preset` name the model twice, refused.
+#[test]
+fn bench_times_the_maze_model() {
+    let o = hrm()
+        .args(["bench", "--task", "maze", "--arch", "trm", "--device", "cpu", "--batch-size", "1"])
+        .args(["--steps", "1", "--warmup", "0", "--infer-batch-size", "0", "--threads", "2"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("| trm-maze | batch 1 |"), "{out}");
+    let tokens_per_s: f64 = (out.split("ms, ").nth(1).and_then(|r| r.split(' ').next()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no tokens/s in {out}"));
+    assert!(tokens_per_s > 0.0, "{out}");
+    let o = hrm().args(["bench", "--task", "maze", "--preset", "sudoku"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--preset"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -20,14 +20,19 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Model preset (sudoku, small, demo, tiny, trm-sudoku-mlp, trm-sudoku-att, trm-demo);
-    /// default: sudoku, or trm-sudoku-mlp with --arch trm.
-    #[arg(long)]
+    /// Model preset (sudoku, small, demo, tiny, maze, arc1, arc2, trm-sudoku-mlp,
+    /// trm-sudoku-att, trm-demo, trm-maze, trm-arc1, trm-arc2); default: the --task's preset
+    /// of the --arch family (sudoku, or trm-sudoku-mlp with --arch trm).
+    #[arg(long, conflicts_with = "task")]
     pub preset: Option<String>,
-    /// The model family: hrm or trm (picks the family's Sudoku preset; with --preset or
+    /// The model family: hrm or trm (picks the family's preset of --task; with --preset or
     /// --config the two must agree).
     #[arg(long, value_enum)]
     pub arch: Option<crate::config::Arch>,
+    /// The benchmark whose model to time: sudoku, maze or arc1/arc2 (the family's preset for
+    /// it: S = 901 / 916 for the 30 x 30 tasks); random tokens of its vocabulary.
+    #[arg(long, value_enum, conflicts_with = "config")]
+    pub task: Option<crate::config::Task>,
     /// Architecture JSON (overrides --preset).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -94,10 +99,10 @@ fn random_source(cfg: &ModelConfig, n: usize, seed: u64) -> VecSource {
     }
 }
 
-/// The preset `--preset` / `--arch` name.
+/// The preset `--preset` / `--task` and `--arch` name.
 fn preset_name(a: &BenchArgs) -> &str {
     let arch = a.arch.unwrap_or(crate::config::Arch::Hrm);
-    a.preset.as_deref().unwrap_or(arch.pick("sudoku", "trm-sudoku-mlp"))
+    a.preset.as_deref().unwrap_or(a.task.unwrap_or_default().preset(arch))
 }
 
 fn bench<B: Backend>(be: &B, a: &BenchArgs, cfg: &ModelConfig) -> Result<BenchReport> {
@@ -218,8 +223,16 @@ pub fn run_bench(a: &BenchArgs) -> Result<BenchReport> {
     );
     if r.infer_batch_size > 0 {
         println!(
-            "inference: {:.1} puzzles/s ({} segments, batch {}), {:.2} TFLOP/s",
-            r.infer_puzzles_per_s, r.infer_segments, r.infer_batch_size, r.infer_tflops
+            "inference: {} puzzles/s ({} segments, batch {}), {:.2} TFLOP/s",
+            // (a 30 x 30 model on the CPU does well under 1 puzzle/s)
+            if r.infer_puzzles_per_s >= 10.0 {
+                format!("{:.1}", r.infer_puzzles_per_s)
+            } else {
+                format!("{:.3}", r.infer_puzzles_per_s)
+            },
+            r.infer_segments,
+            r.infer_batch_size,
+            r.infer_tflops
         );
     }
     if let Some((k, m)) = r.launches_per_step {
