@@ -6,6 +6,7 @@ pub mod arc;
 pub mod backend;
 pub mod commands;
 pub mod config;
+pub mod dataset;
 pub mod envvars;
 pub mod fsutil;
 pub mod grid;

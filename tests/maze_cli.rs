@@ -1,6 +1,7 @@
 //! `hrm data maze generate` and `hrm data maze check` through the binary: the official CSV
 //! layout, every generated maze valid, hard and labeled by the rule, the same bytes from the
-//! same seed, splits without a shared wall layout, and bad files named by line.
+//! same seed, splits without a shared wall layout, and bad files named by line; `hrm data maze
+//! build` into the reference's dataset layout; `hrm bench --task maze`.
 
 use hrm::maze::formats::read_csv;
 use hrm::maze::{WALL, check_answer, label};
@@ -110,4 +111,57 @@ fn bench_times_the_maze_model() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// `hrm data maze build --aug`: the reference's layout (TASKS_SPEC section 1) read back: one
+/// group per maze, the 8 dihedral transforms of each training maze as its puzzles (each one a
+/// valid shortest path, the inverse transform giving back the CSV's maze), the test split as the
+/// CSV, identifier 0 everywhere, dataset.json's keys; a second build into the same folder is
+/// refused.
+#[test]
+fn build_writes_the_reference_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, out) = (dir.path().join("csv"), dir.path().join("data"));
+    assert!(generate(&csv, "5").status.success());
+    let build = || {
+        hrm()
+            .args(["data", "maze", "build", "--aug", "--train"])
+            .arg(csv.join("train.csv"))
+            .arg("--test")
+            .arg(csv.join("test.csv"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let o = build();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (train_rows, test_rows) =
+        (read_csv(&csv.join("train.csv")).unwrap(), read_csv(&csv.join("test.csv")).unwrap());
+    let (train, meta) = hrm::dataset::Split::read(&out.join("train")).unwrap();
+    assert_eq!((meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers), (144, 6, 1));
+    assert_eq!((meta.total_groups, meta.mean_puzzle_examples, meta.ignore_label_id), (24, 1.0, Some(0)));
+    assert_eq!((train.num_groups(), train.num_puzzles(), train.num_examples()), (24, 192, 192));
+    assert!(train.puzzle_identifiers.iter().all(|&id| id == 0));
+    for (g, r) in train_rows.iter().enumerate() {
+        let puzzles = train.group_indices[g] as usize..train.group_indices[g + 1] as usize;
+        assert_eq!(puzzles.len(), 8, "maze {g}");
+        for (tid, p) in puzzles.enumerate() {
+            let (q, a) = train.example(train.puzzle_indices[p] as usize);
+            let c = check_answer(q, a, 12);
+            assert!(c.valid && c.optimal, "maze {g}, transform {tid}");
+            let (back, _, _) = hrm::grid::inverse_dihedral(q, 12, 12, tid);
+            assert_eq!(back, r.question, "maze {g}: transform {tid} does not invert");
+        }
+    }
+    let (test, meta) = hrm::dataset::Split::read(&out.join("test")).unwrap();
+    assert_eq!((meta.total_groups, test.num_examples()), (12, 12));
+    for (i, r) in test_rows.iter().enumerate() {
+        assert_eq!(test.example(i), (&r.question[..], &r.answer[..]), "test maze {i}");
+    }
+    let ids: Vec<String> =
+        serde_json::from_slice(&std::fs::read(out.join("identifiers.json")).unwrap()).unwrap();
+    assert_eq!(ids, ["<blank>"]);
+    let o = build();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("exists"));
 }

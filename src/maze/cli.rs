@@ -38,6 +38,24 @@ pub enum MazeCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Build a training set from maze CSVs (ours or the published Maze-Hard files) in the
+    /// reference's dataset layout: OUT/train and OUT/test (all__inputs.npy, all__labels.npy,
+    /// the puzzle and group indices, dataset.json) and OUT/identifiers.json. One group per
+    /// maze; --aug puts each training maze's 8 dihedral transforms in its group.
+    Build {
+        /// Training mazes (CSV `source,q,a,rating`).
+        #[arg(long)]
+        train: PathBuf,
+        /// Test mazes (never augmented).
+        #[arg(long)]
+        test: PathBuf,
+        /// The 8 dihedral transforms of every training maze (TRM's paper; HRM's default is none).
+        #[arg(long)]
+        aug: bool,
+        /// Output directory (created; its train/ and test/ must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
+    },
 }
 
 /// Summary figures of a set of mazes.
@@ -135,6 +153,36 @@ pub fn run(cmd: MazeCommand) -> Result<()> {
             if bad > 0 {
                 bail!("{bad} maze(s) whose label is not a valid shortest path");
             }
+            Ok(())
+        }
+        MazeCommand::Build { train, test, aug, out } => {
+            let inputs = [("--train", train.as_path()), ("--test", test.as_path())];
+            check_output_dir("--out", &out, &["train", "test", "identifiers.json"], &inputs)?;
+            for p in [out.join("train"), out.join("test")] {
+                if p.exists() {
+                    bail!("{} exists: choose another --out (nothing was written)", p.display());
+                }
+            }
+            let (train_rows, test_rows) = (read_csv(&train)?, read_csv(&test)?);
+            for (rows, f) in [(&train_rows, &train), (&test_rows, &test)] {
+                if let Some(i) = rows.iter().position(|r| !check_answer(&r.question, &r.answer, r.side).valid)
+                {
+                    bail!("{}: maze {} has a label that is not a valid path from S to G", f.display(), i + 1);
+                }
+            }
+            let tr = super::build::split_of(&train_rows, aug, &train.display().to_string())?;
+            let te = super::build::split_of(&test_rows, false, &test.display().to_string())?;
+            super::build::write(&out, &tr, &te)?;
+            println!(
+                "train: {} mazes -> {} examples in {} groups{}; test: {} mazes; seq_len {} -> {}",
+                train_rows.len(),
+                tr.num_examples(),
+                tr.num_groups(),
+                if aug { " (8 dihedral transforms each)" } else { "" },
+                te.num_examples(),
+                tr.seq_len,
+                out.display()
+            );
             Ok(())
         }
     }

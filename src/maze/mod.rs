@@ -8,6 +8,7 @@
 //! number of shortest paths, the project's labeling rule and the answer check ("valid and
 //! optimal"); `generate` makes Maze-Hard sets, `formats` reads and writes the official CSV.
 
+pub mod build;
 pub mod cli;
 pub mod formats;
 pub mod generate;
