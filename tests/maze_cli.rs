@@ -1,7 +1,8 @@
 //! `hrm data maze generate` and `hrm data maze check` through the binary: the official CSV
 //! layout, every generated maze valid, hard and labeled by the rule, the same bytes from the
 //! same seed, splits without a shared wall layout, and bad files named by line; `hrm data maze
-//! build` into the reference's dataset layout; `hrm bench --task maze`.
+//! build` into the reference's dataset layout, and `hrm train` on it (resumed bit-identically);
+//! `hrm bench --task maze`.
 
 use hrm::maze::formats::read_csv;
 use hrm::maze::{WALL, check_answer, label};
@@ -164,4 +165,92 @@ fn build_writes_the_reference_layout() {
     assert_eq!(ids, ["<blank>"]);
     let o = build();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("exists"));
+}
+
+fn checkpoint_bits(dir: &Path) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "safetensors")) {
+        let t = hrm::model::checkpoint::TensorFile::open(f).unwrap();
+        for name in t.names() {
+            if let Ok(v) = t.f32(name, None) {
+                out.push((format!("{}:{name}", f.display()), v.iter().map(|x| x.to_bits()).collect()));
+            }
+        }
+    }
+    out
+}
+
+/// `hrm train` reads the reference's layout (`hrm data maze build`): a small HRM on 8 x 8 mazes
+/// trains, and a run stopped at step 2 and resumed writes the same checkpoint bits as an
+/// uninterrupted one. A model of the wrong shape and Sudoku `--eval` sets are refused, saying why.
+#[test]
+fn training_on_built_mazes_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = hrm()
+        .args(["data", "maze", "generate", "--train", "16", "--test", "4", "--side", "8"])
+        .args(["--min-moves", "10", "--out"])
+        .arg(d.join("csv"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hrm()
+        .args(["data", "maze", "build", "--aug", "--train"])
+        .arg(d.join("csv/train.csv"))
+        .arg("--test")
+        .arg(d.join("csv/test.csv"))
+        .arg("--out")
+        .arg(d.join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = hrm::config::ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 1,
+        L_layers: 1,
+        puzzle_emb_ndim: 32,
+        halt_max_steps: 2,
+        seq_len: 64,
+        ..hrm::config::ModelConfig::maze()
+    };
+    std::fs::write(d.join("arch.json"), model.to_json()).unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        let mut c = hrm();
+        c.args(["train", "--device", "cpu", "--threads", "2", "--data"]).arg(d.join("data"));
+        c.arg("--config").arg(d.join("arch.json"));
+        c.args(["--batch-size", "4", "--steps", "4", "--lr-warmup-steps", "1", "--checkpoint-every", "2"]);
+        c.args(["--log-every", "1"]).args(extra).arg("--out").arg(d.join(out));
+        c.output().unwrap()
+    };
+    let o = train("full", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("on 16 groups (128 examples)"), "{err}");
+    assert!(train("split", &["--stop-after", "2"]).status.success());
+    let o = hrm()
+        .args(["train", "--device", "cpu", "--threads", "2", "--resume"])
+        .arg(d.join("split"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ck = |run: &str| d.join(run).join("checkpoints/step_00000004");
+    let (a, b) = (checkpoint_bits(&ck("full")), checkpoint_bits(&ck("split")));
+    assert!(a.len() >= 8, "{} tensors", a.len());
+    for ((na, va), (_, vb)) in a.iter().zip(&b) {
+        assert!(va == vb, "{na}: the resumed maze run differs from the uninterrupted one");
+    }
+    // a Sudoku model cannot read 8 x 8 mazes; Sudoku evaluation sets do not go with them
+    let mut c = hrm();
+    c.args(["train", "--device", "cpu", "--preset", "demo", "--steps", "1", "--data"]).arg(d.join("data"));
+    let o = c.arg("--out").arg(d.join("wrong")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("seq_len 81") && err.contains("sequences of 64"), "{err}");
+    std::fs::write(d.join("eval.txt"), format!("{}\n", ".".repeat(81))).unwrap();
+    let eval = d.join("eval.txt");
+    let o = train("with-eval", &["--eval", eval.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("evaluation sets are Sudoku puzzle files"), "{err}");
 }

@@ -1,7 +1,7 @@
 //! `hrm train` and `hrm demo`.
 
 use super::eval::report_table;
-use super::train_setup::{model_config, read_json, resume_trainer, train_split};
+use super::train_setup::{model_config, model_source, read_json, resume_trainer, train_split};
 use crate::backend::{Backend, DeviceChoice};
 use crate::config::{Arch, ModelConfig};
 use crate::fsutil::{Input, check_output_dir};
@@ -11,10 +11,9 @@ use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, SavedActivations, check_device, check_host, choose_saved};
-use crate::sudoku::dataset::Dataset;
 use crate::sudoku::formats::read_eval_set_limit;
 use crate::train::checkpoint::complete_checkpoints;
-use crate::train::data::{augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
+use crate::train::data::{TrainData, augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
 use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{
@@ -317,9 +316,10 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         let inputs: RunInputs = read_json(&dir.join("run.json"))?;
         let (saved_data, saved_eval) = inputs.locate(dir);
         let data_path = train_split(&a.data.clone().unwrap_or(saved_data))?;
-        let eval = if a.eval.is_empty() { saved_eval } else { a.eval.clone() };
-        let data = Dataset::load(&data_path)?;
+        let data = TrainData::load(&data_path)?;
         let hash = data.content_hash();
+        let eval = if a.eval.is_empty() { saved_eval } else { a.eval.clone() };
+        data.check_eval_sets(&eval)?;
         match &inputs.data_hash {
             Some(h) if *h != hash && !a.allow_other_data => bail!(
                 "--resume {}: the training data {} is not the data this run was trained on (its \
@@ -340,6 +340,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         let ckpt = resume_checkpoint(dir, a.resume_from.as_deref())?;
         return crate::with_backend!(a.device, |be| {
             let mut t = resume_trainer(be, dir, &ckpt, a.resume_from.is_some(), shard)?;
+            data.check_model(&t.cfg.model, &ckpt.display().to_string())?;
             let local_batch = t.carry.steps.len();
             t.model.saved =
                 saved_activations(be, &t.cfg.model, local_batch, t.cfg.ema.is_some(), a.activations)?;
@@ -435,10 +436,12 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     // (the host side of the least a step could keep; the device side once the device is open)
     let least = a.activations.unwrap_or(SavedActivations::Recompute);
     check_host(&model, Purpose::Train { batch: a.batch_size, ema: a.ema.is_some(), saved: least }, a.device)?;
-    let data = Dataset::load(&data_path)?;
+    let data = TrainData::load(&data_path)?;
     if data.num_groups() == 0 {
         bail!("{}: the dataset holds no puzzles", data_path.display());
     }
+    data.check_model(&model, &model_source(a))?;
+    data.check_eval_sets(&a.eval)?;
     let eval_sets = load_eval_sets(&a.eval, a.eval_limit)?;
     let mut cfg = TrainConfig::new(model.clone());
     cfg.batch_size = a.batch_size;

@@ -43,9 +43,13 @@ pub fn model_config(a: &TrainArgs) -> Result<ModelConfig> {
         cfg.halt_exploration_prob = p;
     }
     cfg.validate()?;
-    let source = a.config.as_ref().map_or("the model".to_string(), |p| p.display().to_string());
-    cfg.check_sudoku().with_context(|| format!("{source}: cannot train on Sudoku data"))?;
     Ok(cfg)
+}
+
+/// How errors about the model of a new run name it (the data decides what it must read:
+/// `TrainData::check_model`).
+pub fn model_source(a: &TrainArgs) -> String {
+    a.config.as_ref().map_or("the model".to_string(), |p| p.display().to_string())
 }
 
 /// A JSON file of the run, with the file named when it is malformed.
@@ -55,13 +59,17 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// The training split a `--data` path means: a split directory (or its `data.bin`) as is; a
-/// dataset root from `hrm data build` when it holds exactly one training split (`train/`).
+/// dataset root from `hrm data build` when it holds exactly one training split (`train/`); in
+/// the reference's layout (`hrm data maze build`), a split folder or the root's `train/`.
 pub fn train_split(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("--data {}: no such file or directory", path.display());
     }
-    if path.is_file() || path.join(DATA_FILE).exists() {
+    if path.is_file() || path.join(DATA_FILE).exists() || path.join(crate::dataset::META_FILE).exists() {
         return Ok(path.to_path_buf());
+    }
+    if path.join("train").join(crate::dataset::META_FILE).exists() {
+        return Ok(path.join("train"));
     }
     let mut splits = Vec::new();
     for e in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {

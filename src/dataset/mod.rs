@@ -40,6 +40,8 @@ pub struct Split {
 }
 
 const SET: &str = "all";
+/// A split folder's metadata file.
+pub const META_FILE: &str = "dataset.json";
 
 impl Split {
     /// An empty split of sequences of `seq_len`.
@@ -78,6 +80,29 @@ impl Split {
     pub fn example(&self, i: usize) -> (&[u8], &[u8]) {
         let r = i * self.seq_len..(i + 1) * self.seq_len;
         (&self.inputs[r.clone()], &self.labels[r])
+    }
+
+    /// A hash of the arrays, as 16 hex digits: the data's identity for a run's resume (as
+    /// `Dataset::content_hash`; not cryptographic).
+    pub fn content_hash(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for c in bytes.chunks(8) {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            h = (h ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        eat(&(self.seq_len as u64).to_le_bytes());
+        eat(&self.inputs);
+        eat(&self.labels);
+        for v in [&self.puzzle_identifiers, &self.puzzle_indices, &self.group_indices] {
+            eat(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        format!("{:016x}", h ^ (h >> 33))
     }
 
     /// The consistency the reference's loader relies on; errors say which array is off.
@@ -135,13 +160,13 @@ impl Split {
             sets: vec![SET.to_string()],
         };
         let json = serde_json::to_vec_pretty(&meta)?;
-        crate::fsutil::write_atomic(&dir.join("dataset.json"), &json)
+        crate::fsutil::write_atomic(&dir.join(META_FILE), &json)
     }
 
     /// Reads a split folder (ours or the reference builders'), checked.
     pub fn read(dir: &Path) -> Result<(Split, SplitMeta)> {
         let d = dir.display();
-        let meta_path = dir.join("dataset.json");
+        let meta_path = dir.join(META_FILE);
         let text = crate::fsutil::read_regular(&meta_path, "a split's dataset.json")?;
         let meta: SplitMeta = serde_json::from_slice(&text)
             .with_context(|| format!("{}: bad dataset.json", meta_path.display()))?;

@@ -1,7 +1,9 @@
-//! Glue between the Sudoku data side and training/evaluation: the binary dataset as a
-//! `PuzzleSource`, puzzle sets as evaluation examples, and the demo's k-blank puzzles.
+//! Glue between the data side and training/evaluation: the training data of a run (a Sudoku
+//! dataset, or a split in the reference's layout) as a `PuzzleSource`, puzzle sets as
+//! evaluation examples, and the demo's k-blank puzzles.
 
 use super::sampler::{PuzzleSource, VecSource};
+use crate::dataset::Split;
 use crate::infer::eval::Example;
 use crate::sudoku::board::{Board, to_tokens};
 use crate::sudoku::dataset::{Dataset, hint_twin};
@@ -9,10 +11,135 @@ use crate::sudoku::formats::Puzzle;
 use crate::sudoku::generate::random_grid;
 use crate::sudoku::solver::count_solutions;
 use crate::sudoku::symmetry::Transform;
+use anyhow::{Context, bail};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
+use std::path::Path;
+
+/// The training examples of a run: a Sudoku dataset from `hrm data build` (`data.bin`), or a
+/// split in the reference's layout (`crate::dataset`; `hrm data maze build`, or a reference
+/// builder's output).
+pub enum TrainData {
+    Sudoku(Dataset),
+    /// with each group's examples (`PuzzleSource::group`)
+    Reference(Split, Vec<Range<usize>>),
+}
+
+impl TrainData {
+    /// Loads a split folder (or a Sudoku `data.bin`). The reference's layout is taken where every
+    /// puzzle is one example with the blank identifier (Maze): the sampler then picks a
+    /// group's puzzles uniformly, as the reference's does. Puzzles of several examples and
+    /// puzzle identifiers (ARC) are refused, saying so.
+    pub fn load(path: &Path) -> anyhow::Result<TrainData> {
+        if !path.join(crate::dataset::META_FILE).exists() {
+            return Ok(TrainData::Sudoku(Dataset::load(path)?));
+        }
+        let (split, _) = Split::read(path)?;
+        let p = split.num_puzzles();
+        if let Some(i) = (0..p).find(|&i| split.puzzle_indices[i + 1] - split.puzzle_indices[i] != 1) {
+            bail!(
+                "{}: puzzle {i} has {} examples; training reads puzzles of one example (Maze) so \
+                 far, not ARC's",
+                path.display(),
+                split.puzzle_indices[i + 1] - split.puzzle_indices[i]
+            );
+        }
+        if let Some(id) = split.puzzle_identifiers.iter().find(|&&id| id != 0) {
+            bail!(
+                "{}: puzzle identifier {id}; training reads the blank identifier 0 (Maze) so far",
+                path.display()
+            );
+        }
+        let groups = (0..split.num_groups())
+            .map(|g| split.group_indices[g] as usize..split.group_indices[g + 1] as usize)
+            .collect();
+        Ok(TrainData::Reference(split, groups))
+    }
+
+    pub fn num_groups(&self) -> usize {
+        match self {
+            TrainData::Sudoku(d) => d.num_groups(),
+            TrainData::Reference(_, g) => g.len(),
+        }
+    }
+
+    /// Examples.
+    pub fn len(&self) -> usize {
+        match self {
+            TrainData::Sudoku(d) => d.len(),
+            TrainData::Reference(s, _) => s.num_examples(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data's identity, recorded by a run so that a resume notices other data
+    /// ([`Dataset::content_hash`], [`Split::content_hash`]).
+    pub fn content_hash(&self) -> String {
+        match self {
+            TrainData::Sudoku(d) => d.content_hash(),
+            TrainData::Reference(s, _) => s.content_hash(),
+        }
+    }
+
+    /// `--eval` sets are Sudoku puzzle files: they go with Sudoku data only (evaluation on
+    /// other tasks is not wired into training yet).
+    pub fn check_eval_sets(&self, eval: &[std::path::PathBuf]) -> anyhow::Result<()> {
+        if let (TrainData::Reference(..), Some(e)) = (self, eval.first()) {
+            bail!(
+                "--eval {}: evaluation sets are Sudoku puzzle files, and this run trains on another \
+                 task's data; drop --eval (evaluating Maze models is not wired into training yet)",
+                e.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The model must read this data: its sequence length and vocabulary.
+    pub fn check_model(&self, cfg: &crate::config::ModelConfig, source: &str) -> anyhow::Result<()> {
+        match self {
+            TrainData::Sudoku(_) => {
+                cfg.check_sudoku().with_context(|| format!("{source}: cannot train on Sudoku data"))
+            }
+            TrainData::Reference(s, _) => {
+                let vocab = s.inputs.iter().chain(&s.labels).copied().max().unwrap_or(0) as usize + 1;
+                if cfg.seq_len != s.seq_len || cfg.vocab_size < vocab {
+                    bail!(
+                        "{source}: seq_len {} and vocab_size {}, the data has sequences of {} and token ids \
+                         below {vocab} (a Maze-Hard set: --preset maze or trm-maze)",
+                        cfg.seq_len,
+                        cfg.vocab_size,
+                        s.seq_len
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl PuzzleSource for TrainData {
+    fn num_groups(&self) -> usize {
+        TrainData::num_groups(self)
+    }
+    fn group(&self, g: usize) -> Range<usize> {
+        match self {
+            TrainData::Sudoku(d) => d.group(g),
+            // (one example per puzzle: puzzle p is example p)
+            TrainData::Reference(_, groups) => groups[g].clone(),
+        }
+    }
+    fn example(&self, i: usize) -> (&[u8], &[u8]) {
+        match self {
+            TrainData::Sudoku(d) => (d.inputs(i), d.labels(i)),
+            TrainData::Reference(s, _) => s.example(i),
+        }
+    }
+}
 
 impl PuzzleSource for Dataset {
     fn num_groups(&self) -> usize {
