@@ -82,27 +82,14 @@ impl Split {
         (&self.inputs[r.clone()], &self.labels[r])
     }
 
-    /// A hash of the arrays, as 16 hex digits: the data's identity for a run's resume (as
-    /// `Dataset::content_hash`; not cryptographic).
+    /// A hash of the arrays ([`crate::fsutil::content_hash`]): the data's identity for a
+    /// run's resume.
     pub fn content_hash(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for c in bytes.chunks(8) {
-                let mut w = [0u8; 8];
-                w[..c.len()].copy_from_slice(c);
-                h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            h = (h ^ bytes.len() as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        };
-        eat(&(self.seq_len as u64).to_le_bytes());
-        eat(&self.inputs);
-        eat(&self.labels);
-        for v in [&self.puzzle_identifiers, &self.puzzle_indices, &self.group_indices] {
-            eat(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
-        }
-        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        format!("{:016x}", h ^ (h >> 33))
+        let ints = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (ids, puzzles, groups) =
+            (ints(&self.puzzle_identifiers), ints(&self.puzzle_indices), ints(&self.group_indices));
+        let seq = (self.seq_len as u64).to_le_bytes();
+        crate::fsutil::content_hash(&[&seq, &self.inputs, &self.labels, &ids, &puzzles, &groups])
     }
 
     /// The consistency the reference's loader relies on; errors say which array is off.

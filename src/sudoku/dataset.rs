@@ -166,17 +166,7 @@ impl Dataset {
     /// dataset's identity, recorded by a run so that a resume notices other data. Not
     /// cryptographic: it tells a rebuilt or replaced dataset, not a forged one.
     pub fn content_hash(&self) -> String {
-        // FNV-1a over 8-byte words (the tail zero-padded), then a final avalanche.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for c in self.bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= self.bytes.len() as u64;
-        h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        format!("{:016x}", h ^ (h >> 33))
+        crate::fsutil::content_hash(&[&self.bytes])
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -23,8 +23,9 @@ use std::path::Path;
 /// builder's output).
 pub enum TrainData {
     Sudoku(Dataset),
-    /// with each group's examples (`PuzzleSource::group`)
-    Reference(Split, Vec<Range<usize>>),
+    /// one example per puzzle, so group g's examples are its puzzles; with `dataset.json`'s
+    /// vocabulary
+    Reference(Split, usize),
 }
 
 impl TrainData {
@@ -36,7 +37,7 @@ impl TrainData {
         if !path.join(crate::dataset::META_FILE).exists() {
             return Ok(TrainData::Sudoku(Dataset::load(path)?));
         }
-        let (split, _) = Split::read(path)?;
+        let (split, meta) = Split::read(path)?;
         let p = split.num_puzzles();
         if let Some(i) = (0..p).find(|&i| split.puzzle_indices[i + 1] - split.puzzle_indices[i] != 1) {
             bail!(
@@ -52,16 +53,13 @@ impl TrainData {
                 path.display()
             );
         }
-        let groups = (0..split.num_groups())
-            .map(|g| split.group_indices[g] as usize..split.group_indices[g + 1] as usize)
-            .collect();
-        Ok(TrainData::Reference(split, groups))
+        Ok(TrainData::Reference(split, meta.vocab_size))
     }
 
     pub fn num_groups(&self) -> usize {
         match self {
             TrainData::Sudoku(d) => d.num_groups(),
-            TrainData::Reference(_, g) => g.len(),
+            TrainData::Reference(s, _) => s.num_groups(),
         }
     }
 
@@ -105,8 +103,9 @@ impl TrainData {
             TrainData::Sudoku(_) => {
                 cfg.check_sudoku().with_context(|| format!("{source}: cannot train on Sudoku data"))
             }
-            TrainData::Reference(s, _) => {
-                let vocab = s.inputs.iter().chain(&s.labels).copied().max().unwrap_or(0) as usize + 1;
+            TrainData::Reference(s, vocab) => {
+                let vocab = *vocab;
+                // (`Split::read` checked every token id against this vocabulary)
                 if cfg.seq_len != s.seq_len || cfg.vocab_size < vocab {
                     bail!(
                         "{source}: seq_len {} and vocab_size {}, the data has sequences of {} and token ids \
@@ -130,7 +129,7 @@ impl PuzzleSource for TrainData {
         match self {
             TrainData::Sudoku(d) => d.group(g),
             // (one example per puzzle: puzzle p is example p)
-            TrainData::Reference(_, groups) => groups[g].clone(),
+            TrainData::Reference(s, _) => s.group_indices[g] as usize..s.group_indices[g + 1] as usize,
         }
     }
     fn example(&self, i: usize) -> (&[u8], &[u8]) {
