@@ -17,6 +17,7 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod sudoku;
+pub mod task;
 pub mod train;
 
 /// Keep freed activation buffers in the heap instead of returning them to the OS: glibc serves

@@ -7,9 +7,10 @@ use hrm::analysis::trivial::{blank_cells, trivial};
 use hrm::backend::cpu::Cpu;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
-use hrm::infer::eval::{Example, evaluate, predict};
+use hrm::infer::eval::{EvalSet, Example, evaluate, predict};
 use hrm::model::HostParams;
 use hrm::sudoku::board::board_to_string;
+use hrm::task::Rules;
 use hrm::train::data::{blanked_puzzles, example_of};
 use std::process::Command;
 
@@ -30,6 +31,7 @@ fn own_answers_as_labels(model: &Hrm<Cpu>, examples: &[Example]) -> Vec<Example>
         .map(|(k, e)| Example {
             inputs: e.inputs.clone(),
             labels: p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect(),
+            puzzle_id: 0,
         })
         .collect()
 }
@@ -59,7 +61,8 @@ fn trajectory_has_one_row_per_segment_and_consistent_settling() {
     assert_eq!(r.settle_segment.len(), 5);
     assert_eq!(r.settle_histogram.iter().sum::<usize>() + r.never_settled, 5);
     // Per-segment exact accuracy and cells agree with the evaluator.
-    let e = evaluate(&be, &model, "set", &examples, 3, |_| {}).unwrap();
+    let set = EvalSet { name: "set".into(), rules: Rules::Sudoku, examples: examples.clone(), arc: None };
+    let e = evaluate(&be, &model, &set, 3, |_| {}).unwrap();
     for (s, want) in r.per_segment.iter().zip(&e.exact_accuracy_per_segment) {
         assert_eq!(s.exact_accuracy, *want);
     }

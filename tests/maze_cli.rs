@@ -252,5 +252,109 @@ fn training_on_built_mazes_resumes_bit_identically() {
     let eval = d.join("eval.txt");
     let o = train("with-eval", &["--eval", eval.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("evaluation sets are Sudoku puzzle files"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("a sudoku set, and this run trains on maze 8x8 data"),
+        "{err}"
+    );
+}
+
+#[test]
+fn maze_models_are_evaluated_during_training_and_by_hrm_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = hrm()
+        .args(["data", "maze", "generate", "--train", "8", "--test", "5", "--side", "6"])
+        .args(["--min-moves", "6", "--out"])
+        .arg(d.join("csv"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hrm()
+        .args(["data", "maze", "build", "--train"])
+        .arg(d.join("csv/train.csv"))
+        .arg("--test")
+        .arg(d.join("csv/test.csv"))
+        .arg("--out")
+        .arg(d.join("data"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = hrm::config::ModelConfig {
+        hidden_size: 32,
+        num_heads: 2,
+        H_layers: 1,
+        L_layers: 1,
+        puzzle_emb_ndim: 32,
+        halt_max_steps: 2,
+        seq_len: 36,
+        ..hrm::config::ModelConfig::maze()
+    };
+    std::fs::write(d.join("arch.json"), model.to_json()).unwrap();
+    // evaluation during training: the built root's test split, every 2 steps
+    let o = hrm()
+        .args(["train", "--device", "cpu", "--threads", "2", "--data"])
+        .arg(d.join("data"))
+        .arg("--config")
+        .arg(d.join("arch.json"))
+        .args(["--batch-size", "4", "--steps", "2", "--eval-every", "2", "--eval"])
+        .arg(d.join("data"))
+        .arg("--out")
+        .arg(d.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("eval data: exact") && err.contains("valid and optimal"), "{err}");
+    let metrics = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
+    let eval: serde_json::Value =
+        serde_json::from_str(metrics.lines().find(|l| l.contains("\"eval\"")).expect("an eval record"))
+            .unwrap();
+    assert_eq!(eval["puzzles"], 5);
+    assert!(eval["valid_optimal_accuracy"].as_f64().unwrap() <= eval["valid_accuracy"].as_f64().unwrap());
+    // hrm eval on the test split folder: the report, the JSON and the answers as maze text
+    let ckpt = d.join("run/checkpoints/step_00000002/model.safetensors");
+    let o = hrm()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(d.join("data/test"))
+        .arg("--json")
+        .arg(d.join("r.json"))
+        .arg("--answers")
+        .arg(d.join("a.csv"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("valid") && out.contains("optimal"), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r[0]["puzzles"], 5);
+    assert_eq!(r[0]["exact_accuracy"], eval["exact_accuracy"], "the same model, the same answers");
+    let answers = std::fs::read_to_string(d.join("a.csv")).unwrap();
+    let rows = read_csv(&d.join("csv/test.csv")).unwrap();
+    for (line, maze) in answers.lines().skip(1).zip(&rows) {
+        let f: Vec<&str> = line.split(',').collect();
+        let question: String = maze.question.iter().map(|&t| hrm::maze::char_of(t)).collect();
+        assert_eq!(f[2], question, "{line}");
+        assert_eq!(f[3].len(), 36, "{line}");
+    }
+    // a Sudoku set with a maze model: refused, saying why
+    let (q, _) = hrm::train::data::blanked_puzzles(1, 5..6, 1)[0];
+    std::fs::write(d.join("eval.txt"), format!("{}\n", hrm::sudoku::board::board_to_string(&q, '.')))
+        .unwrap();
+    let o = hrm()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(d.join("eval.txt"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("not a sudoku model"), "{err}");
+    let o = hrm()
+        .args(["eval", "--device", "cpu", "--perturb", "none", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(d.join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("read Sudoku sets so far"), "{err}");
 }

@@ -5,9 +5,10 @@
 use hrm::backend::cpu::Cpu;
 use hrm::config::ModelConfig;
 use hrm::hrm::Hrm;
-use hrm::infer::eval::{evaluate, predict};
+use hrm::infer::eval::{EvalSet, Example, evaluate, predict};
 use hrm::model::HostParams;
 use hrm::sudoku::board::board_to_string;
+use hrm::task::Rules;
 use hrm::train::data::{blanked_puzzles, example_of};
 use std::process::Command;
 
@@ -103,13 +104,19 @@ fn evaluation_counts_answers_known_to_be_right() {
     for (k, e) in relabeled.iter_mut().enumerate() {
         e.labels = p.tokens[k * 81..(k + 1) * 81].iter().map(|&t| t as i32).collect();
     }
-    let r = evaluate(&be, &model, "self", &relabeled, 3, |_| {}).unwrap();
+    let set = |name: &str, examples: &[Example]| EvalSet {
+        name: name.into(),
+        rules: Rules::Sudoku,
+        examples: examples.to_vec(),
+        arc: None,
+    };
+    let r = evaluate(&be, &model, &set("self", &relabeled), 3, |_| {}).unwrap();
     assert_eq!(r.puzzles, 5);
     assert_eq!(r.exact_accuracy, 1.0);
     assert_eq!(r.cell_accuracy, 1.0);
     assert_eq!(*r.exact_accuracy_per_segment.last().unwrap(), 1.0);
     // Against the true answers an untrained model gets no board right.
-    let r = evaluate(&be, &model, "true", &examples, 3, |_| {}).unwrap();
+    let r = evaluate(&be, &model, &set("true", &examples), 3, |_| {}).unwrap();
     assert_eq!(r.exact_accuracy, 0.0);
     assert!(r.cell_accuracy < 1.0);
 }

@@ -1,11 +1,13 @@
-//! `hrm data arc ...`: check ARC task folders.
+//! `hrm data arc ...`: check ARC task folders and build training sets from them.
 
 use super::{Task, read_dir, variants};
-use anyhow::Result;
+use crate::fsutil::check_output_dir;
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Debug, Subcommand)]
 pub enum ArcCommand {
@@ -21,6 +23,29 @@ pub enum ArcCommand {
         variants: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Build a training set in the reference's dataset layout (OUT/train, OUT/test,
+    /// OUT/identifiers.json) by HRM's recipe: every sub-folder of DIRS is a source; the test
+    /// pairs of the tasks in sub-folders named --test-dir form the test split (their
+    /// demonstration pairs train); each task gives the identity and up to --variants
+    /// dihedral x color-permutation variants, one puzzle identifier each; training examples sit
+    /// at random offsets (one per puzzle at the origin). HRM's ARC-1 set: DIRS =
+    /// arc-agi-1/data conceptarc; ARC-2: arc-agi-2/data. The whole set is held in memory while
+    /// it is built (HRM's ARC-1 at 1,000 variants: about 6.5 GB).
+    Build {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Augmented variants per task besides the original (HRM: 1,000).
+        #[arg(long, default_value_t = 1000)]
+        variants: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The sub-folder name of the held-out tasks.
+        #[arg(long, default_value = "evaluation")]
+        test_dir: String,
+        /// Output directory (created; its train/ and test/ must not exist).
+        #[arg(short, long)]
+        out: PathBuf,
     },
 }
 
@@ -45,6 +70,40 @@ fn describe(tasks: &[Task]) -> String {
 
 pub fn run(cmd: ArcCommand) -> Result<()> {
     match cmd {
+        ArcCommand::Build { dirs, variants: n, seed, test_dir, out } => {
+            let inputs: Vec<(&str, &std::path::Path)> =
+                dirs.iter().map(|d| ("task folder", d.as_path())).collect();
+            check_output_dir("--out", &out, &["train", "test", "identifiers.json"], &inputs)?;
+            for p in [out.join("train"), out.join("test")] {
+                if p.exists() {
+                    bail!("{} exists: choose another --out (nothing was written)", p.display());
+                }
+            }
+            let t0 = Instant::now();
+            let sources = super::build::read_sources(&dirs, &test_dir)?;
+            let held = sources.iter().filter(|s| s.held_out).count();
+            eprintln!("{} tasks ({held} held out); building up to {n} variants each", sources.len());
+            let bar = indicatif::ProgressBar::new(sources.len() as u64);
+            let b = super::build::build(&sources, n, seed, &|d| bar.set_position(d as u64))?;
+            bar.finish_and_clear();
+            super::build::write(&out, &b)?;
+            println!(
+                "train: {} groups, {} puzzles, {} examples; test: {} groups, {} puzzles, {} examples; {} \
+                 identifiers with the blank; {} tasks below {} variants; {:.1} s -> {}",
+                b.train.num_groups(),
+                b.train.num_puzzles(),
+                b.train.num_examples(),
+                b.test.num_groups(),
+                b.test.num_puzzles(),
+                b.test.num_examples(),
+                b.names.len(),
+                b.short_tasks,
+                n + 1,
+                t0.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
         ArcCommand::Check { dirs, variants: n, seed } => {
             let mut all = Vec::new();
             for d in &dirs {

@@ -8,7 +8,9 @@
 //! (`sequence`), and `hrm data arc check`; the training-set builder (puzzle identifiers,
 //! splits, the dataset file) comes next.
 
+pub mod build;
 pub mod cli;
+pub mod eval;
 pub mod sequence;
 pub mod vote;
 
@@ -30,6 +32,13 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// A grid from text: rows of digits joined by `/` ("12/34" is 2 x 2).
+    pub fn from_text(text: &str) -> Grid {
+        let rows: Vec<Vec<u8>> = text.split('/').map(|r| r.bytes().map(|c| c - b'0').collect()).collect();
+        let rows: Vec<&[u8]> = rows.iter().map(|r| &r[..]).collect();
+        Grid::from_rows(&rows)
+    }
+
     /// A grid from its rows (all of one length).
     pub fn from_rows(rows: &[&[u8]]) -> Grid {
         let cols = rows.first().map_or(0, |r| r.len());
@@ -187,6 +196,33 @@ impl Aug {
         format!("{task}_t{}_{digits}", self.tid)
     }
 
+    /// The task and augmentation of a variant name ([`Aug::name`]); a name without a valid
+    /// `_t{tid}_{map}` suffix (10 digits, a permutation keeping 0) is the identity of that task.
+    pub fn parse(name: &str) -> (String, Aug) {
+        let parsed = (|| {
+            let (rest, digits) = name.rsplit_once('_')?;
+            let (task, t) = rest.rsplit_once("_t")?;
+            let tid = match t.as_bytes() {
+                [d @ b'0'..=b'7'] => (d - b'0') as usize,
+                _ => return None,
+            };
+            let d = digits.as_bytes();
+            if d.len() != 10 || !d.iter().all(u8::is_ascii_digit) || d[0] != b'0' {
+                return None;
+            }
+            let mut map = [0u8; 10];
+            let mut seen = [false; 10];
+            for (m, &c) in map.iter_mut().zip(d) {
+                *m = c - b'0';
+                if std::mem::replace(&mut seen[*m as usize], true) {
+                    return None;
+                }
+            }
+            Some((task.to_string(), Aug { tid, map }))
+        })();
+        parsed.unwrap_or_else(|| (name.to_string(), Aug::IDENTITY))
+    }
+
     fn apply_pairs(&self, pairs: &[Pair]) -> Vec<Pair> {
         pairs.iter().map(|p| Pair { input: self.apply(&p.input), output: self.apply(&p.output) }).collect()
     }
@@ -239,6 +275,12 @@ mod tests {
         assert_eq!(a.invert(&a.apply(&x)), x);
         assert_eq!(a.name("abc"), "abc_t1_0231456789");
         assert_eq!(Aug::IDENTITY.name("abc"), "abc");
+        assert_eq!(Aug::parse("abc_t1_0231456789"), ("abc".to_string(), a));
+        assert_eq!(Aug::parse("a_b_t7_0987654321").1.tid, 7);
+        assert_eq!(Aug::parse("a_b_t7_0987654321").0, "a_b");
+        for bare in ["abc", "abc_t8_0231456789", "abc_t1_1230456789", "abc_t1_0231456788", "abc_t1_023"] {
+            assert_eq!(Aug::parse(bare), (bare.to_string(), Aug::IDENTITY), "{bare}");
+        }
         // every transform and random maps: the inverse restores, black stays black
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let y = Grid { rows: 3, cols: 5, cells: (0..15).map(|i| (i * 7 % 10) as u8).collect() };

@@ -106,7 +106,8 @@ fn rows_of(g: &Grid) -> Vec<Vec<u8>> {
 }
 
 /// The ARC Prize submission: `{task: [{"attempt_1": grid, "attempt_2": grid}, ...]}`, one
-/// entry per test input in order; a missing attempt is `[[0]]`.
+/// entry per test input in order; with one candidate it is both attempts (as TRM writes it),
+/// with none both are `[[0]]`.
 pub fn submission(ranked: &BTreeMap<(usize, usize), Vec<Candidate>>, tasks: &[Task]) -> serde_json::Value {
     let empty = Grid { rows: 1, cols: 1, cells: vec![0] };
     let mut out = serde_json::Map::new();
@@ -114,7 +115,7 @@ pub fn submission(ranked: &BTreeMap<(usize, usize), Vec<Candidate>>, tasks: &[Ta
         let inputs: Vec<serde_json::Value> = (0..task.test.len())
             .map(|k| {
                 let c = ranked.get(&(t, k)).map(|c| &c[..]).unwrap_or(&[]);
-                let attempt = |i: usize| rows_of(c.get(i).map(|x| &x.grid).unwrap_or(&empty));
+                let attempt = |i: usize| rows_of(c.get(i).or(c.first()).map(|x| &x.grid).unwrap_or(&empty));
                 serde_json::json!({ "attempt_1": attempt(0), "attempt_2": attempt(1) })
             })
             .collect();
@@ -217,5 +218,11 @@ mod tests {
         let none = rank(&[]);
         assert_eq!(score(&none, &tasks[1..]).pass2_inputs, 0);
         assert_eq!(submission(&none, &tasks[1..])["b"][0]["attempt_1"], serde_json::json!([[0]]));
+        assert_eq!(submission(&none, &tasks[1..])["b"][0]["attempt_2"], serde_json::json!([[0]]));
+        // one candidate: both attempts
+        let one = rank(&preds[5..6]);
+        let sub = submission(&one, &tasks[..1]);
+        assert_eq!(sub["a"][1]["attempt_1"], sub["a"][1]["attempt_2"]);
+        assert_eq!(sub["a"][1]["attempt_1"], serde_json::json!([[5, 5, 0]]));
     }
 }

@@ -4,14 +4,15 @@ use crate::backend::DeviceChoice;
 use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::infer::augmented::{AugmentedOptions, AugmentedReport, HaltMode, evaluate_augmented_on};
-use crate::infer::eval::{EvalReport, Example, predict, predict_on, score};
+use crate::infer::eval::{EvalReport, EvalSet, Example, predict, predict_on, score};
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, check_device, check_host};
 use crate::sudoku::board::{Board, board_to_string, is_solution_of, is_valid_solution, parse_board};
-use crate::sudoku::formats::{read_eval_set, read_eval_set_limit, unique_solution};
-use crate::train::data::{example_of, examples_of};
+use crate::sudoku::formats::{read_eval_set, unique_solution};
+use crate::task::Rules;
+use crate::train::data::{example_of, load_eval_set};
 use crate::train::distributed::{self, DistEnv, Role, connect};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -46,10 +47,13 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 2)]
     pub min_segments: usize,
     /// Evaluation sets: Sudoku-Extreme CSV or one-puzzle-per-line files (solutions computed
-    /// when absent).
+    /// when absent), or maze splits in the reference's layout (a folder with dataset.json, or
+    /// the root `hrm data maze build` writes, whose test/ is read); maze reports add valid
+    /// paths and valid shortest paths.
     #[arg(required = true)]
     pub sets: Vec<PathBuf>,
-    /// Evaluate only the first N puzzles of each set (N >= 1).
+    /// Evaluate only the first N puzzles of each set (N >= 1; ARC: the first N tasks, every
+    /// variant of each).
     #[arg(long, value_parser = crate::commands::args::positive_usize)]
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 256, value_parser = crate::commands::args::positive_usize)]
@@ -64,6 +68,10 @@ pub struct EvalArgs {
     /// digit).
     #[arg(long, value_name = "CSV")]
     pub answers: Option<PathBuf>,
+    /// ARC sets: write the ARC Prize submission JSON here (per task, per test input, the two
+    /// best-voted answers as attempt_1 and attempt_2), tasks of every ARC set together.
+    #[arg(long, value_name = "JSON")]
+    pub submission: Option<PathBuf>,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -79,23 +87,57 @@ pub struct EvalArgs {
 
 /// A Sudoku model's config and weights from a checkpoint.
 pub fn load_model_checkpoint(checkpoint: &Path, config: Option<&Path>) -> Result<(ModelConfig, HostParams)> {
+    load_checkpoint_for(checkpoint, config, &[Rules::Sudoku])
+}
+
+/// A model's config and weights from a checkpoint, checked to read the sequences of every task
+/// in `tasks`.
+pub fn load_checkpoint_for(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    tasks: &[Rules],
+) -> Result<(ModelConfig, HostParams)> {
     let cfg = config.map(ModelConfig::from_json_file).transpose()?;
     let (cfg, params) = load_checkpoint(checkpoint, cfg.as_ref())?;
-    cfg.check_sudoku().with_context(|| format!("{}: not a Sudoku model", checkpoint.display()))?;
+    for r in tasks {
+        r.check_model(&cfg).with_context(|| format!("{}: not a {} model", checkpoint.display(), r.name()))?;
+    }
     Ok((cfg, params))
 }
 
-/// A readable table of reports.
+/// A readable table of reports (with the columns `valid` and `optimal`, valid and optimal,
+/// when a task reports them: Maze).
 pub fn report_table(reports: &[EvalReport]) -> String {
-    let mut s = format!(
-        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-        "set", "puzzles", "exact", "cells", "blanks", "halt"
-    );
+    let validity = reports.iter().any(|r| r.valid_accuracy.is_some());
+    let mut s =
+        format!("{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}", "set", "puzzles", "exact", "cells", "blanks", "halt");
+    s += &if validity { format!(" {:>8} {:>8}\n", "valid", "optimal") } else { "\n".into() };
     for r in reports {
         s += &format!(
-            "{:<32} {:>8} {:>8.4} {:>8.4} {:>8.4} {:>8.3}\n",
+            "{:<32} {:>8} {:>8.4} {:>8.4} {:>8.4} {:>8.3}",
             r.name, r.puzzles, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.act_halt_fraction
         );
+        let cell = |v: Option<f64>| v.map_or(format!(" {:>8}", "-"), |v| format!(" {v:>8.4}"));
+        s += &if validity {
+            cell(r.valid_accuracy) + &cell(r.valid_optimal_accuracy) + "\n"
+        } else {
+            "\n".into()
+        };
+    }
+    for r in reports {
+        if let Some(a) = &r.arc {
+            let f = |k: usize, n: usize| format!("{k}/{n} ({:.4})", k as f64 / n.max(1) as f64);
+            s += &format!(
+                "{}: ARC vote over the variants: pass@1 {} and pass@2 {} test inputs; tasks with every \
+                 input passing: pass@1 {}, pass@2 {}; mean pass@2 per task {:.4}\n",
+                r.name,
+                f(a.pass1_inputs, a.test_inputs),
+                f(a.pass2_inputs, a.test_inputs),
+                f(a.pass1_tasks, a.tasks),
+                f(a.pass2_tasks, a.tasks),
+                a.pass2_task_mean
+            );
+        }
     }
     if !reports.is_empty() {
         s += "exact accuracy per segment:\n";
@@ -165,27 +207,18 @@ pub fn augmented_table(reports: &[AugmentedReport]) -> String {
     s
 }
 
-fn load_sets(a: &EvalArgs) -> Result<Vec<(String, Vec<crate::infer::eval::Example>)>> {
-    let mut sets = Vec::new();
-    for path in &a.sets {
-        let puzzles = read_eval_set_limit(path, a.limit)?;
-        let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
-        sets.push((name, examples_of(&puzzles)));
-    }
-    Ok(sets)
+fn load_sets(a: &EvalArgs) -> Result<Vec<EvalSet>> {
+    a.sets.iter().map(|path| load_eval_set(path, a.limit)).collect()
 }
 
 /// A board of token ids as 81 characters: the digit of tokens 2..=10, `.` otherwise.
 fn answer_string(tokens: &[u8]) -> String {
-    tokens.iter().map(|&t| if (2..=10).contains(&t) { char::from(b'0' + t - 1) } else { '.' }).collect()
+    Rules::Sudoku.line(tokens.iter().map(|&t| t as i32))
 }
 
 /// The question of an example as 81 characters (`.` for blanks).
 fn question_string(e: &Example) -> String {
-    e.inputs
-        .iter()
-        .map(|&t| if (2..=10).contains(&t) { char::from(b'0' + t as u8 - 1) } else { '.' })
-        .collect()
+    Rules::Sudoku.line(e.inputs.iter().copied())
 }
 
 /// `--json` and `--answers`, checked before any work: neither may be an input (a checkpoint,
@@ -195,10 +228,11 @@ fn check_eval_outputs(a: &EvalArgs) -> Result<()> {
         a.checkpoints.iter().map(|c| ("--checkpoint", c.as_path())).collect();
     inputs.extend(a.config.as_deref().map(|c| ("--config", c)));
     inputs.extend(a.sets.iter().map(|s| ("puzzle set", s.as_path())));
-    let outputs: Vec<(&str, &Path)> = [("--json", &a.json), ("--answers", &a.answers)]
-        .into_iter()
-        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
-        .collect();
+    let outputs: Vec<(&str, &Path)> =
+        [("--json", &a.json), ("--answers", &a.answers), ("--submission", &a.submission)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect();
     for (flag, p) in &outputs {
         crate::fsutil::check_output(flag, p, &inputs)?;
     }
@@ -217,12 +251,15 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalOutput> {
         Role::Rank(e) => Some(e),
     };
     let main = env.as_ref().is_none_or(|e| e.rank == 0);
-    let (out, answers) = if augmented {
+    if augmented && a.submission.is_some() {
+        bail!("--submission: ARC sets are evaluated by plain `hrm eval` (no --perturb, one checkpoint)");
+    }
+    let (out, answers, submission) = if augmented {
         let (reports, answers) = run_augmented_eval(a, env.as_ref())?;
-        (EvalOutput::Augmented(reports), answers)
+        (EvalOutput::Augmented(reports), answers, None)
     } else {
-        let (reports, answers) = run_plain_eval(a, env.as_ref())?;
-        (EvalOutput::Plain(reports), answers)
+        let (reports, answers, submission) = run_plain_eval(a, env.as_ref())?;
+        (EvalOutput::Plain(reports), answers, submission)
     };
     if !main {
         return Ok(EvalOutput::Plain(Vec::new()));
@@ -237,6 +274,12 @@ pub fn run_eval(a: &EvalArgs) -> Result<EvalOutput> {
     if let Some(p) = &a.answers {
         write_atomic(p, answers.as_bytes())?;
     }
+    if let Some(p) = &a.submission {
+        let Some(sub) = submission else {
+            bail!("--submission {}: no ARC set was evaluated", p.display());
+        };
+        write_atomic(p, serde_json::to_string(&sub)?.as_bytes())?;
+    }
     Ok(out)
 }
 
@@ -245,10 +288,26 @@ fn progress(main: bool, len: usize) -> indicatif::ProgressBar {
     if main { indicatif::ProgressBar::new(len as u64) } else { indicatif::ProgressBar::hidden() }
 }
 
-/// The reports and the answers CSV.
-fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport>, String)> {
-    let (cfg, params) = load_model_checkpoint(&a.checkpoints[0], a.config.as_deref())?;
+/// The reports, the answers CSV and the ARC submission (with ARC sets).
+fn run_plain_eval(
+    a: &EvalArgs,
+    env: Option<&DistEnv>,
+) -> Result<(Vec<EvalReport>, String, Option<serde_json::Value>)> {
     let sets = load_sets(a)?;
+    let tasks: Vec<Rules> = sets.iter().map(|s| s.rules).collect();
+    let (cfg, params) = load_checkpoint_for(&a.checkpoints[0], a.config.as_deref(), &tasks)?;
+    for set in &sets {
+        if let Some(e) = set.examples.iter().find(|e| e.puzzle_id as usize >= cfg.num_puzzle_identifiers) {
+            bail!(
+                "{}: set {} has puzzle identifier {}, the model has {} (with the blank): not the model of \
+                 this dataset",
+                a.checkpoints[0].display(),
+                set.name,
+                e.puzzle_id,
+                cfg.num_puzzle_identifiers
+            );
+        }
+    }
     let world = env.map_or(1, |e| e.world);
     let purpose = Purpose::Eval { batch: a.batch_size };
     check_host(&cfg, purpose, a.device)?;
@@ -259,24 +318,34 @@ fn run_plain_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<EvalReport
             let model = Hrm::new(be, &cfg, &params).with_origin(&a.checkpoints[0]);
             let mut reports = Vec::new();
             let mut csv = String::from("set,index,puzzle,answer,correct\n");
-            for (name, examples) in &sets {
+            let mut submission: Option<serde_json::Map<String, serde_json::Value>> = None;
+            for set in &sets {
+                let (name, examples) = (&set.name, &set.examples);
                 let bar = progress(env.is_none_or(|e| e.rank == 0), examples.len().div_ceil(world));
                 let p =
                     predict_on(be, &model, examples, a.batch_size, dist.as_deref(), |n| bar.inc(n as u64))?;
                 bar.finish_and_clear();
-                let r = score(name, examples, &p, &cfg);
+                let r = score(set, &p, &cfg);
+                if let Some(arc) = &set.arc {
+                    let (ranked, _) = crate::arc::eval::vote(arc, &p.tokens, &p.q_halt);
+                    if let serde_json::Value::Object(m) = crate::arc::vote::submission(&ranked, &arc.tasks) {
+                        submission.get_or_insert_with(Default::default).extend(m);
+                    }
+                }
                 let last = p.exact_per_segment.last().cloned().unwrap_or_default();
                 for (i, e) in examples.iter().enumerate() {
-                    let answer = answer_string(&p.tokens[i * cfg.seq_len..(i + 1) * cfg.seq_len]);
+                    let answer = set
+                        .rules
+                        .line(p.tokens[i * cfg.seq_len..(i + 1) * cfg.seq_len].iter().map(|&t| t as i32));
                     csv += &format!(
                         "{name},{i},{},{answer},{}\n",
-                        question_string(e),
+                        set.rules.line(e.inputs.iter().copied()),
                         last.get(i).copied().unwrap_or(false) as u8
                     );
                 }
                 reports.push(r);
             }
-            Ok((reports, csv))
+            Ok((reports, csv, submission.map(serde_json::Value::Object)))
         })
     })
 }
@@ -287,12 +356,20 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
     if a.min_segments == 0 {
         bail!("--min-segments: expected at least 1");
     }
+    let sets = load_sets(a)?;
+    if let Some(s) = sets.iter().find(|s| s.rules != Rules::Sudoku) {
+        bail!(
+            "{}: a {} set; perturbed inference, several checkpoints and --halt act read Sudoku sets \
+             so far (plain `hrm eval` reads this one)",
+            s.name,
+            s.rules.name()
+        );
+    }
     let loaded = a
         .checkpoints
         .iter()
         .map(|c| load_model_checkpoint(c, a.config.as_deref()))
         .collect::<Result<Vec<_>>>()?;
-    let sets = load_sets(a)?;
     let opts = AugmentedOptions { batch_size: a.batch_size, halt: a.halt, min_segments: a.min_segments };
     let world = env.map_or(1, |e| e.world);
     let purpose = Purpose::Eval { batch: a.batch_size };
@@ -314,7 +391,8 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
             let mut csv = String::from(
                 "set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct\n",
             );
-            for (name, examples) in &sets {
+            for set in &sets {
+                let (name, examples) = (&set.name, &set.examples);
                 let bar = progress(
                     env.is_none_or(|e| e.rank == 0),
                     examples.len().div_ceil(world) * perts.len() * models.len(),

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod args;
 pub mod bench;
+pub mod demo_maze;
 pub mod doctor;
 pub mod eval;
 pub mod train;

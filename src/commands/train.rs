@@ -6,14 +6,16 @@ use crate::backend::{Backend, DeviceChoice};
 use crate::config::{Arch, ModelConfig};
 use crate::fsutil::{Input, check_output_dir};
 use crate::infer::augmented::{AugmentedOptions, evaluate_augmented_on};
-use crate::infer::eval::Example;
+use crate::infer::eval::{EvalSet, Example};
 use crate::infer::perturb::parse_spec;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, SavedActivations, check_device, check_host, choose_saved};
-use crate::sudoku::formats::read_eval_set_limit;
+use crate::task::Rules;
 use crate::train::checkpoint::complete_checkpoints;
-use crate::train::data::{TrainData, augmented_source_with_hints, blanked_puzzles, example_of, examples_of};
+use crate::train::data::{
+    TrainData, augmented_source_with_hints, blanked_puzzles, example_of, load_eval_set,
+};
 use crate::train::distributed::{self, Dist, DistEnv, Role, connect};
 use crate::train::run::{RunOptions, RunSummary, run};
 use crate::train::rundir::{
@@ -257,15 +259,18 @@ fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
     Some(rel)
 }
 
-fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<(String, Vec<Example>)>> {
-    paths
-        .iter()
-        .map(|p| {
-            let puzzles = read_eval_set_limit(p, (limit > 0).then_some(limit))?;
-            let name = p.file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned());
-            Ok((name, examples_of(&puzzles)))
-        })
-        .collect()
+fn load_eval_sets(paths: &[PathBuf], limit: usize) -> Result<Vec<EvalSet>> {
+    paths.iter().map(|p| load_eval_set(p, (limit > 0).then_some(limit))).collect()
+}
+
+/// The reference's step budget: epochs x groups x mean examples per puzzle / batch (at least 1).
+fn epoch_steps(epochs: u64, groups: usize, mean_examples: f64, batch: usize) -> u64 {
+    let steps = if mean_examples == 1.0 {
+        epochs.saturating_mul(groups as u64) / batch.max(1) as u64
+    } else {
+        (epochs as f64 * groups as f64 * mean_examples / batch.max(1) as f64) as u64
+    };
+    steps.max(1)
 }
 
 /// `--out RUN` before any work: a directory that can be written, and none of the run's inputs
@@ -431,7 +436,7 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
         bail!("`hrm train` needs --data and --out (or --resume RUN_DIR)");
     };
     check_run_dir(out, a)?;
-    let model = model_config(a)?;
+    let mut model = model_config(a)?;
     let data_path = train_split(data_path)?;
     // (the host side of the least a step could keep; the device side once the device is open)
     let least = a.activations.unwrap_or(SavedActivations::Recompute);
@@ -440,14 +445,32 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
     if data.num_groups() == 0 {
         bail!("{}: the dataset holds no puzzles", data_path.display());
     }
+    if data.puzzle_identifiers() != model.num_puzzle_identifiers && a.init.is_none() {
+        // (as the reference does: the model has one embedding row per identifier of its data)
+        eprintln!(
+            "num_puzzle_identifiers: {} (the data's), not {} ({})",
+            data.puzzle_identifiers(),
+            model.num_puzzle_identifiers,
+            model_source(a)
+        );
+        model.num_puzzle_identifiers = data.puzzle_identifiers();
+        check_host(
+            &model,
+            Purpose::Train { batch: a.batch_size, ema: a.ema.is_some(), saved: least },
+            a.device,
+        )?;
+    }
     data.check_model(&model, &model_source(a))?;
     data.check_eval_sets(&a.eval)?;
     let eval_sets = load_eval_sets(&a.eval, a.eval_limit)?;
     let mut cfg = TrainConfig::new(model.clone());
     cfg.batch_size = a.batch_size;
-    cfg.steps = a
-        .steps
-        .unwrap_or((a.epochs.saturating_mul(data.num_groups() as u64) / a.batch_size.max(1) as u64).max(1));
+    cfg.steps = a.steps.unwrap_or(epoch_steps(
+        a.epochs,
+        data.num_groups(),
+        data.mean_puzzle_examples(),
+        a.batch_size,
+    ));
     cfg.seed = a.seed;
     cfg.ema = a.ema;
     cfg.optim = crate::optim::OptimConfig {
@@ -509,21 +532,33 @@ pub fn run_train(a: &TrainArgs) -> Result<RunSummary> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Run directory.
-    #[arg(long, default_value = "runs/demo")]
-    pub out: PathBuf,
-    /// Training puzzles (each with --augment symmetry transforms).
+    /// The task: sudoku (k-blank 9 x 9 puzzles, the default) or maze (small random mazes,
+    /// --side x --side, shortest paths of --min-moves or more).
+    #[arg(long, value_enum, default_value_t = DemoTask::Sudoku)]
+    pub task: DemoTask,
+    /// Run directory (default runs/demo; runs/demo-maze with --task maze).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// --task maze: the grid side.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(3..=30))]
+    pub side: u16,
+    /// --task maze: the fewest moves of a maze's shortest path.
+    #[arg(long, default_value_t = 8)]
+    pub min_moves: u32,
+    /// Training puzzles (Sudoku: each with --augment symmetry transforms; Maze: each with its
+    /// 8 dihedral transforms).
     #[arg(long, default_value_t = 2000, value_parser = crate::commands::args::positive_usize)]
     pub train_puzzles: usize,
+    /// Sudoku: symmetry transforms per training puzzle.
     #[arg(long, default_value_t = 20)]
     pub augment: usize,
     /// Held-out evaluation puzzles.
     #[arg(long, default_value_t = 500, value_parser = crate::commands::args::positive_usize)]
     pub eval_puzzles: usize,
-    /// Fewest blanks per puzzle.
+    /// Sudoku: fewest blanks per puzzle.
     #[arg(long, default_value_t = 3)]
     pub min_blanks: usize,
-    /// Most blanks per puzzle.
+    /// Sudoku: most blanks per puzzle.
     #[arg(long, default_value_t = 8)]
     pub max_blanks: usize,
     /// Training steps (the HRM `demo` preset of the recipe sweep used 2,500).
@@ -571,25 +606,91 @@ pub struct DemoArgs {
     pub device: DeviceChoice,
 }
 
+/// The demo's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoTask {
+    Sudoku,
+    Maze,
+}
+
+impl DemoArgs {
+    /// `out` made ready for a new demo run (checked, locked, a previous run removed with
+    /// --overwrite); the lock is held while the guard lives.
+    pub fn prepare_run_dir(&self, out: &Path) -> Result<RunLock> {
+        let inputs: Vec<(&str, &Path)> = self.config.iter().map(|c| ("--config", c.as_path())).collect();
+        check_output_dir("--out", out, RUN_ENTRIES, &inputs)?;
+        let lock = RunLock::acquire(out)?;
+        prepare_new_run(out, self.overwrite, None)?;
+        Ok(lock)
+    }
+
+    /// The run directory.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            PathBuf::from(match self.task {
+                DemoTask::Sudoku => "runs/demo",
+                DemoTask::Maze => "runs/demo-maze",
+            })
+        })
+    }
+
+    /// The demo's model: --config, --preset or the --arch's demo preset, with the overrides;
+    /// with the preset's name or the config's path. For `task` the preset's sequence length and
+    /// vocabulary become the task's (a --config must already have them).
+    pub fn model(&self, task: Rules) -> Result<(ModelConfig, String)> {
+        let preset =
+            self.preset.as_deref().unwrap_or(self.arch.unwrap_or(Arch::Trm).pick("demo", "trm-demo"));
+        let mut model = match &self.config {
+            Some(path) => ModelConfig::from_json_file(path)?,
+            None => ModelConfig::preset(preset)?,
+        };
+        let source = self.config.as_ref().map_or(format!("preset {preset}"), |c| c.display().to_string());
+        crate::config::Arch::check(self.arch, &model, &source)?;
+        if self.config.is_none() {
+            model.seq_len = task.seq_len();
+            model.vocab_size = task.vocab_size();
+        }
+        if let Some(p) = &self.pos_encodings {
+            model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
+                .with_context(|| format!("--pos-encodings {p}: expected rope, learned or none"))?;
+        }
+        if let Some(h) = self.halt_max_steps {
+            model.halt_max_steps = h;
+        }
+        model.validate()?;
+        task.check_model(&model).with_context(|| format!("{source}: not a model for the demo's task"))?;
+        Ok((model, self.config.as_ref().map_or(preset.to_string(), |c| c.display().to_string())))
+    }
+
+    /// The training settings shared by the demo's tasks.
+    pub fn train_config(&self, model: &ModelConfig) -> TrainConfig {
+        let mut cfg = TrainConfig::new(model.clone());
+        cfg.batch_size = self.batch_size;
+        cfg.steps = self.steps;
+        cfg.seed = self.seed;
+        cfg.optim.lr = self.lr;
+        cfg.optim.puzzle_emb_lr = self.lr;
+        cfg.optim.weight_decay = 0.1;
+        cfg.optim.puzzle_emb_weight_decay = 0.1;
+        cfg.optim.lr_warmup_steps = (self.steps / 10).max(1);
+        cfg.log_every = 10;
+        cfg.checkpoint_every = (self.steps / 4).max(1);
+        cfg.eval_every = (self.steps / 4).max(1);
+        cfg.eval_limit = 0;
+        cfg.eval_batch_size = 250;
+        cfg
+    }
+}
+
 /// The demo: make k-blank puzzles, train the small model on the CPU, evaluate on held-out
-/// puzzles of the same difficulty.
+/// puzzles of the same difficulty (with --task maze, [`super::demo_maze::run_maze_demo`]).
 pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
+    if a.task == DemoTask::Maze {
+        return super::demo_maze::run_maze_demo(a);
+    }
     let t_start = std::time::Instant::now();
-    let preset = a.preset.as_deref().unwrap_or(a.arch.unwrap_or(Arch::Trm).pick("demo", "trm-demo"));
-    let mut model = match &a.config {
-        Some(path) => ModelConfig::from_json_file(path)?,
-        None => ModelConfig::preset(preset)?,
-    };
-    let source = a.config.as_ref().map_or(format!("preset {preset}"), |c| c.display().to_string());
-    crate::config::Arch::check(a.arch, &model, &source)?;
-    if let Some(p) = &a.pos_encodings {
-        model.pos_encodings = serde_json::from_value(serde_json::Value::String(p.clone()))
-            .with_context(|| format!("--pos-encodings {p}: expected rope, learned or none"))?;
-    }
-    if let Some(h) = a.halt_max_steps {
-        model.halt_max_steps = h;
-    }
-    model.validate()?;
+    let out = a.out_dir();
+    let (model, name) = a.model(Rules::Sudoku)?;
     if a.min_blanks > a.max_blanks || a.max_blanks > 64 {
         bail!("blanks must satisfy min <= max <= 64");
     }
@@ -607,10 +708,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         examples,
         2.0 * 81.0 + 64.0,
     )?;
-    let inputs: Vec<(&str, &Path)> = a.config.iter().map(|c| ("--config", c.as_path())).collect();
-    check_output_dir("--out", &a.out, RUN_ENTRIES, &inputs)?;
-    let _lock = RunLock::acquire(&a.out)?;
-    prepare_new_run(&a.out, a.overwrite, None)?;
+    let _lock = a.prepare_run_dir(&out)?;
     eprintln!(
         "generating {} training and {} held-out puzzles with {}..={} blanks",
         a.train_puzzles, a.eval_puzzles, a.min_blanks, a.max_blanks
@@ -631,24 +729,10 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     }
     let perts = parse_spec(&a.perturb, 0)?;
     let data = augmented_source_with_hints(&train, a.augment, a.hints, a.seed);
-    let mut cfg = TrainConfig::new(model.clone());
-    cfg.batch_size = a.batch_size;
-    cfg.steps = a.steps;
-    cfg.seed = a.seed;
-    cfg.optim.lr = a.lr;
-    cfg.optim.puzzle_emb_lr = a.lr;
-    cfg.optim.weight_decay = 0.1;
-    cfg.optim.puzzle_emb_weight_decay = 0.1;
-    cfg.optim.lr_warmup_steps = (a.steps / 10).max(1);
-    cfg.log_every = 10;
-    cfg.checkpoint_every = (a.steps / 4).max(1);
-    cfg.eval_every = (a.steps / 4).max(1);
-    cfg.eval_limit = 0;
-    cfg.eval_batch_size = 250;
+    let cfg = a.train_config(&model);
     let params = HostParams::init(&model, &mut crate::rng::seeded(a.seed));
     eprintln!(
-        "training the '{}' model ({} parameters) for {} steps of batch {} on {} groups",
-        a.config.as_ref().map_or(preset.to_string(), |c| c.display().to_string()),
+        "training the '{name}' model ({} parameters) for {} steps of batch {} on {} groups",
         params.num_trainable(&model),
         cfg.steps,
         cfg.batch_size,
@@ -657,14 +741,19 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     let eval: Vec<Example> = held_out.iter().map(|(q, s)| example_of(q, s)).collect();
     let generate_seconds = t_start.elapsed().as_secs_f64();
     let opts = RunOptions {
-        run_dir: a.out.clone(),
-        eval_sets: vec![("held_out".to_string(), eval.clone())],
+        run_dir: out.clone(),
+        eval_sets: vec![EvalSet {
+            name: "held_out".to_string(),
+            rules: Rules::Sudoku,
+            examples: eval.clone(),
+            arc: None,
+        }],
         stop_after: None,
         progress: true,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::sudoku::formats::write_lines(
-        &a.out.join("held_out.txt"),
+        &out.join("held_out.txt"),
         &held_out.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
         "held-out demo puzzles (never trained on)",
     )?;
@@ -682,7 +771,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
     }
     // Augmented HRM on the held-out puzzles: perturbed passes with the final checkpoint, and
     // with --bootstrap over every kept checkpoint (newest first, so `single` is the final model).
-    let mut kept = complete_checkpoints(&a.out)?;
+    let mut kept = complete_checkpoints(&out)?;
     kept.reverse();
     let loaded = kept
         .iter()
@@ -744,7 +833,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
         },
         "args": format!("{a:?}"),
     });
-    let path = a.out.join("demo.json");
+    let path = out.join("demo.json");
     write_atomic(&path, serde_json::to_string_pretty(&figures)?.as_bytes())?;
     println!("figures: {}", path.display());
     Ok(summary)
@@ -769,7 +858,7 @@ fn demo_findings(
     summary: &RunSummary,
 ) -> Result<serde_json::Value> {
     use super::analyze::{fixed_points_table, landscape_table, trivial_table};
-    let out = a.out.join("analysis");
+    let out = a.out_dir().join("analysis");
     let grids: Vec<_> = held_out.iter().map(|(_, s)| *s).collect();
     let probe = &eval[..eval.len().min(DEMO_FIXED_POINT_PUZZLES)];
     let (trivial, fixed, landscape) = crate::with_backend!(a.device, |be| {

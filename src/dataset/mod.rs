@@ -135,19 +135,29 @@ impl Split {
         npy::write_i32(&f("puzzle_identifiers"), &[self.num_puzzles()], &self.puzzle_identifiers)?;
         npy::write_i32(&f("puzzle_indices"), &[self.puzzle_indices.len()], &self.puzzle_indices)?;
         npy::write_i32(&f("group_indices"), &[self.group_indices.len()], &self.group_indices)?;
-        let meta = SplitMeta {
+        let meta = self.meta(vocab_size, num_puzzle_identifiers, ignore_label_id);
+        let json = serde_json::to_vec_pretty(&meta)?;
+        crate::fsutil::write_atomic(&dir.join(META_FILE), &json)
+    }
+
+    /// The `dataset.json` of this split.
+    pub fn meta(
+        &self,
+        vocab_size: usize,
+        num_puzzle_identifiers: usize,
+        ignore_label_id: Option<u8>,
+    ) -> SplitMeta {
+        SplitMeta {
             pad_id: 0,
             ignore_label_id,
             blank_identifier_id: 0,
             vocab_size,
-            seq_len: s,
+            seq_len: self.seq_len,
             num_puzzle_identifiers,
             total_groups: self.num_groups(),
-            mean_puzzle_examples: n as f64 / self.num_puzzles().max(1) as f64,
+            mean_puzzle_examples: self.num_examples() as f64 / self.num_puzzles().max(1) as f64,
             sets: vec![SET.to_string()],
-        };
-        let json = serde_json::to_vec_pretty(&meta)?;
-        crate::fsutil::write_atomic(&dir.join(META_FILE), &json)
+        }
     }
 
     /// Reads a split folder (ours or the reference builders'), checked.

@@ -6,15 +6,28 @@
 use crate::act::{Batch, Carry, infer_segments};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
+use crate::task::Rules;
 use crate::train::distributed::{Dist, all_gather_words, rows};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-/// One puzzle as token ids (inputs 1..10, labels 2..10; see the spec).
+/// One puzzle as token ids (Sudoku: inputs 1..10, labels 2..10; see the spec).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Example {
     pub inputs: Vec<i32>,
     pub labels: Vec<i32>,
+    /// the puzzle identifier (0, the blank, but for ARC's variants)
+    pub puzzle_id: i32,
+}
+
+/// A named evaluation set of one task.
+#[derive(Clone, Debug)]
+pub struct EvalSet {
+    pub name: String,
+    pub rules: Rules,
+    pub examples: Vec<Example>,
+    /// ARC: each example's task, test input and variant, for the vote
+    pub arc: Option<std::sync::Arc<crate::arc::eval::ArcSet>>,
 }
 
 /// Results over one evaluation set.
@@ -24,9 +37,22 @@ pub struct EvalReport {
     pub puzzles: usize,
     pub exact_accuracy: f64,
     pub cell_accuracy: f64,
+    /// accuracy on the cells the model must decide ([`Rules::is_blank`]: Sudoku's blanks, a
+    /// maze's open cells)
     pub blank_cell_accuracy: f64,
     pub exact_accuracy_per_segment: Vec<f64>,
     pub act_halt_fraction: f64,
+    /// Tasks whose answers the task can check besides the label ([`Rules::reports_validity`]:
+    /// Maze): answers that are valid (a path from S to G), and valid and optimal (a shortest
+    /// one, the label's or another).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_optimal_accuracy: Option<f64>,
+    /// ARC: the voted pass@1 and pass@2 over the variants (the per-row exact accuracy above is
+    /// un-voted)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc: Option<crate::arc::vote::ArcScores>,
 }
 
 /// Model outputs for a set of puzzles after the last segment.
@@ -40,11 +66,11 @@ pub struct Predictions {
     pub exact_per_segment: Vec<Vec<bool>>,
 }
 
-/// A batch of examples (puzzle id 0: evaluation has no per-puzzle embedding to look up).
+/// A batch of examples.
 pub fn batch_of(examples: &[Example]) -> Batch {
     Batch {
         inputs: examples.iter().flat_map(|e| e.inputs.iter().copied()).collect(),
-        puzzle_ids: vec![0; examples.len()],
+        puzzle_ids: examples.iter().map(|e| e.puzzle_id).collect(),
         labels: Some(examples.iter().flat_map(|e| e.labels.iter().copied()).collect()),
     }
 }
@@ -174,13 +200,9 @@ pub fn predict_on<B: Backend>(
     Predictions::from_words(&all, seq, segments)
 }
 
-/// The report of `examples` (named `name`) from their predictions.
-pub fn score(
-    name: &str,
-    examples: &[Example],
-    p: &Predictions,
-    cfg: &crate::config::ModelConfig,
-) -> EvalReport {
+/// The report of `set` from its predictions.
+pub fn score(set: &EvalSet, p: &Predictions, cfg: &crate::config::ModelConfig) -> EvalReport {
+    let (name, examples, rules) = (&set.name, &set.examples, set.rules);
     let seq_len = cfg.seq_len;
     let n = seq_len;
     let count = examples.len().max(1) as f64;
@@ -192,14 +214,27 @@ pub fn score(
             }
             cells += 1;
             cells_ok += (t as i32 == y) as usize;
-            if x == 1 {
+            if rules.is_blank(x) {
                 blanks += 1;
                 blanks_ok += (t as i32 == y) as usize;
             }
         }
     }
     let last = p.exact_per_segment.last().cloned().unwrap_or_default();
+    let (mut valid, mut optimal) = (0usize, 0usize);
+    if rules.reports_validity() {
+        for v in
+            examples.iter().zip(p.tokens.chunks(n)).filter_map(|(e, pred)| rules.verdict(&e.inputs, pred))
+        {
+            valid += v.valid as usize;
+            optimal += v.optimal as usize;
+        }
+    }
+    let validity = |k: usize| rules.reports_validity().then_some(k as f64 / count);
     EvalReport {
+        arc: set.arc.as_ref().map(|a| crate::arc::eval::vote(a, &p.tokens, &p.q_halt).1),
+        valid_accuracy: validity(valid),
+        valid_optimal_accuracy: validity(optimal),
         name: name.to_string(),
         puzzles: examples.len(),
         exact_accuracy: last.iter().filter(|&&e| e).count() as f64 / count,
@@ -220,16 +255,15 @@ pub fn score(
     }
 }
 
-/// Evaluate `examples` (named `name`).
+/// Evaluate `set`.
 pub fn evaluate<B: Backend>(
     be: &B,
     model: &Hrm<B>,
-    name: &str,
-    examples: &[Example],
+    set: &EvalSet,
     batch_size: usize,
     on_batch: impl FnMut(usize),
 ) -> Result<EvalReport> {
-    evaluate_on(be, model, name, examples, batch_size, None, on_batch)
+    evaluate_on(be, model, set, batch_size, None, on_batch)
 }
 
 /// [`evaluate`], sharded over the ranks of `dist` (see [`predict_on`]); every rank gets the
@@ -237,12 +271,59 @@ pub fn evaluate<B: Backend>(
 pub fn evaluate_on<B: Backend>(
     be: &B,
     model: &Hrm<B>,
-    name: &str,
-    examples: &[Example],
+    set: &EvalSet,
     batch_size: usize,
     dist: Option<&Dist>,
     on_batch: impl FnMut(usize),
 ) -> Result<EvalReport> {
-    let p = predict_on(be, model, examples, batch_size, dist, on_batch)?;
-    Ok(score(name, examples, &p, &model.cfg))
+    let p = predict_on(be, model, &set.examples, batch_size, dist, on_batch)?;
+    Ok(score(set, &p, &model.cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maze answers scored on constructed predictions: the label, another shortest path, a
+    /// path that overwrites G, and the question (no path).
+    #[test]
+    fn maze_reports_count_valid_and_shortest_paths_besides_exact_ones() {
+        let t = |rows: &[&str]| -> Vec<u8> {
+            rows.iter().flat_map(|r| r.bytes().map(|c| crate::maze::token_of(c).unwrap())).collect()
+        };
+        let q = t(&["S  ", "   ", "  G"]);
+        let label = crate::maze::label(&q, 3).unwrap();
+        let other = t(&["Soo", "  o", "  G"]);
+        assert_ne!(label, other, "two shortest paths");
+        let broken = t(&["S  ", "o  ", "ooo"]);
+        let answers = [label.clone(), other, broken, q.clone()];
+        let example = Example {
+            inputs: q.iter().map(|&x| x as i32).collect(),
+            labels: label.iter().map(|&x| x as i32).collect(),
+            puzzle_id: 0,
+        };
+        let set = EvalSet {
+            name: "m".into(),
+            rules: Rules::Maze { side: 3 },
+            examples: vec![example; 4],
+            arc: None,
+        };
+        let exact: Vec<bool> = answers.iter().map(|a| *a == label).collect();
+        let p = Predictions {
+            tokens: answers.concat(),
+            q_halt: vec![1.0; 4],
+            q_continue: vec![0.0; 4],
+            exact_per_segment: vec![vec![false; 4], exact],
+        };
+        let cfg =
+            crate::config::ModelConfig { seq_len: 9, vocab_size: 6, ..crate::config::ModelConfig::tiny() };
+        let r = score(&set, &p, &cfg);
+        assert_eq!(r.exact_accuracy, 0.25);
+        assert_eq!(r.valid_accuracy, Some(0.5));
+        assert_eq!(r.valid_optimal_accuracy, Some(0.5));
+        assert_eq!(r.exact_accuracy_per_segment, vec![0.0, 0.25]);
+        // Sudoku reports carry no validity figures (the label is the unique solution)
+        let sudoku = EvalSet { rules: Rules::Sudoku, ..set };
+        assert_eq!(score(&sudoku, &p, &cfg).valid_accuracy, None);
+    }
 }

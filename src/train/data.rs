@@ -3,57 +3,70 @@
 //! evaluation examples, and the demo's k-blank puzzles.
 
 use super::sampler::{PuzzleSource, VecSource};
-use crate::dataset::Split;
-use crate::infer::eval::Example;
+use crate::dataset::{Split, SplitMeta};
+use crate::infer::eval::{EvalSet, Example};
 use crate::sudoku::board::{Board, to_tokens};
 use crate::sudoku::dataset::{Dataset, hint_twin};
 use crate::sudoku::formats::Puzzle;
 use crate::sudoku::generate::random_grid;
 use crate::sudoku::solver::count_solutions;
 use crate::sudoku::symmetry::Transform;
+use crate::task::Rules;
 use anyhow::{Context, bail};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The training examples of a run: a Sudoku dataset from `hrm data build` (`data.bin`), or a
 /// split in the reference's layout (`crate::dataset`; `hrm data maze build`, or a reference
 /// builder's output).
 pub enum TrainData {
     Sudoku(Dataset),
-    /// one example per puzzle, so group g's examples are its puzzles; with `dataset.json`'s
-    /// vocabulary
-    Reference(Split, usize),
+    /// a split with its `dataset.json`
+    Reference(Split, SplitMeta),
 }
 
 impl TrainData {
-    /// Loads a split folder (or a Sudoku `data.bin`). The reference's layout is taken where every
-    /// puzzle is one example with the blank identifier (Maze): the sampler then picks a
-    /// group's puzzles uniformly, as the reference's does. Puzzles of several examples and
-    /// puzzle identifiers (ARC) are refused, saying so.
+    /// Loads a split folder (or a Sudoku `data.bin`): Maze's puzzles of one example with the
+    /// blank identifier, ARC's of several examples with an identifier per variant. Label 0 is
+    /// an ignored position here, so a split whose `ignore_label_id` is not 0 must have no 0
+    /// labels.
     pub fn load(path: &Path) -> anyhow::Result<TrainData> {
         if !path.join(crate::dataset::META_FILE).exists() {
             return Ok(TrainData::Sudoku(Dataset::load(path)?));
         }
         let (split, meta) = Split::read(path)?;
-        let p = split.num_puzzles();
-        if let Some(i) = (0..p).find(|&i| split.puzzle_indices[i + 1] - split.puzzle_indices[i] != 1) {
+        if meta.ignore_label_id != Some(0)
+            && let Some(i) = split.labels.iter().position(|&t| t == 0)
+        {
             bail!(
-                "{}: puzzle {i} has {} examples; training reads puzzles of one example (Maze) so \
-                 far, not ARC's",
+                "{}: label 0 at example {}, position {}, and dataset.json's ignore_label_id is {:?}: \
+                 training ignores label 0 (the reference's builders all set ignore_label_id 0)",
                 path.display(),
-                split.puzzle_indices[i + 1] - split.puzzle_indices[i]
+                i / split.seq_len,
+                i % split.seq_len,
+                meta.ignore_label_id
             );
         }
-        if let Some(id) = split.puzzle_identifiers.iter().find(|&&id| id != 0) {
-            bail!(
-                "{}: puzzle identifier {id}; training reads the blank identifier 0 (Maze) so far",
-                path.display()
-            );
+        Ok(TrainData::Reference(split, meta))
+    }
+
+    /// Examples per puzzle, on average (1 but for ARC).
+    pub fn mean_puzzle_examples(&self) -> f64 {
+        match self {
+            TrainData::Sudoku(_) => 1.0,
+            TrainData::Reference(s, _) => s.num_examples() as f64 / s.num_puzzles().max(1) as f64,
         }
-        Ok(TrainData::Reference(split, meta.vocab_size))
+    }
+
+    /// The puzzle identifiers (with the blank) a model of this data needs: the data's count.
+    pub fn puzzle_identifiers(&self) -> usize {
+        match self {
+            TrainData::Sudoku(_) => 1,
+            TrainData::Reference(_, m) => m.num_puzzle_identifiers,
+        }
     }
 
     pub fn num_groups(&self) -> usize {
@@ -84,15 +97,29 @@ impl TrainData {
         }
     }
 
-    /// `--eval` sets are Sudoku puzzle files: they go with Sudoku data only (evaluation on
-    /// other tasks is not wired into training yet).
-    pub fn check_eval_sets(&self, eval: &[std::path::PathBuf]) -> anyhow::Result<()> {
-        if let (TrainData::Reference(..), Some(e)) = (self, eval.first()) {
-            bail!(
-                "--eval {}: evaluation sets are Sudoku puzzle files, and this run trains on another \
-                 task's data; drop --eval (evaluating Maze models is not wired into training yet)",
-                e.display()
-            );
+    /// The task of this data's sequences (`None`: a reference-layout split of no task the
+    /// evaluation knows, such as ARC's).
+    pub fn rules(&self) -> Option<Rules> {
+        match self {
+            TrainData::Sudoku(_) => Some(Rules::Sudoku),
+            TrainData::Reference(s, m) => split_rules(s.seq_len, m.vocab_size, "").ok(),
+        }
+    }
+
+    /// `--eval` sets must be of this data's task (Sudoku puzzle files with Sudoku data, maze
+    /// splits of the same side with maze data); checked from their metadata, before any work.
+    pub fn check_eval_sets(&self, eval: &[PathBuf]) -> anyhow::Result<()> {
+        for path in eval {
+            let theirs = eval_set_rules(path).with_context(|| format!("--eval {}", path.display()))?;
+            match self.rules() {
+                Some(ours) if ours == theirs => {}
+                ours => bail!(
+                    "--eval {}: a {} set, and this run trains on {} data",
+                    path.display(),
+                    theirs.name(),
+                    ours.map_or("other (not Sudoku, maze or ARC)".to_string(), |r| r.name())
+                ),
+            }
         }
         Ok(())
     }
@@ -103,13 +130,22 @@ impl TrainData {
             TrainData::Sudoku(_) => {
                 cfg.check_sudoku().with_context(|| format!("{source}: cannot train on Sudoku data"))
             }
-            TrainData::Reference(s, vocab) => {
-                let vocab = *vocab;
+            TrainData::Reference(s, m) => {
+                let vocab = m.vocab_size;
+                if cfg.num_puzzle_identifiers < m.num_puzzle_identifiers {
+                    bail!(
+                        "{source}: num_puzzle_identifiers {}, the data has {} (with the blank); the \
+                         model needs an embedding row for each",
+                        cfg.num_puzzle_identifiers,
+                        m.num_puzzle_identifiers
+                    );
+                }
                 // (`Split::read` checked every token id against this vocabulary)
                 if cfg.seq_len != s.seq_len || cfg.vocab_size < vocab {
                     bail!(
                         "{source}: seq_len {} and vocab_size {}, the data has sequences of {} and token ids \
-                         below {vocab} (a Maze-Hard set: --preset maze or trm-maze)",
+                         below {vocab} (a Maze-Hard set: --preset maze or trm-maze; ARC: arc1, arc2, \
+                         trm-arc1 or trm-arc2)",
                         cfg.seq_len,
                         cfg.vocab_size,
                         s.seq_len
@@ -127,9 +163,21 @@ impl PuzzleSource for TrainData {
     }
     fn group(&self, g: usize) -> Range<usize> {
         match self {
-            TrainData::Sudoku(d) => d.group(g),
             // (one example per puzzle: puzzle p is example p)
+            TrainData::Sudoku(d) => d.group(g),
             TrainData::Reference(s, _) => s.group_indices[g] as usize..s.group_indices[g + 1] as usize,
+        }
+    }
+    fn puzzle_examples(&self, p: usize) -> Range<usize> {
+        match self {
+            TrainData::Sudoku(_) => p..p + 1,
+            TrainData::Reference(s, _) => s.puzzle_indices[p] as usize..s.puzzle_indices[p + 1] as usize,
+        }
+    }
+    fn puzzle_id(&self, p: usize) -> i32 {
+        match self {
+            TrainData::Sudoku(_) => 0,
+            TrainData::Reference(s, _) => s.puzzle_identifiers[p],
         }
     }
     fn example(&self, i: usize) -> (&[u8], &[u8]) {
@@ -152,11 +200,95 @@ impl PuzzleSource for Dataset {
     }
 }
 
+/// The rules of a reference-layout split of sequences of `seq_len` over `vocab` token ids: a
+/// maze when the grid is square and the tokens are the maze's, ARC for 30 x 30 canvases of 12
+/// tokens; an error naming `what` otherwise.
+fn split_rules(seq_len: usize, vocab: usize, what: &str) -> anyhow::Result<Rules> {
+    let side = seq_len.isqrt();
+    if side * side == seq_len && vocab <= crate::maze::build::VOCAB {
+        return Ok(Rules::Maze { side });
+    }
+    if seq_len == Rules::Arc.seq_len() && vocab == Rules::Arc.vocab_size() {
+        return Ok(Rules::Arc);
+    }
+    bail!(
+        "{what}: sequences of {seq_len} over {vocab} token ids; evaluation reads Sudoku puzzle files, \
+         maze splits (square grids, at most {} token ids) and ARC splits (900 cells, 12 token ids)",
+        crate::maze::build::VOCAB
+    )
+}
+
+/// The split folder of an evaluation set at `path`: the folder itself when it holds a
+/// `dataset.json`, its `test/` when that does (the root `hrm data maze build` writes); `None`
+/// for anything else (a Sudoku puzzle file).
+pub fn eval_split_dir(path: &Path) -> Option<PathBuf> {
+    let meta = crate::dataset::META_FILE;
+    if path.join(meta).is_file() {
+        Some(path.to_path_buf())
+    } else if path.join("test").join(meta).is_file() {
+        Some(path.join("test"))
+    } else {
+        None
+    }
+}
+
+/// The task of the evaluation set at `path`, from its metadata alone.
+pub fn eval_set_rules(path: &Path) -> anyhow::Result<Rules> {
+    let Some(dir) = eval_split_dir(path) else { return Ok(Rules::Sudoku) };
+    let meta_path = dir.join(crate::dataset::META_FILE);
+    let text = crate::fsutil::read_regular(&meta_path, "a split's dataset.json")?;
+    let meta: crate::dataset::SplitMeta = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: bad dataset.json", meta_path.display()))?;
+    split_rules(meta.seq_len, meta.vocab_size, &dir.display().to_string())
+}
+
+/// An evaluation set: a Sudoku puzzle file (Sudoku-Extreme CSV or one puzzle per line,
+/// solutions computed when absent), or a maze or ARC split in the reference's layout
+/// ([`eval_split_dir`]; ARC's with `identifiers.json` beside the split, for the vote); the
+/// first `limit` puzzles when given (ARC: the first `limit` tasks, every variant of each).
+/// Named after the file (its stem) or the folder.
+pub fn load_eval_set(path: &Path, limit: Option<usize>) -> anyhow::Result<EvalSet> {
+    let name = path.file_name().map_or("set".into(), |s| s.to_string_lossy().into_owned());
+    let Some(dir) = eval_split_dir(path) else {
+        let puzzles = crate::sudoku::formats::read_eval_set_limit(path, limit)?;
+        let name = path.file_stem().map_or("set".into(), |s| s.to_string_lossy().into_owned());
+        return Ok(EvalSet { name, rules: Rules::Sudoku, examples: examples_of(&puzzles), arc: None });
+    };
+    let (split, meta) = Split::read(&dir)?;
+    let what = dir.display().to_string();
+    let rules = split_rules(split.seq_len, meta.vocab_size, &what)?;
+    let tokens = |t: &[u8]| t.iter().map(|&t| t as i32).collect::<Vec<i32>>();
+    if rules == Rules::Arc {
+        let ids = dir.parent().unwrap_or(Path::new(".")).join("identifiers.json");
+        let names = crate::arc::eval::read_identifiers(&ids)?;
+        let (rows, set) = crate::arc::eval::read_split(&split, &names, limit, &what)?;
+        let examples = rows
+            .iter()
+            .map(|(x, y, id)| Example { inputs: tokens(x), labels: tokens(y), puzzle_id: *id })
+            .collect();
+        return Ok(EvalSet { name, rules, examples, arc: Some(std::sync::Arc::new(set)) });
+    }
+    if let Some(p) =
+        (0..split.num_puzzles()).find(|&p| split.puzzle_indices[p + 1] - split.puzzle_indices[p] != 1)
+    {
+        bail!("{what}: puzzle {p} has several examples; a maze set has one per puzzle");
+    }
+    let n = split.num_examples().min(limit.unwrap_or(usize::MAX));
+    let examples = (0..n)
+        .map(|i| {
+            let (x, y) = split.example(i);
+            Example { inputs: tokens(x), labels: tokens(y), puzzle_id: split.puzzle_identifiers[i] }
+        })
+        .collect();
+    Ok(EvalSet { name, rules, examples, arc: None })
+}
+
 /// A puzzle with a known answer as an evaluation example (token ids).
 pub fn example_of(question: &Board, answer: &Board) -> Example {
     Example {
         inputs: to_tokens(question).iter().map(|&t| t as i32).collect(),
         labels: to_tokens(answer).iter().map(|&t| t as i32).collect(),
+        puzzle_id: 0,
     }
 }
 

@@ -8,7 +8,7 @@ use super::distributed;
 use super::sampler::PuzzleSource;
 use crate::backend::{ActReport, Backend};
 use crate::hrm::Hrm;
-use crate::infer::eval::{EvalReport, Example, evaluate_on};
+use crate::infer::eval::{EvalReport, EvalSet, evaluate_on};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::time::Instant;
 pub struct RunOptions {
     pub run_dir: PathBuf,
     /// Named evaluation sets (already limited to the size to evaluate).
-    pub eval_sets: Vec<(String, Vec<Example>)>,
+    pub eval_sets: Vec<EvalSet>,
     /// Stop (as if interrupted) once this step is reached.
     pub stop_after: Option<u64>,
     pub progress: bool,
@@ -55,11 +55,11 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
 pub fn eval_all<B: Backend>(
     be: &B,
     model: &Hrm<B>,
-    sets: &[(String, Vec<Example>)],
+    sets: &[EvalSet],
     batch: usize,
     dist: Option<&distributed::Dist>,
 ) -> Result<Vec<EvalReport>> {
-    sets.iter().map(|(name, ex)| evaluate_on(be, model, name, ex, batch, dist, |_| {})).collect()
+    sets.iter().map(|set| evaluate_on(be, model, set, batch, dist, |_| {})).collect()
 }
 
 /// Seconds between plain progress lines: `HRM_PROGRESS_S`, else 10.
@@ -227,10 +227,14 @@ pub fn run<B: Backend>(
                     v["kind"] = json!("eval");
                     v["step"] = json!(t.step);
                     append_jsonl(&metrics, &v)?;
-                    let line = format!(
-                        "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4} ({} puzzles)",
-                        t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy, r.puzzles
+                    let mut line = format!(
+                        "step {}: eval {}: exact {:.4}, cells {:.4}, blanks {:.4}",
+                        t.step, r.name, r.exact_accuracy, r.cell_accuracy, r.blank_cell_accuracy
                     );
+                    if let (Some(v), Some(o)) = (r.valid_accuracy, r.valid_optimal_accuracy) {
+                        line += &format!(", valid {v:.4}, valid and optimal {o:.4}");
+                    }
+                    line += &format!(" ({} puzzles)", r.puzzles);
                     // (the hidden bar of a non-terminal prints nothing)
                     if plain.is_some() { eprintln!("{line}") } else { bar.println(line) }
                 }

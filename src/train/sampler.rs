@@ -1,7 +1,8 @@
 //! The reference's training-data order: an epoch is a random permutation of the puzzle groups
-//! and each group contributes one random member. The cursor (epoch, position) is all the state:
-//! permutations and member choices are derived from (seed, epoch, position), so a resumed run
-//! continues the exact same stream.
+//! and each group contributes one random puzzle with all its examples in random order, cut to
+//! what still fits in the batch (TASKS_SPEC section 1; Sudoku's and Maze's puzzles are one
+//! example each). The cursor (epoch, position) is all the state: permutations and member choices
+//! are derived from (seed, epoch, position), so a resumed run continues the exact same stream.
 
 use crate::act::Batch;
 use rand::seq::SliceRandom;
@@ -10,10 +11,20 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
-/// Training examples grouped per puzzle (original + its augmentations + hint twins).
+/// Training examples: groups of puzzles (an original with its augmentations and hint twins),
+/// each puzzle one example or several sharing a puzzle identifier (ARC's demonstrations).
 pub trait PuzzleSource: Sync {
     fn num_groups(&self) -> usize;
+    /// The puzzles of group `g`.
     fn group(&self, g: usize) -> Range<usize>;
+    /// The examples of puzzle `p` (by default one, example `p`).
+    fn puzzle_examples(&self, p: usize) -> Range<usize> {
+        p..p + 1
+    }
+    /// The puzzle identifier of puzzle `p` (by default 0, the blank).
+    fn puzzle_id(&self, _p: usize) -> i32 {
+        0
+    }
     /// Token ids of example `i`: (inputs, labels), each `seq_len` long.
     fn example(&self, i: usize) -> (&[u8], &[u8]);
 }
@@ -57,22 +68,31 @@ impl Sampler {
         assert!(groups > 0, "the training set is empty");
         let mut inputs = Vec::with_capacity(batch * seq_len);
         let mut labels = Vec::with_capacity(batch * seq_len);
-        for _ in 0..batch {
+        let mut puzzle_ids = Vec::with_capacity(batch);
+        let mut examples = Vec::new();
+        while puzzle_ids.len() < batch {
             if self.pos >= groups {
                 self.epoch += 1;
                 self.pos = 0;
             }
             self.ensure_order(groups);
             let g = self.order[self.pos] as usize;
-            let range = data.group(g);
             let mut pick = ChaCha8Rng::seed_from_u64(mix(self.seed ^ mix(self.epoch ^ mix(self.pos as u64))));
-            let i = pick.gen_range(range);
-            let (x, y) = data.example(i);
-            inputs.extend(x.iter().map(|&t| t as i32));
-            labels.extend(y.iter().map(|&t| t as i32));
+            let p = pick.gen_range(data.group(g));
+            examples.clear();
+            examples.extend(data.puzzle_examples(p));
+            // (a one-example puzzle draws nothing here)
+            examples.shuffle(&mut pick);
+            // the examples past the batch's end are skipped, as the reference does
+            for &i in examples.iter().take(batch - puzzle_ids.len()) {
+                let (x, y) = data.example(i);
+                inputs.extend(x.iter().map(|&t| t as i32));
+                labels.extend(y.iter().map(|&t| t as i32));
+                puzzle_ids.push(data.puzzle_id(p));
+            }
             self.pos += 1;
         }
-        Batch { inputs, puzzle_ids: vec![0; batch], labels: Some(labels) }
+        Batch { inputs, puzzle_ids, labels: Some(labels) }
     }
 }
 
@@ -110,6 +130,61 @@ mod tests {
             labels: (0..n).map(|i| i as u8).collect(),
             group_offsets: (0..=groups).map(|g| g * per).collect(),
         }
+    }
+
+    /// Two groups: group 0 = puzzles 0 (3 examples) and 1 (1 example), group 1 = puzzle 2 (2
+    /// examples); identifiers 5, 6, 7.
+    struct Multi;
+    impl PuzzleSource for Multi {
+        fn num_groups(&self) -> usize {
+            2
+        }
+        fn group(&self, g: usize) -> Range<usize> {
+            [0..2, 2..3][g].clone()
+        }
+        fn puzzle_examples(&self, p: usize) -> Range<usize> {
+            [0..3, 3..4, 4..6][p].clone()
+        }
+        fn puzzle_id(&self, p: usize) -> i32 {
+            5 + p as i32
+        }
+        fn example(&self, i: usize) -> (&[u8], &[u8]) {
+            const T: [u8; 6] = [0, 1, 2, 3, 4, 5];
+            (&T[i..i + 1], &T[i..i + 1])
+        }
+    }
+
+    #[test]
+    fn a_puzzle_brings_all_its_examples_with_its_identifier_cut_at_the_batch_end() {
+        let mut puzzles_seen = std::collections::HashSet::new();
+        for seed in 0..20 {
+            let mut s = Sampler::new(seed);
+            let b = s.next_batch(&Multi, 64, 1);
+            assert_eq!((b.inputs.len(), b.puzzle_ids.len()), (64, 64));
+            for (&x, &id) in b.inputs.iter().zip(&b.puzzle_ids) {
+                let p = [0, 0, 0, 1, 2, 2][x as usize];
+                assert_eq!(id, 5 + p, "example {x} carries its puzzle's identifier");
+            }
+            // every puzzle's run is whole (except possibly the last, cut at the batch end)
+            let mut i = 0;
+            while i < 64 {
+                let id = b.puzzle_ids[i];
+                let len = [3, 1, 2][(id - 5) as usize];
+                let run: Vec<i32> = b.inputs[i..(i + len).min(64)].to_vec();
+                let mut sorted = run.clone();
+                sorted.sort();
+                sorted.dedup();
+                let first = [0, 3, 4][(id - 5) as usize];
+                assert_eq!(sorted.len(), run.len(), "seed {seed} at {i}: an example twice");
+                assert!(sorted.iter().all(|x| (first..first + len as i32).contains(x)), "seed {seed} at {i}");
+                puzzles_seen.insert((id, run));
+                i += len;
+            }
+        }
+        // both orders of a multi-example puzzle occur, and puzzle 0 and 1 of group 0 both
+        assert!(puzzles_seen.contains(&(5, vec![0, 1, 2])) || puzzles_seen.contains(&(5, vec![2, 1, 0])));
+        assert!(puzzles_seen.iter().filter(|(id, _)| *id == 5).count() > 1, "examples shuffled");
+        assert!(puzzles_seen.iter().any(|(id, _)| *id == 6));
     }
 
     #[test]
