@@ -14,6 +14,7 @@ use hrm::infer::select::{
 use hrm::model::HostParams;
 use hrm::sudoku::board::{Board, to_tokens};
 use hrm::sudoku::symmetry::Transform;
+use hrm::task::Rules;
 use hrm::train::data::{blanked_puzzles, example_of};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -161,8 +162,8 @@ fn act_halting_refills_rows_and_matches_passes_run_alone() {
     let (single, _) = run_passes(&be, &models, &inputs, &perts, &alone, |_| {}).unwrap();
     for (a, b) in table.passes.iter().zip(&single.passes) {
         assert_eq!(
-            (a.checkpoint, a.perturbation, a.segments, a.tokens),
-            (b.checkpoint, b.perturbation, b.segments, b.tokens)
+            (a.checkpoint, a.perturbation, a.segments, &a.tokens),
+            (b.checkpoint, b.perturbation, b.segments, &b.tokens)
         );
         assert!((a.q_halt - b.q_halt).abs() < 1e-4);
     }
@@ -184,7 +185,7 @@ fn pass(checkpoint: usize, perturbation: usize, answer: u8, q_halt: f32, q_conti
     Pass {
         checkpoint,
         perturbation,
-        tokens: board_tokens(answer),
+        tokens: board_tokens(answer).to_vec(),
         q_halt,
         q_continue,
         segments: 16,
@@ -210,7 +211,7 @@ fn vote_halt_counts_halting_passes_only_and_breaks_ties_by_mean_q_halt() {
         pass(0, 5, 4, 0.2, 0.0),
     ];
     let c = select_vote_halt(&ps).unwrap();
-    assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(4), 2, 3));
+    assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(4).to_vec(), 2, 3));
     // Tie 1:1 among halting passes: the higher mean q_halt (5 at 2.0 over 4 at 0.5) wins.
     let tie = vec![pass(0, 0, 4, 0.5, 0.0), pass(0, 1, 5, 2.0, 0.0), pass(0, 2, 3, -3.0, 0.0)];
     assert_eq!(select_vote_halt(&tie).unwrap().tokens, board_tokens(5));
@@ -220,7 +221,7 @@ fn vote_halt_counts_halting_passes_only_and_breaks_ties_by_mean_q_halt() {
     // No pass halts: all passes vote (3 wins 2:1 although its q_halt is lower).
     let none = vec![pass(0, 0, 3, -4.0, 0.0), pass(0, 1, 3, -4.0, 0.0), pass(0, 2, 8, -0.1, 0.0)];
     let c = select_vote_halt(&none).unwrap();
-    assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(3), 2, 3));
+    assert_eq!((c.tokens, c.votes, c.pool), (board_tokens(3).to_vec(), 2, 3));
     // q_halt == q_continue is not halting.
     let eq = vec![pass(0, 0, 3, 0.0, 0.0), pass(0, 1, 3, 0.0, 0.0), pass(0, 2, 8, 1.0, 0.5)];
     assert_eq!(select_vote_halt(&eq).unwrap().tokens, board_tokens(8));
@@ -234,23 +235,24 @@ fn verify_prefers_valid_solutions_keeping_the_givens() {
     // A valid grid that breaks a given: relabel the solution's digits.
     let other = Perturbation::relabel(1).apply_tokens(&sol);
     assert!(hrm::sudoku::board::is_valid_solution(&tokens_to_board(&other)));
-    let with = |t: [u8; 81], qh: f32| Pass { tokens: t, ..pass(0, 0, 0, qh, 0.0) };
+    let with = |t: [u8; 81], qh: f32| Pass { tokens: t.to_vec(), ..pass(0, 0, 0, qh, 0.0) };
+    let q: Vec<i32> = to_tokens(&q).iter().map(|&t| t as i32).collect();
     let wrong = board_tokens(2);
     // Three halting wrong answers outvote the one right (but not halting) answer in `vote_halt`;
     // `verify` keeps only the right one.
     let ps = vec![with(wrong, 1.0), with(wrong, 1.0), with(wrong, 1.0), with(other, 1.0), with(sol, -1.0)];
     assert_eq!(select_vote_halt(&ps).unwrap().tokens, wrong);
-    let c = select_verify(&ps, &q).unwrap();
-    assert_eq!((c.tokens, c.votes, c.pool), (sol, 1, 1));
+    let c = select_verify(&ps, Rules::Sudoku, &q).unwrap();
+    assert_eq!((c.tokens, c.votes, c.pool), (sol.to_vec(), 1, 1));
     // No valid candidate: falls back to vote.
     let ps = vec![with(wrong, 1.0), with(other, 2.0), with(wrong, 0.5)];
-    assert_eq!(select_verify(&ps, &q).unwrap().tokens, wrong);
+    assert_eq!(select_verify(&ps, Rules::Sudoku, &q).unwrap().tokens, wrong);
     // `vote` counts every pass: two right but not halting outvote one halting wrong answer,
     // which `vote_halt` (halting passes only) picks.
     let ps = vec![with(wrong, 1.0), with(sol, -1.0), with(sol, -2.0)];
     assert_eq!(select_vote_halt(&ps).unwrap().tokens, wrong);
     let c = select_vote(&ps).unwrap();
-    assert_eq!((c.tokens, c.votes, c.pool), (sol, 2, 3));
+    assert_eq!((c.tokens, c.votes, c.pool), (sol.to_vec(), 2, 3));
 }
 
 #[test]
@@ -294,14 +296,14 @@ fn oracle_needs_a_strict_majority_of_halting_passes_and_ors_checkpoints() {
             v
         },
     };
-    let q = [0u8; 81];
-    let (acc, sel) = score(&table, &[q], &[labels]);
+    let q = [1i32; 81];
+    let (acc, sel) = score(&table, Rules::Sudoku, &[&q[..]], &[labels]);
     assert_eq!(acc.single, 1.0);
     // Halting: right x3, 3 x3, 4 x1: tie 3:3 at equal mean q_halt; the first seen (right) wins.
     assert_eq!(sel[0].vote_halt.tokens, labels);
     assert_eq!(acc.vote_halt, 1.0);
     // All 8 passes: right x3, 3 x3, 4, 2: the same tie, the same winner.
-    assert_eq!((sel[0].vote.tokens, sel[0].vote.pool), (labels, 8));
+    assert_eq!((sel[0].vote.tokens.clone(), sel[0].vote.pool), (labels.to_vec(), 8));
     assert_eq!(acc.vote, 1.0);
     // Checkpoint 0: 2 of 4 (no); checkpoint 1: 1 of 3 (no).
     assert_eq!(acc.oracle, 0.0);

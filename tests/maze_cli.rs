@@ -349,12 +349,65 @@ fn maze_models_are_evaluated_during_training_and_by_hrm_eval() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("not a sudoku model"), "{err}");
+    // perturbed inference on mazes: the 8 dihedral maps; `single` is the plain evaluation's
+    // answer, and every selected answer is a maze answer mapped back to the original grid
     let o = hrm()
-        .args(["eval", "--device", "cpu", "--perturb", "none", "--checkpoint"])
+        .args(["eval", "--device", "cpu", "--perturb", "dihedral8", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(d.join("data"))
+        .arg("--json")
+        .arg(d.join("p.json"))
+        .arg("--answers")
+        .arg(d.join("p.csv"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("p.json")).unwrap()).unwrap();
+    assert_eq!(p[0]["passes_per_puzzle"], 8);
+    assert_eq!(p[0]["exact_accuracy"]["single"], r[0]["exact_accuracy"]);
+    let plain_answers: Vec<String> =
+        answers.lines().skip(1).map(|l| l.split(',').nth(3).unwrap().to_string()).collect();
+    let perturbed = std::fs::read_to_string(d.join("p.csv")).unwrap();
+    for (line, plain) in perturbed.lines().skip(1).zip(&plain_answers) {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f[3], plain, "single = the unperturbed answer: {line}");
+        assert_eq!((f[4].len(), f[6].len()), (36, 36), "{line}");
+    }
+    // hrm solve: a maze CSV, and one maze as a string
+    let o = hrm()
+        .args(["solve", "--device", "cpu", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(d.join("csv/test.csv"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.matches("answer:").count(), 5, "{out}");
+    let verdicts = out.matches("a shortest path").count()
+        + out.matches("NOT a shortest").count()
+        + out.matches("NOT a path from S to G").count();
+    assert_eq!(verdicts, 5, "{out}");
+    let one: String = rows[0].question.iter().map(|&t| hrm::maze::char_of(t)).collect();
+    let o = hrm().args(["solve", "--device", "cpu", "--checkpoint"]).arg(&ckpt).arg(&one).output().unwrap();
+    let out1 = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out1.contains("answer:") && out.starts_with(&*out1),
+        "the CSV's first maze, the same answer:\n{out1}"
+    );
+    let o = hrm()
+        .args(["solve", "--device", "cpu", "--checkpoint"])
+        .arg(&ckpt)
+        .arg(format!("{one} "))
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a square grid"));
+    let o = hrm()
+        .args(["eval", "--device", "cpu", "--perturb", "relabel9", "--checkpoint"])
         .arg(&ckpt)
         .arg(d.join("data"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("read Sudoku sets so far"), "{err}");
+    assert!(!o.status.success() && err.contains("dihedral8"), "{err}");
 }

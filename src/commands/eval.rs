@@ -5,7 +5,7 @@ use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::infer::augmented::{AugmentedOptions, AugmentedReport, HaltMode, evaluate_augmented_on};
 use crate::infer::eval::{EvalReport, EvalSet, Example, predict, predict_on, score};
-use crate::infer::perturb::parse_spec;
+use crate::infer::perturb::parse_spec_for;
 use crate::model::HostParams;
 use crate::model::checkpoint::{load_checkpoint, write_atomic};
 use crate::model::memory::{Purpose, check_device, check_host};
@@ -34,6 +34,8 @@ pub struct EvalArgs {
     /// identity and N random digit permutations), `sym:N` (the identity and N random geometric
     /// symmetries: transpose, band/stack and row/column permutations), `aug:N` (the identity
     /// and N random full HRM augmentations), `none`. Example: relabel9+sym:3 = 36 passes.
+    /// Maze sets: `dihedral8` (the 8 dihedral maps of the grid) or `none`; `verify` keeps the
+    /// answers that are shortest paths.
     #[arg(long, value_name = "SPEC")]
     pub perturb: Option<String>,
     /// Seed of the random members of --perturb.
@@ -211,16 +213,6 @@ fn load_sets(a: &EvalArgs) -> Result<Vec<EvalSet>> {
     a.sets.iter().map(|path| load_eval_set(path, a.limit)).collect()
 }
 
-/// A board of token ids as 81 characters: the digit of tokens 2..=10, `.` otherwise.
-fn answer_string(tokens: &[u8]) -> String {
-    Rules::Sudoku.line(tokens.iter().map(|&t| t as i32))
-}
-
-/// The question of an example as 81 characters (`.` for blanks).
-fn question_string(e: &Example) -> String {
-    Rules::Sudoku.line(e.inputs.iter().copied())
-}
-
 /// `--json` and `--answers`, checked before any work: neither may be an input (a checkpoint,
 /// the config or a puzzle set) nor the other.
 fn check_eval_outputs(a: &EvalArgs) -> Result<()> {
@@ -352,23 +344,20 @@ fn run_plain_eval(
 
 fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<AugmentedReport>, String)> {
     let spec = a.perturb.clone().unwrap_or_else(|| "none".to_string());
-    let perts = parse_spec(&spec, a.perturb_seed)?;
     if a.min_segments == 0 {
         bail!("--min-segments: expected at least 1");
     }
     let sets = load_sets(a)?;
-    if let Some(s) = sets.iter().find(|s| s.rules != Rules::Sudoku) {
-        bail!(
-            "{}: a {} set; perturbed inference, several checkpoints and --halt act read Sudoku sets \
-             so far (plain `hrm eval` reads this one)",
-            s.name,
-            s.rules.name()
-        );
-    }
+    // each set's passes for its task (parsed before any model is loaded)
+    let perts = sets
+        .iter()
+        .map(|s| parse_spec_for(s.rules, &spec, a.perturb_seed).with_context(|| format!("set {}", s.name)))
+        .collect::<Result<Vec<_>>>()?;
+    let tasks: Vec<Rules> = sets.iter().map(|s| s.rules).collect();
     let loaded = a
         .checkpoints
         .iter()
-        .map(|c| load_model_checkpoint(c, a.config.as_deref()))
+        .map(|c| load_checkpoint_for(c, a.config.as_deref(), &tasks))
         .collect::<Result<Vec<_>>>()?;
     let opts = AugmentedOptions { batch_size: a.batch_size, halt: a.halt, min_segments: a.min_segments };
     let world = env.map_or(1, |e| e.world);
@@ -391,8 +380,8 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
             let mut csv = String::from(
                 "set,index,puzzle,single,vote,vote_share,verify,verify_valid,vote_correct,verify_correct\n",
             );
-            for set in &sets {
-                let (name, examples) = (&set.name, &set.examples);
+            for (set, perts) in sets.iter().zip(&perts) {
+                let (name, examples, rules) = (&set.name, &set.examples, set.rules);
                 let bar = progress(
                     env.is_none_or(|e| e.rank == 0),
                     examples.len().div_ceil(world) * perts.len() * models.len(),
@@ -401,32 +390,29 @@ fn run_augmented_eval(a: &EvalArgs, env: Option<&DistEnv>) -> Result<(Vec<Augmen
                     be,
                     &models,
                     name,
+                    rules,
                     examples,
                     &spec,
-                    &perts,
+                    perts,
                     &opts,
                     dist.as_deref(),
                     |n| bar.inc(n as u64),
                 )?;
                 bar.finish_and_clear();
+                let text = |t: &[u8]| rules.line(t.iter().map(|&x| x as i32));
                 for (i, (e, sel)) in examples.iter().zip(&selected).enumerate() {
                     let label: Vec<u8> = e.labels.iter().map(|&t| t as u8).collect();
-                    let question = question_string(e);
-                    let q = parse_board(&question).expect("a question read from a set");
-                    let mut verify_board = [0u8; 81];
-                    for (o, &t) in verify_board.iter_mut().zip(&sel.verify.tokens) {
-                        *o = if (2..=10).contains(&t) { t - 1 } else { 0 };
-                    }
-                    let valid = is_valid_solution(&verify_board) && is_solution_of(&q, &verify_board);
+                    let valid = rules.verdict(&e.inputs, &sel.verify.tokens).is_some_and(|v| v.optimal);
                     csv += &format!(
-                        "{name},{i},{question},{},{},{:.4},{},{},{},{}\n",
-                        answer_string(&sel.single.tokens),
-                        answer_string(&sel.vote.tokens),
+                        "{name},{i},{},{},{},{:.4},{},{},{},{}\n",
+                        rules.line(e.inputs.iter().copied()),
+                        text(&sel.single.tokens),
+                        text(&sel.vote.tokens),
                         sel.vote.votes as f64 / sel.vote.pool.max(1) as f64,
-                        answer_string(&sel.verify.tokens),
+                        text(&sel.verify.tokens),
                         valid as u8,
-                        (sel.vote.tokens[..] == label[..]) as u8,
-                        (sel.verify.tokens[..] == label[..]) as u8,
+                        (sel.vote.tokens == label) as u8,
+                        (sel.verify.tokens == label) as u8,
                     );
                 }
                 reports.push(r);
@@ -443,7 +429,9 @@ pub struct SolveArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// A puzzle as 81 characters (digits, `.` or `0` for blanks) or a puzzle file (every
-    /// puzzle in it is solved).
+    /// puzzle in it is solved); or a maze: a maze CSV (`source,q,a,rating`, every maze in it)
+    /// or one maze as a string of `# SG` (walls, open cells, start, goal), row after row, of the
+    /// model's length (quote it: it holds spaces).
     pub puzzle: String,
     /// Where to run: auto (a CUDA GPU when usable, else the CPU), cpu, cuda, emu.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -487,9 +475,93 @@ pub fn solve_inputs(arg: &str) -> Result<Vec<(Board, Board)>> {
     Ok(vec![(q, solution)])
 }
 
-/// Solve each puzzle with the model; prints the board and whether it is a valid solution.
-/// Returns (question, model answer, valid) per puzzle.
-pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
+/// The mazes `hrm solve` is given, when it is given mazes: a file whose first line is the maze
+/// CSV header, or a string of `# SG` holding an S and a G. `None`: not mazes (a Sudoku puzzle or
+/// file, or nothing valid, which the Sudoku reader then names).
+fn maze_inputs(arg: &str) -> Option<Result<Vec<Vec<u8>>>> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let first = std::fs::read(path).ok()?.split(|&b| b == b'\n').next()?.to_vec();
+        if String::from_utf8_lossy(&first).trim_end_matches('\r') != "source,q,a,rating" {
+            return None;
+        }
+        return Some(
+            crate::maze::formats::read_csv(path).map(|rows| rows.into_iter().map(|r| r.question).collect()),
+        );
+    }
+    let is_maze = arg.contains('S') && arg.contains('G') && arg.bytes().all(|c| b"# SG".contains(&c));
+    if !is_maze {
+        return None;
+    }
+    let side = arg.len().isqrt();
+    Some(if side * side != arg.len() {
+        Err(anyhow::anyhow!("the maze: {} characters, not a square grid", arg.len()))
+    } else if arg.bytes().filter(|&c| c == b'S').count() != 1
+        || arg.bytes().filter(|&c| c == b'G').count() != 1
+    {
+        Err(anyhow::anyhow!("the maze: expected exactly one S and one G"))
+    } else {
+        Ok(vec![arg.bytes().map(|c| crate::maze::token_of(c).expect("checked above")).collect()])
+    })
+}
+
+/// `hrm solve` on mazes: each maze and the model's answer as grids, and what the answer is (a
+/// shortest path, a longer path, or no path from S to G).
+fn solve_mazes(a: &SolveArgs, mazes: &[Vec<u8>]) -> Result<Vec<bool>> {
+    let side = mazes.first().map_or(0, |m| m.len().isqrt());
+    if let Some(i) = mazes.iter().position(|m| m.len() != side * side) {
+        bail!("maze {}: {} cells, the first has {}", i + 1, mazes[i].len(), side * side);
+    }
+    let rules = Rules::Maze { side };
+    let (cfg, params) = load_checkpoint_for(&a.checkpoint, a.config.as_deref(), &[rules])?;
+    let examples: Vec<Example> = mazes
+        .iter()
+        .map(|q| Example {
+            inputs: q.iter().map(|&t| t as i32).collect(),
+            labels: crate::maze::label(q, side)
+                .unwrap_or_else(|| q.clone())
+                .iter()
+                .map(|&t| t as i32)
+                .collect(),
+            puzzle_id: 0,
+        })
+        .collect();
+    let pred = crate::with_backend!(a.device, |be| predict(
+        be,
+        &Hrm::new(be, &cfg, &params).with_origin(&a.checkpoint),
+        &examples,
+        256,
+        |_| {}
+    )?);
+    let n = side * side;
+    let mut out = Vec::new();
+    for (k, (q, e)) in mazes.iter().zip(&examples).enumerate() {
+        let answer = &pred.tokens[k * n..(k + 1) * n];
+        let check = crate::maze::check_answer(q, answer, side);
+        let shortest = crate::maze::endpoints(q).map(|(s, g)| crate::maze::bfs(q, side, s)[g]);
+        println!("maze {}:\n{}", k + 1, rules.grid(e.inputs.iter().copied()));
+        println!("answer:\n{}", rules.grid(answer.iter().map(|&t| t as i32)));
+        let verdict = match (check.valid, check.optimal, shortest) {
+            (_, _, Some(crate::maze::FAR) | None) => "G cannot be reached from S".to_string(),
+            (true, true, Some(d)) => format!("a shortest path ({d} moves)"),
+            (true, false, Some(d)) => {
+                format!("a path of {} moves, NOT a shortest ({d})", check.moves.unwrap_or(0))
+            }
+            (false, _, Some(d)) => format!("NOT a path from S to G (the shortest has {d} moves)"),
+        };
+        println!("{verdict} (q_halt {:.3}, q_continue {:.3})\n", pred.q_halt[k], pred.q_continue[k]);
+        out.push(check.optimal);
+    }
+    Ok(out)
+}
+
+/// Solve each puzzle with the model; prints the board and whether it is a valid solution
+/// (mazes: the grid and whether the answer is a shortest path). Returns whether each answer is
+/// valid (for mazes: a shortest path).
+pub fn run_solve(a: &SolveArgs) -> Result<Vec<bool>> {
+    if let Some(mazes) = maze_inputs(&a.puzzle) {
+        return solve_mazes(a, &mazes?);
+    }
     let puzzles = solve_inputs(&a.puzzle)?;
     let (cfg, params) = load_model_checkpoint(&a.checkpoint, a.config.as_deref())?;
     let questions: Vec<Board> = puzzles.iter().map(|p| p.0).collect();
@@ -517,7 +589,7 @@ pub fn run_solve(a: &SolveArgs) -> Result<Vec<(Board, Board, bool)>> {
             pred.q_halt[k],
             pred.q_continue[k]
         );
-        out.push((*q, answer, valid));
+        out.push(valid);
     }
     Ok(out)
 }

@@ -561,9 +561,10 @@ pub struct DemoArgs {
     /// Sudoku: most blanks per puzzle.
     #[arg(long, default_value_t = 8)]
     pub max_blanks: usize,
-    /// Training steps (the HRM `demo` preset of the recipe sweep used 2,500).
-    #[arg(long, default_value_t = 700, value_parser = crate::commands::args::positive_u64)]
-    pub steps: u64,
+    /// Training steps (default 700 for Sudoku, 1,400 for --task maze; the HRM `demo` preset of
+    /// the recipe sweep used 2,500).
+    #[arg(long, value_parser = crate::commands::args::positive_u64)]
+    pub steps: Option<u64>,
     #[arg(long, default_value_t = 64, value_parser = crate::commands::args::positive_usize)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, value_parser = crate::commands::args::non_negative)]
@@ -662,20 +663,29 @@ impl DemoArgs {
         Ok((model, self.config.as_ref().map_or(preset.to_string(), |c| c.display().to_string())))
     }
 
+    /// Training steps: --steps, else the task's default.
+    pub fn steps(&self) -> u64 {
+        self.steps.unwrap_or(match self.task {
+            DemoTask::Sudoku => 700,
+            DemoTask::Maze => 1400,
+        })
+    }
+
     /// The training settings shared by the demo's tasks.
     pub fn train_config(&self, model: &ModelConfig) -> TrainConfig {
         let mut cfg = TrainConfig::new(model.clone());
+        let steps = self.steps();
         cfg.batch_size = self.batch_size;
-        cfg.steps = self.steps;
+        cfg.steps = steps;
         cfg.seed = self.seed;
         cfg.optim.lr = self.lr;
         cfg.optim.puzzle_emb_lr = self.lr;
         cfg.optim.weight_decay = 0.1;
         cfg.optim.puzzle_emb_weight_decay = 0.1;
-        cfg.optim.lr_warmup_steps = (self.steps / 10).max(1);
+        cfg.optim.lr_warmup_steps = (steps / 10).max(1);
         cfg.log_every = 10;
-        cfg.checkpoint_every = (self.steps / 4).max(1);
-        cfg.eval_every = (self.steps / 4).max(1);
+        cfg.checkpoint_every = (steps / 4).max(1);
+        cfg.eval_every = (steps / 4).max(1);
         cfg.eval_limit = 0;
         cfg.eval_batch_size = 250;
         cfg
@@ -791,6 +801,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
                     be,
                     &models[..n],
                     "held_out",
+                    Rules::Sudoku,
                     &eval,
                     &a.perturb,
                     &perts,
@@ -799,7 +810,7 @@ pub fn run_demo(a: &DemoArgs) -> Result<RunSummary> {
                     |_| {},
                 )?;
                 if n == 1 {
-                    singles = selected.iter().map(|s| s.single.tokens).collect();
+                    singles = selected.iter().map(|s| s.single.tokens.clone()).collect();
                 }
                 r.name = format!("held_out ({n} checkpoint{})", if n == 1 { "" } else { "s" });
                 reports.push(r);
@@ -944,7 +955,7 @@ fn demo_findings(
 /// of `held_out`) by number of blanks of the puzzle.
 fn exact_by_blanks(
     held_out: &[(crate::sudoku::board::Board, crate::sudoku::board::Board)],
-    answers: &[[u8; 81]],
+    answers: &[Vec<u8>],
 ) -> serde_json::Value {
     let mut by: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
     for ((q, s), t) in held_out.iter().zip(answers) {

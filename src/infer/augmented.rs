@@ -13,10 +13,11 @@
 //!   halted rows from H_init / L_init).
 
 use super::passes::{Pass, PassTable};
-use super::perturb::Perturbation;
+use super::perturb::InputMap;
 use crate::act::{Batch, Carry, eval_step};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
+use crate::task::Rules;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use std::time::Instant;
@@ -62,13 +63,13 @@ pub struct RunStats {
     pub perturb_seconds: f64,
 }
 
-/// Runs every puzzle (`inputs`: token ids, 1 = blank, 2..=10 digits) under every perturbation
-/// with every model; `on_passes(n)` after each batch step that finished `n` passes.
-pub fn run_passes<B: Backend>(
+/// Runs every puzzle (`inputs`: token sequences, all of the models' length) under every input
+/// map with every model; `on_passes(n)` after each batch step that finished `n` passes.
+pub fn run_passes<B: Backend, I: AsRef<[u8]>, P: InputMap>(
     be: &B,
     models: &[Hrm<B>],
-    inputs: &[[u8; 81]],
-    perts: &[Perturbation],
+    inputs: &[I],
+    perts: &[P],
     opts: &AugmentedOptions,
     mut on_passes: impl FnMut(usize),
 ) -> Result<(PassTable, RunStats)> {
@@ -77,13 +78,17 @@ pub fn run_passes<B: Backend>(
     }
     let t_start = Instant::now();
     let (np, nt, nc) = (inputs.len(), perts.len(), models.len());
+    let n = models[0].cfg.seq_len;
     let per_puzzle = nc * nt;
-    let inverses: Vec<Perturbation> = perts.iter().map(Perturbation::inverse).collect();
+    let inverses: Vec<P> = perts.iter().map(P::inverse_map).collect();
     let mut slots_out: Vec<Option<Pass>> = vec![None; np * per_puzzle];
     let mut st = RunStats { passes: np * per_puzzle, ..Default::default() };
+    if let Some(i) = inputs.iter().position(|x| x.as_ref().len() != n) {
+        bail!("puzzle {i}: {} cells, the model's sequences have {n}", inputs[i].as_ref().len());
+    }
     for (c, model) in models.iter().enumerate() {
-        if model.cfg.seq_len != 81 {
-            bail!("checkpoint {}: seq_len {} is not a Sudoku model's 81", c + 1, model.cfg.seq_len);
+        if model.cfg.seq_len != n {
+            bail!("checkpoint {}: seq_len {}, the first checkpoint's is {n}", c + 1, model.cfg.seq_len);
         }
         let max_steps = model.cfg.halt_max_steps as u32;
         let min_steps = match opts.halt {
@@ -108,8 +113,8 @@ pub fn run_passes<B: Backend>(
                 if want != rows {
                     rows = want;
                     carry = Some(Carry::fresh(be, model, rows));
-                    new = Batch { inputs: vec![1; rows * 81], puzzle_ids: vec![0; rows], labels: None };
-                    zero_labels = be.upload_i32(&vec![0; rows * 81]);
+                    new = Batch { inputs: vec![1; rows * n], puzzle_ids: vec![0; rows], labels: None };
+                    zero_labels = be.upload_i32(&vec![0; rows * n]);
                     job = vec![None; rows];
                 }
             }
@@ -119,8 +124,8 @@ pub fn run_passes<B: Backend>(
                 if cr.halted[b] {
                     *slot = (next < total).then_some(next);
                     if let Some(f) = *slot {
-                        let x = perts[f % nt].apply_tokens(&inputs[f / nt]);
-                        for (d, &v) in new.inputs[b * 81..(b + 1) * 81].iter_mut().zip(&x) {
+                        let x = perts[f % nt].map_tokens(inputs[f / nt].as_ref());
+                        for (d, &v) in new.inputs[b * n..(b + 1) * n].iter_mut().zip(&x) {
                             *d = v as i32;
                         }
                         next += 1;
@@ -151,7 +156,7 @@ pub fn run_passes<B: Backend>(
             let argmax = if finished.is_empty() {
                 Vec::new()
             } else {
-                be.lm_loss(cr.logits(), &zero_labels, model.cfg.vocab_size, 81, 0.0, None).argmax
+                be.lm_loss(cr.logits(), &zero_labels, model.cfg.vocab_size, n, 0.0, None).argmax
             };
             be.check()?;
             st.model_seconds += t.elapsed().as_secs_f64();
@@ -165,7 +170,7 @@ pub fn run_passes<B: Backend>(
                 slots_out[p * per_puzzle + c * nt + k] = Some(Pass {
                     checkpoint: c,
                     perturbation: k,
-                    tokens: inverses[k].apply_tokens(&argmax[b * 81..(b + 1) * 81]),
+                    tokens: inverses[k].map_tokens(&argmax[b * n..(b + 1) * n]),
                     q_halt: seg.heads.q_halt[b],
                     q_continue: seg.heads.q_continue[b],
                     segments: cr.steps[b],
@@ -214,9 +219,9 @@ pub struct AugmentedReport {
     pub overhead_fraction: f64,
 }
 
-/// Words per pass in the all-gather of a sharded run: the 81 tokens, checkpoint,
-/// perturbation, q_halt, q_continue, segments.
-const PASS_WORDS: usize = 87;
+/// Words per pass besides its tokens in the all-gather of a sharded run: checkpoint,
+/// perturbation, q_halt, q_continue, segments, halt_at_zero.
+const PASS_EXTRA_WORDS: usize = 6;
 
 fn pass_words(p: &Pass, out: &mut Vec<u32>) {
     out.extend(p.tokens.iter().map(|&t| t as u32));
@@ -231,18 +236,15 @@ fn pass_words(p: &Pass, out: &mut Vec<u32>) {
 }
 
 fn pass_of_words(w: &[u32]) -> Pass {
-    let mut tokens = [0u8; 81];
-    for (t, &x) in tokens.iter_mut().zip(w) {
-        *t = x as u8;
-    }
+    let n = w.len() - PASS_EXTRA_WORDS;
     Pass {
-        checkpoint: w[81] as usize,
-        perturbation: w[82] as usize,
-        tokens,
-        q_halt: f32::from_bits(w[83]),
-        q_continue: f32::from_bits(w[84]),
-        segments: w[85],
-        halt_at_zero: w[86] != 0,
+        checkpoint: w[n] as usize,
+        perturbation: w[n + 1] as usize,
+        tokens: w[..n].iter().map(|&x| x as u8).collect(),
+        q_halt: f32::from_bits(w[n + 2]),
+        q_continue: f32::from_bits(w[n + 3]),
+        segments: w[n + 4],
+        halt_at_zero: w[n + 5] != 0,
     }
 }
 
@@ -252,11 +254,11 @@ fn pass_of_words(w: &[u32]) -> Pass {
 /// the table is the single process's (bit for bit where the device's matrix products do not
 /// depend on the batch composition, as under the emulation). The stats sum the ranks' model
 /// and perturbation seconds and row-segments; `wall_seconds` is this rank's, gather included.
-pub fn run_passes_on<B: Backend>(
+pub fn run_passes_on<B: Backend, I: AsRef<[u8]>, P: InputMap>(
     be: &B,
     models: &[Hrm<B>],
-    inputs: &[[u8; 81]],
-    perts: &[Perturbation],
+    inputs: &[I],
+    perts: &[P],
     opts: &AugmentedOptions,
     dist: Option<&crate::train::distributed::Dist>,
     on_passes: impl FnMut(usize),
@@ -268,18 +270,19 @@ pub fn run_passes_on<B: Backend>(
     let (lo, hi) = rows(n, d.rank(), d.world());
     let (mine, st) = run_passes(be, models, &inputs[lo..hi], perts, opts, on_passes)?;
     let per_puzzle = mine.per_puzzle();
-    let mut words = Vec::with_capacity(mine.passes.len() * PASS_WORDS);
+    let pass_len = models.first().map_or(0, |m| m.cfg.seq_len) + PASS_EXTRA_WORDS;
+    let mut words = Vec::with_capacity(mine.passes.len() * pass_len);
     for p in &mine.passes {
         pass_words(p, &mut words);
     }
     let lens: Vec<usize> = (0..d.world())
         .map(|r| {
             let (a, b) = rows(n, r, d.world());
-            (b - a) * per_puzzle * PASS_WORDS
+            (b - a) * per_puzzle * pass_len
         })
         .collect();
     let all = all_gather_words(d, be, "perturbed evaluation all-gather", &words, &lens)?;
-    let passes: Vec<Pass> = all.chunks(PASS_WORDS).map(pass_of_words).collect();
+    let passes: Vec<Pass> = all.chunks(pass_len).map(pass_of_words).collect();
     let t = [
         st.row_segments as u32,
         (st.row_segments >> 32) as u32,
@@ -304,49 +307,45 @@ pub fn run_passes_on<B: Backend>(
     Ok((table, total))
 }
 
-/// Runs [`run_passes`] on `examples` and scores single / vote / verify / oracle.
+/// Runs [`run_passes`] on `examples` (of the task of `rules`) and scores single / vote /
+/// verify / oracle.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_augmented<B: Backend>(
+pub fn evaluate_augmented<B: Backend, P: InputMap>(
     be: &B,
     models: &[Hrm<B>],
     name: &str,
+    rules: Rules,
     examples: &[super::eval::Example],
     perturb: &str,
-    perts: &[Perturbation],
+    perts: &[P],
     opts: &AugmentedOptions,
     on_passes: impl FnMut(usize),
 ) -> Result<AugmentedReport> {
-    Ok(evaluate_augmented_on(be, models, name, examples, perturb, perts, opts, None, on_passes)?.0)
+    Ok(evaluate_augmented_on(be, models, name, rules, examples, perturb, perts, opts, None, on_passes)?.0)
 }
 
 /// [`evaluate_augmented`], sharded over the ranks of `dist` (see [`run_passes_on`]); also
 /// returns every puzzle's selected answers. Every rank gets the whole report.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_augmented_on<B: Backend>(
+pub fn evaluate_augmented_on<B: Backend, P: InputMap>(
     be: &B,
     models: &[Hrm<B>],
     name: &str,
+    rules: Rules,
     examples: &[super::eval::Example],
     perturb: &str,
-    perts: &[Perturbation],
+    perts: &[P],
     opts: &AugmentedOptions,
     dist: Option<&crate::train::distributed::Dist>,
     on_passes: impl FnMut(usize),
 ) -> Result<(AugmentedReport, Vec<super::select::Selected>)> {
-    let to81 = |v: &[i32]| -> [u8; 81] {
-        let mut t = [0u8; 81];
-        for (o, &x) in t.iter_mut().zip(v) {
-            *o = x as u8;
-        }
-        t
-    };
-    let inputs: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.inputs)).collect();
-    let labels: Vec<[u8; 81]> = examples.iter().map(|e| to81(&e.labels)).collect();
-    let questions: Vec<crate::sudoku::board::Board> =
-        inputs.iter().map(|t| super::perturb::tokens_to_board(t)).collect();
+    let tokens = |v: &[i32]| -> Vec<u8> { v.iter().map(|&x| x as u8).collect() };
+    let inputs: Vec<Vec<u8>> = examples.iter().map(|e| tokens(&e.inputs)).collect();
+    let labels: Vec<Vec<u8>> = examples.iter().map(|e| tokens(&e.labels)).collect();
+    let questions: Vec<&[i32]> = examples.iter().map(|e| &e.inputs[..]).collect();
     let (table, st) = run_passes_on(be, models, &inputs, perts, opts, dist, on_passes)?;
     let t = Instant::now();
-    let (acc, selected) = super::select::score(&table, &questions, &labels);
+    let (acc, selected) = super::select::score(&table, rules, &questions, &labels);
     let select_seconds = t.elapsed().as_secs_f64();
     let n = examples.len().max(1) as f64;
     let wall = st.wall_seconds + select_seconds;

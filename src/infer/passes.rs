@@ -8,7 +8,7 @@ pub struct Pass {
     pub checkpoint: usize,
     pub perturbation: usize,
     /// The answer as token ids per cell (argmax), mapped back to the original puzzle.
-    pub tokens: [u8; 81],
+    pub tokens: Vec<u8>,
     /// Q logits of the pass's last segment.
     pub q_halt: f32,
     pub q_continue: f32,

@@ -21,6 +21,10 @@
 //!
 //! Pass 0 is always the identity (the unperturbed puzzle); random members are drawn from a
 //! seeded stream, so a spec and a seed name the same passes on every run.
+//!
+//! Other tasks' maps ([`PassMap`], [`parse_spec_for`]): a maze's label-preserving transforms
+//! are the 8 dihedral maps of its square grid (`dihedral8`; a transformed shortest path is a
+//! shortest path of the transformed maze), and `none`.
 
 use crate::sudoku::board::Board;
 use crate::sudoku::symmetry::Transform;
@@ -210,6 +214,69 @@ pub fn parse_spec(spec: &str, seed: u64) -> Result<Vec<Perturbation>> {
     Ok(passes)
 }
 
+/// What perturbed inference needs of an input map: the map of a token sequence and its inverse.
+pub trait InputMap: Sync {
+    /// The sequence under the map.
+    fn map_tokens(&self, t: &[u8]) -> Vec<u8>;
+    /// The inverse map (answers go back through it).
+    fn inverse_map(&self) -> Self
+    where
+        Self: Sized;
+}
+
+impl InputMap for Perturbation {
+    fn map_tokens(&self, t: &[u8]) -> Vec<u8> {
+        self.apply_tokens(t).to_vec()
+    }
+    fn inverse_map(&self) -> Self {
+        self.inverse()
+    }
+}
+
+/// One pass's input map for any task with perturbed inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassMap {
+    /// Sudoku's symmetry group.
+    Sudoku(Perturbation),
+    /// A dihedral transform of a `side` x `side` grid (`crate::grid`'s numbering).
+    Dihedral { tid: usize, side: usize },
+}
+
+impl InputMap for PassMap {
+    fn map_tokens(&self, t: &[u8]) -> Vec<u8> {
+        match self {
+            PassMap::Sudoku(p) => p.map_tokens(t),
+            &PassMap::Dihedral { tid, side } => crate::grid::dihedral(t, side, side, tid).0,
+        }
+    }
+    fn inverse_map(&self) -> Self {
+        match self {
+            PassMap::Sudoku(p) => PassMap::Sudoku(p.inverse()),
+            &PassMap::Dihedral { tid, side } => {
+                PassMap::Dihedral { tid: crate::grid::DIHEDRAL_INVERSE[tid], side }
+            }
+        }
+    }
+}
+
+/// The passes of `spec` for `rules`' task: Sudoku's grammar ([`parse_spec`]); for mazes
+/// `dihedral8` (the 8 dihedral maps, identity first) or `none`. ARC has no perturbed inference
+/// here: its own vote over the built variants is `hrm eval` on an ARC set.
+pub fn parse_spec_for(rules: crate::task::Rules, spec: &str, seed: u64) -> Result<Vec<PassMap>> {
+    use crate::task::Rules;
+    match rules {
+        Rules::Sudoku => Ok(parse_spec(spec, seed)?.into_iter().map(PassMap::Sudoku).collect()),
+        Rules::Maze { side } => match spec.trim() {
+            "none" | "identity" => Ok(vec![PassMap::Dihedral { tid: 0, side }]),
+            "dihedral8" => Ok((0..8).map(|tid| PassMap::Dihedral { tid, side }).collect()),
+            t => bail!("--perturb {t}: maze sets take dihedral8 (the 8 dihedral maps of the grid) or none"),
+        },
+        Rules::Arc => bail!(
+            "--perturb: ARC sets are voted over their built variants by plain `hrm eval` (no --perturb)"
+        ),
+    }
+}
+
 /// Decodes model tokens to a board: 2..=10 -> digits 1..=9, anything else -> 0 (no digit).
 pub fn tokens_to_board(t: &[u8]) -> Board {
     let mut b = [0u8; 81];
@@ -234,6 +301,31 @@ mod tests {
                 assert_eq!(b, want);
             }
         }
+    }
+
+    #[test]
+    fn maze_maps_invert_and_keep_shortest_paths() {
+        use crate::task::Rules;
+        let maps = parse_spec_for(Rules::Maze { side: 4 }, "dihedral8", 0).unwrap();
+        assert_eq!(maps.len(), 8);
+        assert_eq!(maps[0], PassMap::Dihedral { tid: 0, side: 4 });
+        let t = |rows: &[&str]| -> Vec<u8> {
+            rows.iter().flat_map(|r| r.bytes().map(|c| crate::maze::token_of(c).unwrap())).collect()
+        };
+        let q = t(&["S  #", " # #", "    ", "#  G"]);
+        let a = crate::maze::label(&q, 4).unwrap();
+        for m in &maps {
+            let (mq, ma) = (m.map_tokens(&q), m.map_tokens(&a));
+            let c = crate::maze::check_answer(&mq, &ma, 4);
+            assert!(c.valid && c.optimal, "{m:?}");
+            assert_eq!(m.inverse_map().map_tokens(&mq), q, "{m:?}");
+        }
+        assert_eq!(parse_spec_for(Rules::Maze { side: 4 }, "none", 0).unwrap().len(), 1);
+        for (rules, spec) in [(Rules::Maze { side: 4 }, "relabel9"), (Rules::Arc, "none")] {
+            assert!(parse_spec_for(rules, spec, 0).unwrap_err().to_string().contains("--perturb"));
+        }
+        // Sudoku's grammar, wrapped
+        assert_eq!(parse_spec_for(Rules::Sudoku, "relabel9", 0).unwrap().len(), 9);
     }
 
     #[test]

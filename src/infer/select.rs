@@ -6,17 +6,17 @@
 //!   filter there.
 //! - `vote_halt`: the same majority over the passes that would halt (q_halt > q_continue after
 //!   their last segment), or over all passes when none would (the paper's act_halt filter).
-//! - `verify`: label-free; the passes whose answer is a valid Sudoku solution keeping the
-//!   givens are the candidates (voted as `vote_halt` does); without any, the same as
-//!   `vote_halt`.
+//! - `verify`: label-free; the passes whose answer passes the task's check are the candidates
+//!   (voted as `vote_halt` does); without any, the same as `vote_halt`. The check
+//!   (`crate::task::Rules::verdict`, "optimal"): Sudoku, a valid solution keeping the givens;
+//!   Maze, a shortest path from S to G.
 //! - `oracle` (uses the labels): the Augmented HRM paper's metric. Per checkpoint, the puzzle
 //!   counts as solved if the correct answer holds a strict majority among that checkpoint's
 //!   halting passes (none halting: not solved); across checkpoints the results are ORed, so it
 //!   scores "any of N checkpoints", not one answer.
 
 use super::passes::{Pass, PassTable};
-use super::perturb::tokens_to_board;
-use crate::sudoku::board::{Board, is_solution_of};
+use crate::task::Rules;
 use serde::Serialize;
 
 /// The selection modes, in report order.
@@ -25,7 +25,7 @@ pub const MODES: [&str; 5] = ["single", "vote", "vote_halt", "verify", "oracle"]
 /// A chosen answer and how strongly the passes backed it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
-    pub tokens: [u8; 81],
+    pub tokens: Vec<u8>,
     /// Passes that gave this answer.
     pub votes: usize,
     /// Passes it was chosen from.
@@ -35,19 +35,19 @@ pub struct Choice {
 
 /// Majority vote among `passes` (ties: higher mean q_halt, then first seen). `None` if empty.
 pub fn majority<'a>(passes: impl IntoIterator<Item = &'a Pass>) -> Option<Choice> {
-    let mut groups: Vec<([u8; 81], usize, f64)> = Vec::new();
+    let mut groups: Vec<(&[u8], usize, f64)> = Vec::new();
     let mut pool = 0;
     for p in passes {
         pool += 1;
-        match groups.iter_mut().find(|g| g.0 == p.tokens) {
+        match groups.iter_mut().find(|g| g.0 == &p.tokens[..]) {
             Some(g) => {
                 g.1 += 1;
                 g.2 += p.q_halt as f64;
             }
-            None => groups.push((p.tokens, 1, p.q_halt as f64)),
+            None => groups.push((&p.tokens, 1, p.q_halt as f64)),
         }
     }
-    let mut best: Option<&([u8; 81], usize, f64)> = None;
+    let mut best: Option<&(&[u8], usize, f64)> = None;
     for g in &groups {
         let better = match best {
             None => true,
@@ -57,13 +57,13 @@ pub fn majority<'a>(passes: impl IntoIterator<Item = &'a Pass>) -> Option<Choice
             best = Some(g);
         }
     }
-    best.map(|g| Choice { tokens: g.0, votes: g.1, pool, mean_q_halt: (g.2 / g.1 as f64) as f32 })
+    best.map(|g| Choice { tokens: g.0.to_vec(), votes: g.1, pool, mean_q_halt: (g.2 / g.1 as f64) as f32 })
 }
 
 /// `single`: the unperturbed pass of the first checkpoint.
 pub fn select_single(passes: &[Pass]) -> Option<Choice> {
     passes.iter().find(|p| p.checkpoint == 0 && p.perturbation == 0).map(|p| Choice {
-        tokens: p.tokens,
+        tokens: p.tokens.clone(),
         votes: 1,
         pool: 1,
         mean_q_halt: p.q_halt,
@@ -84,11 +84,15 @@ pub fn select_vote(passes: &[Pass]) -> Option<Choice> {
     majority(passes)
 }
 
-/// `verify`: `vote_halt` among the passes whose answer solves `question` (0 = blank);
-/// `vote_halt` over all passes when none does.
-pub fn select_verify(passes: &[Pass], question: &Board) -> Option<Choice> {
-    let valid: Vec<Pass> =
-        passes.iter().filter(|p| is_solution_of(question, &tokens_to_board(&p.tokens))).cloned().collect();
+/// `verify`: `vote_halt` among the passes whose answer passes `rules`' check against
+/// `question` (its input tokens); `vote_halt` over all passes when none does (or the task has
+/// no check).
+pub fn select_verify(passes: &[Pass], rules: Rules, question: &[i32]) -> Option<Choice> {
+    let valid: Vec<Pass> = passes
+        .iter()
+        .filter(|p| rules.verdict(question, &p.tokens).is_some_and(|v| v.optimal))
+        .cloned()
+        .collect();
     if valid.is_empty() { select_vote_halt(passes) } else { select_vote_halt(&valid) }
 }
 
@@ -134,8 +138,13 @@ pub struct Selected {
     pub verify: Choice,
 }
 
-/// Selects per puzzle (`questions`: 0 = blank) and scores against `labels` (token ids).
-pub fn score(table: &PassTable, questions: &[Board], labels: &[[u8; 81]]) -> (ModeAccuracy, Vec<Selected>) {
+/// Selects per puzzle (`questions`: input tokens) and scores against `labels` (token ids).
+pub fn score<L: AsRef<[u8]>>(
+    table: &PassTable,
+    rules: Rules,
+    questions: &[&[i32]],
+    labels: &[L],
+) -> (ModeAccuracy, Vec<Selected>) {
     let mut acc = ModeAccuracy::default();
     let mut out = Vec::with_capacity(table.puzzles);
     for p in 0..table.puzzles {
@@ -144,13 +153,13 @@ pub fn score(table: &PassTable, questions: &[Board], labels: &[[u8; 81]]) -> (Mo
             single: select_single(passes).expect("a pass table has pass 0 of checkpoint 0"),
             vote: select_vote(passes).expect("passes"),
             vote_halt: select_vote_halt(passes).expect("passes"),
-            verify: select_verify(passes, &questions[p]).expect("passes"),
+            verify: select_verify(passes, rules, questions[p]).expect("passes"),
         };
-        let l = &labels[p];
-        acc.single += (sel.single.tokens == *l) as u8 as f64;
-        acc.vote += (sel.vote.tokens == *l) as u8 as f64;
-        acc.vote_halt += (sel.vote_halt.tokens == *l) as u8 as f64;
-        acc.verify += (sel.verify.tokens == *l) as u8 as f64;
+        let l = labels[p].as_ref();
+        acc.single += (sel.single.tokens == l) as u8 as f64;
+        acc.vote += (sel.vote.tokens == l) as u8 as f64;
+        acc.vote_halt += (sel.vote_halt.tokens == l) as u8 as f64;
+        acc.verify += (sel.verify.tokens == l) as u8 as f64;
         acc.oracle += oracle_correct(passes, l) as u8 as f64;
         out.push(sel);
     }
