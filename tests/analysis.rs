@@ -56,7 +56,7 @@ fn trajectory_has_one_row_per_segment_and_consistent_settling() {
     let model = Hrm::new(&be, &cfg, &params);
     let puzzles = blanked_puzzles(5, 10..30, 2);
     let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
-    let r = trajectory(&be, &model, "set", &examples, 2).unwrap();
+    let r = trajectory(&be, &model, "set", Rules::Sudoku, &examples, 2).unwrap();
     assert_eq!((r.puzzles, r.segments, r.per_segment.len(), r.settle_histogram.len()), (5, 3, 3, 3));
     assert_eq!(r.settle_segment.len(), 5);
     assert_eq!(r.settle_histogram.iter().sum::<usize>() + r.never_settled, 5);
@@ -78,7 +78,7 @@ fn trajectory_has_one_row_per_segment_and_consistent_settling() {
     // Labels set to the model's own final answers: every puzzle ends right, and settles at
     // the first segment of its final run of right answers.
     let own = own_answers_as_labels(&model, &examples);
-    let r = trajectory(&be, &model, "own", &own, 5).unwrap();
+    let r = trajectory(&be, &model, "own", Rules::Sudoku, &own, 5).unwrap();
     assert_eq!(r.per_segment[2].exact_accuracy, 1.0);
     assert_eq!(r.never_settled, 0);
     assert_eq!(r.lost_after_correct, 0);
@@ -356,7 +356,7 @@ fn fixed_points_count_answers_runs_and_states_consistently() {
     let model = Hrm::new(&be, &cfg, &params);
     let puzzles = blanked_puzzles(3, 10..30, 5);
     let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
-    let r = fixed_points(&be, &model, "set", &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
+    let r = fixed_points(&be, &model, "set", Rules::Sudoku, &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
     assert_eq!((r.puzzles, r.runs_per_puzzle, r.segments, r.per_puzzle.len()), (3, 4, 3, 3));
     for p in &r.per_puzzle {
         assert!((1..=4).contains(&p.distinct_answers), "{p:?}");
@@ -372,16 +372,16 @@ fn fixed_points_count_answers_runs_and_states_consistently() {
     // Without noise every run of a puzzle is the same computation: one answer per puzzle; with
     // the model's own answers as labels, every run is right and none is a wrong fixed point.
     let own = own_answers_as_labels(&model, &examples);
-    let r0 = fixed_points(&be, &model, "own", &own, 3, 0.0, 1e-3, 1, 4).unwrap();
+    let r0 = fixed_points(&be, &model, "own", Rules::Sudoku, &own, 3, 0.0, 1e-3, 1, 4).unwrap();
     assert!(r0.per_puzzle.iter().all(|p| p.distinct_answers == 1), "{:?}", r0.per_puzzle);
     assert_eq!(r0.correct_run_fraction, 1.0);
     assert_eq!(r0.wrong_fixed_point_fraction, 0.0);
     assert_eq!(r0.puzzles_with_several_answers, 0);
     // Noise moves the starts: the same seed reproduces the report, and bad arguments are errors.
-    let again = fixed_points(&be, &model, "set", &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
+    let again = fixed_points(&be, &model, "set", Rules::Sudoku, &examples, 4, 2.0, 1e-3, 1, 8).unwrap();
     assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&r).unwrap());
-    assert!(fixed_points(&be, &model, "set", &examples, 0, 2.0, 1e-3, 1, 8).is_err());
-    assert!(fixed_points(&be, &model, "set", &examples, 2, f64::NAN, 1e-3, 1, 8).is_err());
+    assert!(fixed_points(&be, &model, "set", Rules::Sudoku, &examples, 0, 2.0, 1e-3, 1, 8).is_err());
+    assert!(fixed_points(&be, &model, "set", Rules::Sudoku, &examples, 2, f64::NAN, 1e-3, 1, 8).is_err());
 }
 
 #[test]
@@ -393,7 +393,7 @@ fn landscape_paths_answers_and_projection_are_consistent() {
     let puzzles = blanked_puzzles(2, 10..30, 7);
     let examples: Vec<_> = puzzles.iter().map(|(q, a)| example_of(q, a)).collect();
     // Past halt_max_steps (3): no halting, every run keeps going.
-    let r = landscape(&be, &model, "set", &examples[1], 1, 5, 6, 2.0, 3).unwrap();
+    let r = landscape(&be, &model, "set", Rules::Sudoku, &examples[1], 1, 5, 6, 2.0, 3).unwrap();
     assert_eq!((r.runs, r.segments, r.per_run.len(), r.puzzle), (5, 6, 5, 1));
     assert!(r.per_run.iter().all(|p| p.path.len() == 7 && p.answer < r.answers.len()));
     assert!(r.per_run.iter().flat_map(|p| &p.path).all(|c| c[0].is_finite() && c[1].is_finite()));
@@ -403,17 +403,20 @@ fn landscape_paths_answers_and_projection_are_consistent() {
     // Noisy starts are spread out: the start points differ.
     assert!(r.per_run[0].path[0] != r.per_run[1].path[0]);
     // Same seed, same picture.
-    let again = landscape(&be, &model, "set", &examples[1], 1, 5, 6, 2.0, 3).unwrap();
+    let again = landscape(&be, &model, "set", Rules::Sudoku, &examples[1], 1, 5, 6, 2.0, 3).unwrap();
     assert_eq!(serde_json::to_string(&again).unwrap(), serde_json::to_string(&r).unwrap());
     // Without noise, over halt_max_steps segments, every run is the model's own evaluation:
     // one answer, the one `predict` gives, right when it is the label.
     let own = own_answers_as_labels(&model, &examples);
-    let r0 = landscape(&be, &model, "own", &own[0], 0, 3, cfg.halt_max_steps, 0.0, 3).unwrap();
+    let r0 = landscape(&be, &model, "own", Rules::Sudoku, &own[0], 0, 3, cfg.halt_max_steps, 0.0, 3).unwrap();
     assert_eq!(r0.answers.len(), 1, "{:?}", r0.answers);
     let want: String =
         own[0].labels.iter().map(|&t| char::from(b'0' + (t as u8).saturating_sub(1))).collect();
     assert_eq!(r0.answers[0].board, want);
     assert!(r0.answers[0].correct);
     assert!(r0.per_run.windows(2).all(|w| w[0].path == w[1].path), "identical runs, identical paths");
-    assert!(landscape(&be, &model, "set", &examples[0], 0, 1, 3, 2.0, 3).is_err(), "one run is no landscape");
+    assert!(
+        landscape(&be, &model, "set", Rules::Sudoku, &examples[0], 0, 1, 3, 2.0, 3).is_err(),
+        "one run is no landscape"
+    );
 }

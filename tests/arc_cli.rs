@@ -123,6 +123,7 @@ fn arc_builds_trains_resumes_evaluates_and_submits() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("num_puzzle_identifiers: 17 (the data's)"), "{err}");
+    assert!(err.contains("ARC vote pass@1") && err.contains("/3 test inputs"), "{err}");
     let metrics = std::fs::read_to_string(d.join("full/metrics.jsonl")).unwrap();
     let eval: serde_json::Value =
         serde_json::from_str(metrics.lines().find(|l| l.contains("\"eval\"")).expect("an eval record"))

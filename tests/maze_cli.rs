@@ -373,6 +373,40 @@ fn maze_models_are_evaluated_during_training_and_by_hrm_eval() {
         assert_eq!(f[3], plain, "single = the unperturbed answer: {line}");
         assert_eq!((f[4].len(), f[6].len()), (36, 36), "{line}");
     }
+    // the analyses read maze sets: noisy starts, the trajectory, a landscape; trivial does not
+    let analyze = |args: &[&str]| {
+        let mut c = hrm();
+        c.args(["analyze"])
+            .args(args)
+            .args(["--device", "cpu", "--checkpoint"])
+            .arg(&ckpt)
+            .arg(d.join("data"));
+        c.arg("--out").arg(d.join("an")).output().unwrap()
+    };
+    for args in [
+        &["fixed-points", "--runs", "3"][..],
+        &["trajectory"],
+        &["landscape", "--runs", "4", "--puzzle", "2"],
+    ] {
+        let o = analyze(args);
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let fixed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("an/fixed_points.json")).unwrap()).unwrap();
+    assert_eq!(fixed["puzzles"], 5);
+    let runs: u64 =
+        fixed["per_puzzle"].as_array().unwrap().iter().map(|p| p["valid_runs"].as_u64().unwrap()).sum();
+    assert!(runs <= 15);
+    let traj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("an/trajectory.json")).unwrap()).unwrap();
+    assert_eq!(traj["per_segment"].as_array().unwrap().len(), 2);
+    assert_eq!(traj["per_segment"][1]["exact_accuracy"], r[0]["exact_accuracy"], "the evaluator's figure");
+    let land: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("an/landscape.json")).unwrap()).unwrap();
+    assert_eq!(land["puzzle"], 2);
+    assert_eq!(land["answers"][0]["board"].as_str().unwrap().len(), 36, "an answer as maze text");
+    let o = analyze(&["trivial"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no maze or ARC"));
     // hrm solve: a maze CSV, and one maze as a string
     let o = hrm()
         .args(["solve", "--device", "cpu", "--checkpoint"])

@@ -11,8 +11,7 @@ use crate::act::{Batch, Carry, eval_step};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
 use crate::infer::eval::Example;
-use crate::infer::perturb::tokens_to_board;
-use crate::sudoku::board::{is_solution_of, is_valid_solution};
+use crate::task::Rules;
 use anyhow::{Result, ensure};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -89,6 +88,7 @@ pub fn fixed_points<B: Backend>(
     be: &B,
     model: &Hrm<B>,
     name: &str,
+    rules: Rules,
     examples: &[Example],
     runs: usize,
     noise_std: f64,
@@ -105,13 +105,12 @@ pub fn fixed_points<B: Backend>(
     let per_batch = (batch_size / runs).max(1);
     let mut per_puzzle = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(per_batch) {
-        let rows = chunk.len() * runs;
         let rep = |f: &dyn Fn(&Example) -> Vec<i32>| -> Vec<i32> {
             chunk.iter().flat_map(|e| std::iter::repeat_n(f(e), runs).flatten()).collect()
         };
         let batch = Batch {
             inputs: rep(&|e| e.inputs.clone()),
-            puzzle_ids: vec![0; rows],
+            puzzle_ids: chunk.iter().flat_map(|e| std::iter::repeat_n(e.puzzle_id, runs)).collect(),
             labels: Some(rep(&|e| e.labels.clone())),
         };
         let mut carry = noisy_start(be, model, &batch, noise_std, &mut rng);
@@ -127,15 +126,15 @@ pub fn fixed_points<B: Backend>(
         let after = be.download_act(&carry.z_h);
         be.check()?;
         for (p, e) in chunk.iter().enumerate() {
-            let question = tokens_to_board(&e.inputs.iter().map(|&t| t as u8).collect::<Vec<u8>>());
             let mut answers = HashSet::new();
             let mut st = PuzzleFixedPoints::default();
             for r in p * runs..(p + 1) * runs {
-                let answer = tokens_to_board(&scored.argmax[r * n..(r + 1) * n]);
-                answers.insert(answer);
+                let answer = &scored.argmax[r * n..(r + 1) * n];
+                // (distinct as text: Sudoku's boards, whatever token a cell without a digit has)
+                answers.insert(rules.line(answer.iter().map(|&t| t as i32)));
                 let correct = scored.exact[r];
                 st.correct_runs += correct as usize;
-                st.valid_runs += (is_valid_solution(&answer) && is_solution_of(&question, &answer)) as usize;
+                st.valid_runs += rules.verdict(&e.inputs, answer).is_some_and(|v| v.optimal) as usize;
                 let settled =
                     rel_change(&after[r * row..(r + 1) * row], &before_last[r * row..(r + 1) * row])
                         < tolerance;

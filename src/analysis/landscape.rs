@@ -17,7 +17,7 @@ use crate::backend::Backend;
 use crate::hrm::Hrm;
 use crate::infer::eval::Example;
 use crate::infer::perturb::tokens_to_board;
-use crate::sudoku::board::{is_solution_of, is_valid_solution};
+use crate::task::Rules;
 use anyhow::{Result, ensure};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -37,11 +37,13 @@ pub struct LandscapeRun {
 /// A distinct final answer and how the runs that reached it fared.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LandscapeAnswer {
-    /// The board, 81 digits (0 where the model put no digit).
+    /// The answer as text: a Sudoku board as 81 digits (0 where the model put no digit), other
+    /// tasks' as [`Rules::line`].
     pub board: String,
     pub runs: usize,
     pub correct: bool,
-    /// A complete valid grid keeping the givens (right or another solution).
+    /// Passes the task's check (Sudoku: a complete valid grid keeping the givens, right or
+    /// another solution; Maze: a shortest path).
     pub valid: bool,
 }
 
@@ -66,6 +68,7 @@ pub fn landscape<B: Backend>(
     be: &B,
     model: &Hrm<B>,
     name: &str,
+    rules: Rules,
     example: &Example,
     puzzle: usize,
     runs: usize,
@@ -80,7 +83,7 @@ pub fn landscape<B: Backend>(
     let row = model.cfg.total_seq_len() * model.cfg.hidden_size;
     let batch = Batch {
         inputs: example.inputs.repeat(runs),
-        puzzle_ids: vec![0; runs],
+        puzzle_ids: vec![example.puzzle_id; runs],
         labels: Some(example.labels.repeat(runs)),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -99,12 +102,14 @@ pub fn landscape<B: Backend>(
     let points: Vec<&[f32]> =
         (0..runs).flat_map(|r| states.iter().map(move |s| &s[r * row..(r + 1) * row])).collect();
     let (coords, explained_variance) = pca2(&points);
-    let question = tokens_to_board(&example.inputs.iter().map(|&t| t as u8).collect::<Vec<u8>>());
     let mut answers: Vec<LandscapeAnswer> = Vec::new();
     let mut per_run = Vec::with_capacity(runs);
     for r in 0..runs {
-        let board = tokens_to_board(&scored.argmax[r * n..(r + 1) * n]);
-        let text: String = board.iter().map(|&d| char::from(b'0' + d)).collect();
+        let tokens = &scored.argmax[r * n..(r + 1) * n];
+        let text: String = match rules {
+            Rules::Sudoku => tokens_to_board(tokens).iter().map(|&d| char::from(b'0' + d)).collect(),
+            _ => rules.line(tokens.iter().map(|&t| t as i32)),
+        };
         let answer = match answers.iter().position(|a| a.board == text) {
             Some(i) => i,
             None => {
@@ -112,7 +117,7 @@ pub fn landscape<B: Backend>(
                     board: text,
                     runs: 0,
                     correct: scored.exact[r],
-                    valid: is_valid_solution(&board) && is_solution_of(&question, &board),
+                    valid: rules.verdict(&example.inputs, tokens).is_some_and(|v| v.optimal),
                 });
                 answers.len() - 1
             }

@@ -10,6 +10,7 @@ use crate::backend::Backend;
 use crate::hrm::Hrm;
 use crate::infer::eval::{Example, batch_of};
 use crate::infer::perturb::tokens_to_board;
+use crate::task::Rules;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -19,13 +20,14 @@ pub struct SegmentStats {
     /// 1-based segment number.
     pub segment: usize,
     pub exact_accuracy: f64,
-    /// All 81 cells (the reference's token accuracy).
+    /// All cells (the reference's token accuracy).
     pub cell_accuracy: f64,
     pub blank_cell_accuracy: f64,
     /// Mean over puzzles of ||z_H(k) - z_H(k-1)|| / ||z_H(k-1)||.
     pub z_h_change: f64,
     pub z_l_change: f64,
-    /// Mean Sudoku conflicts of the decoded board (see [`super::conflicts`]).
+    /// Mean Sudoku conflicts of the decoded board (see [`super::conflicts`]; Sudoku only, 0 for
+    /// other tasks).
     pub conflicts: f64,
     pub mean_q_halt: f64,
     pub mean_q_continue: f64,
@@ -66,6 +68,7 @@ pub fn trajectory<B: Backend>(
     be: &B,
     model: &Hrm<B>,
     name: &str,
+    rules: Rules,
     examples: &[Example],
     batch_size: usize,
 ) -> Result<TrajectoryReport> {
@@ -93,7 +96,7 @@ pub fn trajectory<B: Backend>(
                     if y != 0 {
                         cells += 1;
                         cells_ok += (t as i32 == y) as usize;
-                        if x == 1 {
+                        if rules.is_blank(x) {
                             blanks += 1;
                             blanks_ok += (t as i32 == y) as usize;
                         }
@@ -105,7 +108,9 @@ pub fn trajectory<B: Backend>(
                 s.blank_cell_accuracy += if blanks == 0 { 1.0 } else { blanks_ok as f64 / blanks as f64 };
                 s.z_h_change += rel_change(&zh2[j * row..(j + 1) * row], &zh[j * row..(j + 1) * row]);
                 s.z_l_change += rel_change(&zl2[j * row..(j + 1) * row], &zl[j * row..(j + 1) * row]);
-                s.conflicts += super::conflicts(&tokens_to_board(pred)) as f64;
+                if rules == Rules::Sudoku {
+                    s.conflicts += super::conflicts(&tokens_to_board(pred)) as f64;
+                }
                 s.mean_q_halt += seg.heads.q_halt[j] as f64;
                 s.mean_q_continue += seg.heads.q_continue[j] as f64;
                 let halts = crate::act::wants_halt(

@@ -1,7 +1,7 @@
 //! `hrm analyze trajectory|trivial|fixed-points|landscape`: the Augmented HRM paper's
 //! mechanistic analyses, written as JSON plus SVG charts.
 
-use super::eval::load_model_checkpoint;
+use super::eval::{load_checkpoint_for, load_model_checkpoint};
 use crate::analysis::fixed_points::{FixedPointsReport, fixed_points};
 use crate::analysis::landscape::{LandscapeReport, landscape};
 use crate::analysis::plot::{Series, chart_xy};
@@ -12,7 +12,7 @@ use crate::hrm::Hrm;
 use crate::model::checkpoint::write_atomic;
 use crate::model::memory::{Purpose, check_host};
 use crate::sudoku::formats::read_eval_set_limit;
-use crate::train::data::examples_of;
+use crate::train::data::load_eval_set;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -26,7 +26,7 @@ pub struct AnalyzeCommon {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Puzzle set: Sudoku-Extreme CSV or one-puzzle-per-line file (solutions computed when
-    /// absent).
+    /// absent), or a built maze or ARC folder (as `hrm eval` reads it; not for `trivial`).
     pub set: PathBuf,
     /// Use only the first N puzzles.
     #[arg(long)]
@@ -170,19 +170,19 @@ pub fn run_landscape(
     noise_std: f64,
     seed: u64,
 ) -> Result<LandscapeReport> {
-    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    let set = load_eval_set(&c.set, Some(puzzle.saturating_add(1)))?;
+    let (cfg, params) = load_checkpoint_for(&c.checkpoint, c.config.as_deref(), &[set.rules])?;
     check_host(&cfg, Purpose::Eval { batch: runs }, c.device).with_context(|| format!("--runs {runs}"))?;
-    let puzzles = read_eval_set_limit(&c.set, Some(puzzle.saturating_add(1)))?;
-    let Some(p) = puzzles.get(puzzle) else {
-        anyhow::bail!("--puzzle {puzzle}: {} holds {} puzzles", c.set.display(), puzzles.len());
+    let Some(example) = set.examples.get(puzzle) else {
+        anyhow::bail!("--puzzle {puzzle}: {} holds {} puzzles", c.set.display(), set.examples.len());
     };
-    let example = crate::train::data::example_of(&p.question, &p.answer);
     let segments = segments.unwrap_or(2 * cfg.halt_max_steps);
     Ok(crate::with_backend!(c.device, |be| landscape(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
-        &example,
+        set.rules,
+        example,
         puzzle,
         runs,
         segments,
@@ -229,16 +229,17 @@ pub fn run_fixed_points(
     tolerance: f64,
     seed: u64,
 ) -> Result<FixedPointsReport> {
-    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
+    let set = load_eval_set(&c.set, c.limit)?;
+    let (cfg, params) = load_checkpoint_for(&c.checkpoint, c.config.as_deref(), &[set.rules])?;
     // A batch holds all runs of at least one puzzle.
     let rows = Purpose::Eval { batch: runs.max(c.batch_size) };
     check_host(&cfg, rows, c.device).with_context(|| format!("--runs {runs}"))?;
-    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
-    let examples = examples_of(&puzzles);
+    let (rules, examples) = (set.rules, set.examples);
     Ok(crate::with_backend!(c.device, |be| fixed_points(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
+        rules,
         &examples,
         runs,
         noise_std,
@@ -284,19 +285,26 @@ pub fn write_fixed_points(out: &Path, r: &FixedPointsReport) -> Result<Vec<PathB
 }
 
 pub fn run_trajectory(c: &AnalyzeCommon) -> Result<TrajectoryReport> {
-    let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
-    let puzzles = read_eval_set_limit(&c.set, c.limit)?;
-    let examples = examples_of(&puzzles);
+    let set = load_eval_set(&c.set, c.limit)?;
+    let (cfg, params) = load_checkpoint_for(&c.checkpoint, c.config.as_deref(), &[set.rules])?;
     Ok(crate::with_backend!(c.device, |be| trajectory(
         be,
         &Hrm::new(be, &cfg, &params).with_origin(&c.checkpoint),
         &set_name(&c.set),
-        &examples,
+        set.rules,
+        &set.examples,
         c.batch_size
     )?))
 }
 
 pub fn run_trivial(c: &AnalyzeCommon, blanks: &[usize], seed: u64) -> Result<TrivialReport> {
+    if crate::train::data::eval_split_dir(&c.set).is_some() {
+        anyhow::bail!(
+            "{}: `analyze trivial` blanks k cells of solved Sudoku grids; it has no maze or ARC \
+             counterpart (trajectory, fixed-points and landscape read these sets)",
+            c.set.display()
+        );
+    }
     let (cfg, params) = load_model_checkpoint(&c.checkpoint, c.config.as_deref())?;
     let puzzles = read_eval_set_limit(&c.set, c.limit)?;
     let grids: Vec<_> = puzzles.iter().map(|p| p.answer).collect();

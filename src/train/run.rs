@@ -234,6 +234,12 @@ pub fn run<B: Backend>(
                     if let (Some(v), Some(o)) = (r.valid_accuracy, r.valid_optimal_accuracy) {
                         line += &format!(", valid {v:.4}, valid and optimal {o:.4}");
                     }
+                    if let Some(a) = &r.arc {
+                        line += &format!(
+                            ", ARC vote pass@1 {}/{} and pass@2 {}/{} test inputs",
+                            a.pass1_inputs, a.test_inputs, a.pass2_inputs, a.test_inputs
+                        );
+                    }
                     line += &format!(" ({} puzzles)", r.puzzles);
                     // (the hidden bar of a non-terminal prints nothing)
                     if plain.is_some() { eprintln!("{line}") } else { bar.println(line) }
