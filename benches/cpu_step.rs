@@ -41,7 +41,7 @@ fn bench_step(c: &mut Criterion, name: &str, cfg: ModelConfig, b: usize) {
         bench.iter(|| {
             // A fresh carry each step: every row takes the batch, as the PyTorch bench does.
             let mut carry = Carry::fresh(&be, model, b);
-            let mut grads = model.zero_grads(&be);
+            let mut grads = model.zero_grads(&be, b);
             let st = train_step(&be, model, &mut carry, &data, &vec![0; b], b, &mut grads);
             let ws = &carry.ws;
             opt.apply(&be, model, &grads, None, &oc, oc.lr, oc.puzzle_emb_lr, &ws.inputs.puzzle_ids, &ws.act);

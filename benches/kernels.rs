@@ -165,7 +165,7 @@ fn main() {
     let embed_w: CudaSlice<f32> = zeros(dev, vocab * hidden);
     let puzzle_w: CudaSlice<f32> = zeros(dev, batch * hidden);
     let mut dembed_w: CudaSlice<f32> = zeros(dev, vocab * hidden);
-    let mut dpuzzle_w: CudaSlice<f32> = zeros(dev, batch * hidden);
+    let mut dpuzzle_rows: CudaSlice<f32> = zeros(dev, batch * hidden);
     // forward: bf16 writes + token ids (tables are L2 resident)
     run("embed_fwd", nb * 2.0 + (batch * seq * 4) as f64, &mut || {
         kernels::embed_fwd(dev, &tokens, &pids, &embed_w, &puzzle_w, None, &mut y, &dims).unwrap()
@@ -178,9 +178,8 @@ fn main() {
             dev,
             &x,
             &tokens,
-            &pids,
             &mut dembed_w,
-            &mut dpuzzle_w,
+            &mut dpuzzle_rows,
             None,
             &mut embed_scratch,
             &dims,
@@ -206,13 +205,17 @@ fn main() {
     run("adam_atan2 (27.3M params)", n_params as f64 * 30.0, &mut || {
         kernels::adam_atan2_step(dev, &mut p, &g, &mut m, &mut v, Some(&mut pb), 10, &h).unwrap()
     });
+    // The sparse puzzle embedding step at ARC's scale: a million ids x 512 (2 GB), the batch's
+    // gradient rows (all ids distinct: every block leads) summed and applied; the cost follows
+    // the batch, not the table (reads the rows' gradients, reads and writes their table rows).
     let (pz_rows, pz_len) = (1000 * 1000, hidden);
-    let mut w: CudaSlice<f32> = zeros(dev, pz_rows / 100 * pz_len);
-    let gw: CudaSlice<f32> = zeros(dev, pz_rows / 100 * pz_len);
-    let touched: CudaSlice<u8> = zeros(dev, pz_rows / 100);
-    let n_sign = (pz_rows / 100 * pz_len) as f64;
-    run("sign_sgd (10k x 512)", n_sign * 12.0 + (pz_rows / 100) as f64, &mut || {
-        kernels::sign_sgd_step(dev, &mut w, &gw, &touched, pz_len, 1e-4, 0.1).unwrap()
+    let mut w: CudaSlice<f32> = zeros(dev, pz_rows * pz_len);
+    let gw: CudaSlice<f32> = zeros(dev, batch * pz_len);
+    let pz_ids: CudaSlice<i32> =
+        dev.stream.clone_htod(&(0..batch).map(|i| (i * 1297 % pz_rows) as i32).collect::<Vec<_>>()).unwrap();
+    let no_bad_step: CudaSlice<i32> = dev.stream.clone_htod(&[i32::MAX]).unwrap();
+    run("puzzle_sign_sgd (1M x 512 table, batch rows)", (batch * pz_len * 12) as f64, &mut || {
+        kernels::puzzle_sign_sgd(dev, &mut w, &gw, &pz_ids, pz_len, 1e-4, 0.1, &no_bad_step).unwrap()
     });
 
     // Attention (fused; head dim 64 takes the tensor-core kernels, mma.sync bf16): napkin bytes

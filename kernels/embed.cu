@@ -2,13 +2,15 @@
 //   embed forward: out[b, s] = scale * (s < P ? puzzle_w[id_b] zero-padded to P*hidden, row s
 //                                      : embed_w[token[b, s-P]])
 //                  with learned positions: out = scale * 0.707106781 * (that + pos_w[s])
-//   embed backward (scatter-add, +=, f32): dembed_w[token] += k dx, dpuzzle_w[id] += k dx
-//                  (first puzzle_emb_ndim values of the prefix), dpos_w[s] += scale*0.7071 dx,
+//   embed backward (scatter-add, +=, f32): dembed_w[token] += k dx, dpuzzle_rows[b] += k dx
+//                  (first puzzle_emb_ndim values of the prefix; one gradient row per batch row,
+//                  summed per id by the sparse optimizer), dpos_w[s] += scale*0.7071 dx,
 //                  k = scale (* 0.707106781 with positions)
 //   add (input injection z + x): a += b, bf16, f32 math.
 // Weights are the f32 master copies; activations bf16. Token or puzzle ids out of range give
-// NaN rows (forward) and are skipped (backward), so a bad id shows in tests instead of reading
-// out of bounds.
+// NaN rows (forward); the backward skips bad tokens and gives every batch row its puzzle
+// gradient row (the sparse optimizer skips bad ids), so a bad id shows in tests instead of
+// reading out of bounds.
 //
 // Forward: one WARP per output row (8 rows per 256-thread block; one row index division per
 // row, none per element); with hidden a multiple of 8 and 16-byte aligned buffers each lane
@@ -20,9 +22,9 @@
 //     positions, then the batch, in a fixed order: k*dx into one accumulator per token for its
 //     own column (shared memory when vocab*T floats fit, else its column of the block's slice of
 //     the partial table), the position gradient in a register (complete within the block, so
-//     written with one +=), and the puzzle-prefix gradient straight into dpuzzle_w (+=: every
-//     (position, column) belongs to one thread, so a puzzle id repeated in the batch adds up in
-//     batch order). The block's token sums go to partial[y][vocab][hidden].
+//     written with one +=), and the puzzle-prefix gradient straight into row b of dpuzzle_rows
+//     (+=: every (position, column) belongs to one thread). The block's token sums go to
+//     partial[y][vocab][hidden].
 //   embed_bwd_reduce_f32: dembed_w[i] += sum over y (in order) of partial[y][i].
 // No thread reads another thread's accumulator, so no barrier is needed.
 // Napkin cost (B = 768, S = 97, hidden 512 = 38.1M elements; vocab 11): forward reads the
@@ -105,10 +107,10 @@ EMU_REGISTER(embed_fwd_bf16)
 
 extern "C" __global__ void __launch_bounds__(128)
     embed_bwd_partial_bf16(const bf16* __restrict__ dx, const int* __restrict__ tokens,
-                           const int* __restrict__ puzzle_ids, float* __restrict__ partial,
-                           float* __restrict__ dpuzzle_w, float* __restrict__ dpos_w, int batch,
-                           int seq_len, int prefix_len, int hidden, int puzzle_emb_ndim,
-                           int vocab, int num_puzzles, int sb, int use_smem, float scale) {
+                           float* __restrict__ partial, float* __restrict__ dpuzzle_rows,
+                           float* __restrict__ dpos_w, int batch, int seq_len, int prefix_len,
+                           int hidden, int puzzle_emb_ndim, int vocab, int sb, int use_smem,
+                           float scale) {
   const int S = prefix_len + seq_len;
   const float k = dpos_w != nullptr ? scale * HRM_POS_SCALE : scale;
   const float kp = scale * HRM_POS_SCALE;
@@ -134,8 +136,7 @@ extern "C" __global__ void __launch_bounds__(128)
         const int t = tokens[(size_t)b * seq_len + (s - prefix_len)];
         if (t >= 0 && t < vocab) acc[(size_t)t * stride] += k * g;
       } else if (idx < puzzle_emb_ndim) {
-        const int id = puzzle_ids[b];
-        if (id >= 0 && id < num_puzzles) dpuzzle_w[(size_t)id * puzzle_emb_ndim + idx] += k * g;
+        dpuzzle_rows[(size_t)b * puzzle_emb_ndim + idx] += k * g;
       }
     }
     if (dpos_w != nullptr) dpos_w[(size_t)s * hidden + col] += pos_sum;

@@ -5,11 +5,11 @@
 //   lerp(a, b, t) = fma(t, b, fma(-t, a, a)))
 //   p -= lr * atan2(bc1_recip * m, sqrt(v) / bc2_sqrt)   (bc1_recip = 1/(1-b1^t),
 //   bc2_sqrt = sqrt(1-b2^t)); optionally also writes the bf16 copy of p used by the GEMMs.
-// SignSGD (sparse puzzle embedding), rows with touched[r] != 0 only:
-//   w = w * decay - lr * sign(g)
+// Sparse SignSGD of the puzzle embedding table (puzzle_sign_sgd_f32, below): per id in the
+// batch, the sum of its rows' gradients g, then w = w * decay - lr * sign(g), once per id.
 // One thread per element, grid-stride.
 // Napkin cost: AdamATan2 reads 16 B (p, g, m, v) and writes 12 B (+2 B bf16) per parameter,
-// ~15 FLOP + atan2: 27.3M parameters -> ~0.8 GB, ~0.18 ms at 4.3 TB/s. SignSGD: 13 B per element.
+// ~15 FLOP + atan2: 27.3M parameters -> ~0.8 GB, ~0.18 ms at 4.3 TB/s.
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -32,28 +32,13 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 EMU_REGISTER(adam_atan2_f32)
 
-extern "C" __global__ void __launch_bounds__(256)
-    sign_sgd_f32(float* __restrict__ w, const float* __restrict__ g,
-                 const unsigned char* __restrict__ touched, long long rows, int row_len,
-                 float lr, float decay) {
-  const long long n = rows * row_len;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {
-    if (!touched[i / row_len]) continue;
-    const float gi = g[i];
-    const float sign = gi > 0.0f ? 1.0f : (gi < 0.0f ? -1.0f : 0.0f);
-    w[i] = w[i] * decay - lr * sign;
-  }
-}
-EMU_REGISTER(sign_sgd_f32)
-
 // The whole optimizer step in one launch (multi-tensor): `table` has 8 u64 per tensor
-// (master, bf16 shadow, grad, m, v, ema or 0, length, rule | row_len << 8 with rule 0 =
-// AdamATan2, 1 = SignSGD on rows with touched[row] != 0, 2 = frozen); block c updates chunk c
+// (master, bf16 shadow, grad, m, v, ema or 0, length, rule with 0 = AdamATan2, 2 = frozen;
+// the puzzle table is not in it: puzzle_sign_sgd_f32 below); block c updates chunk c
 // of `chunk_elems` elements of tensor chunk_tensor[c] from chunk_start[c]: the rule's update,
 // then the bf16 shadow, then ema = ema_decay * ema + (1 - ema_decay) * p when ema_decay >= 0
 // (rounded multiplies and add, as the CPU). Nothing is written once status[0] records a bad
-// step (the non-finite guard). Same per-element math as adam_atan2_f32 / sign_sgd_f32 / ema_f32.
+// step (the non-finite guard). Same per-element math as adam_atan2_f32 / ema_f32.
 // Napkin cost: as AdamATan2 above plus 8 B per parameter for the EMA: ~1 GB, ~0.25 ms on an
 // H200, in one launch instead of ~3 per tensor.
 #ifdef HRM_EMU
@@ -65,22 +50,10 @@ static __device__ __forceinline__ float opt_add_rn(float a, float b) { return __
 #endif
 
 extern "C" __global__ void __launch_bounds__(256)
-    mark_touched_u8(const int* __restrict__ ids, int batch, unsigned char* __restrict__ touched,
-                    int rows) {
-  const int b = blockIdx.x * blockDim.x + threadIdx.x;
-  if (b >= batch) return;
-  const int id = ids[b];
-  if (id >= 0 && id < rows) touched[id] = 1;
-}
-EMU_REGISTER(mark_touched_u8)
-
-extern "C" __global__ void __launch_bounds__(256)
     optim_multi_f32(const unsigned long long* __restrict__ table,
                     const int* __restrict__ chunk_tensor, const long long* __restrict__ chunk_start,
-                    int chunk_elems, const unsigned char* __restrict__ touched,
-                    const int* __restrict__ status, float decay, float w1, float w2, float lr,
-                    float bc1_recip, float bc2_sqrt, float sign_lr, float sign_decay,
-                    float ema_decay) {
+                    int chunk_elems, const int* __restrict__ status, float decay, float w1,
+                    float w2, float lr, float bc1_recip, float bc2_sqrt, float ema_decay) {
   if (status[0] != 0x7fffffff) return;
   const int c = blockIdx.x;
   const unsigned long long* e = table + 8 * chunk_tensor[c];
@@ -92,7 +65,6 @@ extern "C" __global__ void __launch_bounds__(256)
   float* ema = reinterpret_cast<float*>(e[5]);
   const int n = (int)e[6];
   const int rule = (int)(e[7] & 0xff);
-  const unsigned row_len = (unsigned)(e[7] >> 8);
   const int start = (int)chunk_start[c];
   const int end = start + chunk_elems < n ? start + chunk_elems : n;
   const float keep = 1.0f - ema_decay;
@@ -109,15 +81,47 @@ extern "C" __global__ void __launch_bounds__(256)
       v[i] = vi;
       p[i] = pi;
       shadow[i] = f2bf(pi);
-    } else if (rule == 1 && touched[(unsigned)i / row_len]) {
-      const float gi = g[i];
-      const float sign = gi > 0.0f ? 1.0f : (gi < 0.0f ? -1.0f : 0.0f);
-      pi = pi * sign_decay - sign_lr * sign;
-      p[i] = pi;
-      shadow[i] = f2bf(pi);
     }
     if (ema != nullptr && ema_decay >= 0.0f)
       ema[i] = opt_add_rn(opt_mul_rn(ema_decay, ema[i]), opt_mul_rn(keep, pi));
   }
 }
 EMU_REGISTER(optim_multi_f32)
+
+// The sparse SignSGD step of the puzzle embedding table w [num_puzzles, ndim] (the reference's
+// CastedSparseEmbeddingSignSGD_Distributed): grads [rows, ndim] holds one gradient row per
+// batch row (every rank's rows, in global row order, in a data-parallel run) and ids the rows'
+// puzzle ids. Block b owns batch row b: when b is the FIRST row holding its id (a block-wide
+// count of matches among rows 0..b-1), its threads sum, column by column, the gradients of
+// every row holding that id in row order, and update the id's table row once:
+//   w = w * decay - lr * sign(sum)            (decay = 1 - lr * wd)
+// Every other block returns: each id present is updated exactly once, by one block, from a
+// fixed summation order (deterministic, no atomics); rows of ids not in the batch are not
+// touched (no decay); ids out of range are skipped. Nothing is written once status[0] records
+// a bad step. Launch: grid = rows, 128 threads (a multiple of 32, for block_sum).
+// Napkin cost (rows 768, ndim 512): the id tests are warp-uniform loads of a 3 KB array (L1);
+// each leader block reads its rows' gradients (768 x 512 x 4 B = 1.5 MB in all) and reads and
+// writes its table row: ~3 MB of traffic, a few microseconds, whatever the table's size (a
+// million ids x 512 = 2 GB is never scanned).
+extern "C" __global__ void __launch_bounds__(128)
+    puzzle_sign_sgd_f32(float* __restrict__ w, const float* __restrict__ grads,
+                        const int* __restrict__ ids, int rows, int ndim, int num_puzzles,
+                        float lr, float decay, const int* __restrict__ status) {
+  __shared__ int scratch[32];
+  if (status[0] != 0x7fffffff) return;
+  const int b = blockIdx.x;
+  const int id = ids[b];
+  if (id < 0 || id >= num_puzzles) return;  // uniform over the block
+  int earlier = 0;
+  for (int r = threadIdx.x; r < b; r += blockDim.x) earlier += ids[r] == id;
+  if (block_sum(earlier, scratch) != 0) return;  // another block owns this id
+  float* row = w + (size_t)id * ndim;
+  for (int j = threadIdx.x; j < ndim; j += blockDim.x) {
+    float sum = 0.0f;
+    for (int r = b; r < rows; ++r)
+      if (ids[r] == id) sum += grads[(size_t)r * ndim + j];
+    const float sign = sum > 0.0f ? 1.0f : (sum < 0.0f ? -1.0f : 0.0f);
+    row[j] = row[j] * decay - lr * sign;
+  }
+}
+EMU_REGISTER(puzzle_sign_sgd_f32)

@@ -15,7 +15,7 @@
 use crate::backend::{Backend, EmbedDims, QSlot, TokenDims, TransposeDims};
 use crate::config::{ModelConfig, PosEncodings};
 use crate::model::memory::SavedActivations;
-use crate::model::{HostParams, LayerParams, ParamSet};
+use crate::model::{HostParams, LayerParams, ParamSet, TensorKind};
 
 /// Batch shapes the workspaces are sized for.
 #[derive(Clone, Copy, Debug)]
@@ -409,7 +409,10 @@ pub struct Hrm<B: Backend> {
 
 impl<B: Backend> Hrm<B> {
     pub fn new(be: &B, cfg: &ModelConfig, host: &HostParams) -> Self {
-        let params = host.map(cfg, |_, t| be.upload_param(t));
+        let params = host.map(cfg, |s, t| match s.kind {
+            TensorKind::SparseEmbedding => be.upload_table(t),
+            _ => be.upload_param(t),
+        });
         let (cos, sin) = crate::backend::cpu::rope::rope_tables(
             cfg.total_seq_len(),
             cfg.head_dim(),
@@ -442,8 +445,14 @@ impl<B: Backend> Hrm<B> {
         self.params.map(&self.cfg, |_, t| be.download_param(t))
     }
 
-    pub fn zero_grads(&self, be: &B) -> ParamSet<B::F32> {
-        self.params.map(&self.cfg, |s, _| be.zeros_f32(s.numel()))
+    /// Zero gradients of a training step over `rows` batch rows: one per dense tensor, and
+    /// [rows, puzzle_emb_ndim] for the puzzle embedding (one gradient row per batch row; the
+    /// table itself never gets a gradient of its size).
+    pub fn zero_grads(&self, be: &B, rows: usize) -> ParamSet<B::F32> {
+        self.params.map(&self.cfg, |s, _| match s.kind {
+            TensorKind::SparseEmbedding => be.zeros_f32(rows * s.shape[1]),
+            _ => be.zeros_f32(s.numel()),
+        })
     }
 
     fn embed_dims(&self, batch: usize) -> EmbedDims {
@@ -816,7 +825,6 @@ impl<B: Backend> Hrm<B> {
         be.embed_bwd(
             dx,
             &inputs.tokens,
-            &inputs.puzzle_ids,
             &mut grads.embed_tokens,
             grads.puzzle_emb.as_mut(),
             grads.embed_pos.as_mut(),

@@ -3,7 +3,7 @@
 
 use crate::backend::{AdamHyper, Backend, OptimRule, OptimStep};
 use crate::hrm::Hrm;
-use crate::model::{ParamSet, TensorKind, tensor_specs};
+use crate::model::{ParamSet, TensorKind, dense_specs};
 use serde::{Deserialize, Serialize};
 
 /// Optimizer hyper-parameters (the reference's names and Sudoku defaults).
@@ -44,7 +44,8 @@ pub fn scheduled_lr(base: f64, step: u64, warmup: u64, total_steps: u64, min_rat
     base * (min_ratio + ((1.0 - min_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0))
 }
 
-/// Optimizer state: step count and the two AdamATan2 moments per tensor.
+/// Optimizer state: step count and the two AdamATan2 moments per dense tensor (the puzzle
+/// embedding's SignSGD keeps none, so the moment sets hold no table).
 pub struct Optimizer<B: Backend> {
     pub step: u32,
     pub m: ParamSet<B::F32>,
@@ -53,12 +54,14 @@ pub struct Optimizer<B: Backend> {
 
 impl<B: Backend> Optimizer<B> {
     pub fn new(be: &B, model: &Hrm<B>) -> Self {
-        Optimizer { step: 0, m: model.zero_grads(be), v: model.zero_grads(be) }
+        let zeros = || ParamSet::dense_from_specs(&model.cfg, |s| be.zeros_f32(s.numel()));
+        Optimizer { step: 0, m: zeros(), v: zeros() }
     }
 
-    /// One step with the given learning rates over every tensor (one backend op: AdamATan2,
-    /// SignSGD on the embedding rows of `puzzle_ids`, the EMA when given, the bf16 shadows),
-    /// skipped when the non-finite guard in `guard` recorded a bad step.
+    /// One step with the given learning rates: AdamATan2 (the EMA when given, the bf16
+    /// shadows) over the dense tensors in one backend op, and sparse SignSGD of the puzzle
+    /// table from the gradient rows of the batch rows with ids `puzzle_ids`; both skipped when
+    /// the non-finite guard in `guard` recorded a bad step.
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
@@ -73,12 +76,11 @@ impl<B: Backend> Optimizer<B> {
         guard: &B::ActState,
     ) {
         self.step += 1;
-        let rules: Vec<OptimRule> = tensor_specs(&model.cfg)
+        let rules: Vec<OptimRule> = dense_specs(&model.cfg)
             .iter()
             .map(|spec| match spec.kind {
                 TensorKind::Trainable => OptimRule::Adam,
-                TensorKind::SparseEmbedding => OptimRule::SignSgd { row_len: spec.shape[1] },
-                TensorKind::Buffer => OptimRule::Frozen,
+                TensorKind::Buffer | TensorKind::SparseEmbedding => OptimRule::Frozen,
             })
             .collect();
         let h = OptimStep {
@@ -89,12 +91,16 @@ impl<B: Backend> Optimizer<B> {
                 weight_decay: cfg.weight_decay as f32,
             },
             step: self.step,
-            sign_lr: puzzle_lr as f32,
-            sign_weight_decay: cfg.puzzle_emb_weight_decay as f32,
             ema_decay: ema.as_ref().map(|(_, d)| *d as f32),
         };
-        let mut params = model.params.tensors_mut();
-        let grads = grads.tensors();
+        let row_len = model.cfg.puzzle_emb_ndim;
+        let ParamSet { puzzle_emb: table, .. } = &mut model.params;
+        if let (Some(table), Some(rows)) = (table.as_mut(), grads.puzzle_emb.as_ref()) {
+            let wd = cfg.puzzle_emb_weight_decay as f32;
+            be.puzzle_sign_sgd(table, rows, puzzle_ids, row_len, puzzle_lr as f32, wd, guard);
+        }
+        let mut params = model.params.dense_tensors_mut();
+        let grads = grads.dense_tensors();
         let mut ms = self.m.tensors_mut();
         let mut vs = self.v.tensors_mut();
         let mut ema_tensors = ema.map(|(e, _)| e.tensors_mut());
@@ -105,7 +111,6 @@ impl<B: Backend> Optimizer<B> {
             &mut vs,
             ema_tensors.as_deref_mut(),
             &rules,
-            puzzle_ids,
             &h,
             guard,
         );

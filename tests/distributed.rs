@@ -110,20 +110,33 @@ fn nccl_worker() {
     d.collective(&be, "gather", Collective::AllGather, &mut [&mut g]).unwrap();
     let want: Vec<f32> = (0..w).flat_map(vector).collect();
     assert_eq!(bits(&be.download_f32(&g)), bits(&want), "rank {r}: all-gather");
-    // The training step's hooks: gradients summed, the puzzle ids of every rank's rows gathered
-    // (the rows SignSGD updates), the window's metrics summed in rank order, rank by rank.
+    // The training step's hooks: dense gradients summed (the puzzle gradient rows left alone),
+    // the puzzle gradient rows and ids of every rank's rows gathered (what SignSGD sums and
+    // updates), the window's metrics summed in rank order, rank by rank.
     let cfg = hrm::config::ModelConfig::tiny();
-    let mut grads =
-        hrm::model::ParamSet::from_specs(&cfg, |s| be.upload_f32(&vec![r as f32 + 0.5; s.numel()]));
+    let nd = cfg.puzzle_emb_ndim;
+    let mut grads = hrm::model::ParamSet::from_specs(&cfg, |s| match s.kind {
+        hrm::model::TensorKind::SparseEmbedding => be.upload_f32(&vec![r as f32 + 0.5; 2 * nd]),
+        _ => be.upload_f32(&vec![r as f32 + 0.5; s.numel()]),
+    });
     hrm::train::distributed::reduce_grads(Some(&d), &be, &mut grads).unwrap();
     let want_g: f32 = (0..w).map(|q| q as f32 + 0.5).sum();
-    for g in grads.tensors() {
+    for g in grads.dense_tensors() {
         assert!(be.download_f32(g).iter().all(|x| *x == want_g), "rank {r}: summed gradient");
     }
+    let rows = grads.puzzle_emb.as_ref().expect("the tiny model has a puzzle embedding");
+    assert!(be.download_f32(rows).iter().all(|x| *x == r as f32 + 0.5), "rank {r}: puzzle rows not summed");
+    let mine: Vec<f32> = (0..2 * nd).map(|i| (r * 1000 + i) as f32).collect();
+    let local_rows = be.upload_f32(&mine);
     let local = be.upload_i32(&[r as i32 * 10, 1]);
-    let ids = hrm::train::distributed::union_puzzle_ids(Some(&d), &be, &local).unwrap().unwrap();
+    let (all_rows, ids) =
+        hrm::train::distributed::gather_puzzle_rows(Some(&d), &be, Some(&local_rows), &local)
+            .unwrap()
+            .unwrap();
     let want_ids: Vec<i32> = (0..w).flat_map(|q| [q as i32 * 10, 1]).collect();
     assert_eq!(be.download_i32(&ids), want_ids, "rank {r}: puzzle ids of all ranks, in rank order");
+    let want_rows: Vec<f32> = (0..w).flat_map(|q| (0..2 * nd).map(move |i| (q * 1000 + i) as f32)).collect();
+    assert_eq!(bits(&be.download_f32(&all_rows)), bits(&want_rows), "rank {r}: gradient rows, in rank order");
     let mine = hrm::backend::ActReport {
         steps: 2,
         lm_loss: 0.1 * (r + 1) as f64,

@@ -80,7 +80,7 @@ fn check(pos: PosEncodings) {
     let be = Cpu;
     let model = Hrm::new(&be, &cfg, &params);
     let mut carry = Carry::fresh(&be, &model, b);
-    let mut grads = model.zero_grads(&be);
+    let mut grads = model.zero_grads(&be, b);
     let st = train_step(&be, &model, &mut carry, &batch, &vec![0; b], b, &mut grads);
     // seq_correct at the base point: recompute from the logits of a plain forward.
     let seq_correct = vec![0.0f32; b]; // random labels: no row is right
@@ -98,7 +98,17 @@ fn check(pos: PosEncodings) {
         let mut u: Vec<f64> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
         let norm = u.iter().map(|x| x * x).sum::<f64>().sqrt();
         u.iter_mut().for_each(|x| *x /= norm);
-        let g = &grads.tensors()[k];
+        // (the puzzle embedding's gradient is one row per batch row: the table's is their
+        // per-id sum)
+        let g = &match spec.kind {
+            TensorKind::SparseEmbedding => hrm::model::scatter_puzzle_rows(
+                grads.tensors()[k],
+                &batch.puzzle_ids,
+                spec.shape[0],
+                spec.shape[1],
+            ),
+            _ => grads.tensors()[k].clone(),
+        };
         let analytic: f64 = g.iter().zip(&u).map(|(a, b)| *a as f64 * b).sum();
         let shifted = |sign: f64| {
             let mut p = params.clone();

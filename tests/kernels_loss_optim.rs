@@ -136,30 +136,57 @@ fn adam_atan2_matches() {
     }
 }
 
+/// The sparse SignSGD step against the CPU reference and against its definition (a dense
+/// table gradient's sign on the rows of the ids present): ids repeated within the batch (their
+/// rows summed once, in row order), ids absent (rows untouched, no decay), ids out of range
+/// (skipped), zero sums (sign 0: decay only), and a recorded bad step (nothing written).
 #[test]
-fn sign_sgd_matches() {
+fn puzzle_sign_sgd_matches() {
     let Some(dev) = device("kernels_optim") else {
         return;
     };
     let mut r = rng(46);
-    for (rows, row_len) in [(1usize, 1usize), (10, 512), (7, 33)] {
-        let n = rows * row_len;
+    for (table_rows, row_len, ids) in [
+        (1usize, 1usize, vec![0i32]),
+        (10, 512, vec![3, 7, 3, 0, 3, 9, 7, 1]),
+        (7, 33, vec![6, -1, 2, 7, 2, 5]),
+        (1000, 130, (0..300).map(|i| i * 37 % 50).collect()),
+    ] {
+        let n = table_rows * row_len;
         let w = randn(&mut r, n, 0.1);
-        let mut g = randn(&mut r, n, 1.0);
-        g[0] = 0.0; // sign(0) = 0
-        let touched: Vec<bool> = (0..rows).map(|i| i % 3 != 1).collect();
-        let td: Vec<u8> = touched.iter().map(|&t| t as u8).collect();
-        let mut wd = upload(&dev, &w);
-        let (gd, tdd) = (upload(&dev, &g), upload(&dev, &td));
-        kernels::sign_sgd_step(&dev, &mut wd, &gd, &tdd, row_len, 1e-2, 0.1).unwrap();
+        let mut g = randn(&mut r, ids.len() * row_len, 1.0);
+        g[0] = 0.0; // a zero sum where the first row's id appears once: decay only
+        let (lr, wd) = (1e-2f32, 0.1f32);
         let mut want = w.clone();
-        optim::sign_sgd_step(&mut want, &g, &touched, row_len, 1e-2, 0.1);
-        let got = download(&dev, &wd);
-        assert_close("sign sgd", &got, &want, 1e-5, 1e-3);
-        for (row, t) in touched.iter().enumerate() {
-            if !t {
-                assert_eq!(got[row * row_len..(row + 1) * row_len], w[row * row_len..(row + 1) * row_len]);
+        optim::puzzle_sign_sgd(&mut want, &g, &ids, row_len, lr, wd);
+        // The definition, from the dense gradient of the table.
+        let dense = hrm::model::scatter_puzzle_rows(&g, &ids, table_rows, row_len);
+        for row in 0..table_rows {
+            let present = ids.contains(&(row as i32));
+            for j in 0..row_len {
+                let (x, gv) = (w[row * row_len + j], dense[row * row_len + j]);
+                let sign = if gv > 0.0 {
+                    1.0
+                } else if gv < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                let def = if present { x * (1.0 - lr * wd) - lr * sign } else { x };
+                assert_eq!(want[row * row_len + j].to_bits(), def.to_bits(), "CPU step, row {row} col {j}");
             }
         }
+        let (gd, idsd) = (upload(&dev, &g), upload(&dev, &ids));
+        let ok = upload(&dev, &[i32::MAX]); // the guard's "no bad step"
+        let mut wdv = upload(&dev, &w);
+        kernels::puzzle_sign_sgd(&dev, &mut wdv, &gd, &idsd, row_len, lr, wd, &ok).unwrap();
+        let got = download(&dev, &wdv);
+        // the same sums in the same order: the same bits
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&got), bits(&want), "puzzle SignSGD ({table_rows} x {row_len}, ids {ids:?})");
+        let bad = upload(&dev, &[5i32]);
+        let mut wdv = upload(&dev, &w);
+        kernels::puzzle_sign_sgd(&dev, &mut wdv, &gd, &idsd, row_len, lr, wd, &bad).unwrap();
+        assert_eq!(bits(&download(&dev, &wdv)), bits(&w), "a recorded bad step writes nothing");
     }
 }

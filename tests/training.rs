@@ -177,6 +177,22 @@ fn a_resumed_run_is_bit_identical_even_after_a_crash_during_a_checkpoint() {
     let (_, exported) =
         hrm::model::checkpoint::load_checkpoint(&last.join("model.safetensors"), None).unwrap();
     assert_eq!(exported, full.eval_params(&be));
+    // The EMA covers the dense parameters; the puzzle table is the live one (the reference's
+    // EMA covers parameters only), stored once: in model.safetensors, not in the state, which
+    // holds no moments or EMA of it either.
+    assert_eq!(exported.puzzle_emb, full.model.to_host(&be).puzzle_emb);
+    assert_ne!(
+        exported.embed_tokens,
+        full.model.to_host(&be).embed_tokens,
+        "the dense tensors are the EMA's"
+    );
+    let state = hrm::model::checkpoint::TensorFile::open(&last.join("state.safetensors")).unwrap();
+    assert!(state.names().iter().any(|n| n == "param.model.inner.embed_tokens.embedding_weight"));
+    assert!(!state.names().iter().any(|n| n.contains("puzzle_emb")), "{:?}", state.names());
+    // Without its model.safetensors a checkpoint cannot resume, and says why.
+    std::fs::remove_file(last.join("model.safetensors")).unwrap();
+    let e = format!("{:#}", checkpoint::resume(&be, &last).err().expect("no table, no resume"));
+    assert!(e.contains("model.safetensors") && e.contains("puzzle embedding table"), "{e}");
     // Metrics: one JSON line per step of each part of the run.
     let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 6);

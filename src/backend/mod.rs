@@ -61,13 +61,12 @@ pub struct EvalRows {
     pub q_continue: Vec<f32>,
 }
 
-/// How the optimizer updates one tensor.
+/// How the dense optimizer step updates one tensor (the puzzle embedding table has its own
+/// sparse step, [`Backend::puzzle_sign_sgd`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimRule {
     /// AdamATan2 with decoupled weight decay.
     Adam,
-    /// SignSGD on the rows (of `row_len`) whose puzzle id is in the batch.
-    SignSgd { row_len: usize },
     /// Not trained (buffers).
     Frozen,
 }
@@ -109,8 +108,6 @@ pub struct OptimStep {
     pub adam: AdamHyper,
     /// 1-based AdamATan2 step
     pub step: u32,
-    pub sign_lr: f32,
-    pub sign_weight_decay: f32,
     /// `ema = decay * ema + (1 - decay) * p` after the update, when given
     pub ema_decay: Option<f32>,
 }
@@ -178,6 +175,11 @@ pub trait Backend {
     /// Sets every element to zero.
     fn zero_act(&self, buf: &mut Self::Act);
     fn upload_param(&self, host: &[f32]) -> Self::Param;
+    /// A table read only by row gathers (the puzzle embedding): a device backend keeps no bf16
+    /// shadow of it (at ARC's million ids it would take a gigabyte for nothing).
+    fn upload_table(&self, host: &[f32]) -> Self::Param {
+        self.upload_param(host)
+    }
     fn download_param(&self, p: &Self::Param) -> Vec<f32>;
     /// f32 buffer of `n` zeros.
     fn zeros_f32(&self, n: usize) -> Self::F32;
@@ -539,13 +541,16 @@ pub trait Backend {
         out: &mut Self::Act,
         dims: &EmbedDims,
     );
+    /// Accumulates (`+=`) the gradients of the token table, of the learned positions and, in
+    /// `dpuzzle_rows` ([batch, puzzle_emb_ndim]), of each batch row's puzzle embedding row (the
+    /// reference's `local_weights` gradient; [`Backend::puzzle_sign_sgd`] sums them per id), so
+    /// no table-sized gradient exists.
     fn embed_bwd(
         &self,
         dx: &Self::Act,
         tokens: &Self::I32,
-        puzzle_ids: &Self::I32,
         dembed_w: &mut Self::F32,
-        dpuzzle_w: Option<&mut Self::F32>,
+        dpuzzle_rows: Option<&mut Self::F32>,
         dpos_w: Option<&mut Self::F32>,
         dims: &EmbedDims,
     );
@@ -583,18 +588,25 @@ pub trait Backend {
         step: u32,
         h: &AdamHyper,
     );
-    fn sign_sgd_step(
+    /// The sparse SignSGD step of the puzzle embedding table `table` ([ids, row_len]), as the
+    /// reference's `CastedSparseEmbeddingSignSGD_Distributed`: the gradient rows `row_grads`
+    /// ([rows, row_len], one per batch row) are summed per puzzle id of `ids` (in row order),
+    /// then each id present is updated once, `w = w * (1 - lr*wd) - lr * sign(sum)`; rows of
+    /// ids not in the batch are left alone (no decay), and ids out of range are skipped. Nothing
+    /// changes once the guard in `guard` recorded a bad step.
+    fn puzzle_sign_sgd(
         &self,
-        w: &mut Self::Param,
-        g: &Self::F32,
-        touched: &[bool],
+        table: &mut Self::Param,
+        row_grads: &Self::F32,
+        ids: &Self::I32,
         row_len: usize,
         lr: f32,
         weight_decay: f32,
+        guard: &Self::ActState,
     );
-    /// One optimizer step over every tensor (AdamATan2, SignSGD on the rows of `puzzle_ids`,
-    /// EMA and the bf16 shadows), skipped entirely once the guard in `guard` recorded a bad
-    /// step. A device backend does it in one launch.
+    /// One optimizer step over the dense tensors (AdamATan2, EMA and the bf16 shadows), skipped
+    /// entirely once the guard in `guard` recorded a bad step. A device backend does it in one
+    /// launch.
     fn optimizer_step(
         &self,
         params: &mut [&mut Self::Param],
@@ -603,7 +615,6 @@ pub trait Backend {
         v: &mut [&mut Self::F32],
         ema: Option<&mut [&mut Self::F32]>,
         rules: &[OptimRule],
-        puzzle_ids: &Self::I32,
         h: &OptimStep,
         guard: &Self::ActState,
     );

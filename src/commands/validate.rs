@@ -8,7 +8,7 @@ use crate::config::ModelConfig;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::{NamedTensor, TensorFile, load_checkpoint, write_tensors};
 use crate::model::memory::{Purpose, check_host, check_items};
-use crate::model::{HostParams, TensorKind, tensor_specs};
+use crate::model::{HostParams, TensorKind, scatter_puzzle_rows, tensor_specs};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -118,7 +118,7 @@ pub fn grad_outputs_of<B: Backend>(be: &B, model: &Hrm<B>, batch: &Batch) -> Res
     let cfg = &model.cfg;
     let b = batch.len();
     let mut carry = Carry::fresh(be, model, b);
-    let mut grads = model.zero_grads(be);
+    let mut grads = model.zero_grads(be, b);
     let st = train_step(be, model, &mut carry, batch, &vec![0; b], b, &mut grads);
     let mut out = vec![
         NamedTensor::f32("lm_loss", vec![], vec![st.lm_loss as f32]),
@@ -133,9 +133,15 @@ pub fn grad_outputs_of<B: Backend>(be: &B, model: &Hrm<B>, batch: &Batch) -> Res
         out.insert(5, NamedTensor::f32("target_q_continue", vec![b], st.target_q_continue.clone()));
     }
     for (spec, g) in tensor_specs(cfg).into_iter().zip(grads.tensors()) {
-        if spec.kind != TensorKind::Buffer {
-            out.push(NamedTensor::f32(spec.name, spec.shape, be.download_f32(g)));
-        }
+        let values = match spec.kind {
+            TensorKind::Buffer => continue,
+            // one gradient row per batch row (a fresh carry takes the batch's ids): the table's
+            TensorKind::SparseEmbedding => {
+                scatter_puzzle_rows(&be.download_f32(g), &batch.puzzle_ids, spec.shape[0], spec.shape[1])
+            }
+            TensorKind::Trainable => be.download_f32(g),
+        };
+        out.push(NamedTensor::f32(spec.name, spec.shape, values));
     }
     be.check()?;
     Ok(out)

@@ -63,6 +63,12 @@ fn token_intermediate(cfg: &ModelConfig) -> f64 {
     ((cfg.expansion * seq(cfg) * 2.0 / 3.0).round() / 256.0).ceil() * 256.0
 }
 
+/// Number of f32 values in the puzzle embedding table (part of [`param_count`]): trained by a
+/// sparse step, it has no gradient of its size, no optimizer moments and no EMA.
+pub fn table_count(cfg: &ModelConfig) -> f64 {
+    cfg.num_puzzle_identifiers as f64 * cfg.puzzle_emb_ndim as f64
+}
+
 /// Blocks holding parameters: H_layers + L_layers (TRM: its one network's L_layers).
 fn blocks(cfg: &ModelConfig) -> f64 {
     if cfg.is_trm() { cfg.L_layers as f64 } else { cfg.H_layers as f64 + cfg.L_layers as f64 }
@@ -110,11 +116,13 @@ pub enum Purpose {
 }
 
 /// The estimate, with `a` bytes per activation element (4 on the CPU, 2 in bf16 on a GPU),
-/// rows R = batch * S and P from [`param_count`]:
+/// rows R = batch * S, P from [`param_count`], of which E = [`table_count`] in the puzzle
+/// embedding table (ARC: about a million ids x 512, 2 GB) and D = P - E dense:
 ///
 /// ```text
 /// parameters   4P host copy + 4P backend copy
-/// training     + 4P gradients + 8P AdamATan2 moments (+ 4P EMA)
+/// training     + 4D gradients + 8D AdamATan2 moments (+ 4D EMA)
+///              + 4 batch puzzle_emb_ndim                   the table's gradient rows
 ///              + a R (7 d + 3 i) (H_layers + L_layers)    saved block activations of the
 ///                                                          one-step gradient (qkv 3d, attention,
 ///                                                          projection, norm, output 4d, SwiGLU 3i)
@@ -135,6 +143,7 @@ pub enum Purpose {
 /// is device memory.
 pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
     let p = param_count(cfg);
+    let dense = p - table_count(cfg);
     let d = cfg.hidden_size as f64;
     let i = intermediate(cfg);
     let v = cfg.vocab_size as f64;
@@ -155,7 +164,8 @@ pub fn estimate(cfg: &ModelConfig, purpose: Purpose, on_gpu: bool) -> Need {
                 (true, SavedActivations::Keep) => (calls * l, calls),
                 (true, SavedActivations::Recompute) => ((2.0 * l).min(calls * l), calls),
             };
-            (batch as f64, 4.0 * p * (3.0 + ema as u8 as f64), layers, inputs)
+            let rows_grad = 4.0 * batch as f64 * cfg.puzzle_emb_ndim as f64;
+            (batch as f64, 4.0 * dense * (3.0 + ema as u8 as f64) + rows_grad, layers, inputs)
         }
         Purpose::Eval { batch } => (batch as f64, 0.0, 1.0, 0.0),
     };
@@ -230,8 +240,18 @@ fn describe(cfg: &ModelConfig, purpose: Purpose) -> String {
         Purpose::Eval { batch: 0 } => "the parameters".to_string(),
         Purpose::Eval { batch } => format!("evaluation with batch {batch}"),
     };
+    let table = table_count(cfg);
+    let table = if table >= 1e6 {
+        format!(
+            ", of which {} in the puzzle embedding table of {} ids",
+            fmt_bytes(4.0 * table),
+            cfg.num_puzzle_identifiers
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "{what} (hidden_size {}, expansion {}, H_layers {}, L_layers {}, {:.3e} parameters)",
+        "{what} (hidden_size {}, expansion {}, H_layers {}, L_layers {}, {:.3e} parameters{table})",
         cfg.hidden_size,
         cfg.expansion,
         cfg.H_layers,
@@ -416,6 +436,33 @@ mod tests {
         assert_eq!(choose_saved_in(&hrm, 768, true, true, Some(1), "free").0, SavedActivations::Keep);
         let h = |saved| estimate(&hrm, Purpose::Train { batch: 768, ema: false, saved }, true).device;
         assert_eq!(h(SavedActivations::Keep), h(SavedActivations::Recompute));
+    }
+
+    /// TASKS_SPEC section 5: ARC's table (about 1.05 million ids x 512, f32) is 2 GB, held once
+    /// on the device with no gradient of its size, no moments and no EMA; a GPU of 8 GiB cannot
+    /// train HRM on it at batch 768, and the refusal names the table.
+    #[test]
+    fn the_arc_table_is_counted_once_and_named_in_a_refusal() {
+        let (small, arc) = (ModelConfig::arc(1), ModelConfig::arc(1_050_000));
+        let table = 4.0 * 1_049_999.0 * 512.0;
+        for ema in [false, true] {
+            let train = |c: &ModelConfig| {
+                estimate(c, Purpose::Train { batch: 768, ema, saved: SavedActivations::Keep }, true)
+            };
+            let (s, a) = (train(&small), train(&arc));
+            assert!(
+                ((a.device - s.device) - table).abs() < 1.0,
+                "device: {} more",
+                fmt_bytes(a.device - s.device)
+            );
+            assert!(((a.host - s.host) - table).abs() < 1.0, "host: {} more", fmt_bytes(a.host - s.host));
+        }
+        let purpose = Purpose::Train { batch: 768, ema: false, saved: SavedActivations::Keep };
+        let need = estimate(&arc, purpose, true).device;
+        assert!(need > 8.0 * (1u64 << 30) as f64, "{}", fmt_bytes(need));
+        let e = ensure(need, Some(8 << 30), "free GPU", &describe(&arc, purpose)).unwrap_err().to_string();
+        assert!(e.contains("2.0 GiB in the puzzle embedding table of 1050000 ids"), "{e}");
+        assert!(e.contains("8.0 GiB is available"), "{e}");
     }
 
     #[test]

@@ -4,4 +4,6 @@ pub mod checkpoint;
 pub mod memory;
 pub mod params;
 
-pub use params::{HostParams, LayerParams, ParamSet, TensorKind, TensorSpec, tensor_specs};
+pub use params::{
+    HostParams, LayerParams, ParamSet, TensorKind, TensorSpec, dense_specs, scatter_puzzle_rows, tensor_specs,
+};

@@ -25,7 +25,9 @@ pub struct LayerParams<T> {
 pub enum TensorKind {
     /// Trained by AdamATan2.
     Trainable,
-    /// The puzzle embedding table: trained by SignSGD on the rows in the batch.
+    /// The puzzle embedding table: trained by sparse SignSGD on the rows of the batch's ids.
+    /// Its gradient is one row per batch row, and it has no optimizer moments and no EMA (as
+    /// the reference's buffer), so sets of those hold no table (`ParamSet::dense_from_specs`).
     SparseEmbedding,
     /// Fixed buffer (H_init, L_init).
     Buffer,
@@ -37,7 +39,9 @@ pub struct ParamSet<T> {
     pub lm_head: T,
     pub q_head_weight: T,
     pub q_head_bias: T,
-    /// [num_puzzle_identifiers, puzzle_emb_ndim]; absent when puzzle_emb_ndim == 0.
+    /// [num_puzzle_identifiers, puzzle_emb_ndim]; absent when puzzle_emb_ndim == 0, and in the
+    /// dense sets (optimizer moments, EMA). In a gradient set: [batch rows, puzzle_emb_ndim],
+    /// each batch row's gradient (the sparse step sums them per id).
     pub puzzle_emb: Option<T>,
     /// [seq_len + puzzle_emb_len, hidden] when pos_encodings == learned.
     pub embed_pos: Option<T>,
@@ -106,6 +110,12 @@ pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
     specs
 }
 
+/// The specs of the dense tensors: all but the puzzle embedding table (what the optimizer
+/// moments and the EMA hold), in `tensor_specs` order.
+pub fn dense_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    tensor_specs(cfg).into_iter().filter(|s| s.kind != TensorKind::SparseEmbedding).collect()
+}
+
 /// Blocks of the H and L modules: HRM's H_layers and L_layers; TRM has only `L_level` (its
 /// one network, used for both updates; H_layers is ignored as in the reference).
 pub fn module_layers(cfg: &ModelConfig) -> (usize, usize) {
@@ -115,8 +125,17 @@ pub fn module_layers(cfg: &ModelConfig) -> (usize, usize) {
 impl<T> ParamSet<T> {
     /// Every tensor in `tensor_specs` order.
     pub fn tensors(&self) -> Vec<&T> {
+        self.collect(true)
+    }
+
+    /// Every tensor but the puzzle table, in `dense_specs` order.
+    pub fn dense_tensors(&self) -> Vec<&T> {
+        self.collect(false)
+    }
+
+    fn collect(&self, with_table: bool) -> Vec<&T> {
         let mut out = vec![&self.embed_tokens, &self.lm_head, &self.q_head_weight, &self.q_head_bias];
-        out.extend(self.puzzle_emb.as_ref());
+        out.extend(self.puzzle_emb.as_ref().filter(|_| with_table));
         out.extend(self.embed_pos.as_ref());
         for l in self.h_layers.iter().chain(&self.l_layers) {
             out.extend([&l.qkv, &l.o, &l.gate_up, &l.down]);
@@ -126,9 +145,18 @@ impl<T> ParamSet<T> {
     }
 
     pub fn tensors_mut(&mut self) -> Vec<&mut T> {
+        self.collect_mut(true)
+    }
+
+    /// [`ParamSet::dense_tensors`], mutable.
+    pub fn dense_tensors_mut(&mut self) -> Vec<&mut T> {
+        self.collect_mut(false)
+    }
+
+    fn collect_mut(&mut self, with_table: bool) -> Vec<&mut T> {
         let mut out =
             vec![&mut self.embed_tokens, &mut self.lm_head, &mut self.q_head_weight, &mut self.q_head_bias];
-        out.extend(self.puzzle_emb.as_mut());
+        out.extend(self.puzzle_emb.as_mut().filter(|_| with_table));
         out.extend(self.embed_pos.as_mut());
         for l in self.h_layers.iter_mut().chain(self.l_layers.iter_mut()) {
             out.extend([&mut l.qkv, &mut l.o, &mut l.gate_up, &mut l.down]);
@@ -138,15 +166,30 @@ impl<T> ParamSet<T> {
     }
 
     /// Build a set from one value per spec, in `tensor_specs` order.
-    pub fn from_specs(cfg: &ModelConfig, mut make: impl FnMut(&TensorSpec) -> T) -> Self {
-        let specs = tensor_specs(cfg);
+    pub fn from_specs(cfg: &ModelConfig, make: impl FnMut(&TensorSpec) -> T) -> Self {
+        Self::build(cfg, true, make)
+    }
+
+    /// Build a dense set (no puzzle embedding table) from one value per spec of
+    /// [`dense_specs`], in order.
+    pub fn dense_from_specs(cfg: &ModelConfig, make: impl FnMut(&TensorSpec) -> T) -> Self {
+        Self::build(cfg, false, make)
+    }
+
+    /// Whether the set holds the puzzle embedding slot (a full set of a model with one).
+    pub fn has_table(&self) -> bool {
+        self.puzzle_emb.is_some()
+    }
+
+    fn build(cfg: &ModelConfig, with_table: bool, mut make: impl FnMut(&TensorSpec) -> T) -> Self {
+        let specs = if with_table { tensor_specs(cfg) } else { dense_specs(cfg) };
         let mut it = specs.iter().map(&mut make);
         let mut next = || it.next().expect("spec count matches the parameter layout");
         let embed_tokens = next();
         let lm_head = next();
         let q_head_weight = next();
         let q_head_bias = next();
-        let puzzle_emb = (cfg.puzzle_emb_ndim > 0).then(&mut next);
+        let puzzle_emb = (with_table && cfg.puzzle_emb_ndim > 0).then(&mut next);
         let embed_pos = (cfg.pos_encodings == PosEncodings::Learned).then(&mut next);
         let mut layers = |n: usize| -> Vec<LayerParams<T>> {
             (0..n).map(|_| LayerParams { qkv: next(), o: next(), gate_up: next(), down: next() }).collect()
@@ -170,18 +213,55 @@ impl<T> ParamSet<T> {
         }
     }
 
+    /// The set of `f(spec, tensor)`, holding the table slot where this set does.
     pub fn map<U>(&self, cfg: &ModelConfig, mut f: impl FnMut(&TensorSpec, &T) -> U) -> ParamSet<U> {
-        let tensors = self.tensors();
+        let mut pairs = self.with_specs(cfg).into_iter();
+        let mut next = |_: &TensorSpec| {
+            let (s, t) = pairs.next().expect("one tensor per spec");
+            f(&s, t)
+        };
+        if self.has_table() {
+            ParamSet::from_specs(cfg, next)
+        } else {
+            ParamSet::dense_from_specs(cfg, &mut next)
+        }
+    }
+
+    /// The dense part of the set (every tensor but the puzzle table) mapped by `f`.
+    pub fn map_dense<U>(&self, cfg: &ModelConfig, mut f: impl FnMut(&TensorSpec, &T) -> U) -> ParamSet<U> {
+        let tensors = self.dense_tensors();
         let mut k = 0;
-        ParamSet::from_specs(cfg, |spec| {
-            let u = f(spec, tensors[k]);
+        ParamSet::dense_from_specs(cfg, |spec| {
             k += 1;
-            u
+            f(spec, tensors[k - 1])
         })
+    }
+
+    /// Each tensor with its spec (the dense specs for a set without the table).
+    pub fn with_specs(&self, cfg: &ModelConfig) -> Vec<(TensorSpec, &T)> {
+        let specs = if self.has_table() { tensor_specs(cfg) } else { dense_specs(cfg) };
+        let tensors = self.tensors();
+        assert_eq!(specs.len(), tensors.len(), "the set's tensors match its config's specs");
+        specs.into_iter().zip(tensors).collect()
     }
 }
 
 pub type HostParams = ParamSet<Vec<f32>>;
+
+/// The gradient of the whole puzzle table [num_ids, row_len] from one gradient row per batch
+/// row (`rows` [ids.len(), row_len]): each row added to its id's, in row order (what a dense
+/// scatter-add backward would give; for comparing with reference gradients of the table). Ids
+/// outside the table are left out.
+pub fn scatter_puzzle_rows(rows: &[f32], ids: &[i32], num_ids: usize, row_len: usize) -> Vec<f32> {
+    assert_eq!(rows.len(), ids.len() * row_len, "one gradient row per puzzle id");
+    let mut table = vec![0f32; num_ids * row_len];
+    for (g, &id) in rows.chunks(row_len).zip(ids) {
+        if let Some(t) = usize::try_from(id).ok().filter(|&i| i < num_ids) {
+            table[t * row_len..(t + 1) * row_len].iter_mut().zip(g).for_each(|(a, x)| *a += x);
+        }
+    }
+    table
+}
 
 impl HostParams {
     pub fn zeros(cfg: &ModelConfig) -> Self {

@@ -1,7 +1,9 @@
 //! Training checkpoints: `RUN/checkpoints/step_NNNNNNNN/` holding `model.safetensors` (the
 //! evaluation weights under the official names, loadable by every command), `state.safetensors`
-//! (parameters, AdamATan2 moments, EMA, ACT carry; cursor, RNG position and step in the
-//! metadata) and, written last, the `COMPLETE` marker. The directory is assembled under a
+//! (the dense parameters, AdamATan2 moments, EMA, ACT carry; cursor, RNG position and step in
+//! the metadata) and, written last, the `COMPLETE` marker. The puzzle embedding table is stored
+//! once, in `model.safetensors` (the evaluation weights hold the live table, EMA or not): at
+//! ARC's million ids it is 2 GB, and the optimizer keeps no moments or EMA of it. The directory is assembled under a
 //! temporary name and renamed, so a crash at any point leaves the previous complete
 //! checkpoint as the one `resume` picks.
 
@@ -11,7 +13,7 @@ use crate::act::{Batch, Carry};
 use crate::backend::Backend;
 use crate::hrm::Hrm;
 use crate::model::checkpoint::{NamedTensor, TensorFile, save_checkpoint, write_atomic, write_tensors};
-use crate::model::{HostParams, tensor_specs};
+use crate::model::{HostParams, TensorKind, dense_specs, tensor_specs};
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -101,8 +103,9 @@ pub fn complete_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// A dense set (moments, EMA) on the host.
 fn host_of<B: Backend>(be: &B, cfg: &TrainConfig, set: &crate::model::ParamSet<B::F32>) -> HostParams {
-    set.map(&cfg.model, |_, t| be.download_f32(t))
+    set.map_dense(&cfg.model, |_, t| be.download_f32(t))
 }
 
 /// Write a checkpoint of `t` into `run`, then drop complete checkpoints beyond the newest
@@ -132,18 +135,18 @@ pub fn save_with<B: Backend>(
 
     save_checkpoint(&tmp.join("model.safetensors"), &cfg.model, &t.eval_params(be))?;
 
-    let specs = tensor_specs(&cfg.model);
+    let specs = dense_specs(&cfg.model);
     let mut tensors = Vec::new();
-    let mut push_set = |prefix: &str, set: &HostParams| {
-        for (s, v) in specs.iter().zip(set.tensors()) {
+    let mut push_set = |prefix: &str, set: HostParams| {
+        for (s, v) in specs.iter().zip(set.dense_tensors()) {
             tensors.push(NamedTensor::f32(format!("{prefix}.{}", s.name), s.shape.clone(), v.clone()));
         }
     };
-    push_set("param", &t.model.to_host(be));
-    push_set("adam_m", &host_of(be, cfg, &t.opt.m));
-    push_set("adam_v", &host_of(be, cfg, &t.opt.v));
+    push_set("param", t.model.params.map_dense(&cfg.model, |_, p| be.download_param(p)));
+    push_set("adam_m", host_of(be, cfg, &t.opt.m));
+    push_set("adam_v", host_of(be, cfg, &t.opt.v));
     if let Some(e) = &t.ema {
-        push_set("ema", &host_of(be, cfg, e));
+        push_set("ema", host_of(be, cfg, e));
     }
     let (b, n) = (cfg.batch_size, cfg.model.seq_len);
     let zshape = vec![b, cfg.model.total_seq_len(), cfg.model.hidden_size];
@@ -193,6 +196,22 @@ fn finite(f: &TensorFile, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32
     Ok(v)
 }
 
+/// The puzzle embedding table of a checkpoint (`None` without one): from `state` where an
+/// earlier version stored it there, else from the checkpoint's `model.safetensors`, checked
+/// for shape and finiteness.
+fn load_table(state: &TensorFile, dir: &Path, cfg: &crate::config::ModelConfig) -> Result<Option<Vec<f32>>> {
+    let Some(spec) = tensor_specs(cfg).into_iter().find(|s| s.kind == TensorKind::SparseEmbedding) else {
+        return Ok(None);
+    };
+    let name = format!("param.{}", spec.name);
+    if state.contains(&name) {
+        return finite(state, &name, Some(&spec.shape)).map(Some);
+    }
+    let model = TensorFile::open(&dir.join("model.safetensors"))
+        .context("the puzzle embedding table of a training checkpoint is kept in its model.safetensors")?;
+    finite(&model, &spec.name, Some(&spec.shape)).map(Some)
+}
+
 /// Restore a trainer from the newest complete checkpoint of `run` (or from a checkpoint
 /// directory given directly).
 pub fn resume<B: Backend>(be: &B, run_or_ckpt: &Path) -> Result<Trainer<B>> {
@@ -227,17 +246,27 @@ pub fn resume_shard<B: Backend>(be: &B, run_or_ckpt: &Path, rank: usize, world: 
             meta.world_size
         );
     }
-    let specs = tensor_specs(&cfg.model);
+    // Dense sets; checkpoints of earlier versions also hold the table's (zero) moments and an
+    // EMA of it, which are not read.
+    let specs = dense_specs(&cfg.model);
     let load_set = |prefix: &str| -> Result<HostParams> {
         let mut tensors = Vec::with_capacity(specs.len());
         for s in &specs {
             tensors.push(finite(&f, &format!("{prefix}.{}", s.name), Some(&s.shape))?);
         }
         let mut it = tensors.into_iter();
-        Ok(HostParams::from_specs(&cfg.model, |_| it.next().expect("one per spec")))
+        Ok(HostParams::dense_from_specs(&cfg.model, |_| it.next().expect("one per spec")))
     };
-    let params = load_set("param")?;
+    let dense = load_set("param")?;
+    let mut dense_values = dense.dense_tensors().into_iter();
+    let mut table = load_table(&f, &dir, &cfg.model)?;
+    let params = HostParams::from_specs(&cfg.model, |s| match s.kind {
+        TensorKind::SparseEmbedding => table.take().expect("a table per spec"),
+        _ => dense_values.next().expect("one per dense spec").clone(),
+    });
+    drop(dense);
     let model = Hrm::new(be, &cfg.model, &params);
+    drop(params);
     let upload = |h: HostParams| h.map(&cfg.model, |_, t| be.upload_f32(t));
     let opt = Optimizer {
         step: meta.optimizer_step,
@@ -314,7 +343,7 @@ pub fn resume_shard<B: Backend>(be: &B, run_or_ckpt: &Path, rank: usize, world: 
             meta.step
         );
     }
-    let grads = model.zero_grads(be);
+    let grads = model.zero_grads(be, hi - lo);
     Ok(Trainer {
         cfg,
         model,

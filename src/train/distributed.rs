@@ -1,8 +1,9 @@
 //! Data-parallel training over NCCL, as the reference trains with torchrun: one process per
 //! GPU ("rank"), each taking its slice of the global batch; gradients summed over the ranks in
 //! one flat buffer (the step already scales by 1 / global batch, so the sum is the
-//! reference's gradient); parameters broadcast from rank 0 at the start; the puzzle-embedding
-//! SignSGD update applied to the rows touched on any rank; rank 0 alone writes checkpoints,
+//! reference's gradient); parameters broadcast from rank 0 at the start; the puzzle
+//! embedding's gradient rows and ids of every rank gathered (not a table-sized all-reduce) and
+//! the same sparse SignSGD update applied on every rank; rank 0 alone writes checkpoints,
 //! metrics and evaluations.
 //!
 //! - Launch: `hrm train --nproc N` starts N copies of the binary ([`launch`]) with the
@@ -441,28 +442,54 @@ pub fn shard(dist: Option<&Dist>, batch: Batch) -> (Batch, usize) {
     (out, lo)
 }
 
-/// After the local backward: the gradients summed over the ranks (one flat all-reduce on the
-/// device). Nothing for a single process.
+/// After the local backward: the dense gradients summed over the ranks (one flat all-reduce
+/// on the device; the puzzle embedding's rows are gathered instead, [`gather_puzzle_rows`]).
+/// Nothing for a single process.
 pub fn reduce_grads<B: Backend>(dist: Option<&Dist>, be: &B, grads: &mut ParamSet<B::F32>) -> Result<()> {
     let Some(d) = dist else { return Ok(()) };
-    d.collective(be, "gradient all-reduce", Collective::Sum, &mut grads.tensors_mut())
+    d.collective(be, "gradient all-reduce", Collective::Sum, &mut grads.dense_tensors_mut())
 }
 
-/// The puzzle ids of every rank's current rows (the rows the sparse embedding update touches),
-/// on the backend; `None` for a single process (its own ids serve). One all-gather (ids as f32
-/// bit patterns: pure data movement, so the bits arrive intact).
-pub fn union_puzzle_ids<B: Backend>(dist: Option<&Dist>, be: &B, local: &B::I32) -> Result<Option<B::I32>> {
+/// The puzzle embedding's gradient rows and the puzzle ids of every rank's current rows, in
+/// rank order (= global row order), on the backend, for the sparse update every rank then
+/// applies alike; `None` for a single process (its own rows serve) or a model without a
+/// puzzle embedding (`rows` None: the ids alone are gathered, for nothing to update). One
+/// all-gather of ids (as f32 bit patterns: pure data movement, so the bits arrive intact) and
+/// rows together: batch x (puzzle_emb_ndim + 1) values per rank instead of the table-sized
+/// all-reduce a dense gradient would need (2 GB per step at ARC's million ids).
+pub fn gather_puzzle_rows<B: Backend>(
+    dist: Option<&Dist>,
+    be: &B,
+    rows: Option<&B::F32>,
+    ids: &B::I32,
+) -> Result<Option<(B::F32, B::I32)>> {
     let Some(d) = dist else { return Ok(None) };
-    let mine = be.download_i32(local);
-    let per = mine.len();
-    let mut host = vec![0f32; per * d.world()];
-    for (i, id) in mine.iter().enumerate() {
-        host[d.rank() * per + i] = f32::from_bits(*id as u32);
+    let Some(rows) = rows else { return Ok(None) };
+    let mine_ids = be.download_i32(ids);
+    let mine_rows = be.download_f32(rows);
+    let n = mine_ids.len();
+    if n == 0 || mine_rows.len() % n != 0 {
+        bail!("puzzle gradient rows: {} values for {n} rows", mine_rows.len());
     }
+    let width = mine_rows.len() / n;
+    let per = n * (width + 1);
+    let mut host = vec![0f32; per * d.world()];
+    let slot = &mut host[d.rank() * per..(d.rank() + 1) * per];
+    for (o, id) in slot.iter_mut().zip(&mine_ids) {
+        *o = f32::from_bits(*id as u32);
+    }
+    slot[n..].copy_from_slice(&mine_rows);
     let mut buf = be.upload_f32(&host);
-    d.collective(be, "puzzle id all-gather", Collective::AllGather, &mut [&mut buf])?;
-    let ids: Vec<i32> = be.download_f32(&buf).iter().map(|x| x.to_bits() as i32).collect();
-    Ok(Some(be.upload_i32(&ids)))
+    d.collective(be, "puzzle gradient rows all-gather", Collective::AllGather, &mut [&mut buf])?;
+    let all = be.download_f32(&buf);
+    let mut all_ids = Vec::with_capacity(n * d.world());
+    let mut all_rows = Vec::with_capacity(n * width * d.world());
+    for r in 0..d.world() {
+        let p = &all[r * per..(r + 1) * per];
+        all_ids.extend(p[..n].iter().map(|x| x.to_bits() as i32));
+        all_rows.extend_from_slice(&p[n..]);
+    }
+    Ok(Some((be.upload_f32(&all_rows), be.upload_i32(&all_ids))))
 }
 
 /// The window's sums over all ranks (in rank order, in f64, so every rank reports the same),
@@ -554,13 +581,15 @@ pub fn attach<B: Backend>(be: &B, t: &mut Trainer<B>, d: Arc<Dist>) -> Result<()
     let mut params: Vec<B::F32> = t.model.to_host(be).tensors().iter().map(|h| be.upload_f32(h)).collect();
     let mut refs: Vec<&mut B::F32> = params.iter_mut().collect();
     if let Some(e) = t.ema.as_mut() {
-        refs.extend(e.tensors_mut());
+        refs.extend(e.dense_tensors_mut());
     }
     d.collective(be, "parameter broadcast", Collective::Broadcast { root: 0 }, &mut refs)?;
     let hosts: Vec<Vec<f32>> = params.iter().map(|p| be.download_f32(p)).collect();
     let mut it = hosts.into_iter();
     let host = crate::model::HostParams::from_specs(&t.cfg.model, |_| it.next().expect("one per tensor"));
     t.model = crate::hrm::Hrm::new(be, &t.cfg.model, &host);
+    // (the puzzle gradient rows are this rank's rows)
+    t.grads = t.model.zero_grads(be, hi - lo);
     t.dist = Some(d);
     be.check()
 }

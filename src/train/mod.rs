@@ -33,6 +33,8 @@ pub struct TrainConfig {
     pub steps: u64,
     pub seed: u64,
     /// EMA decay of the weights used for evaluation and `model.safetensors` (TRM uses 0.999).
+    /// It covers the dense parameters; the puzzle embedding table is used as trained (the
+    /// reference's EMA covers parameters only, and the table is a buffer there).
     pub ema: Option<f64>,
     pub log_every: u64,
     pub checkpoint_every: u64,
@@ -72,7 +74,8 @@ pub struct Trainer<B: Backend> {
     pub carry: Carry<B>,
     pub sampler: Sampler,
     pub step: u64,
-    /// the step's gradients (zeroed at the start of each step)
+    /// the step's gradients (zeroed at the start of each step); the puzzle embedding's are
+    /// one row per carry row
     pub grads: ParamSet<B::F32>,
     /// Record the step as a graph and replay it where the backend can (CUDA); off with
     /// `HRM_CUDA_GRAPHS=0`.
@@ -92,9 +95,9 @@ impl<B: Backend> Trainer<B> {
     pub fn new(be: &B, cfg: TrainConfig, params: &HostParams) -> Self {
         let model = Hrm::new(be, &cfg.model, params);
         let opt = Optimizer::new(be, &model);
-        let ema = cfg.ema.map(|_| params.map(&cfg.model, |_, t| be.upload_f32(t)));
+        let ema = cfg.ema.map(|_| params.map_dense(&cfg.model, |_, t| be.upload_f32(t)));
         let carry = Carry::fresh(be, &model, cfg.batch_size);
-        let grads = model.zero_grads(be);
+        let grads = model.zero_grads(be, cfg.batch_size);
         Trainer {
             sampler: Sampler::new(cfg.seed),
             cfg,
@@ -164,23 +167,33 @@ impl<B: Backend> Trainer<B> {
             ops();
         }
         self.warm = true;
-        // Data parallel: gradients summed over the ranks (then guarded, so every rank skips
-        // alike), and the sparse embedding update takes every rank's puzzle rows.
-        let all_ids = if dist.is_some() {
+        // Data parallel: dense gradients summed over the ranks, the puzzle gradient rows and
+        // ids of every rank gathered (in global row order), then guarded, so every rank skips
+        // alike, and every rank applies the same sparse update.
+        let gathered = if dist.is_some() {
             let d = dist.as_deref();
             distributed::reduce_grads(d, be, &mut self.grads)
                 .map_err(|e| e.context(format!("step {step}")))?;
+            let ids = &self.carry.ws.inputs.puzzle_ids;
+            let mut all = distributed::gather_puzzle_rows(d, be, self.grads.puzzle_emb.as_ref(), ids)
+                .map_err(|e| e.context(format!("step {step}")))?;
+            if let Some((rows, _)) = all.as_mut() {
+                // (the local rows return to their slot after the update)
+                std::mem::swap(rows, self.grads.puzzle_emb.as_mut().expect("gathered rows of a table"));
+            }
             be.act_guard(&mut self.carry.ws.act, &self.grads.tensors());
-            distributed::union_puzzle_ids(d, be, &self.carry.ws.inputs.puzzle_ids)
-                .map_err(|e| e.context(format!("step {step}")))?
+            all
         } else {
             None
         };
         let (lr, plr) = self.lrs(step);
         let ema = self.ema.as_mut().zip(cfg.ema);
         let ws = &self.carry.ws;
-        let ids = all_ids.as_ref().unwrap_or(&ws.inputs.puzzle_ids);
+        let ids = gathered.as_ref().map_or(&ws.inputs.puzzle_ids, |(_, ids)| ids);
         self.opt.apply(be, &mut self.model, &self.grads, ema, &cfg.optim, lr, plr, ids, &ws.act);
+        if let Some((mut local, _)) = gathered {
+            std::mem::swap(&mut local, self.grads.puzzle_emb.as_mut().expect("gathered rows of a table"));
+        }
         // No wait for the device here: steps queue back to back (errors the device meets show
         // at the next report).
         be.check_enqueued().map_err(|e| e.context(format!("step {step}: {} backend", be.name())))?;
@@ -215,9 +228,18 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// The weights to evaluate and export: the EMA when enabled, else the live parameters.
+    /// (The EMA covers the dense tensors; the puzzle table is the live one.)
     pub fn eval_params(&self, be: &B) -> HostParams {
         match &self.ema {
-            Some(e) => e.map(&self.cfg.model, |_, t| be.download_f32(t)),
+            Some(e) => {
+                let mut dense = e.dense_tensors().into_iter();
+                let table = self.model.params.puzzle_emb.as_ref();
+                let mut table = table.map(|t| be.download_param(t));
+                HostParams::from_specs(&self.cfg.model, |s| match s.kind {
+                    crate::model::TensorKind::SparseEmbedding => table.take().expect("a table per spec"),
+                    _ => be.download_f32(dense.next().expect("one EMA tensor per dense spec")),
+                })
+            }
             None => self.model.to_host(be),
         }
     }

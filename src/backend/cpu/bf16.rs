@@ -322,13 +322,12 @@ impl Backend for CpuBf16 {
         &self,
         dx: &Vec<f32>,
         tokens: &Vec<i32>,
-        puzzle_ids: &Vec<i32>,
         dembed_w: &mut Vec<f32>,
-        dpuzzle_w: Option<&mut Vec<f32>>,
+        dpuzzle_rows: Option<&mut Vec<f32>>,
         dpos_w: Option<&mut Vec<f32>>,
         dims: &EmbedDims,
     ) {
-        Cpu.embed_bwd(dx, tokens, puzzle_ids, dembed_w, dpuzzle_w, dpos_w, dims);
+        Cpu.embed_bwd(dx, tokens, dembed_w, dpuzzle_rows, dpos_w, dims);
     }
     fn lm_loss(
         &self,
@@ -371,16 +370,17 @@ impl Backend for CpuBf16 {
     ) {
         Cpu.adam_atan2_step(p, g, m, v, step, h);
     }
-    fn sign_sgd_step(
+    fn puzzle_sign_sgd(
         &self,
-        w: &mut Vec<f32>,
-        g: &Vec<f32>,
-        touched: &[bool],
+        table: &mut Vec<f32>,
+        row_grads: &Vec<f32>,
+        ids: &Vec<i32>,
         row_len: usize,
         lr: f32,
         wd: f32,
+        guard: &CpuActState,
     ) {
-        Cpu.sign_sgd_step(w, g, touched, row_len, lr, wd);
+        Cpu.puzzle_sign_sgd(table, row_grads, ids, row_len, lr, wd, guard);
     }
     fn optimizer_step(
         &self,
@@ -390,10 +390,9 @@ impl Backend for CpuBf16 {
         v: &mut [&mut Vec<f32>],
         ema: Option<&mut [&mut Vec<f32>]>,
         rules: &[OptimRule],
-        puzzle_ids: &Vec<i32>,
         h: &OptimStep,
         guard: &CpuActState,
     ) {
-        Cpu.optimizer_step(params, grads, m, v, ema, rules, puzzle_ids, h, guard)
+        Cpu.optimizer_step(params, grads, m, v, ema, rules, h, guard)
     }
 }

@@ -54,19 +54,21 @@ pub fn embed_fwd(
     }
 }
 
-/// Accumulates (+=) the gradients of the embedding tables from `dx` (the gradient of `x`).
-#[allow(clippy::too_many_arguments)]
+/// Accumulates (+=) the gradients of the embedding tables from `dx` (the gradient of `x`): the
+/// token table, the learned positions, and each batch row's puzzle embedding row into
+/// `dpuzzle_rows` [batch, puzzle_emb_ndim] (whatever the row's id: the sparse optimizer sums
+/// them per id and skips ids outside the table).
 pub fn embed_bwd(
     dx: &[f32],
     tokens: &[i32],
-    puzzle_ids: &[i32],
     dembed_w: &mut [f32],
-    dpuzzle_w: &mut [f32],
+    dpuzzle_rows: &mut [f32],
     mut dpos_w: Option<&mut [f32]>,
     dims: &EmbedDims,
 ) {
     let (s, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
     assert_eq!(dx.len(), dims.batch * s * h);
+    assert!(nd == 0 || dpuzzle_rows.len() == dims.batch * nd, "embed_bwd: puzzle gradient rows");
     let pos_scale = if dpos_w.is_some() { POS_SCALE } else { 1.0 };
     let k = dims.scale * pos_scale;
     for b in 0..dims.batch {
@@ -75,8 +77,7 @@ pub fn embed_bwd(
             dpos.iter_mut().zip(dxb).for_each(|(a, g)| *a += dims.scale * POS_SCALE * g);
         }
         if nd > 0 {
-            let id = puzzle_ids[b] as usize;
-            dpuzzle_w[id * nd..(id + 1) * nd].iter_mut().zip(dxb).for_each(|(a, g)| *a += k * g);
+            dpuzzle_rows[b * nd..(b + 1) * nd].iter_mut().zip(dxb).for_each(|(a, g)| *a += k * g);
         }
         for (p, row) in dxb[dims.prefix_len * h..].chunks(h).enumerate() {
             let t = tokens[b * dims.seq_len + p] as usize;

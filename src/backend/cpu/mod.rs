@@ -419,9 +419,8 @@ impl Backend for Cpu {
         &self,
         dx: &Vec<f32>,
         tokens: &Vec<i32>,
-        puzzle_ids: &Vec<i32>,
         dembed_w: &mut Vec<f32>,
-        dpuzzle_w: Option<&mut Vec<f32>>,
+        dpuzzle_rows: Option<&mut Vec<f32>>,
         dpos_w: Option<&mut Vec<f32>>,
         dims: &EmbedDims,
     ) {
@@ -429,9 +428,8 @@ impl Backend for Cpu {
         embed::embed_bwd(
             dx,
             tokens,
-            puzzle_ids,
             dembed_w,
-            dpuzzle_w.unwrap_or(&mut empty),
+            dpuzzle_rows.unwrap_or(&mut empty),
             dpos_w.map(|p| &mut p[..]),
             dims,
         );
@@ -472,16 +470,20 @@ impl Backend for Cpu {
     ) {
         optim::adam_atan2_step(p, g, m, v, step, h);
     }
-    fn sign_sgd_step(
+    fn puzzle_sign_sgd(
         &self,
-        w: &mut Vec<f32>,
-        g: &Vec<f32>,
-        touched: &[bool],
+        table: &mut Vec<f32>,
+        row_grads: &Vec<f32>,
+        ids: &Vec<i32>,
         row_len: usize,
         lr: f32,
         wd: f32,
+        guard: &CpuActState,
     ) {
-        optim::sign_sgd_step(w, g, touched, row_len, lr, wd);
+        if guard.status[0] != halting::NONE {
+            return; // a bad step was recorded: no update from then on
+        }
+        optim::puzzle_sign_sgd(table, row_grads, ids, row_len, lr, wd);
     }
     fn optimizer_step(
         &self,
@@ -491,7 +493,6 @@ impl Backend for Cpu {
         v: &mut [&mut Vec<f32>],
         ema: Option<&mut [&mut Vec<f32>]>,
         rules: &[OptimRule],
-        puzzle_ids: &Vec<i32>,
         h: &OptimStep,
         guard: &CpuActState,
     ) {
@@ -501,20 +502,6 @@ impl Backend for Cpu {
         for (i, rule) in rules.iter().enumerate() {
             match *rule {
                 OptimRule::Adam => optim::adam_atan2_step(params[i], grads[i], m[i], v[i], h.step, &h.adam),
-                OptimRule::SignSgd { row_len } => {
-                    let mut touched = vec![false; params[i].len() / row_len];
-                    for &id in puzzle_ids {
-                        touched[id as usize] = true;
-                    }
-                    optim::sign_sgd_step(
-                        params[i],
-                        grads[i],
-                        &touched,
-                        row_len,
-                        h.sign_lr,
-                        h.sign_weight_decay,
-                    );
-                }
                 OptimRule::Frozen => {}
             }
         }

@@ -56,14 +56,40 @@ multiversion! {
     }
 }
 
-/// SignSGD with decoupled decay on the rows that appeared in the batch:
-/// `w = w * (1 - lr*wd) - lr * sign(g)`; rows with `touched[r] == false` are left alone.
-pub fn sign_sgd_step(w: &mut [f32], g: &[f32], touched: &[bool], row_len: usize, lr: f32, weight_decay: f32) {
-    assert_eq!(w.len(), g.len());
-    assert_eq!(w.len(), touched.len() * row_len);
+/// The sparse SignSGD step of the puzzle embedding (the reference's
+/// `CastedSparseEmbeddingSignSGD_Distributed`): the gradient rows `row_grads` [rows, row_len]
+/// of the batch rows with puzzle ids `ids` are summed per id, in row order, and each id present
+/// is updated once, `w = w * (1 - lr*wd) - lr * sign(sum)`. Ids not in the batch keep their row
+/// (no decay); ids outside the table are skipped. Cost: rows^2 id comparisons and one pass
+/// over the touched rows, independent of the table's size.
+pub fn puzzle_sign_sgd(
+    w: &mut [f32],
+    row_grads: &[f32],
+    ids: &[i32],
+    row_len: usize,
+    lr: f32,
+    weight_decay: f32,
+) {
+    assert!(
+        row_len > 0 && w.len().is_multiple_of(row_len),
+        "puzzle table of {} values in rows of {row_len}",
+        w.len()
+    );
+    assert_eq!(row_grads.len(), ids.len() * row_len, "one gradient row per puzzle id");
+    let table_rows = w.len() / row_len;
     let decay = 1.0 - lr * weight_decay;
-    for ((wr, gr), _) in w.chunks_mut(row_len).zip(g.chunks(row_len)).zip(touched).filter(|(_, t)| **t) {
-        for (x, &gv) in wr.iter_mut().zip(gr) {
+    let mut sum = vec![0f32; row_len];
+    for (r, &id) in ids.iter().enumerate() {
+        // each id once, at its first row; ids outside the table are skipped
+        if id < 0 || id as usize >= table_rows || ids[..r].contains(&id) {
+            continue;
+        }
+        sum.fill(0.0);
+        for (g, _) in row_grads.chunks(row_len).zip(ids).skip(r).filter(|(_, i)| **i == id) {
+            sum.iter_mut().zip(g).for_each(|(s, x)| *s += x);
+        }
+        let row = &mut w[id as usize * row_len..(id as usize + 1) * row_len];
+        for (x, &gv) in row.iter_mut().zip(&sum) {
             let sign = if gv > 0.0 {
                 1.0
             } else if gv < 0.0 {

@@ -26,10 +26,19 @@ use crate::backend::{
     TokenDims, TransposeDims,
 };
 
-/// A parameter tensor on the device: the f32 master and its bf16 copy for the GEMMs.
+/// A parameter tensor on the device: the f32 master and its bf16 copy for the GEMMs (none for
+/// the puzzle embedding table, which is only gathered, in f32: `Backend::upload_table`).
 pub struct CudaParam {
     pub master: CudaSlice<f32>,
-    pub shadow: CudaSlice<bf16>,
+    pub shadow: Option<CudaSlice<bf16>>,
+}
+
+impl CudaParam {
+    /// The bf16 copy a GEMM reads; an error for a gather-only table (a caller bug, reported
+    /// through the backend's error path instead of a panic).
+    pub fn shadow(&self) -> Result<&CudaSlice<bf16>> {
+        self.shadow.as_ref().ok_or_else(|| anyhow::anyhow!("a gather-only table has no bf16 copy for a GEMM"))
+    }
 }
 
 /// Scratch buffers of the backward ops, grown (never shrunk) to the largest shape seen, so a
@@ -130,7 +139,7 @@ impl Cuda {
             dev,
             error: Mutex::new(None),
             scratch: Mutex::new(Scratch::default()),
-            optim_tables: Mutex::new(OptimTables { table: None, touched: None }),
+            optim_tables: Mutex::new(OptimTables { table: None }),
             host_reads: AtomicU64::new(0),
             staging: Mutex::new(Staging::new()),
             graphs: Mutex::new(std::collections::HashMap::new()),
@@ -275,20 +284,16 @@ impl Cuda {
         (rows_ld, cols_ld): (usize, usize),
     ) -> Result<&'a CudaSlice<bf16>> {
         if (rows, cols) == (rows_ld, cols_ld) {
-            return Ok(&w.shadow);
+            return w.shadow();
         }
         let padded = self.grown(d, slot, rows_ld * cols_ld, "the padded token weight")?;
-        kernels::pad_bf16(d, &w.shadow, padded, (rows, cols), (rows_ld, cols_ld))?;
+        kernels::pad_bf16(d, w.shadow()?, padded, (rows, cols), (rows_ld, cols_ld))?;
         Ok(padded)
     }
 
     /// Drops every recorded graph (a buffer they captured is about to be freed).
     fn forget_all_graphs(&self) {
         self.graphs.lock().unwrap().clear();
-    }
-
-    fn mask(&self, m: &[bool]) -> CudaSlice<u8> {
-        self.upload(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())
     }
 }
 
@@ -406,7 +411,10 @@ impl Backend for Cuda {
         self.op("zero", |d| d.stream.memset_zeros(buf).map_err(|e| anyhow!("{e}")));
     }
     fn upload_param(&self, host: &[f32]) -> CudaParam {
-        CudaParam { master: self.upload(host), shadow: self.upload(&bf16_of(host)) }
+        CudaParam { master: self.upload(host), shadow: Some(self.upload(&bf16_of(host))) }
+    }
+    fn upload_table(&self, host: &[f32]) -> CudaParam {
+        CudaParam { master: self.upload(host), shadow: None }
     }
     fn download_param(&self, p: &CudaParam) -> Vec<f32> {
         self.download("parameter", &p.master, p.master.len())
@@ -527,7 +535,9 @@ impl Backend for Cuda {
         din: usize,
         dout: usize,
     ) {
-        self.op("linear_fwd", |d| d.gemm()?.matmul(rows, dout, din, x, false, &w.shadow, true, y, 1.0, 0.0));
+        self.op("linear_fwd", |d| {
+            d.gemm()?.matmul(rows, dout, din, x, false, w.shadow()?, true, y, 1.0, 0.0)
+        });
     }
     fn linear_bwd_x(
         &self,
@@ -541,7 +551,7 @@ impl Backend for Cuda {
     ) {
         let beta = if accumulate { 1.0 } else { 0.0 };
         self.op("linear_bwd_x", |d| {
-            d.gemm()?.matmul(rows, din, dout, dy, false, &w.shadow, false, dx, 1.0, beta)
+            d.gemm()?.matmul(rows, din, dout, dy, false, w.shadow()?, false, dx, 1.0, beta)
         });
     }
     fn linear_bwd_w(
@@ -1015,15 +1025,14 @@ impl Backend for Cuda {
         &self,
         dx: &CudaSlice<bf16>,
         tokens: &CudaSlice<i32>,
-        puzzle_ids: &CudaSlice<i32>,
         dembed_w: &mut CudaSlice<f32>,
-        dpuzzle_w: Option<&mut CudaSlice<f32>>,
+        dpuzzle_rows: Option<&mut CudaSlice<f32>>,
         dpos_w: Option<&mut CudaSlice<f32>>,
         dims: &EmbedDims,
     ) {
         // Without a puzzle embedding the kernel gets the placeholder, which it never writes.
         let mut placeholder = self.no_puzzle.lock().unwrap();
-        let dpw = match dpuzzle_w {
+        let dpw = match dpuzzle_rows {
             Some(p) => p,
             None => placeholder.get_or_insert_with(|| self.upload::<f32>(&[])),
         };
@@ -1031,7 +1040,7 @@ impl Backend for Cuda {
             let need = kernels::embed_bwd_scratch_len(dims, dembed_w.len() / dims.hidden.max(1));
             let mut cache = self.scratch.lock().unwrap();
             let scratch = self.grown(d, &mut cache.embed, need, "the embedding backward's scratch")?;
-            kernels::embed_bwd(d, dx, tokens, puzzle_ids, dembed_w, dpw, dpos_w, scratch, dims)
+            kernels::embed_bwd(d, dx, tokens, dembed_w, dpw, dpos_w, scratch, dims)
         });
     }
 
@@ -1090,24 +1099,35 @@ impl Backend for Cuda {
         h: &AdamHyper,
     ) {
         self.op("adam_atan2_step", |d| {
-            kernels::adam_atan2_step(d, &mut p.master, g, m, v, Some(&mut p.shadow), step, h)
+            kernels::adam_atan2_step(d, &mut p.master, g, m, v, p.shadow.as_mut(), step, h)
         });
     }
-    fn sign_sgd_step(
+    fn puzzle_sign_sgd(
         &self,
-        w: &mut CudaParam,
-        g: &CudaSlice<f32>,
-        touched: &[bool],
+        table: &mut CudaParam,
+        row_grads: &CudaSlice<f32>,
+        ids: &CudaSlice<i32>,
         row_len: usize,
         lr: f32,
         weight_decay: f32,
+        guard: &CudaActState,
     ) {
-        let t = self.mask(touched);
-        self.op("sign_sgd_step", |d| {
-            kernels::sign_sgd_step(d, &mut w.master, g, &t, row_len, lr, weight_decay)?;
-            // The shadow follows the master (the puzzle embedding is read in f32, but keep
-            // both copies equal so no reader ever sees a stale one).
-            act::to_bf16(d, &w.master, &mut w.shadow)
+        self.op("puzzle_sign_sgd", |d| {
+            kernels::puzzle_sign_sgd(
+                d,
+                &mut table.master,
+                row_grads,
+                ids,
+                row_len,
+                lr,
+                weight_decay,
+                &guard.status,
+            )?;
+            // A table uploaded as a parameter keeps its bf16 copy equal to the master.
+            match table.shadow.as_mut() {
+                Some(shadow) => act::to_bf16(d, &table.master, shadow),
+                None => Ok(()),
+            }
         });
     }
     fn optimizer_step(
@@ -1118,7 +1138,6 @@ impl Backend for Cuda {
         v: &mut [&mut CudaSlice<f32>],
         ema: Option<&mut [&mut CudaSlice<f32>]>,
         rules: &[OptimRule],
-        puzzle_ids: &CudaSlice<i32>,
         h: &OptimStep,
         guard: &CudaActState,
     ) {
@@ -1134,19 +1153,20 @@ impl Backend for Cuda {
             if let Some(e) = ema {
                 anyhow::ensure!(e.len() == n, "optimizer_step: {} EMA tensors for {n} parameters", e.len());
             }
-            let tensors: Vec<OptTensor<'_>> = (0..n)
-                .map(|i| OptTensor {
+            let mut tensors: Vec<OptTensor<'_>> = Vec::with_capacity(n);
+            for i in 0..n {
+                tensors.push(OptTensor {
                     master: &params[i].master,
-                    shadow: &params[i].shadow,
+                    shadow: params[i].shadow()?,
                     grad: grads[i],
                     m: &*m[i],
                     v: &*v[i],
                     ema: ema.map(|e| &*e[i]),
                     rule: rules[i],
-                })
-                .collect();
+                });
+            }
             let mut tables = self.optim_tables.lock().unwrap();
-            halting::optimizer_step(d, &mut tables, &tensors, puzzle_ids, h, &guard.status)
+            halting::optimizer_step(d, &mut tables, &tensors, h, &guard.status)
         });
     }
 

@@ -303,7 +303,7 @@ pub fn guard(dev: &CudaDevice, st: &mut CudaActState, grads: &[&CudaSlice<f32>])
 }
 
 /// Fields per tensor of the optimizer table: master, shadow, grad, m, v, ema (0: none),
-/// length, rule (0 Adam, 1 SignSGD, 2 frozen) | row_len << 8.
+/// length, rule (0 Adam, 2 frozen).
 const OPT_FIELDS: usize = 8;
 
 /// One tensor of the multi-tensor optimizer.
@@ -317,26 +317,23 @@ pub struct OptTensor<'a> {
     pub rule: OptimRule,
 }
 
-/// The optimizer's table: tensors, and the touched-rows mask of the SignSGD tensor.
+/// The optimizer's table of tensors, kept while the tensors stay the same.
 pub struct OptimTables {
     pub table: Option<TensorTable>,
-    pub touched: Option<CudaSlice<u8>>,
 }
 
-/// AdamATan2 / SignSGD / EMA / bf16 shadow over every tensor in one launch (plus one small
-/// launch marking the touched puzzle rows); nothing changes once `status` records a bad step.
+/// AdamATan2 / EMA / bf16 shadow over every dense tensor in one launch; nothing changes once
+/// `status` records a bad step.
 pub fn optimizer_step(
     dev: &CudaDevice,
     cache: &mut OptimTables,
     tensors: &[OptTensor<'_>],
-    puzzle_ids: &CudaSlice<i32>,
     h: &OptimStep,
     status: &CudaSlice<i32>,
 ) -> Result<()> {
     ensure!(h.step >= 1, "AdamATan2 steps are 1-based");
     let mut entries = Vec::with_capacity(OPT_FIELDS * tensors.len());
     let mut lens = Vec::with_capacity(tensors.len());
-    let mut sparse_rows = 0usize;
     for t in tensors {
         let n = t.master.len();
         ensure!(
@@ -349,12 +346,6 @@ pub fn optimizer_step(
         }
         let rule = match t.rule {
             OptimRule::Adam => 0u64,
-            OptimRule::SignSgd { row_len } => {
-                ensure!(row_len > 0 && n % row_len == 0, "optimizer: SignSGD rows of {row_len} in {n}");
-                ensure!(sparse_rows == 0, "optimizer: one SignSGD tensor at most");
-                sparse_rows = n / row_len;
-                1 | ((row_len as u64) << 8)
-            }
             OptimRule::Frozen => 2,
         };
         entries.extend([
@@ -371,21 +362,6 @@ pub fn optimizer_step(
     }
     TensorTable::reuse_or_build(&mut cache.table, dev, entries, &lens)?;
     let s = &dev.stream;
-    if cache.touched.as_ref().is_none_or(|t| t.len() != sparse_rows.max(1)) {
-        cache.touched = Some(dev.alloc_zeros::<u8>(sparse_rows.max(1)).map_err(|e| anyhow!("alloc: {e}"))?);
-    }
-    let touched = cache.touched.as_mut().expect("allocated above");
-    if sparse_rows > 0 {
-        s.memset_zeros(touched).map_err(|e| anyhow!("clearing the touched rows: {e}"))?;
-        let f = dev.func("optim", "mark_touched_u8")?;
-        let (pi, _g0) = puzzle_ids.device_ptr(s);
-        let (pt, _g1) = touched.device_ptr_mut(s);
-        let (bi, ri) = (i32_of(puzzle_ids.len(), "batch")?, i32_of(sparse_rows, "puzzle rows")?);
-        let mut lb = s.launch_builder(&f);
-        lb.arg(&pi).arg(&bi).arg(&pt).arg(&ri);
-        // SAFETY: as above.
-        unsafe { lb.launch(rows_launch(puzzle_ids.len())) }.map_err(launch_err("mark_touched_u8"))?;
-    }
     let t = cache.table.as_ref().expect("built above");
     if t.chunks == 0 {
         return Ok(());
@@ -397,19 +373,17 @@ pub fn optimizer_step(
     let bc2_sqrt = (1.0 - b2.powi(h.step as i32)).sqrt() as f32;
     let decay = (1.0 - lr * wd) as f32;
     let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
-    let sign_decay = 1.0 - h.sign_lr * h.sign_weight_decay;
     let ema_decay = h.ema_decay.unwrap_or(-1.0);
     let f = dev.func("optim", "optim_multi_f32")?;
     let (pe, _g0) = t.entries.device_ptr(s);
     let (pc, _g1) = t.chunk_tensor.device_ptr(s);
     let (ps, _g2) = t.chunk_start.device_ptr(s);
-    let (pt, _g3) = touched.device_ptr(s);
     let (pst, _g4) = status.device_ptr(s);
     let chunk = CHUNK as i32;
     let mut lb = s.launch_builder(&f);
-    lb.arg(&pe).arg(&pc).arg(&ps).arg(&chunk).arg(&pt).arg(&pst);
+    lb.arg(&pe).arg(&pc).arg(&ps).arg(&chunk).arg(&pst);
     lb.arg(&decay).arg(&w1).arg(&w2).arg(&a.lr).arg(&bc1_recip).arg(&bc2_sqrt);
-    lb.arg(&h.sign_lr).arg(&sign_decay).arg(&ema_decay);
+    lb.arg(&ema_decay);
     let cfg =
         LaunchConfig { grid_dim: (t.chunks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the table holds live buffers of the given lengths; chunks cover them.

@@ -424,7 +424,8 @@ pub fn embed_fwd(
     Ok(())
 }
 
-/// Scatter-add backward of [`embed_fwd`] into f32 gradient tables (accumulates, `+=`),
+/// Scatter-add backward of [`embed_fwd`] into f32 gradient tables and, in `dpuzzle_rows`
+/// [batch, puzzle_emb_ndim], one puzzle gradient row per batch row (accumulates, `+=`),
 /// deterministic: fixed summation orders, no float atomics (see `kernels/embed.cu`). `scratch`
 /// holds at least [`embed_bwd_scratch_len`] f32 (its contents are overwritten).
 #[allow(clippy::too_many_arguments)]
@@ -432,24 +433,22 @@ pub fn embed_bwd(
     dev: &CudaDevice,
     dx: &impl DevicePtr<bf16>,
     tokens: &impl DevicePtr<i32>,
-    puzzle_ids: &impl DevicePtr<i32>,
     dembed_w: &mut impl DevicePtrMut<f32>,
-    dpuzzle_w: &mut impl DevicePtrMut<f32>,
+    dpuzzle_rows: &mut impl DevicePtrMut<f32>,
     dpos_w: Option<&mut CudaSlice<f32>>,
     scratch: &mut impl DevicePtrMut<f32>,
     dims: &EmbedDims,
 ) -> Result<()> {
     let (s_len, h, nd) = (dims.total_seq(), dims.hidden, dims.puzzle_emb_ndim);
     ensure!(dx.len() >= dims.batch * s_len * h);
-    ensure!(tokens.len() >= dims.batch * dims.seq_len && puzzle_ids.len() >= dims.batch);
-    ensure!(dembed_w.len().is_multiple_of(h) && (nd == 0 || dpuzzle_w.len().is_multiple_of(nd)));
+    ensure!(tokens.len() >= dims.batch * dims.seq_len);
+    ensure!(dembed_w.len().is_multiple_of(h) && (nd == 0 || dpuzzle_rows.len() >= dims.batch * nd));
     if let Some(p) = &dpos_w {
         ensure!(p.len() >= s_len * h);
     }
     let vocab = dembed_w.len() / h;
     let need = embed_bwd_scratch_len(dims, vocab);
     ensure!(scratch.len() >= need, "embed_bwd: scratch of {} f32, need {need}", scratch.len());
-    let n_puzzles = i32_of(dpuzzle_w.len().checked_div(nd).unwrap_or(0), "puzzles")?;
     let (gx, gy, sb) = embed_bwd_grid(s_len, h);
     let smem = vocab * EMBED_BWD_THREADS * 4;
     let use_smem = smem <= EMBED_SMEM_MAX;
@@ -460,8 +459,7 @@ pub fn embed_bwd(
         let (ppos, _g0) = opt_ptr_mut(s, dpos_w);
         let (pdx, _g1) = dx.device_ptr(s);
         let (pt, _g2) = tokens.device_ptr(s);
-        let (pp, _g3) = puzzle_ids.device_ptr(s);
-        let (ppw, _g5) = dpuzzle_w.device_ptr_mut(s);
+        let (ppw, _g5) = dpuzzle_rows.device_ptr_mut(s);
         let ints = [
             i32_of(dims.batch, "batch")?,
             i32_of(dims.seq_len, "seq_len")?,
@@ -469,12 +467,11 @@ pub fn embed_bwd(
             i32_of(h, "hidden")?,
             i32_of(nd, "puzzle_emb_ndim")?,
             i32_of(vocab, "vocab")?,
-            n_puzzles,
             i32_of(sb, "positions per block")?,
             use_smem as i32,
         ];
         let mut b = s.launch_builder(&f);
-        b.arg(&pdx).arg(&pt).arg(&pp).arg(&ppart).arg(&ppw).arg(&ppos);
+        b.arg(&pdx).arg(&pt).arg(&ppart).arg(&ppw).arg(&ppos);
         for v in &ints {
             b.arg(v);
         }
@@ -653,30 +650,49 @@ pub fn adam_atan2_step(
     Ok(())
 }
 
-/// SignSGD with decoupled decay on the rows with `touched[r] != 0`.
-pub fn sign_sgd_step(
+/// The sparse SignSGD step of the puzzle table `w` [num_puzzles, row_len] from one gradient
+/// row per batch row (`grads` [rows, row_len], `ids` [rows]); see `puzzle_sign_sgd_f32` in
+/// kernels/optim.cu. Skipped by the kernel once `status` records a bad step.
+#[allow(clippy::too_many_arguments)]
+pub fn puzzle_sign_sgd(
     dev: &CudaDevice,
     w: &mut impl DevicePtrMut<f32>,
-    g: &impl DevicePtr<f32>,
-    touched: &impl DevicePtr<u8>,
+    grads: &impl DevicePtr<f32>,
+    ids: &impl DevicePtr<i32>,
     row_len: usize,
     lr: f32,
     weight_decay: f32,
+    status: &impl DevicePtr<i32>,
 ) -> Result<()> {
-    let n = w.len();
-    ensure!(row_len > 0 && n.is_multiple_of(row_len) && g.len() == n);
-    let rows = n / row_len;
-    ensure!(touched.len() >= rows);
+    let rows = ids.len();
+    ensure!(
+        row_len > 0 && w.len().is_multiple_of(row_len),
+        "puzzle table of {} in rows of {row_len}",
+        w.len()
+    );
+    ensure!(
+        grads.len() >= rows * row_len,
+        "puzzle gradient rows: {} values for {rows} rows of {row_len}",
+        grads.len()
+    );
+    if rows == 0 {
+        return Ok(());
+    }
     let decay = 1.0 - lr * weight_decay;
-    let f = dev.func("optim", "sign_sgd_f32")?;
+    let f = dev.func("optim", "puzzle_sign_sgd_f32")?;
     let s = &dev.stream;
+    let ints = [i32_of(rows, "rows")?, i32_of(row_len, "row_len")?, i32_of(w.len() / row_len, "puzzle ids")?];
     let (pw, _g1) = w.device_ptr_mut(s);
-    let (pg, _g2) = g.device_ptr(s);
-    let (pt, _g3) = touched.device_ptr(s);
-    let (rows_l, rl) = (rows as i64, i32_of(row_len, "row_len")?);
+    let (pg, _g2) = grads.device_ptr(s);
+    let (pi, _g3) = ids.device_ptr(s);
+    let (pst, _g4) = status.device_ptr(s);
     let mut b = s.launch_builder(&f);
-    b.arg(&pw).arg(&pg).arg(&pt).arg(&rows_l).arg(&rl).arg(&lr).arg(&decay);
-    // SAFETY: as above.
-    unsafe { b.launch(elementwise(n)) }.map_err(launch_err("sign_sgd_f32"))?;
+    b.arg(&pw).arg(&pg).arg(&pi);
+    for v in &ints {
+        b.arg(v);
+    }
+    b.arg(&lr).arg(&decay).arg(&pst);
+    // SAFETY: sizes checked above; the kernel's signature matches the arguments.
+    unsafe { b.launch(per_row(rows, 128)) }.map_err(launch_err("puzzle_sign_sgd_f32"))?;
     Ok(())
 }
