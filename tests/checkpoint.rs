@@ -186,3 +186,54 @@ fn bad_checkpoints_name_the_file_and_tensor() {
     write_tensors(&path, &t, meta).unwrap();
     assert!(err_of(&path, None).contains("non-finite"));
 }
+
+/// The streaming writer (no serialized copy of the file in memory) writes what the safetensors
+/// crate's own serializer writes: the same tensors, dtypes, shapes, bytes and metadata, read
+/// back by the crate's parser; mixed dtypes and names out of order included.
+#[test]
+fn streamed_files_read_back_as_the_crates_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        NamedTensor::u8("zeta.flags", vec![3], vec![1, 0, 1]),
+        NamedTensor::f32("b.weight", vec![2, 3], vec![1.5, -2.0, 0.25, f32::MIN_POSITIVE, 7.0, -0.0]),
+        NamedTensor::i32("a.ids", vec![5], vec![-1, 0, 1, i32::MAX, i32::MIN]),
+        NamedTensor::f32("scalar", vec![], vec![3.0]),
+        NamedTensor::u8("empty", vec![0], vec![]),
+    ];
+    let meta = HashMap::from([("k".to_string(), "{\"v\": 1}".to_string())]);
+    let path = dir.path().join("t.safetensors");
+    write_tensors(&path, &tensors, Some(meta.clone())).unwrap();
+    let ours = std::fs::read(&path).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|t| {
+            let (dtype, bytes): (safetensors::Dtype, &[u8]) = match &t.data {
+                TensorData::F32(v) => (safetensors::Dtype::F32, bytemuck::cast_slice(v)),
+                TensorData::I32(v) => (safetensors::Dtype::I32, bytemuck::cast_slice(v)),
+                TensorData::U8(v) => (safetensors::Dtype::U8, v),
+            };
+            (t.name.clone(), safetensors::tensor::TensorView::new(dtype, t.shape.clone(), bytes).unwrap())
+        })
+        .collect();
+    let theirs = safetensors::serialize(views, &Some(meta.clone())).unwrap();
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+    );
+    let mut names = a.names();
+    names.sort();
+    let mut want = b.names();
+    want.sort();
+    assert_eq!(names, want);
+    for n in names {
+        let (x, y) = (a.tensor(n).unwrap(), b.tensor(n).unwrap());
+        assert_eq!((x.dtype(), x.shape(), x.data()), (y.dtype(), y.shape(), y.data()), "{n}");
+    }
+    let (_, m) = safetensors::SafeTensors::read_metadata(&ours).unwrap();
+    assert_eq!(m.metadata().as_ref(), Some(&meta));
+    assert_eq!(ours.len(), theirs.len(), "the same header padding and data layout");
+    // A tensor whose shape does not match its data is refused, naming it.
+    let bad = vec![NamedTensor::f32("w", vec![2, 2], vec![1.0; 3])];
+    let e = format!("{:#}", write_tensors(&dir.path().join("bad.safetensors"), &bad, None).unwrap_err());
+    assert!(e.contains("tensor w") && e.contains("[2, 2]"), "{e}");
+}

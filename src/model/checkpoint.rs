@@ -63,13 +63,28 @@ impl NamedTensor {
 
 pub use crate::fsutil::write_atomic;
 
-/// Serialize tensors (in the given order) with optional string metadata, atomically.
+/// One tensor to write, borrowing its data (a checkpoint's gigabyte-sized puzzle table is
+/// written where it lies, not copied).
+pub struct TensorRef<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub dtype: Dtype,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> TensorRef<'a> {
+    pub fn f32(name: &'a str, shape: &'a [usize], data: &'a [f32]) -> Self {
+        TensorRef { name, shape, dtype: Dtype::F32, bytes: bytemuck::cast_slice(data) }
+    }
+}
+
+/// Serialize tensors with optional string metadata, atomically (see [`write_tensor_refs`]).
 pub fn write_tensors(
     path: &Path,
     tensors: &[NamedTensor],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let mut views = Vec::with_capacity(tensors.len());
+    let mut refs = Vec::with_capacity(tensors.len());
     for t in tensors {
         let numel: usize = t.shape.iter().product();
         if numel != t.data.len() {
@@ -81,13 +96,60 @@ pub fn write_tensors(
                 t.data.len()
             );
         }
-        let view = TensorView::new(t.data.dtype(), t.shape.clone(), t.data.bytes())
-            .map_err(|e| anyhow!("tensor {}: {e:?}", t.name))?;
-        views.push((t.name.clone(), view));
+        refs.push(TensorRef { name: &t.name, shape: &t.shape, dtype: t.data.dtype(), bytes: t.data.bytes() });
     }
-    let bytes = safetensors::serialize(views, &metadata)
-        .map_err(|e| anyhow!("serializing {}: {e:?}", path.display()))?;
-    write_atomic(path, &bytes)
+    write_tensor_refs(path, &refs, metadata.as_ref())
+}
+
+/// Serialize tensors with optional string metadata, atomically, streaming each tensor's bytes
+/// to the file: no serialized copy of the whole file is made. The layout is the safetensors
+/// crate's (`safetensors::serialize`): tensors ordered by descending dtype, then name, the
+/// JSON header padded with spaces to a multiple of 8 bytes.
+pub fn write_tensor_refs(
+    path: &Path,
+    tensors: &[TensorRef<'_>],
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<()> {
+    let mut order: Vec<&TensorRef<'_>> = tensors.iter().collect();
+    order.sort_by(|l, r| r.dtype.cmp(&l.dtype).then(l.name.cmp(r.name)));
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::to_value(m)?);
+    }
+    let mut offset = 0usize;
+    for t in &order {
+        let numel: usize = t.shape.iter().product();
+        if numel * t.dtype.size() != t.bytes.len() {
+            bail!(
+                "tensor {}: shape {:?} and dtype {:?} need {} bytes, {} given",
+                t.name,
+                t.shape,
+                t.dtype,
+                numel * t.dtype.size(),
+                t.bytes.len()
+            );
+        }
+        if header.contains_key(t.name) {
+            bail!("tensor {}: named twice", t.name);
+        }
+        let end = offset + t.bytes.len();
+        header.insert(
+            t.name.to_string(),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&header)?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(&json)?;
+        for t in &order {
+            w.write_all(t.bytes)?;
+        }
+        Ok(())
+    })
 }
 
 /// A safetensors file read into memory, with typed accessors that name file and tensor on error.
@@ -203,13 +265,15 @@ const COMPILE_PREFIX: &str = "_orig_mod.";
 /// Save a checkpoint: every state-dict tensor as f32 under its reference name, the config in
 /// the metadata. Written atomically.
 pub fn save_checkpoint(path: &Path, cfg: &ModelConfig, params: &HostParams) -> Result<()> {
-    let tensors: Vec<NamedTensor> = tensor_specs(cfg)
-        .into_iter()
-        .zip(params.tensors())
-        .map(|(s, t)| NamedTensor::f32(s.name, s.shape, t.clone()))
-        .collect();
+    let specs = tensor_specs(cfg);
+    let tensors = params.tensors();
+    if tensors.len() != specs.len() {
+        bail!("{}: {} tensors for a model of {}", path.display(), tensors.len(), specs.len());
+    }
+    let refs: Vec<TensorRef<'_>> =
+        specs.iter().zip(tensors).map(|(s, t)| TensorRef::f32(&s.name, &s.shape, t)).collect();
     let meta = HashMap::from([(CONFIG_KEY.to_string(), serde_json::to_string(cfg)?)]);
-    write_tensors(path, &tensors, Some(meta))
+    write_tensor_refs(path, &refs, Some(&meta))
 }
 
 /// Load a checkpoint. The config comes from `config` if given, else from the file's metadata.
