@@ -143,45 +143,59 @@ pub fn build(
     seed: u64,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Built> {
+    build_in_chunks(sources, num_aug, seed, progress, 64)
+}
+
+/// [`build`], making `chunk` tasks at a time.
+fn build_in_chunks(
+    sources: &[Source],
+    num_aug: usize,
+    seed: u64,
+    progress: &(dyn Fn(usize) + Sync),
+    chunk: usize,
+) -> Result<Built> {
     if !sources.iter().any(|s| s.held_out) {
         bail!("no held-out tasks (none in a folder named for the test split): the test split would be empty");
     }
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let per_task: Vec<(TaskPuzzles, usize)> = order
-        .par_iter()
-        .map(|&i| {
-            let r = task_puzzles(&sources[i], num_aug, seed, i as u64);
-            progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
-            r
-        })
-        .collect();
     let mut train = Split::new(CANVAS * CANVAS);
     let mut test = Split::new(CANVAS * CANVAS);
     let mut names = vec!["<blank>".to_string()];
     let mut ids: HashMap<String, i32> = HashMap::new();
     let mut short_tasks = 0;
-    for (puzzles, count) in &per_task {
-        short_tasks += (*count < num_aug + 1) as usize;
-        for (name, examples, _) in puzzles {
-            if ids.contains_key(name) {
-                bail!("variant {name} twice: task names must be unique");
+    // Tasks are made in parallel a chunk at a time and copied into the splits, so the build
+    // holds the splits and one chunk's examples, not every example twice (ARC-AGI-1 at 1,000
+    // variants: 5.7 GB of examples). The splits' contents do not depend on the chunking.
+    for chunk in order.chunks(chunk.max(1)) {
+        let per_task: Vec<(TaskPuzzles, usize)> = chunk
+            .par_iter()
+            .map(|&i| {
+                let r = task_puzzles(&sources[i], num_aug, seed, i as u64);
+                progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                r
+            })
+            .collect();
+        for (puzzles, count) in per_task {
+            short_tasks += (count < num_aug + 1) as usize;
+            let held_out = puzzles.first().is_some_and(|p| !p.2.is_empty());
+            for (name, examples, held) in &puzzles {
+                if ids.contains_key(name) {
+                    bail!("variant {name} twice: task names must be unique");
+                }
+                ids.insert(name.clone(), names.len() as i32);
+                train.push_puzzle(names.len() as i32, examples);
+                if held_out {
+                    test.push_puzzle(names.len() as i32, held);
+                }
+                names.push(name.clone());
             }
-            ids.insert(name.clone(), names.len() as i32);
-            train.push_puzzle(names.len() as i32, examples);
-            names.push(name.clone());
+            train.end_group();
+            if held_out {
+                test.end_group();
+            }
         }
-        train.end_group();
-    }
-    for (puzzles, _) in &per_task {
-        if puzzles.first().is_none_or(|p| p.2.is_empty()) {
-            continue;
-        }
-        for (name, _, examples) in puzzles {
-            test.push_puzzle(ids[name], examples);
-        }
-        test.end_group();
     }
     Ok(Built { train, test, names, short_tasks })
 }
@@ -217,6 +231,8 @@ mod tests {
     #[test]
     fn splits_identifiers_and_groups_follow_the_recipe() {
         let b = build(&sources(), 3, 7, &|_| {}).unwrap();
+        // made a task at a time or all at once: the same dataset
+        assert_eq!(build_in_chunks(&sources(), 3, 7, &|_| {}, 1).unwrap(), b);
         b.train.check("train").unwrap();
         b.test.check("test").unwrap();
         assert_eq!(b.train.num_groups(), 2, "one group per task");

@@ -34,7 +34,8 @@ impl Dtype {
 }
 
 /// The bytes of a `.npy` file holding `data` (little-endian elements) of `shape`.
-fn encode(dtype: Dtype, shape: &[usize], data: &[u8]) -> Vec<u8> {
+/// The `.npy` header of an array (magic, version 1.0, the dict padded to a multiple of 64).
+fn header(dtype: Dtype, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     // a 1-d shape is written `(n,)`, as NumPy does
     let shape_text =
@@ -44,26 +45,35 @@ fn encode(dtype: Dtype, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
     out
+}
+
+/// Writes the header, then `data` as it lies (no copy of a multi-gigabyte array), atomically.
+fn write_array(path: &Path, dtype: Dtype, shape: &[usize], data: &[u8]) -> Result<()> {
+    let head = header(dtype, shape);
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&head)?;
+        w.write_all(data)
+    })
 }
 
 /// Writes a `uint8` array (atomically).
 pub fn write_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "{}: shape and data disagree", path.display());
-    crate::fsutil::write_atomic(path, &encode(Dtype::U8, shape, data))
+    write_array(path, Dtype::U8, shape, data)
 }
 
 /// Writes an `int32` array (atomically).
 pub fn write_i32(path: &Path, shape: &[usize], data: &[i32]) -> Result<()> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "{}: shape and data disagree", path.display());
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    crate::fsutil::write_atomic(path, &encode(Dtype::I32, shape, &bytes))
+    write_array(path, Dtype::I32, shape, &bytes)
 }
 
 /// A read array: its shape and its elements' bytes (little endian).
