@@ -94,8 +94,7 @@ impl<B: Backend> Optimizer<B> {
             ema_decay: ema.as_ref().map(|(_, d)| *d as f32),
         };
         let row_len = model.cfg.puzzle_emb_ndim;
-        let ParamSet { puzzle_emb: table, .. } = &mut model.params;
-        if let (Some(table), Some(rows)) = (table.as_mut(), grads.puzzle_emb.as_ref()) {
+        if let (Some(table), Some(rows)) = (model.params.puzzle_emb.as_mut(), grads.puzzle_emb.as_ref()) {
             let wd = cfg.puzzle_emb_weight_decay as f32;
             be.puzzle_sign_sgd(table, rows, puzzle_ids, row_len, puzzle_lr as f32, wd, guard);
         }

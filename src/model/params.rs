@@ -215,16 +215,15 @@ impl<T> ParamSet<T> {
 
     /// The set of `f(spec, tensor)`, holding the table slot where this set does.
     pub fn map<U>(&self, cfg: &ModelConfig, mut f: impl FnMut(&TensorSpec, &T) -> U) -> ParamSet<U> {
-        let mut pairs = self.with_specs(cfg).into_iter();
-        let mut next = |_: &TensorSpec| {
-            let (s, t) = pairs.next().expect("one tensor per spec");
-            f(&s, t)
-        };
-        if self.has_table() {
-            ParamSet::from_specs(cfg, next)
-        } else {
-            ParamSet::dense_from_specs(cfg, &mut next)
+        if !self.has_table() {
+            return self.map_dense(cfg, f);
         }
+        let tensors = self.tensors();
+        let mut k = 0;
+        ParamSet::from_specs(cfg, |spec| {
+            k += 1;
+            f(spec, tensors[k - 1])
+        })
     }
 
     /// The dense part of the set (every tensor but the puzzle table) mapped by `f`.
@@ -235,14 +234,6 @@ impl<T> ParamSet<T> {
             k += 1;
             f(spec, tensors[k - 1])
         })
-    }
-
-    /// Each tensor with its spec (the dense specs for a set without the table).
-    pub fn with_specs(&self, cfg: &ModelConfig) -> Vec<(TensorSpec, &T)> {
-        let specs = if self.has_table() { tensor_specs(cfg) } else { dense_specs(cfg) };
-        let tensors = self.tensors();
-        assert_eq!(specs.len(), tensors.len(), "the set's tensors match its config's specs");
-        specs.into_iter().zip(tensors).collect()
     }
 }
 

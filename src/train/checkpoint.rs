@@ -257,14 +257,8 @@ pub fn resume_shard<B: Backend>(be: &B, run_or_ckpt: &Path, rank: usize, world: 
         let mut it = tensors.into_iter();
         Ok(HostParams::dense_from_specs(&cfg.model, |_| it.next().expect("one per spec")))
     };
-    let dense = load_set("param")?;
-    let mut dense_values = dense.dense_tensors().into_iter();
-    let mut table = load_table(&f, &dir, &cfg.model)?;
-    let params = HostParams::from_specs(&cfg.model, |s| match s.kind {
-        TensorKind::SparseEmbedding => table.take().expect("a table per spec"),
-        _ => dense_values.next().expect("one per dense spec").clone(),
-    });
-    drop(dense);
+    let mut params = load_set("param")?;
+    params.puzzle_emb = load_table(&f, &dir, &cfg.model)?;
     let model = Hrm::new(be, &cfg.model, &params);
     drop(params);
     let upload = |h: HostParams| h.map(&cfg.model, |_, t| be.upload_f32(t));

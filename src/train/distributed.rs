@@ -453,7 +453,7 @@ pub fn reduce_grads<B: Backend>(dist: Option<&Dist>, be: &B, grads: &mut ParamSe
 /// The puzzle embedding's gradient rows and the puzzle ids of every rank's current rows, in
 /// rank order (= global row order), on the backend, for the sparse update every rank then
 /// applies alike; `None` for a single process (its own rows serve) or a model without a
-/// puzzle embedding (`rows` None: the ids alone are gathered, for nothing to update). One
+/// puzzle embedding (`rows` None: nothing to update, nothing gathered). One
 /// all-gather of ids (as f32 bit patterns: pure data movement, so the bits arrive intact) and
 /// rows together: batch x (puzzle_emb_ndim + 1) values per rank instead of the table-sized
 /// all-reduce a dense gradient would need (2 GB per step at ARC's million ids).

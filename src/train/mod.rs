@@ -232,13 +232,9 @@ impl<B: Backend> Trainer<B> {
     pub fn eval_params(&self, be: &B) -> HostParams {
         match &self.ema {
             Some(e) => {
-                let mut dense = e.dense_tensors().into_iter();
-                let table = self.model.params.puzzle_emb.as_ref();
-                let mut table = table.map(|t| be.download_param(t));
-                HostParams::from_specs(&self.cfg.model, |s| match s.kind {
-                    crate::model::TensorKind::SparseEmbedding => table.take().expect("a table per spec"),
-                    _ => be.download_f32(dense.next().expect("one EMA tensor per dense spec")),
-                })
+                let mut host = e.map(&self.cfg.model, |_, t| be.download_f32(t));
+                host.puzzle_emb = self.model.params.puzzle_emb.as_ref().map(|t| be.download_param(t));
+                host
             }
             None => self.model.to_host(be),
         }
